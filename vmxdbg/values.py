@@ -1,0 +1,65 @@
+"""Integers as people type them and as WinDbg prints them.
+
+Accepted: `0x1F`, `1f` (bare hex, as `rdmsr` and `r` print it),
+`00da0400`00000004` (backtick between the 32-bit halves), `0n123` (decimal),
+`0y101` (binary), and JSON ints. Everything parsed is hex unless marked decimal,
+the WinDbg default radix.
+"""
+from __future__ import annotations
+
+import re
+from typing import Union
+
+from .errors import InputError
+
+_HEX = re.compile(r"^(?:0x)?([0-9a-f]+)$")
+_MAX_DIGITS = 64
+
+
+def parse_int(text: Union[str, int], *, what: str = "value") -> int:
+    """Parse one integer in any accepted form; raise InputError naming `what`."""
+    if isinstance(text, bool):
+        raise InputError(f"{what}: expected an integer, got a boolean")
+    if isinstance(text, int):
+        if text < 0:
+            raise InputError(f"{what}: negative value {text}")
+        return text
+    if not isinstance(text, str):
+        raise InputError(f"{what}: expected an integer, got {type(text).__name__}")
+    s = text.strip().lower().replace("`", "").replace("_", "")
+    if not s or len(s) > _MAX_DIGITS + 2:
+        raise InputError(f"{what}: {text!r} is not a number")
+    if s.startswith("0n"):
+        if s[2:].isdigit():
+            return int(s[2:], 10)
+    elif s.startswith("0y"):
+        if s[2:] and set(s[2:]) <= {"0", "1"}:
+            return int(s[2:], 2)
+    else:
+        m = _HEX.match(s)
+        if m:
+            return int(m.group(1), 16)
+    raise InputError(f"{what}: {text!r} is not a hex number (forms: 0x1f, 1f, 00000000`0000001f, 0n31)")
+
+
+def hexs(value: int) -> str:
+    """The canonical hex string of the file formats: lower case, 0x prefix."""
+    return f"0x{value:x}"
+
+
+def windbg_hex(value: int) -> str:
+    """A 64-bit value as WinDbg prints it: `00000000`80000021`."""
+    s = f"{value & 0xFFFFFFFFFFFFFFFF:016x}"
+    return f"{s[:8]}`{s[8:]}"
+
+
+def bits_of(value: int) -> list:
+    """Indices of the set bits of `value`, lowest first."""
+    out = []
+    i = 0
+    while value:
+        if value & 1:
+            out.append(i)
+        value >>= 1
+        i += 1
+    return out

@@ -306,3 +306,8 @@ def input_keys(p: Processor) -> List[str]:
     keys += [f"vmcs:0x{e:04x}" for e in p.vmcs] + [f"state:{s}" for s in p.state]
     keys += [f"cpuid:{hexs(leaf)}" for leaf, _ in p.cpuid]
     return keys
+
+
+def load_for_check(path: Path, options: Dict[str, Any]) -> Snapshot:
+    """sources.py loader: a snapshot file needs no options."""
+    return load_snapshot(path)

@@ -1,0 +1,154 @@
+"""The backend contract: one abstract class whose docstrings are the contract.
+
+Every source of processor state — a live WinDbg session (pykd), a live Bochs,
+a recording being replayed, a kd log, a snapshot file — is a Backend. Callers
+ask `capabilities()` rather than test a class. Every query either returns a
+value or raises a BackendError subclass naming the backend, the processor and
+the register/index/address; none returns a sentinel. A backend that cannot
+answer a kind of query raises NotAvailable.
+
+Register names (lower case): cr0 cr2 cr3 cr4 cr8 dr7 rflags rip rsp rax ... efer
+(also readable as MSR 0xC0000080); segment parts as `cs.selector`, `cs.base`,
+`cs.limit`, `cs.attributes` (VMCS access-rights format, bit 16 = unusable) for
+es cs ss ds fs gs ldtr tr; `gdtr.base`, `gdtr.limit`, `idtr.base`, `idtr.limit`;
+`cpl`. VMX state (capability "vmx-state"): `vmx_state(cpu)` gives any of
+vmx ("off"/"root"/"non-root"), vmxon_pointer, vmcs_pointer, vmcs_launch_state.
+
+Execution control (capability "execution"): breakpoints by linear or
+physical address, `go()` until a stop or a timeout, `step(cpu)` one
+instruction on one processor, `stop()`. A backend that sets breakpoints removes
+them on every exit path (close(), errors, Ctrl-C).
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Dict, FrozenSet, Iterable, List, Optional, Tuple
+
+from ..errors import NotAvailable
+
+# capability names
+REGISTERS = "registers"
+MSR = "msr"
+CPUID = "cpuid"
+PHYSICAL = "physical"
+VIRTUAL = "virtual"
+VMCS = "vmcs"
+VMX_STATE = "vmx-state"
+EXECUTION = "execution"
+
+SEGMENT_NAMES = ("es", "cs", "ss", "ds", "fs", "gs", "ldtr", "tr")
+TABLE_NAMES = ("gdtr", "idtr")
+
+
+@dataclass
+class StopEvent:
+    """Why the target stopped.
+
+    kind: "breakpoint" (a breakpoint vmxdbg set), "step" (a single step ended),
+    "magic" (a magic breakpoint in the guest), "vmexit", "timeout" (still running,
+    stopped by us), "missed" (the target ran past a planned stop: reported as a
+    debugger miss, never as a guest result), "exited" (the target is gone).
+    """
+
+    kind: str
+    cpu: Optional[int] = None
+    address: Optional[int] = None
+    breakpoint: Optional[int] = None
+    detail: str = ""
+    log: List[str] = field(default_factory=list)  # target log lines since the last stop
+
+
+class Backend(abc.ABC):
+    """A source of processor state; override every method you support."""
+
+    #: short name used in errors and recordings ("bochs", "windbg", "replay" ...)
+    name: str = "backend"
+
+    def capabilities(self) -> FrozenSet[str]:
+        """The capability names this backend supports."""
+        return frozenset()
+
+    def describe(self) -> Dict[str, str]:
+        """Identity of the target for recording headers (kind, version, model)."""
+        return {"kind": self.name}
+
+    def _unsupported(self, what: str, cpu: Optional[int] = None) -> NotAvailable:
+        return NotAvailable(f"{what} is not available from this backend", backend=self.name, cpu=cpu)
+
+    # ---------------------------------------------------------------- queries
+    @abc.abstractmethod
+    def processors(self) -> List[int]:
+        """Numbers of the logical processors the target has (0-based)."""
+
+    def read_register(self, cpu: int, name: str) -> int:
+        """One register of processor `cpu` (names in the module docstring)."""
+        raise self._unsupported(f"register {name}", cpu)
+
+    def read_registers(self, cpu: int, names: Iterable[str]) -> Dict[str, int]:
+        """Several registers at once; a name the backend cannot read is left out.
+
+        Backends with a batched read (one `r` or `sreg` answers many) override
+        this to save round trips; the default asks one by one.
+        """
+        out: Dict[str, int] = {}
+        for n in names:
+            try:
+                out[n] = self.read_register(cpu, n)
+            except NotAvailable:
+                continue
+        return out
+
+    def read_msr(self, cpu: int, index: int) -> int:
+        """The MSR `index` of processor `cpu`."""
+        raise self._unsupported(f"MSR 0x{index:x}", cpu)
+
+    def cpuid(self, cpu: int, leaf: int, subleaf: int = 0) -> Tuple[int, int, int, int]:
+        """CPUID(leaf, subleaf) on processor `cpu` as (eax, ebx, ecx, edx)."""
+        raise self._unsupported(f"CPUID 0x{leaf:x}", cpu)
+
+    def read_physical(self, address: int, size: int) -> bytes:
+        """`size` bytes of physical memory at `address` (all of them, or an error)."""
+        raise self._unsupported(f"physical memory at 0x{address:x}")
+
+    def read_virtual(self, cpu: int, address: int, size: int) -> bytes:
+        """`size` bytes of linear memory at `address` as processor `cpu` sees it."""
+        raise self._unsupported(f"virtual memory at 0x{address:x}", cpu)
+
+    def read_vmcs(self, cpu: int, encoding: int) -> int:
+        """The current VMCS's field `encoding` on processor `cpu`."""
+        raise self._unsupported(f"VMCS field 0x{encoding:04x}", cpu)
+
+    def vmx_state(self, cpu: int) -> Dict[str, object]:
+        """What the backend knows of the processor's VMX state (see module doc)."""
+        raise self._unsupported("VMX state", cpu)
+
+    # ------------------------------------------------------ execution control
+    def set_breakpoint(self, address: int, physical: bool = False) -> int:
+        """Set a code breakpoint on every processor; returns its id."""
+        raise self._unsupported("breakpoints")
+
+    def remove_breakpoint(self, bp: int) -> None:
+        """Remove a breakpoint this backend set."""
+        raise self._unsupported("breakpoints")
+
+    def go(self, timeout: float = 30.0) -> StopEvent:
+        """Run every processor until a stop, or `timeout` seconds (then stop it)."""
+        raise self._unsupported("execution")
+
+    def step(self, cpu: int) -> StopEvent:
+        """Execute one instruction on processor `cpu` only."""
+        raise self._unsupported("single-step", cpu)
+
+    def stop(self) -> None:
+        """Break into a running target."""
+        raise self._unsupported("execution")
+
+    def close(self) -> None:
+        """Release the target: remove breakpoints, restore what was changed."""
+
+    def __enter__(self) -> "Backend":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

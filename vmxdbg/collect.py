@@ -1,0 +1,119 @@
+"""Read from a backend everything the rules need, into a Snapshot.
+
+Each MSR, CPUID leaf and register is read at most once per processor per call
+(a KD link pays a packet exchange for each). A value the backend cannot give
+(NotAvailable) stays unknown; an MSR that may not exist on this processor
+(its capability bit says so) is not read at all, since RDMSR of it would #GP
+on a real machine.
+"""
+from __future__ import annotations
+
+from typing import Dict, Iterable, List, Optional
+
+from .backends.base import CPUID, MSR, PHYSICAL, REGISTERS, SEGMENT_NAMES, TABLE_NAMES, VMX_STATE, Backend
+from .errors import NotAvailable
+from .snapshot import Processor, Segment, Snapshot, Table
+
+CPUID_LEAVES = ((0x0, 0), (0x1, 0), (0x7, 0), (0x80000000, 0), (0x80000001, 0), (0x80000008, 0))
+PLAIN_REGISTERS = ("cr0", "cr3", "cr4", "rflags", "rip", "dr7", "efer", "cpl")
+ALWAYS_MSRS = (0x3A, 0xC0000080, 0x277, 0x1D9, 0x174, 0x175, 0x176, 0xC0000100, 0xC0000101)
+VMX_BASE_MSRS = tuple(range(0x480, 0x48B))  # BASIC .. VMCS_ENUM exist wherever VMX does
+REGION_HEADER = 8  # revision id / shadow bit, VMX-abort indicator
+
+
+def _try(fn, *args):  # type: ignore[no-untyped-def]
+    try:
+        return fn(*args)
+    except NotAvailable:
+        return None
+
+
+def _optional_vmx_msrs(msr: Dict[int, int]) -> List[int]:
+    """The VMX capability MSRs past 0x48A that exist, per SDM Vol.3D A.1-A.3."""
+    out: List[int] = []
+    basic, proc, exit_ = msr.get(0x480), msr.get(0x482), msr.get(0x483)
+    if basic is not None and basic >> 55 & 1:
+        out += [0x48D, 0x48E, 0x48F, 0x490]
+    if proc is not None and proc >> 63 & 1:          # activate secondary controls may be 1
+        out.append(0x48B)
+    if proc is not None and proc >> 49 & 1:          # activate tertiary controls may be 1
+        out.append(0x492)
+    if exit_ is not None and exit_ >> 63 & 1:        # activate secondary exit controls may be 1
+        out.append(0x493)
+    return sorted(out)
+
+
+def _after_secondary(msr: Dict[int, int]) -> List[int]:
+    sec = msr.get(0x48B)
+    out = []
+    if sec is not None and (sec >> 33 & 1 or sec >> 37 & 1):  # enable EPT / enable VPID may be 1
+        out.append(0x48C)
+    if sec is not None and sec >> 45 & 1:                     # enable VM functions may be 1
+        out.append(0x491)
+    return out
+
+
+def collect_processor(backend: Backend, cpu: int, snap: Snapshot,
+                      vmxon_pointer: Optional[int] = None) -> Processor:
+    """Fill snap.processors[cpu] from the backend; returns it."""
+    caps = backend.capabilities()
+    p = snap.processor(cpu)
+    if CPUID in caps:
+        for leaf, sub in CPUID_LEAVES:
+            regs = _try(backend.cpuid, cpu, leaf, sub)
+            if regs is not None:
+                p.cpuid[(leaf, sub)] = tuple(regs)  # type: ignore[assignment]
+    if MSR in caps:
+        def read(indices: Iterable[int]) -> None:
+            for i in indices:
+                if i not in p.msr:
+                    v = _try(backend.read_msr, cpu, i)
+                    if v is not None:
+                        p.msr[i] = v
+        read(ALWAYS_MSRS)
+        leaf1 = p.cpuid.get((1, 0))
+        if leaf1 is None or leaf1[2] >> 5 & 1:
+            read(VMX_BASE_MSRS)
+            read(_optional_vmx_msrs(p.msr))
+            read(_after_secondary(p.msr))
+    if REGISTERS in caps:
+        names = list(PLAIN_REGISTERS)
+        names += [f"{s}.{part}" for s in SEGMENT_NAMES for part in ("selector", "base", "limit", "attributes")]
+        names += [f"{t}.{part}" for t in TABLE_NAMES for part in ("base", "limit")]
+        values = backend.read_registers(cpu, names)
+        for name, v in values.items():
+            base, _, part = name.partition(".")
+            if not part:
+                if name == "cpl":
+                    p.state["cpl"] = v
+                else:
+                    p.registers[name] = v
+            elif base in SEGMENT_NAMES:
+                setattr(p.segments.setdefault(base, Segment()), part, v)
+            else:
+                setattr(p.tables.setdefault(base, Table()), part, v)
+        if "efer" not in p.registers and 0xC0000080 in p.msr:
+            p.registers["efer"] = p.msr[0xC0000080]
+    if VMX_STATE in caps:
+        st = _try(backend.vmx_state, cpu) or {}
+        if "vmx" in st:
+            p.state["vmx"] = st["vmx"]
+        for k in ("vmcs_pointer", "vmcs_launch_state"):
+            if st.get(k) is not None:
+                setattr(p, k, st[k])
+    if vmxon_pointer is not None:
+        p.vmxon_pointer = vmxon_pointer
+        if PHYSICAL in caps:
+            data = _try(backend.read_physical, vmxon_pointer, REGION_HEADER)
+            if data is not None:
+                snap.memory.add(vmxon_pointer, data)
+    return p
+
+
+def collect(backend: Backend, cpus: Optional[Iterable[int]] = None,
+            vmxon_pointers: Optional[Dict[int, int]] = None, source: str = "") -> Snapshot:
+    """A Snapshot of the chosen processors (all by default)."""
+    snap = Snapshot(source=source or backend.name)
+    for cpu in (backend.processors() if cpus is None else cpus):
+        collect_processor(backend, cpu, snap, (vmxon_pointers or {}).get(cpu))
+    return snap

@@ -1,0 +1,50 @@
+"""`vmxdbg check FILE`: predict VMXON / VM entry on every processor and explain each broken rule."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..errors import InputError
+from ..render import render
+from ..rules import check_snapshot
+from ..snapshot import Snapshot
+from ..sources import load_any
+from ..values import parse_int
+
+NAME = "check"
+HELP = "check a snapshot, recording or kd log and explain every broken rule"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", type=Path, help="*.vmxsnap.json, *.vmxrec.jsonl or a kd log (recognised by content)")
+    parser.add_argument("--format", choices=("text", "json", "dml"), default="text")
+    parser.add_argument("--cpu", action="append", default=None, metavar="N",
+                        help="only this processor (repeatable)")
+    parser.add_argument("--at", metavar="LINE", default=None, help="kd logs: the state as it stood at this line")
+    parser.add_argument("--partial", action="store_true", help="accept a recording that did not complete (.partial)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="also list every unknown rule")
+
+
+def select_cpus(snapshot: Snapshot, cpus: object) -> list:
+    """The processors asked for with --cpu (all by default); InputError for one that is not there."""
+    if not cpus:
+        return sorted(snapshot.processors)
+    out = []
+    for c in cpus:  # type: ignore[attr-defined]
+        n = parse_int(c if str(c).startswith(("0x", "0n")) else f"0n{c}", what="--cpu")
+        if n not in snapshot.processors:
+            have = ", ".join(str(k) for k in sorted(snapshot.processors)) or "none"
+            raise InputError(f"--cpu {c}: no such processor (the input has: {have})")
+        out.append(n)
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    options = {"partial": args.partial}
+    if args.at is not None:
+        options["at_line"] = parse_int(f"0n{args.at}" if str(args.at).isdigit() else args.at, what="--at")
+    snapshot = load_any(args.file, options)
+    report = check_snapshot(snapshot, select_cpus(snapshot, args.cpu))
+    sys.stdout.write(render(report, snapshot, args.format, verbose=args.verbose))
+    return 1 if report.any_failed() else 0

@@ -1,0 +1,109 @@
+"""Findings, verdicts and the report format (`vmxdbg check --format json`).
+
+The JSON form is fixed by DESIGN.md; `report_to_json` and `report_from_json`
+are its only writer and reader.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from .errors import InputError
+
+FORMAT = "vmxdbg-report"
+VERSION = 1
+STATUSES = ("fail", "unknown", "advice")
+
+
+@dataclass
+class Finding:
+    id: str
+    status: str            # fail | unknown | advice
+    sdm: str
+    inputs: List[str]
+    message: str
+    fix: str
+    title: str = ""
+    outcome: str = ""      # what this finding alone would make the instruction do
+    certain: bool = True
+    cpus: List[int] = field(default_factory=list)  # cross-processor findings: who is involved
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "status": self.status, "sdm": self.sdm, "inputs": list(self.inputs),
+                "message": self.message, "fix": self.fix}
+
+
+@dataclass
+class Verdict:
+    instruction: str
+    outcome: str
+    possible: List[str]
+    findings: List[Finding]
+
+    def to_json(self) -> dict:
+        return {"instruction": self.instruction, "outcome": self.outcome,
+                "possible": list(self.possible), "findings": [f.to_json() for f in self.findings]}
+
+
+@dataclass
+class Report:
+    processors: Dict[int, List[Verdict]] = field(default_factory=dict)
+    source: str = ""
+
+    def verdict(self, cpu: int, instruction: str) -> Optional[Verdict]:
+        for v in self.processors.get(cpu, []):
+            if v.instruction == instruction:
+                return v
+        return None
+
+    def any_failed(self) -> bool:
+        """True when some verdict is not `ok` or some finding failed (CLI exit status 1)."""
+        return any(v.outcome != "ok" or any(f.status == "fail" for f in v.findings)
+                   for vs in self.processors.values() for v in vs)
+
+
+def report_to_json(report: Report) -> dict:
+    return {"format": FORMAT, "version": VERSION,
+            "processors": {str(cpu): [v.to_json() for v in vs]
+                           for cpu, vs in sorted(report.processors.items())}}
+
+
+def dumps_report(report: Report) -> str:
+    return json.dumps(report_to_json(report), indent=1)
+
+
+def report_from_json(data: Any, source: str = "<report>") -> Report:
+    """Read a report back (expected reports next to recordings use this)."""
+    def fail(key: str, msg: str) -> InputError:
+        return InputError(msg, source=source, key=key)
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise fail("format", f"not a vmxdbg report (expected format {FORMAT!r})")
+    if str(data.get("version", "")).split(".")[0] != str(VERSION):
+        raise fail("version", f"version {data.get('version')!r} is not supported (this vmxdbg reads {VERSION})")
+    procs = data.get("processors")
+    if not isinstance(procs, dict):
+        raise fail("processors", "expected an object")
+    rep = Report(source=source)
+    for cpu_s, verdicts in procs.items():
+        if not str(cpu_s).isdigit() or not isinstance(verdicts, list):
+            raise fail(f"processors.{cpu_s}", "expected a processor number and a list of verdicts")
+        out = []
+        for i, v in enumerate(verdicts):
+            k = f"processors.{cpu_s}[{i}]"
+            if not isinstance(v, dict) or not isinstance(v.get("instruction"), str) \
+                    or not isinstance(v.get("outcome"), str):
+                raise fail(k, "a verdict needs instruction and outcome strings")
+            findings = []
+            for j, f in enumerate(v.get("findings", [])):
+                if not isinstance(f, dict) or f.get("status") not in STATUSES or not isinstance(f.get("id"), str):
+                    raise fail(f"{k}.findings[{j}]", "a finding needs an id and a status of fail, unknown or advice")
+                findings.append(Finding(f["id"], f["status"], str(f.get("sdm", "")),
+                                        [str(x) for x in f.get("inputs", []) if isinstance(x, (str, int))],
+                                        str(f.get("message", "")), str(f.get("fix", ""))))
+            possible = v.get("possible", [v["outcome"]])
+            if not isinstance(possible, list):
+                raise fail(f"{k}.possible", "expected a list")
+            out.append(Verdict(v["instruction"], v["outcome"], [str(x) for x in possible], findings))
+        rep.processors[int(cpu_s)] = out
+    return rep

@@ -1,0 +1,144 @@
+"""Run the rules on a snapshot and give one verdict per instruction per processor.
+
+Outcome, following DESIGN.md: tiers are walked in the processor's order. The
+first tier with a certain failure decides; every outcome its failing rules
+give is `possible` (the SDM lets rules of one tier be checked in any order).
+An unknown rule, or an implementation-specific failure, in an earlier tier
+adds its outcome to `possible` and the walk goes on. `outcome` is `unknown`
+when any unknown input could change it, else the first possible outcome.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+from ..report import Finding, Report, Verdict
+from ..snapshot import Snapshot
+from .engine import ENTRY, INSTRUCTIONS, SKIP, Context, Missing, Rule, Tier, Violation, all_rules
+
+
+def _as_list(result: object) -> List[Violation]:
+    if result is None or result is SKIP:
+        return []
+    if isinstance(result, Violation):
+        return [result]
+    return list(result)  # type: ignore[arg-type]
+
+
+def _unknown_finding(rule: Rule, exc: Missing, used: List[str]) -> Finding:
+    what = f" ({exc.what})" if exc.what else ""
+    return Finding(rule.id, "unknown", rule.sdm, list(used),
+                   f"{rule.title}: unknown, needs {exc.key}{what}",
+                   f"Provide {exc.key} (read it from the target, or add it to the snapshot).",
+                   rule.title, rule.outcome)
+
+
+def run_rule(rule: Rule, ctx: Context) -> Tuple[List[Finding], bool]:
+    """Findings of one rule on one processor, and whether it applied (not skipped)."""
+    try:
+        result = rule.check(ctx)
+    except Missing as exc:
+        return [_unknown_finding(rule, exc, ctx.used)], True
+    if result is SKIP:
+        return [], False
+    findings = []
+    for v in _as_list(result):
+        findings.append(Finding(rule.id, rule.status, rule.sdm, list(ctx.used), v.message,
+                                v.fix or rule.fix, rule.title, v.outcome or rule.outcome, v.certain))
+    return findings, True
+
+
+def _resolve_outcome(outcome: str, ctx: Context) -> str:
+    """`VMfail:<n>` is VMfailValid(n) with a current VMCS, VMfailInvalid without."""
+    if not outcome.startswith("VMfail:"):
+        return outcome
+    try:
+        return "VMfailValid:" + outcome.split(":", 1)[1] if ctx.has_current_vmcs() else "VMfailInvalid"
+    except Missing:
+        return "unknown"
+
+
+def _cross_findings(snapshot: Snapshot, rules: Sequence[Rule]) -> Dict[Tuple[int, str], List[Tuple[int, Finding]]]:
+    """Findings of cross-processor rules, keyed by (cpu, instruction), with the rule's tier."""
+    from .cross import CrossContext  # cross rules see every processor
+    out: Dict[Tuple[int, str], List[Tuple[int, Finding]]] = defaultdict(list)
+    for rule in rules:
+        ctx = CrossContext(snapshot)
+        try:
+            result = rule.check(ctx)  # type: ignore[arg-type]
+        except Missing as exc:
+            for cpu in snapshot.processors:
+                for insn in rule.instructions:
+                    out[(cpu, insn)].append((rule.tier, _unknown_finding(rule, exc, ctx.used)))
+            continue
+        for v in _as_list(result):
+            cpus = getattr(v, "cpus", None) or list(snapshot.processors)
+            for cpu in cpus:
+                for insn in rule.instructions:
+                    f = Finding(rule.id, rule.status, rule.sdm, list(ctx.used), v.message, v.fix or rule.fix,
+                                rule.title, v.outcome or rule.outcome, v.certain, list(cpus))
+                    out[(cpu, insn)].append((rule.tier, f))
+    return out
+
+
+def verdict_for(snapshot: Snapshot, cpu: int, instruction: str, rules: Sequence[Rule],
+                cross: Optional[Dict[Tuple[int, str], List[Tuple[int, Finding]]]] = None) -> Verdict:
+    """The verdict of one instruction on one processor."""
+    by_tier: Dict[int, List[Rule]] = defaultdict(list)
+    for r in rules:
+        if instruction in r.instructions and not r.cross:
+            by_tier[r.tier].append(r)
+    cross_here = (cross or {}).get((cpu, instruction), [])
+    tiers = sorted(set(by_tier) | {t for t, _ in cross_here})
+    findings: List[Finding] = []
+    possible: List[str] = []
+    uncertain = False
+    decided = False
+    status_ctx = Context(snapshot, cpu)
+    for tier in tiers:
+        tier_findings: List[Finding] = []
+        for r in by_tier.get(tier, []):
+            got, _ = run_rule(r, Context(snapshot, cpu))
+            tier_findings.extend(got)
+        tier_findings.extend(f for t, f in cross_here if t == tier)
+        for f in tier_findings:
+            f.outcome = _resolve_outcome(f.outcome, status_ctx)
+        findings.extend(tier_findings)
+        if decided:
+            continue  # already failed in an earlier VM-entry tier: only listing what else is broken
+        certain = [f for f in tier_findings if f.status == "fail" and f.certain]
+        open_ = [f for f in tier_findings if f.status == "unknown" or (f.status == "fail" and not f.certain)]
+        for f in certain + open_:
+            if f.outcome not in possible:
+                possible.append(f.outcome)
+        if any(f.status == "unknown" for f in open_):
+            uncertain = True
+        if certain:
+            decided = True
+            if tier in Tier.STOPS:
+                break
+    if not decided and "ok" not in possible:
+        possible.append("ok")
+    outcome = "unknown" if uncertain else possible[0]
+    return Verdict(instruction, outcome, possible, findings)
+
+
+def check_snapshot(snapshot: Snapshot, cpus: Optional[Iterable[int]] = None) -> Report:
+    """Verdicts for vmxon, vmlaunch and vmresume on every processor (and vmclear /
+    vmptrld where their operand is known)."""
+    rules = all_rules()
+    cross = _cross_findings(snapshot, [r for r in rules if r.cross])
+    report = Report(source=snapshot.source)
+    wanted = sorted(snapshot.processors) if cpus is None else list(cpus)
+    for cpu in wanted:
+        p = snapshot.processors[cpu]
+        verdicts = []
+        for insn in INSTRUCTIONS:
+            if insn in ("vmclear", "vmptrld") and insn not in p.operands:
+                continue
+            verdicts.append(verdict_for(snapshot, cpu, insn, rules, cross))
+        report.processors[cpu] = verdicts
+    return report
+
+
+__all__ = ["check_snapshot", "verdict_for", "run_rule", "ENTRY"]

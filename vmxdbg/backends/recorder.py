@@ -73,10 +73,11 @@ class Recorder(Backend):
     def __init__(self, backend: Backend, path: Union[str, "os.PathLike[str]"], *,
                  command: Union[None, str, Mapping[str, Any]] = None, argv: Optional[List[str]] = None,
                  params: Optional[Dict[str, Any]] = None, probe: bool = True,
-                 close_backend: bool = False) -> None:
+                 target: Optional[Dict[str, Any]] = None, close_backend: bool = False) -> None:
         """`command` is the command being run ("check", "trace"), or a mapping with
         keys command / argv / params; `params` are what a replay needs to make the
-        same calls again (e.g. the processors and VMXON pointers of a check)."""
+        same calls again (e.g. the processors and VMXON pointers of a check);
+        `target` (processors, capability MSRs) replaces what `probe` would read."""
         if isinstance(command, Mapping):
             argv = command.get("argv", argv)
             params = command.get("params", params)
@@ -86,7 +87,8 @@ class Recorder(Backend):
         self.close_backend = close_backend
         self._caps = backend.capabilities()
         header = new_header(backend.describe(), sorted(self._caps), command=command, argv=argv,
-                            params=params, target=probe_target(backend) if probe else None)
+                            params=params, target=target if target is not None
+                            else (probe_target(backend) if probe else None))
         self.writer = RecordingWriter(path, header)
         self.path = self.writer.path
         self._closed = False

@@ -169,9 +169,10 @@ def get_rule(rule_id: str) -> Rule:
 class Context:
     """Read access to one processor's inputs; records what each check read."""
 
-    def __init__(self, snapshot: Snapshot, cpu: int) -> None:
+    def __init__(self, snapshot: Snapshot, cpu: int, instruction: Optional[str] = None) -> None:
         self.snapshot = snapshot
         self.cpu = cpu
+        self.instruction = instruction  # the instruction being judged, when one is
         self.p: Processor = snapshot.processors[cpu]
         self.used: List[str] = []
 

@@ -13,7 +13,7 @@ from collections import defaultdict
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from ..report import Finding, Report, Verdict
-from ..snapshot import Snapshot
+from ..snapshot import Processor, Snapshot
 from .engine import ENTRY, INSTRUCTIONS, SKIP, Context, Missing, Rule, Tier, Violation, all_rules
 
 
@@ -98,7 +98,7 @@ def verdict_for(snapshot: Snapshot, cpu: int, instruction: str, rules: Sequence[
     for tier in tiers:
         tier_findings: List[Finding] = []
         for r in by_tier.get(tier, []):
-            got, _ = run_rule(r, Context(snapshot, cpu))
+            got, _ = run_rule(r, Context(snapshot, cpu, instruction))
             tier_findings.extend(got)
         tier_findings.extend(f for t, f in cross_here if t == tier)
         for f in tier_findings:
@@ -123,6 +123,23 @@ def verdict_for(snapshot: Snapshot, cpu: int, instruction: str, rules: Sequence[
     return Verdict(instruction, outcome, possible, findings)
 
 
+def next_instructions(p: Processor) -> List[str]:
+    """The instructions this processor's state says it is about to run: VMXON
+    outside VMX operation; VMCLEAR/VMPTRLD with a known operand and the VM entry
+    its launch state allows in VMX root operation; everything when unknown."""
+    vmx = p.state.get("vmx")
+    if vmx == "off" or (vmx is None and p.vmxon_pointer is not None):
+        return ["vmxon"]
+    if vmx == "root":
+        out = [i for i in ("vmclear", "vmptrld") if i in p.operands]
+        if p.vmcs_launch_state != "launched":
+            out.append("vmlaunch")
+        if p.vmcs_launch_state != "clear":
+            out.append("vmresume")
+        return out
+    return list(INSTRUCTIONS)
+
+
 def check_snapshot(snapshot: Snapshot, cpus: Optional[Iterable[int]] = None) -> Report:
     """Verdicts for vmxon, vmlaunch and vmresume on every processor (and vmclear /
     vmptrld where their operand is known)."""
@@ -138,6 +155,7 @@ def check_snapshot(snapshot: Snapshot, cpus: Optional[Iterable[int]] = None) -> 
                 continue
             verdicts.append(verdict_for(snapshot, cpu, insn, rules, cross))
         report.processors[cpu] = verdicts
+        report.next[cpu] = next_instructions(p)
     return report
 
 

@@ -1,0 +1,96 @@
+"""minihv's build script and knob encoding (no Bochs needed; the build needs nasm)."""
+from __future__ import annotations
+
+import shutil
+import struct
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures"))
+from minihv import build as minihv_build  # noqa: E402
+from minihv import knobs  # noqa: E402
+
+from vmxdbg.errors import InputError, VmxdbgError  # noqa: E402
+
+needs_nasm = pytest.mark.skipif(not shutil.which("nasm"), reason="nasm not installed (apt-get install nasm)")
+
+
+def test_layout_numbers_match_the_documented_addresses() -> None:
+    assert knobs.CONFIG_PHYS == 0x9000 and knobs.CONFIG_OFFSET == 0x1400
+    assert knobs.L["CFG_MAGIC"].to_bytes(8, "little") == b"MHVCONF1"
+
+
+def test_encode_decode_round_trip() -> None:
+    config = knobs.Config(cores={1: knobs.CoreKnobs(wrong_revision=True, revision_value=0x1234),
+                                 3: knobs.CoreKnobs(stops=True, share_vmxon=True, share_with=2,
+                                                    overrides=((0x2800, 0), (0x4002, 2**64 - 1)))},
+                          shutdown=True, expect_cpus=4)
+    page = knobs.encode(config)
+    assert len(page) == 0x1000 and page[:8] == b"MHVCONF1"
+    assert struct.unpack_from("<I", page, 0x100 + 0x100)[0] == knobs.L["K_WRONG_REVISION"]
+    assert knobs.decode(page) == config
+    assert knobs.decode(bytes(0x1000)) is None
+
+
+@pytest.mark.parametrize("config, message", [
+    (knobs.Config(cores={8: knobs.CoreKnobs()}), "processor 8"),
+    (knobs.Config(cores={0: knobs.CoreKnobs(overrides=((1, 1),) * 16)}), "at most 15"),
+    (knobs.Config(cores={0: knobs.CoreKnobs(overrides=((1, 2**64),))}), "override value"),
+    (knobs.Config(cores={2: knobs.CoreKnobs(share_vmxon=True, share_with=9)}), "share_with 9"),
+])
+def test_encode_refuses_bad_values(config: knobs.Config, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        knobs.encode(config)
+
+
+def test_specs() -> None:
+    config = knobs.from_specs(["1:wrong_revision,stops", "1:override=0x2800:0", "0:share_vmxon=1",
+                               "2:revision=0x8000002b"], shutdown=True)
+    assert config.core(1) == knobs.CoreKnobs(wrong_revision=True, stops=True, overrides=((0x2800, 0),))
+    assert config.core(0) == knobs.CoreKnobs(share_vmxon=True, share_with=1)
+    assert config.core(2) == knobs.CoreKnobs(wrong_revision=True, revision_value=0x8000002B)
+    assert config.core(3) == knobs.CoreKnobs() and config.shutdown
+    for bad in ("x:stops", "1:nonsense", "1:override=12"):
+        with pytest.raises(InputError, match="knob spec"):
+            knobs.from_specs([bad])
+
+
+@needs_nasm
+def test_build_image_symbols_and_patch(tmp_path: Path) -> None:
+    image = minihv_build.build(tmp_path, knobs.Config(cores={1: knobs.CoreKnobs(bit31=True)}))
+    data = image.read_bytes()
+    assert len(data) == 1474560 and data[510:512] == b"\x55\xaa"
+    assert knobs.decode(data[0x1400:0x2400]).core(1).bit31
+    labels = minihv_build.symbols(tmp_path)
+    # each planned stop is a 3-byte `xchg bx, bx` (66 87 db) right before its instruction
+    for insn in ("vmxon", "vmclear", "vmptrld", "vmlaunch", "vmxoff"):
+        stop, at = labels["stop_" + insn], labels["at_" + insn]
+        assert data[stop - 0x7C00:stop - 0x7C00 + 3] == b"\x66\x87\xdb" and at == stop + 3
+    assert data[labels["at_vmlaunch"] - 0x7C00:][:3] == b"\x0f\x01\xc2"       # VMLAUNCH
+    assert data[labels["at_vmxoff"] - 0x7C00:][:3] == b"\x0f\x01\xc4"         # VMXOFF
+    assert data[labels["at_vmxon"] - 0x7C00:][:4] == b"\xf3\x41\x0f\xc7"      # VMXON [r15+d] (F3 REX.B 0F C7 /6)
+    assert labels["cfg_stop"] < labels["at_vmxon"] and "vm_exit_handler" in labels
+
+
+@needs_nasm
+def test_patch_refuses_a_file_without_the_block(tmp_path: Path) -> None:
+    other = tmp_path / "other.img"
+    other.write_bytes(bytes(1474560))
+    with pytest.raises(InputError, match="no minihv configuration block"):
+        knobs.patch_image(other, knobs.Config())
+
+
+def test_missing_nasm_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(minihv_build.shutil, "which", lambda name: None)
+    with pytest.raises(VmxdbgError, match="nasm not found on PATH"):
+        minihv_build.build(tmp_path)
+
+
+def test_bochsrc_refuses_unsafe_paths_and_counts() -> None:
+    assert "count=4," in minihv_build.bochsrc("/tmp/a.img", 4)
+    with pytest.raises(VmxdbgError, match="cpus=9"):
+        minihv_build.bochsrc("/tmp/a.img", 9)
+    with pytest.raises(VmxdbgError, match="spaces"):
+        minihv_build.bochsrc("/tmp/a b.img", 2)

@@ -27,6 +27,7 @@ from construct import Bytes, ExprAdapter, Int16ul, Int32ul, Int64ul, Struct
 
 from ..errors import DefinitionError, InputError
 from ..values import parse_int
+from .loader import default_directory
 
 LAYOUT_DIR_NAME = "vmcs_layouts"
 #: extra directories (os.pathsep-separated) searched for learned layout files
@@ -353,11 +354,8 @@ def load_layout(path: Union[str, os.PathLike]) -> Layout:
 
 
 def builtin_directory() -> Path:
-    """structs/vmcs_layouts: the installed package data, else the repository's."""
-    import vmxdbg
-    pkg = Path(vmxdbg.__file__).resolve().parent
-    installed = pkg / "_structs" / LAYOUT_DIR_NAME
-    return installed if installed.is_dir() else pkg.parent / "structs" / LAYOUT_DIR_NAME
+    """structs/vmcs_layouts, next to the other hardware definitions."""
+    return default_directory() / LAYOUT_DIR_NAME
 
 
 def _search_dirs() -> List[Path]:
@@ -365,28 +363,32 @@ def _search_dirs() -> List[Path]:
     return [builtin_directory()] + extra
 
 
-def _load_dir(directory: Path) -> List[Layout]:
-    return [load_layout(p) for p in sorted(directory.glob("*.yaml"))] if directory.is_dir() else []
+def _files() -> Tuple[Tuple[str, int], ...]:
+    out = []
+    for d in _search_dirs():
+        if d.is_dir():
+            out += [(str(p), p.stat().st_mtime_ns) for p in sorted(d.glob("*.yaml"))]
+    return tuple(out)
 
 
 @functools.lru_cache(maxsize=4)
-def _known(dirs: Tuple[str, ...]) -> Tuple[Layout, ...]:
+def _known(files: Tuple[Tuple[str, int], ...]) -> Tuple[Layout, ...]:
     out: List[Layout] = []
     by_rev: Dict[int, Layout] = {}
-    for d in dirs:
-        for lay in _load_dir(Path(d)):
-            other = by_rev.get(lay.revision_id)
-            if other is not None:
-                raise DefinitionError(f"revision id 0x{lay.revision_id:x} is already described by {other.path}",
-                                      source=lay.path, key="layout.revision_id")
-            by_rev[lay.revision_id] = lay
-            out.append(lay)
+    for path, _ in files:
+        lay = load_layout(path)
+        other = by_rev.get(lay.revision_id)
+        if other is not None:
+            raise DefinitionError(f"revision id 0x{lay.revision_id:x} is already described by {other.path}",
+                                  source=lay.path, key="layout.revision_id")
+        by_rev[lay.revision_id] = lay
+        out.append(lay)
     return tuple(out)
 
 
 def known_layouts() -> List[Layout]:
     """Every built-in layout, then those in $VMXDBG_LAYOUT_PATH; one per revision id."""
-    return list(_known(tuple(str(d) for d in _search_dirs())))
+    return list(_known(_files()))
 
 
 def layout_for_revision(revision_id: int) -> Optional[Layout]:

@@ -125,11 +125,17 @@ def collect_processor(backend: Backend, cpu: int, snap: Snapshot,
 
 def collect(backend: Backend, cpus: Optional[Iterable[int]] = None,
             vmxon_pointers: Optional[Dict[int, int]] = None, source: str = "") -> Snapshot:
-    """A Snapshot of the chosen processors (all by default)."""
+    """A complete Snapshot of the chosen processors (all by default).
+
+    The rules are run once while the backend is open, so that the physical
+    memory they ask for (regions, MSR-load areas, PDPTEs) is read now; the
+    snapshot returned no longer touches the backend."""
     snap = Snapshot(source=source or backend.name)
     for cpu in (backend.processors() if cpus is None else cpus):
         collect_processor(backend, cpu, snap, (vmxon_pointers or {}).get(cpu))
-    return snap
+    from .rules import check_snapshot
+    check_snapshot(snap)
+    return freeze(snap)
 
 
 def freeze(snap: Snapshot) -> Snapshot:

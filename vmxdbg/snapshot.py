@@ -10,7 +10,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 from .errors import InputError
 from .values import hexs, parse_int
@@ -70,6 +70,8 @@ class Memory:
 
     def __init__(self) -> None:
         self._ranges: Dict[int, bytes] = {}
+        #: a live source asked for bytes not yet known: (address, size) -> bytes or None
+        self.fallback: Optional[Callable[[int, int], Optional[bytes]]] = None
 
     def add(self, address: int, data: bytes) -> None:
         """Record bytes at `address`; new data overrides old where they overlap."""
@@ -91,6 +93,11 @@ class Memory:
         for a, b in self._ranges.items():
             if a <= address and address + size <= a + len(b):
                 return b[address - a:address - a + size]
+        if self.fallback is not None:
+            data = self.fallback(address, size)
+            if data is not None and len(data) == size:
+                self.add(address, data)
+                return data
         return None
 
     def ranges(self) -> Iterator[Tuple[int, bytes]]:

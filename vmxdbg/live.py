@@ -15,11 +15,11 @@ Nothing here imports a particular backend.
 from __future__ import annotations
 
 import argparse
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 from .backends.base import Backend
 from .collect import collect
-from .errors import InputError, NotAvailable
+from .errors import BackendError, InputError, NotAvailable
 from .snapshot import Snapshot
 from .values import parse_int
 
@@ -102,3 +102,38 @@ def current_cpu(backend: Backend) -> int:
     fn = getattr(backend, "current_processor", None)
     cpu = fn() if callable(fn) else None
     return cpu if cpu is not None else backend.processors()[0]
+
+
+PAGE = 0x1000
+
+
+def page_reader(backend: Backend) -> Callable[[int, int], Optional[bytes]]:
+    """A physical-memory reader that reads each 4-KByte page once (one backend call per region).
+
+    Decoding a VMCS reads ~150 fields; over a KD link each read is a packet
+    exchange, so the page is read whole and the fields are cut from it. A page
+    the backend cannot read is unknown (None), not an error.
+    """
+    pages: Dict[int, Optional[bytes]] = {}
+
+    def page(base: int) -> Optional[bytes]:
+        if base not in pages:
+            try:
+                pages[base] = backend.read_physical(base, PAGE)
+            except BackendError:
+                pages[base] = None
+        return pages[base]
+
+    def read(address: int, size: int) -> Optional[bytes]:
+        out = b""
+        at = address
+        while at < address + size:
+            base = at & ~(PAGE - 1)
+            data = page(base)
+            if data is None:
+                return None
+            take = min(address + size, base + PAGE) - at
+            out += data[at - base:at - base + take]
+            at += take
+        return out
+    return read

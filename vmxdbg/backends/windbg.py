@@ -306,13 +306,12 @@ class WinDbgBackend(Backend):
         """The breakpoints this backend has set and not removed: id -> address."""
         return {k: a for k, (_, a) in self._bps.items()}
 
-    def _event_cpu(self) -> Optional[int]:
-        """The processor the last event happened on (engine thread id -> processor)."""
-        pk = self.pykd
-        tid = int(pk.getLastEvent().thread)
+    def _cpu_of_thread(self, tid: int) -> Optional[int]:
+        """The processor whose virtual thread has engine id `tid` (learned by switching, once)."""
         if tid in self._thread_cpu:
             return self._thread_cpu[tid]
-        for cpu in self.processors():   # learn the mapping: switch until the event thread is current
+        pk = self.pykd
+        for cpu in self.processors():   # switch until that thread is current; it stays selected
             self._current = None
             self.select(cpu)
             cur = int(pk.getCurrentThreadId())
@@ -320,6 +319,22 @@ class WinDbgBackend(Backend):
             if cur == tid:
                 return cpu
         return None
+
+    def _event_cpu(self) -> Optional[int]:
+        """The processor the last event happened on."""
+        return self._cpu_of_thread(int(self.pykd.getLastEvent().thread))
+
+    def current_processor(self) -> Optional[int]:
+        """The processor the debugger has selected (the `N:` of the `N: kd>` prompt)."""
+        if self._current is None:
+            try:
+                tid = int(self.pykd.getCurrentThreadId())
+            except self._exc("DbgException") as exc:   # type: ignore[misc]
+                raise self._fail(exc, None, "current processor") from None
+            if self._original_thread is None:
+                self._original_thread = tid
+            self._current = self._cpu_of_thread(tid)
+        return self._current
 
     def go(self, timeout: float = 30.0) -> StopEvent:
         """Run every processor until a stop; after `timeout` seconds break in (pykd's go() has no timeout)."""

@@ -99,7 +99,7 @@ BASELINE = "vmentry"
 
 
 @functools.lru_cache(maxsize=1)
-def _baseline_vmcs() -> Dict[int, int]:
+def baseline_vmcs() -> Dict[int, int]:
     from .examples import baseline_tree
     raw = baseline_tree(BASELINE)["processors"]["0"]["vmcs"]
     return {int(k, 16): int(v, 16) for k, v in raw.items()}
@@ -109,7 +109,7 @@ def controls_patch(*changes: Tuple[str, int]) -> Dict[str, str]:
     """A patch on the vmentry baseline that sets each control ("secondary.enable_ept", 1 or 0);
     a control set to 1 also gets its activation chain ("activate secondary controls" ...)."""
     vals: Dict[int, int] = {}
-    base = _baseline_vmcs()
+    base = baseline_vmcs()
 
     def put(control: str, name: str, one: int) -> None:
         enc = control_def(control).vmcs
@@ -128,4 +128,4 @@ def field_patch(field: str, value: int) -> Dict[str, str]:
     return {f"vmcs/0x{encoding(field):04x}": hex(value)}
 
 
-__all__ = ["table", "controls_patch", "field_patch", "BASELINE"]
+__all__ = ["table", "baseline_vmcs", "controls_patch", "field_patch", "BASELINE"]

@@ -88,7 +88,7 @@ def words(name: str) -> str:
             out.append("_".join(p.upper() for p in parts[i:]))
             break
         out.append(_SPELLED.get(w) or (w.upper() if w in _ACRONYMS else w))
-    return " ".join(out)
+    return " ".join(out).replace("address space", "address-space")
 
 
 def control_label(control: str, name: str) -> str:

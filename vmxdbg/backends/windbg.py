@@ -19,7 +19,8 @@ read until the target runs again (go, step): each register, MSR and GDT is
 read at most once per processor per stop, each memory range once per stop,
 and the processor is switched only when it changes. `reads` counts the target
 reads made (reg, rdmsr, load*), for the stated cost of a full check
-(docs/windbg.md).
+(docs/windbg.md). Physical memory is read by whole 4-KByte pages, each once
+per stop, however many pieces of it the rules ask for.
 
 What a debugger cannot see is NotAvailable, never guessed: CPUID (the
 debugger cannot execute it on the target), the VMX state and the current VMCS
@@ -39,6 +40,7 @@ from ..errors import BackendError, NotAvailable, TargetGone
 from .base import EXECUTION, MSR, PHYSICAL, REGISTERS, SEGMENT_NAMES, VIRTUAL, Backend, StopEvent
 
 NAME = "windbg"
+PAGE = 0x1000
 EFER, FS_BASE, GS_BASE = 0xC0000080, 0xC0000100, 0xC0000101
 # vmxdbg register name -> dbgeng (AMD64 kernel) register name
 _DBGENG = {"rflags": "efl"}
@@ -266,9 +268,24 @@ class WinDbgBackend(Backend):
                            backend=self.name, cpu=cpu, what=f"CPUID 0x{leaf:x}.{subleaf:x}")
 
     def read_physical(self, address: int, size: int) -> bytes:
+        """Whole 4-KByte pages, each read once per stop: the rules ask for a region a few bytes at a
+        time (revision id, then fields), and a KD round trip costs more than the bytes."""
         what = f"physical memory 0x{address:x}+0x{size:x}"
-        return self._read(self._memory, ("p", address, size), None, what,
-                          lambda: bytes(self.pykd.loadBytes(address, size, True)))
+        out = b""
+        at, end = address, address + size
+        while at < end:
+            base = at & ~(PAGE - 1)
+            try:
+                page = self._read(self._memory, ("p", base, PAGE), None, f"physical page 0x{base:x}",
+                                  lambda b=base: bytes(self.pykd.loadBytes(b, PAGE, True)))
+            except NotAvailable:
+                # the page as a whole is not readable (MMIO, a hole): ask for exactly what is wanted
+                return self._read(self._memory, ("exact", address, size), None, what,
+                                  lambda: bytes(self.pykd.loadBytes(address, size, True)))
+            take = min(end, base + PAGE) - at
+            out += page[at - base:at - base + take]
+            at += take
+        return out
 
     def read_virtual(self, cpu: int, address: int, size: int) -> bytes:
         self._check_cpu(cpu, f"virtual memory 0x{address:x}+0x{size:x}")

@@ -12,12 +12,19 @@ from typing import Dict, Iterable, List, Optional
 
 from .backends.base import CPUID, MSR, PHYSICAL, REGISTERS, SEGMENT_NAMES, TABLE_NAMES, VMCS, VMX_STATE, Backend
 from .errors import NotAvailable
+from .memtype import FIXED_4K, FIXED_16K, FIXED_64K, MTRR_DEF_TYPE, MTRRCAP
 from .snapshot import NO_VMCS, Processor, Segment, Snapshot, Table
 
 CPUID_LEAVES = ((0x0, 0), (0x1, 0), (0x7, 0), (0x80000000, 0), (0x80000001, 0), (0x80000008, 0))
 PLAIN_REGISTERS = ("cr0", "cr3", "cr4", "rflags", "rip", "dr7", "efer", "cpl")
 ALWAYS_MSRS = (0x3A, 0xC0000080, 0x277, 0x1D9, 0x174, 0x175, 0x176, 0xC0000100, 0xC0000101)
 VMX_BASE_MSRS = tuple(range(0x480, 0x48B))  # BASIC .. VMCS_ENUM exist wherever VMX does
+
+
+def leaf_has(p: Processor, leaf: int, reg: int, bit: int) -> bool:
+    """True when CPUID(leaf) was read and has `bit` set in register `reg` (0=eax .. 3=edx)."""
+    regs = p.cpuid.get((leaf, 0))
+    return regs is not None and bool(regs[reg] >> bit & 1)
 
 
 def _try(fn, *args):  # type: ignore[no-untyped-def]
@@ -85,6 +92,12 @@ def collect_processor(backend: Backend, cpu: int, snap: Snapshot,
                     if v is not None:
                         p.msr[i] = v
         read(ALWAYS_MSRS)
+        if leaf_has(p, 1, 3, 12):          # CPUID.1:EDX.MTRR: the memory-type advice reads the MTRRs
+            read((MTRRCAP, MTRR_DEF_TYPE))
+            cap = p.msr.get(MTRRCAP, 0)
+            read(range(0x200, 0x200 + 2 * (cap & 0xFF)))
+            if cap >> 8 & 1:
+                read((FIXED_64K,) + FIXED_16K + FIXED_4K)
         leaf1 = p.cpuid.get((1, 0))
         if leaf1 is None or leaf1[2] >> 5 & 1:
             read(VMX_BASE_MSRS)

@@ -28,6 +28,7 @@ class Finding:
     outcome: str = ""      # what this finding alone would make the instruction do
     certain: bool = True
     cpus: List[int] = field(default_factory=list)  # cross-processor findings: who is involved
+    advisory: bool = False  # from an advice rule: never changes an outcome, even when unknown
 
     def to_json(self) -> dict:
         return {"id": self.id, "status": self.status, "sdm": self.sdm, "inputs": list(self.inputs),

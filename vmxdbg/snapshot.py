@@ -62,6 +62,7 @@ class Processor:
     vmcs_launch_state: Optional[str] = None
     vmcs: Dict[int, int] = field(default_factory=dict)
     operands: Dict[str, int] = field(default_factory=dict)  # vmclear/vmptrld operands
+    linear: Dict[str, int] = field(default_factory=dict)    # linear addresses: vmxon_region, vmcs_region
     provenance: Dict[str, str] = field(default_factory=dict)  # input key -> where it came from
 
 
@@ -198,6 +199,8 @@ class _Reader:
             p.vmcs[self.int(enc, f"{key}.vmcs")] = self.int(val, f"{key}.vmcs.{enc}")
         for name, val in self.obj(raw.get("operands", {}), f"{key}.operands").items():
             p.operands[str(name)] = self.int(val, f"{key}.operands.{name}")
+        for name, val in self.obj(raw.get("linear", {}), f"{key}.linear").items():
+            p.linear[str(name)] = self.int(val, f"{key}.linear.{name}")
         prov = raw.get("provenance", {})
         if isinstance(prov, dict):
             p.provenance = {str(k2): str(v) for k2, v in prov.items()}
@@ -279,6 +282,8 @@ def _processor_json(p: Processor) -> dict:
         out["vmcs"] = {f"0x{k:04x}": hexs(v) for k, v in sorted(p.vmcs.items())}
     if p.operands:
         out["operands"] = {k: hexs(v) for k, v in sorted(p.operands.items())}
+    if p.linear:
+        out["linear"] = {k: hexs(v) for k, v in sorted(p.linear.items())}
     if p.provenance:
         out["provenance"] = dict(sorted(p.provenance.items()))
     return out

@@ -31,7 +31,7 @@ def _unknown_finding(rule: Rule, exc: Missing, used: List[str]) -> Finding:
     return Finding(rule.id, "unknown", rule.sdm, list(used),
                    f"{rule.title}: unknown, needs {exc.key}{what}",
                    f"Provide {exc.key} (read it from the target, or add it to the snapshot).",
-                   rule.title, rule.outcome)
+                   rule.title, rule.outcome, advisory=rule.status == "advice")
 
 
 def run_rule(rule: Rule, ctx: Context) -> Tuple[List[Finding], bool]:
@@ -45,7 +45,8 @@ def run_rule(rule: Rule, ctx: Context) -> Tuple[List[Finding], bool]:
     findings = []
     for v in _as_list(result):
         findings.append(Finding(rule.id, rule.status, rule.sdm, list(ctx.used), v.message,
-                                v.fix or rule.fix, rule.title, v.outcome or rule.outcome, v.certain))
+                                v.fix or rule.fix, rule.title, v.outcome or rule.outcome, v.certain,
+                                advisory=rule.status == "advice"))
     return findings, True
 
 
@@ -77,7 +78,8 @@ def _cross_findings(snapshot: Snapshot, rules: Sequence[Rule]) -> Dict[Tuple[int
             for cpu in cpus:
                 for insn in rule.instructions:
                     f = Finding(rule.id, rule.status, rule.sdm, list(ctx.used), v.message, v.fix or rule.fix,
-                                rule.title, v.outcome or rule.outcome, v.certain, list(cpus))
+                                rule.title, v.outcome or rule.outcome, v.certain, list(cpus),
+                                advisory=rule.status == "advice")
                     out[(cpu, insn)].append((rule.tier, f))
     return out
 
@@ -107,7 +109,7 @@ def verdict_for(snapshot: Snapshot, cpu: int, instruction: str, rules: Sequence[
         findings.extend(tier_findings)
         if decided:
             continue  # already failed in an earlier VM-entry tier: only listing what else is broken
-        counted = [f for f in tier_findings if f.status in ("fail", "unknown")]
+        counted = [f for f in tier_findings if f.status in ("fail", "unknown") and not f.advisory]
         certain = [f for f in counted if f.status == "fail" and f.certain]
         for f in certain + [f for f in counted if f not in certain]:
             if f.outcome not in possible:

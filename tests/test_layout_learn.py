@@ -8,7 +8,8 @@ import pytest
 from vmxdbg.cli import main
 from vmxdbg.decode import defs
 from vmxdbg.decode.layouts import find_layout, known_layouts, load_layout
-from vmxdbg.decode.probe import learn, parse_dump, probe_dump_text, t16, tag, tag_for_width
+from vmxdbg.decode.probe import (field_table, learn, parse_dump, probe_dump_text, probe_encodings, t16, tag,
+                                  tag_for_width)
 from vmxdbg.errors import InputError
 
 ALL_FIELDS = [(f.encoding, f.name) for f in defs.vmcs_fields()]
@@ -103,3 +104,16 @@ def test_cli_layout_learn_bad_dump_is_one_line(tmp_path: Path, capsys: pytest.Ca
     assert main(["layout", "learn", str(bad), "-o", str(tmp_path / "o.yaml")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("vmxdbg: ") and "x.bin" in err and "\n" not in err
+
+
+def test_minihv_probe_field_table_is_generated_from_the_definitions() -> None:
+    inc = Path(__file__).resolve().parent / "fixtures" / "minihv" / "probe_fields.inc"
+    assert inc.read_text() == field_table("nasm"), "regenerate: vmxdbg layout fields --nasm > " + str(inc)
+    encs = probe_encodings()
+    assert encs[-1] == 0x4400 and sorted(encs) == sorted(e for e, _ in ALL_FIELDS)
+
+
+def test_cli_layout_fields_prints_a_c_array(capsys: pytest.CaptureFixture) -> None:
+    assert main(["layout", "fields", "--c"]) == 0
+    out = capsys.readouterr().out
+    assert f"probe_fields[{len(ALL_FIELDS)}]" in out and "0x6C16" in out

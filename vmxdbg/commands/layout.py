@@ -2,6 +2,7 @@
 
     vmxdbg layout list
     vmxdbg layout learn DUMP -o layout.yaml [--name NAME]
+    vmxdbg layout fields [--c | --nasm]      the encodings the probe writes
 
 DUMP is what the layout probe printed (docs/vmcs-layouts.md), or the raw
 region bytes. The learned file is used with `vmxdbg vmcs ADDR --layout FILE`,
@@ -17,7 +18,7 @@ from typing import List
 
 from ..decode import defs
 from ..decode.layouts import PATH_ENV, Layout, dump_layout, known_layouts, layout_for_revision
-from ..decode.probe import Learned, learn, read_dump
+from ..decode.probe import Learned, field_table, learn, read_dump
 from ..errors import InputError
 
 NAME = "layout"
@@ -31,6 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("dump", type=Path, help="the probe's output (text) or the raw region bytes")
     p.add_argument("-o", "--output", type=Path, required=True, help="the layout YAML file to write")
     p.add_argument("--name", default=None, help="the layout's name (default learned-0xREVISION)")
+    p.add_argument("--block", default=None, metavar="PREFIX",
+                   help='use the probe block whose lines start with PREFIX, e.g. "[cpu0]" (default: the first)')
+    f = sub.add_parser("fields", help="the field encodings the probe writes, as a C array or a nasm table")
+    lang = f.add_mutually_exclusive_group()
+    lang.add_argument("--c", dest="language", action="store_const", const="c", default="c")
+    lang.add_argument("--nasm", dest="language", action="store_const", const="nasm")
 
 
 def describe_differences(learned: Layout, builtin: Layout, unsupported: object = ()) -> List[str]:
@@ -59,7 +66,7 @@ def _slot(key: tuple) -> str:
 
 
 def _learn(args: argparse.Namespace) -> int:
-    dump = read_dump(args.dump)
+    dump = read_dump(args.dump, args.block)
     fields = [(f.encoding, f.name) for f in defs.vmcs_fields()]
     stamp = datetime.date.today().isoformat()
     got: Learned = learn(dump, fields, name=args.name,
@@ -77,7 +84,8 @@ def _learn(args: argparse.Namespace) -> int:
     for enc, hits in sorted(got.ambiguous.items()):
         comment.append(f"ambiguous 0x{enc:04x}: tag at " + ", ".join(f"0x{h:x}" for h in hits))
     if dump.blocks > 1:
-        comment.append(f"the dump holds {dump.blocks} probe blocks; the first was used")
+        comment.append(f"the dump holds {dump.blocks} probe blocks; the first begun ({dump.stream or 'no prefix'}) "
+                       "was used")
     try:
         args.output.write_text(dump_layout(lay, comment))
     except OSError as exc:
@@ -111,5 +119,8 @@ def run(args: argparse.Namespace) -> int:
         return _learn(args)
     if args.layout_command == "list":
         return _list()
-    print("vmxdbg layout: say `list` or `learn DUMP -o FILE`", file=sys.stderr)
+    if args.layout_command == "fields":
+        sys.stdout.write(field_table(args.language))
+        return 0
+    print("vmxdbg layout: say `list`, `learn DUMP -o FILE` or `fields [--c|--nasm]`", file=sys.stderr)
     return 2

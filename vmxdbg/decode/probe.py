@@ -19,6 +19,8 @@ Dump formats `learn` reads:
       vmxprobe fail 0x2030 err=12        VMWRITE of that field failed
       vmxprobe data 0x0000 2b000000...   hex bytes at that region offset
       vmxprobe end
+  Several processors' blocks may interleave; they are told apart by what
+  precedes "vmxprobe " and the block that began first is used.
 - or the raw region bytes (e.g. WinDbg `.writemem`), first byte = revision id.
 """
 from __future__ import annotations
@@ -61,14 +63,30 @@ class Dump:
     failed: Optional[Dict[int, str]] = None
     source: str = ""
     blocks: int = 1
+    stream: str = ""        # what preceded "vmxprobe " on its lines, e.g. "[cpu0]"
+    begin_line: int = 0
 
 
-def parse_dump(raw: bytes, source: str = "<dump>") -> Dump:
-    """A Dump from text or raw region bytes; InputError names the file and line."""
+def parse_dump(raw: bytes, source: str = "<dump>", stream: Optional[str] = None) -> Dump:
+    """A Dump from text or raw region bytes; InputError names the file and line.
+
+    A text dump with several blocks gives the one whose lines start with
+    `stream` (e.g. "[cpu0]"), else the one that began first.
+    """
     if len(raw) > MAX_DUMP_BYTES:
         raise InputError(f"{len(raw)} bytes: more than a probe dump has", source=source)
     if MAGIC.encode() in raw[:MAX_DUMP_BYTES]:
-        return _parse_text(raw.decode("latin-1"), source)
+        blocks = parse_blocks(raw.decode("latin-1"), source)
+        if stream is not None:
+            chosen = [b for b in blocks if b.stream == stream.strip()]
+            if not chosen:
+                have = ", ".join(repr(b.stream) for b in blocks)
+                raise InputError(f"no probe block from {stream!r} (the dump has: {have})", source=source)
+        else:
+            chosen = blocks
+        first = min(chosen, key=lambda b: b.begin_line)
+        first.blocks = len(blocks)
+        return first
     if len(raw) < 8:
         raise InputError(f"{len(raw)} bytes: too short for a VMCS region (or a text dump without "
                          f"'{MAGIC.strip()}' lines)", source=source)
@@ -77,21 +95,23 @@ def parse_dump(raw: bytes, source: str = "<dump>") -> Dump:
     return Dump(bytes(raw), int.from_bytes(raw[:4], "little") & 0x7FFFFFFF, None, source)
 
 
-def _parse_text(text: str, source: str) -> Dump:
+def parse_blocks(text: str, source: str) -> List[Dump]:
+    """Every complete block of a text dump, in the order they ended. Blocks are told apart by what precedes "vmxprobe " (e.g. "[cpu1] "): processors interleave lines."""
     blocks: List[Dump] = []
-    cur: Optional[Dict[str, object]] = None
+    open_blocks: Dict[str, Dict[str, object]] = {}
     for n, line in enumerate(text.splitlines(), 1):
         at = line.find(MAGIC)
         if at < 0:
             continue
+        stream = line[:at].strip()
         m = _LINE.match(line[at:].rstrip())
         if not m:
             raise InputError(f"not a probe record: {line[at:].strip()[:60]!r}", source=source, line=n)
         kind, rest = m.group(1), m.group(2).split()
         if kind == "begin":
-            rev = _kv(rest, "revision", source, n)
-            cur = {"revision": rev, "failed": {}, "data": {}, "line": n}
+            open_blocks[stream] = {"revision": _kv(rest, "revision", source, n), "failed": {}, "data": {}, "line": n}
             continue
+        cur = open_blocks.get(stream)
         if cur is None:
             raise InputError(f"'{kind}' before 'vmxprobe begin'", source=source, line=n)
         if kind == "fail":
@@ -110,14 +130,13 @@ def _parse_text(text: str, source: str) -> Dump:
                 raise InputError(f"data at 0x{off:x} runs past {MAX_REGION} bytes", source=source, line=n)
             cur["data"][off] = chunk  # type: ignore[index]
         else:  # end
-            blocks.append(_finish(cur, source))
-            cur = None
+            block = _finish(open_blocks.pop(stream), source)
+            block.stream = stream
+            blocks.append(block)
     if not blocks:
-        where = "no 'vmxprobe end' after 'vmxprobe begin'" if cur else "no 'vmxprobe begin' line"
+        where = "no 'vmxprobe end' after 'vmxprobe begin'" if open_blocks else "no 'vmxprobe begin' line"
         raise InputError(f"not a complete probe dump: {where}", source=source)
-    first = blocks[0]
-    first.blocks = len(blocks)
-    return first
+    return blocks
 
 
 def _finish(cur: Dict[str, object], source: str) -> Dump:
@@ -134,7 +153,8 @@ def _finish(cur: Dict[str, object], source: str) -> Dump:
         gap = have.index(0)
         raise InputError(f"probe block has no bytes at region offset 0x{gap:x}", source=source,
                          line=cur["line"])  # type: ignore[arg-type]
-    return Dump(bytes(buf), int(cur["revision"]) & 0x7FFFFFFF, dict(cur["failed"]), source)  # type: ignore[arg-type]
+    return Dump(bytes(buf), int(cur["revision"]) & 0x7FFFFFFF, dict(cur["failed"]), source,  # type: ignore[arg-type]
+                begin_line=int(cur["line"]))  # type: ignore[call-overload]
 
 
 def _int(text: str, source: str, line: int) -> int:
@@ -152,14 +172,14 @@ def _kv(parts: Sequence[str], key: str, source: str, line: int) -> int:
     raise InputError(f"expected {key}=0x...", source=source, line=line)
 
 
-def read_dump(path: Path) -> Dump:
+def read_dump(path: Path, stream: Optional[str] = None) -> Dump:
     """parse_dump of a file; InputError names it when it cannot be read."""
     try:
         with open(path, "rb") as f:
             raw = f.read(MAX_DUMP_BYTES + 1)
     except OSError as exc:
         raise InputError(exc.strerror or str(exc), source=str(path)) from None
-    return parse_dump(raw, str(path))
+    return parse_dump(raw, str(path), stream)
 
 
 # ------------------------------------------------------------------ learning
@@ -251,3 +271,38 @@ def probe_dump_text(region: bytes, revision_id: int, failed: Optional[Dict[int, 
         lines.append(f"{prefix}vmxprobe data 0x{off:04x} {region[off:off + width].hex()}")
     lines.append(f"{prefix}vmxprobe end")
     return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------ the field list
+
+VM_INSTRUCTION_ERROR = 0x4400
+
+
+def probe_encodings() -> List[int]:
+    """Every full field encoding of structs/vmcs_fields.yaml, in the order the probe VMWRITEs them.
+
+    The VM-instruction error field comes last: each VMWRITE that fails (an
+    unsupported field, VMfailValid 12) stores its error number there (Vol.3C
+    31.2, SDM 325462-080US, 2023) and would overwrite the tag written before.
+    """
+    from . import defs
+    encs = [f.encoding for f in defs.vmcs_fields() if f.encoding != VM_INSTRUCTION_ERROR]
+    return encs + [VM_INSTRUCTION_ERROR]
+
+
+def field_table(language: str) -> str:
+    """The probe's field list as a nasm include ("nasm") or a C array ("c")."""
+    encs = probe_encodings()
+    rows = [encs[i:i + 8] for i in range(0, len(encs), 8)]
+    if language == "nasm":
+        head = ["; probe_fields.inc: every VMCS field encoding the layout probe writes, 0xFFFF last.",
+                "; Generated by `vmxdbg layout fields --nasm` from structs/vmcs_fields.yaml; do not edit.",
+                "probe_fields:"]
+        body = ["        dw " + ", ".join(f"0x{e:04X}" for e in row) for row in rows]
+        return "\n".join(head + body + ["        dw 0xFFFF", ""])
+    if language == "c":
+        head = ["/* Every VMCS field encoding the layout probe writes (vmxdbg layout fields --c). */",
+                f"static const unsigned short probe_fields[{len(encs)}] = {{"]
+        body = ["    " + ", ".join(f"0x{e:04X}" for e in row) + "," for row in rows]
+        return "\n".join(head + body + ["};", ""])
+    raise InputError(f"field table language {language!r}: say nasm or c")

@@ -13,7 +13,8 @@ if [ -n "$py39" ]; then
   echo "test: Python 3.9 smoke tests with $py39"
   [ -x .venv39/bin/python ] || "$py39" -m venv .venv39
   .venv39/bin/python -m pip install -q --disable-pip-version-check ".[test]"
-  (cd /tmp && "$OLDPWD/.venv39/bin/python" -m pytest -q -p no:cacheprovider "$OLDPWD/tests/test_cli_smoke.py")
+  (cd /tmp && "$OLDPWD/.venv39/bin/python" -m pytest -q -p no:cacheprovider "$OLDPWD/tests/test_cli_smoke.py" \
+     "$OLDPWD"/tests/test_windbg*.py)
 else
   echo "test: no Python 3.9 on this machine; 3.9 smoke tests not run"
 fi

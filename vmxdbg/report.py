@@ -28,6 +28,7 @@ class Finding:
     outcome: str = ""      # what this finding alone would make the instruction do
     certain: bool = True
     cpus: List[int] = field(default_factory=list)  # cross-processor findings: who is involved
+    advisory: bool = False  # from an advice rule: never changes an outcome, even when unknown
 
     def to_json(self) -> dict:
         return {"id": self.id, "status": self.status, "sdm": self.sdm, "inputs": list(self.inputs),
@@ -67,8 +68,10 @@ class Report:
     def any_failed(self) -> bool:
         """True when a verdict of an instruction some processor is about to run is
         not `ok` or has a failed finding (CLI exit status 1). VMLAUNCH's #UD on a
-        processor that has yet to run VMXON is a verdict, not a failure."""
-        return any(v.outcome != "ok" or any(f.status == "fail" for f in v.findings)
+        processor that has yet to run VMXON is a verdict, not a failure. A problem
+        between processors (advice that names processors) counts as failed too."""
+        return any(v.outcome != "ok" or any(f.status == "fail" or (f.cpus and f.status == "advice")
+                                            for f in v.findings)
                    for cpu in self.processors for v in self.relevant(cpu))
 
 

@@ -277,6 +277,14 @@ class Context:
             raise Missing(key)
         return self.p.operands[instruction]
 
+    def linear(self, name: str) -> int:
+        """A linear address the snapshot records (`vmxon_region`, `vmcs_region`)."""
+        key = f"state:linear.{name}"
+        self._use(key)
+        if name not in self.p.linear:
+            raise Missing(key, f"the linear address the driver maps its {name.replace('_', ' ')} at")
+        return self.p.linear[name]
+
     # derived inputs ---------------------------------------------------------
     def vmx_mode(self) -> str:
         """'off', 'root' or 'non-root'."""

@@ -40,7 +40,7 @@ def check_params(cpus: Optional[Iterable[int]] = None, vmxon_pointers: Optional[
     return out
 
 
-def _collect_args(rec: Recording) -> Dict[str, Any]:
+def collect_args(rec: Recording) -> Dict[str, Any]:
     """collect()'s keyword arguments from the header params; InputError names the bad key."""
     p = rec.params
 
@@ -80,7 +80,7 @@ def snapshot_of(rec: Recording, notes: Optional[List[str]] = None) -> Snapshot:
     if not rec.complete:
         notes.append(f"{rec.path} is a partial recording: {len(rec.records)} events up to seq {rec.last_seq}, "
                      "the recorder did not finish; what it did not reach is unknown")
-    kwargs = _collect_args(rec)
+    kwargs = collect_args(rec)
     if rec.command == CHECK:
         replay = ReplayBackend(rec, strict=True)
         snap = collect(replay, **kwargs)

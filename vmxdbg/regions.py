@@ -242,7 +242,7 @@ def _classify(r: Region, snapshot: Optional[Snapshot]) -> None:
             r.notes.append(Note("info", "this is the current VMCS of cpu "
                                 + ", ".join(str(x.cpu) for x in vmcs_users if x.role == "current-vmcs")
                                 + ": a processor may keep VMCS data in its own storage until VMCLEAR, so memory "
-                                  "can be stale (Bochs and KVM's vmcs12 write through)",
+                                  "can be stale (Bochs writes through; KVM writes vmcs12 back at VMCLEAR)",
                                 f"Vol.3C 25.11.1 {ED}"))
     else:  # asked: vmxon
         r.kind = "vmxon"

@@ -207,6 +207,14 @@ class ReplayBackend(Backend):
         """The record of the k-th stop (1-based)."""
         return self._records[self.stops[k - 1]]
 
+    def stop_count(self) -> int:
+        """How many stops the recording has."""
+        return len(self.stops)
+
+    def stop_event(self, k: int) -> StopEvent:
+        """The event of the k-th stop (1-based)."""
+        return self.stop_record(k).event  # type: ignore[return-value]
+
     def seek(self, k: int) -> Optional[StopEvent]:
         """Move to just after the k-th stop (0 = the start); returns its event."""
         if not 0 <= k <= len(self.stops):

@@ -27,6 +27,9 @@ _FAILED = re.compile(r"physical memory read at ([0-9a-f`]+) failed", re.I)
 _STARTS_WITH_ADDR = re.compile(r"^\s*#?\s*[0-9a-f]{4,8}(?:`[0-9a-f]{8})?\s", re.I)
 
 _WIDTH_OF = {"b": 1, "c": 4, "d": 4, "q": 8, "w": 2, "p": 8}
+_DUMP_COMMAND = re.compile(r"^(!?)d([bcdqwp])(?:\s|$)", re.I)
+_PHYSICAL_OPTION = re.compile(r"(?:^|\s)/p(?:c|uc|wc)?(?:\s|$)", re.I)
+_SEPARATORS = re.compile(r"[ -]+")
 
 
 def _line_pattern(width: int, physical_prefix: bool) -> Pattern[str]:
@@ -41,10 +44,10 @@ _PATTERNS: Dict[tuple, Pattern[str]] = {(w, p): _line_pattern(w, p) for w in _EL
 
 def dump_kind(command: str) -> Optional[tuple]:
     """(element width, physical) for a dump command, or None for other commands."""
-    m = re.match(r"^(!?)d([bcdqwp])(?:\s|$)", command.strip(), re.I)
+    m = _DUMP_COMMAND.match(command.strip())
     if not m:
         return None
-    physical = bool(m.group(1)) or bool(re.search(r"(?:^|\s)/p(?:c|uc|wc)?(?:\s|$)", command, re.I))
+    physical = bool(m.group(1)) or bool(_PHYSICAL_OPTION.search(command))
     return _WIDTH_OF[m.group(2).lower()], physical
 
 
@@ -76,7 +79,7 @@ class DumpOutput(CommandOutput):
 
     def feed(self, line: Line) -> None:
         text = line.text
-        failed = _FAILED.search(text)
+        failed = _FAILED.search(text) if "failed" in text else None
         if failed:
             self._flush()
             self.state.note(line.number, f"physical memory read at {failed.group(1)} failed")
@@ -94,7 +97,7 @@ class DumpOutput(CommandOutput):
             return
         address = int(m.group(1).replace("`", ""), 16)
         offset = 0
-        for tok in re.split(r"[ -]+", m.group(2).strip()):
+        for tok in _SEPARATORS.split(m.group(2).strip()):
             if "?" in tok:
                 self._flush()
             else:

@@ -32,6 +32,12 @@ _SWITCH = re.compile(r"^~\s*(\d{1,5})\s*s$", re.I)
 _EXECUTION = re.compile(r"^(?:g|gu|gh|gn|p|t|pa|ta|pc|tc|pt|tt|ph|th|wt)(?:\s|$)", re.I)
 _CONTEXT = re.compile(r"^\.(cxr|trap|thread|ecxr)(?:\s+(.*))?$", re.I)
 _REGISTER = re.compile(r"^r(?:M\s*\S+)?(?:\s|@|$)")
+_DG = re.compile(r"^dg(?:\s|$)")
+_FORMATS = re.compile(r"^\.formats(?:\s|$)")
+_EVALUATE = re.compile(r"^\?(?:\s|$)")
+_CPUID = re.compile(r"^!cpuid(?:\s|$)")
+_FRAME_R = re.compile(r"^\.frame\b.*/r")
+_ANALYZE = re.compile(r"^!analyze(?:\s|$)")
 
 # command family -> reader class; the family of a command is found by `family()`
 READERS = {
@@ -55,23 +61,23 @@ def family(command: str) -> str:
         return "registers"
     if dump_kind(c) is not None:
         return "dump"
-    if re.match(r"^dg(?:\s|$)", low):
+    if _DG.match(low):
         return "dg"
-    if re.match(r"^\.formats(?:\s|$)", low):
+    if _FORMATS.match(low):
         return "formats"
-    if re.match(r"^\?(?:\s|$)", low):
+    if _EVALUATE.match(low):
         return "evaluate"
-    if re.match(r"^!cpuid(?:\s|$)", low):
+    if _CPUID.match(low):
         return "cpuid"
     if _EXECUTION.match(c):
         return "execution"
     if _CONTEXT.match(c):
         return "context"
-    if re.match(r"^\.frame\b.*/r", low):
+    if _FRAME_R.match(low):
         return "frame"
     if _SWITCH.match(c):
         return "switch"
-    if re.match(r"^!analyze(?:\s|$)", low):
+    if _ANALYZE.match(low):
         return "analyze"
     return "other"
 
@@ -97,7 +103,7 @@ class KdParser:
             return
         if not line.ended and line.text.strip():
             self.state.frozen_line = line.number
-        m = PROMPT.match(line.text)
+        m = PROMPT.match(line.text) if "kd>" in line.text else None
         if m is not None:
             self._prompt(m, line.number)
         elif self.reader is not None:

@@ -11,16 +11,14 @@ chunk size and `max_line`, never by the size of the file.
 from __future__ import annotations
 
 import codecs
-from dataclasses import dataclass
-from typing import BinaryIO, Iterator, List, Tuple
+from typing import BinaryIO, Iterator, List, NamedTuple, Tuple
 
 CHUNK = 1 << 20
 MAX_LINE = 64 * 1024
 PROBE = 64 * 1024
 
 
-@dataclass(frozen=True)
-class Line:
+class Line(NamedTuple):
     """One line of the log. `ended` is False for a last line with no line end
     (the file may have been cut there); `truncated` when longer than the bound."""
 

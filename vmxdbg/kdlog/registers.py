@@ -34,7 +34,7 @@ REGISTERS.update({
 IGNORED = {"iopl", "vip", "vif", "fpcw", "fpsw", "fptw", "mxcsr", "dr1x"}
 FLAG_MNEMONICS = set("nv ov up dn di ei pl ng nz zr na ac po pe nc cy".split())
 
-_TOKEN = re.compile(r"^([a-z][a-z0-9]*)=(\S*)$")
+_OTHER_REGISTER_PREFIXES = ("xmm", "ymm", "zmm", "st", "mm", "k")
 _HEX = re.compile(r"^[0-9a-f]+(?:`[0-9a-f]+)?$")
 
 
@@ -47,32 +47,26 @@ def parse_register_line(text: str) -> Optional[List[Tuple[str, int]]]:
 
     Raises BadValue when it is one but a known register's value does not parse.
     """
-    tokens = text.lower().split()
-    if not tokens:
+    if "=" not in text:
         return None
     out: List[Tuple[str, int]] = []
-    known = 0
     bad: List[str] = []
-    for tok in tokens:
-        m = _TOKEN.match(tok)
-        if m is None:
+    for tok in text.lower().split():
+        name, eq, value = tok.partition("=")
+        if not eq:
             if tok in FLAG_MNEMONICS:
                 continue
             return None
-        name, value = m.group(1), m.group(2)
         if name in REGISTERS:
-            known += 1
-            if not _HEX.match(value) or len(value) > 17:
+            if len(value) > 17 or not _HEX.match(value):
                 bad.append(tok)
                 continue
             out.append((name, int(value.replace("`", ""), 16)))
-        elif name not in IGNORED and not name.startswith(("xmm", "ymm", "st", "mm", "k")):
+        elif name not in IGNORED and not (name.isalnum() and name.startswith(_OTHER_REGISTER_PREFIXES)):
             return None
-    if not known:
-        return None
     if bad:
         raise BadValue(f"register value does not parse: {', '.join(bad)}")
-    return out
+    return out or None
 
 
 # A disassembly line of the current instruction, with the effective address and

@@ -85,6 +85,7 @@ class LogState:
         self.mem_provenance: Dict[str, str] = {}
         self.frozen_line: Optional[int] = None  # values on this line are refused (cut-off last line)
         self._frozen_warned = False
+        self._processors = self.result.snapshot.processors
 
     # ----------------------------------------------------------- bookkeeping
     def warn(self, line: int, message: str) -> None:
@@ -99,7 +100,8 @@ class LogState:
             self.result.notes.append((line, message))
 
     def processor(self, cpu: int) -> Processor:
-        return self.result.snapshot.processor(cpu)
+        p = self._processors.get(cpu)
+        return p if p is not None else self.result.snapshot.processor(cpu)
 
     def accept(self, line: int) -> bool:
         """False (with one warning) for values on a cut-off last line."""
@@ -111,8 +113,7 @@ class LogState:
         return False
 
     def _prov(self, p: Processor, key: str, line: int) -> None:
-        p.provenance.pop(key, None)  # re-insert so the newest is last
-        p.provenance[key] = self.result.where(line)
+        p.provenance[key] = f"{self.result.source}:{line}"
 
     # ---------------------------------------------------------------- values
     def set_msr(self, cpu: int, index: int, value: int, line: int) -> None:

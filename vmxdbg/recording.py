@@ -138,15 +138,28 @@ def _dec_int_map(v: Any, key: str) -> Dict[str, int]:
     return {str(k): _dec_int(x, f"{key}.{k}") for k, x in _dec_obj(v, key).items()}
 
 
+_STATE_FLAGS = ("a20m", "smm", "smx", "blocking_by_mov_ss", "blocking_by_sti")
+
+
 def _enc_vmx_state(v: Dict[str, object]) -> Dict[str, Any]:
-    return {k: (hexs(x) if k.endswith("_pointer") and isinstance(x, int) else x) for k, x in v.items()}
+    return {k: (hexs(x) if (k.endswith("_pointer") or k == "cpl") and isinstance(x, int) and not isinstance(x, bool)
+                else x) for k, x in v.items()}
 
 
 def _dec_vmx_state(v: Any, key: str) -> Dict[str, object]:
-    """vmx_state(): `*_pointer` values are integers, every other value a string."""
+    """vmx_state(): `*_pointer` and `cpl` values are integers, the flags of
+    base.py's docstring booleans, every other value a string."""
     out: Dict[str, object] = {}
     for k, x in _dec_obj(v, key).items():
-        out[str(k)] = _dec_int(x, f"{key}.{k}") if str(k).endswith("_pointer") else _dec_str(x, f"{key}.{k}")
+        k = str(k)
+        if k.endswith("_pointer") or k == "cpl":
+            out[k] = _dec_int(x, f"{key}.{k}")
+        elif k in _STATE_FLAGS:
+            if not isinstance(x, bool):
+                raise _Bad(f"{key}.{k}", f"expected true or false, got {_tname(x)}")
+            out[k] = x
+        else:
+            out[k] = _dec_str(x, f"{key}.{k}")
     return out
 
 

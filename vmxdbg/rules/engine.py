@@ -49,11 +49,13 @@ class Tier:
 
 
 class Missing(Exception):
-    """An input the snapshot does not have; `key` uses DESIGN.md's vocabulary."""
+    """An input the snapshot does not have; `key` uses DESIGN.md's vocabulary.
+    `outcome`, when set, is what the rule would give if the input broke it (e.g.
+    "entry-fail:34:3" for the third MSR-load entry); else the rule's outcome."""
 
-    def __init__(self, key: str, what: str = "") -> None:
+    def __init__(self, key: str, what: str = "", outcome: Optional[str] = None) -> None:
         super().__init__(key)
-        self.key, self.what = key, what
+        self.key, self.what, self.outcome = key, what, outcome
 
 
 class _Skip:

@@ -31,7 +31,7 @@ def _unknown_finding(rule: Rule, exc: Missing, used: List[str]) -> Finding:
     return Finding(rule.id, "unknown", rule.sdm, list(used),
                    f"{rule.title}: unknown, needs {exc.key}{what}",
                    f"Provide {exc.key} (read it from the target, or add it to the snapshot).",
-                   rule.title, rule.outcome, advisory=rule.status == "advice")
+                   rule.title, exc.outcome or rule.outcome, advisory=rule.status == "advice")
 
 
 def run_rule(rule: Rule, ctx: Context) -> Tuple[List[Finding], bool]:

@@ -10,15 +10,21 @@ from __future__ import annotations
 
 from typing import Dict, Iterable, List, Optional
 
-from .backends.base import CPUID, MSR, PHYSICAL, REGISTERS, SEGMENT_NAMES, TABLE_NAMES, VMX_STATE, Backend
+from .backends.base import CPUID, MSR, PHYSICAL, REGISTERS, SEGMENT_NAMES, TABLE_NAMES, VMCS, VMX_STATE, Backend
 from .errors import NotAvailable
-from .snapshot import Processor, Segment, Snapshot, Table
+from .memtype import FIXED_4K, FIXED_16K, FIXED_64K, MTRR_DEF_TYPE, MTRRCAP
+from .snapshot import NO_VMCS, Processor, Segment, Snapshot, Table
 
 CPUID_LEAVES = ((0x0, 0), (0x1, 0), (0x7, 0), (0x80000000, 0), (0x80000001, 0), (0x80000008, 0))
 PLAIN_REGISTERS = ("cr0", "cr3", "cr4", "rflags", "rip", "dr7", "efer", "cpl")
 ALWAYS_MSRS = (0x3A, 0xC0000080, 0x277, 0x1D9, 0x174, 0x175, 0x176, 0xC0000100, 0xC0000101)
 VMX_BASE_MSRS = tuple(range(0x480, 0x48B))  # BASIC .. VMCS_ENUM exist wherever VMX does
-REGION_HEADER = 8  # revision id / shadow bit, VMX-abort indicator
+
+
+def leaf_has(p: Processor, leaf: int, reg: int, bit: int) -> bool:
+    """True when CPUID(leaf) was read and has `bit` set in register `reg` (0=eax .. 3=edx)."""
+    regs = p.cpuid.get((leaf, 0))
+    return regs is not None and bool(regs[reg] >> bit & 1)
 
 
 def _try(fn, *args):  # type: ignore[no-untyped-def]
@@ -53,11 +59,26 @@ def _after_secondary(msr: Dict[int, int]) -> List[int]:
     return out
 
 
+def vmcs_encodings() -> List[int]:
+    """Every full-width VMCS field encoding of structs/vmcs_fields.yaml (no HIGH halves)."""
+    from .decode import defs
+    return [f.encoding for f in defs.vmcs_fields() if not f.high]
+
+
 def collect_processor(backend: Backend, cpu: int, snap: Snapshot,
-                      vmxon_pointer: Optional[int] = None) -> Processor:
-    """Fill snap.processors[cpu] from the backend; returns it."""
+                      vmxon_pointer: Optional[int] = None,
+                      operands: Optional[Dict[str, int]] = None) -> Processor:
+    """Fill snap.processors[cpu] from the backend; returns it.
+
+    `vmxon_pointer` / `operands` are the operands of the instruction about to
+    run (the stepper knows them). Physical memory the rules ask for later is
+    read lazily from a backend that has it."""
     caps = backend.capabilities()
     p = snap.processor(cpu)
+    if PHYSICAL in caps and snap.memory.fallback is None:
+        snap.memory.fallback = lambda address, size: _try(backend.read_physical, address, size)
+    if operands:
+        p.operands.update(operands)
     if CPUID in caps:
         for leaf, sub in CPUID_LEAVES:
             regs = _try(backend.cpuid, cpu, leaf, sub)
@@ -71,6 +92,12 @@ def collect_processor(backend: Backend, cpu: int, snap: Snapshot,
                     if v is not None:
                         p.msr[i] = v
         read(ALWAYS_MSRS)
+        if leaf_has(p, 1, 3, 12):          # CPUID.1:EDX.MTRR: the memory-type advice reads the MTRRs
+            read((MTRRCAP, MTRR_DEF_TYPE))
+            cap = p.msr.get(MTRRCAP, 0)
+            read(range(0x200, 0x200 + 2 * (cap & 0xFF)))
+            if cap >> 8 & 1:
+                read((FIXED_64K,) + FIXED_16K + FIXED_4K)
         leaf1 = p.cpuid.get((1, 0))
         if leaf1 is None or leaf1[2] >> 5 & 1:
             read(VMX_BASE_MSRS)
@@ -96,24 +123,35 @@ def collect_processor(backend: Backend, cpu: int, snap: Snapshot,
             p.registers["efer"] = p.msr[0xC0000080]
     if VMX_STATE in caps:
         st = _try(backend.vmx_state, cpu) or {}
-        if "vmx" in st:
-            p.state["vmx"] = st["vmx"]
+        for key in ("vmx", "cpl", "a20m", "smm", "smx", "blocking_by_mov_ss", "blocking_by_sti"):
+            if st.get(key) is not None:
+                p.state[key] = st[key]
         for k in ("vmcs_pointer", "vmcs_launch_state"):
             if st.get(k) is not None:
                 setattr(p, k, st[k])
     if vmxon_pointer is not None:
         p.vmxon_pointer = vmxon_pointer
-        if PHYSICAL in caps:
-            data = _try(backend.read_physical, vmxon_pointer, REGION_HEADER)
-            if data is not None:
-                snap.memory.add(vmxon_pointer, data)
+    if VMCS in caps and p.state.get("vmx") in ("root", "non-root") and p.vmcs_pointer not in (None, NO_VMCS):
+        p.vmcs.update(backend.read_vmcs_fields(cpu, vmcs_encodings()))
     return p
 
 
 def collect(backend: Backend, cpus: Optional[Iterable[int]] = None,
             vmxon_pointers: Optional[Dict[int, int]] = None, source: str = "") -> Snapshot:
-    """A Snapshot of the chosen processors (all by default)."""
+    """A complete Snapshot of the chosen processors (all by default).
+
+    The rules are run once while the backend is open, so that the physical
+    memory they ask for (regions, MSR-load areas, PDPTEs) is read now; the
+    snapshot returned no longer touches the backend."""
     snap = Snapshot(source=source or backend.name)
     for cpu in (backend.processors() if cpus is None else cpus):
         collect_processor(backend, cpu, snap, (vmxon_pointers or {}).get(cpu))
+    from .rules import check_snapshot
+    check_snapshot(snap)
+    return freeze(snap)
+
+
+def freeze(snap: Snapshot) -> Snapshot:
+    """Stop reading memory lazily: what was read stays, the rest is unknown."""
+    snap.memory.fallback = None
     return snap

@@ -85,7 +85,10 @@ def render_text(report: Report, snapshot: Snapshot, *, verbose: bool = False) ->
         lines.extend(f"  {c}" for c in cross)
     for cpu, verdicts in sorted(report.processors.items()):
         prov = snapshot.processors[cpu].provenance if cpu in snapshot.processors else {}
+        relevant = {v.instruction for v in report.relevant(cpu)}
         for v in verdicts:
+            if v.instruction not in relevant and not verbose:
+                continue
             shown = [f for f in v.findings if verbose or f.status != "unknown" or v.outcome == "unknown"]
             if not shown and v.outcome == "ok":
                 continue

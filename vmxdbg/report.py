@@ -28,6 +28,7 @@ class Finding:
     outcome: str = ""      # what this finding alone would make the instruction do
     certain: bool = True
     cpus: List[int] = field(default_factory=list)  # cross-processor findings: who is involved
+    advisory: bool = False  # from an advice rule: never changes an outcome, even when unknown
 
     def to_json(self) -> dict:
         return {"id": self.id, "status": self.status, "sdm": self.sdm, "inputs": list(self.inputs),
@@ -50,6 +51,13 @@ class Verdict:
 class Report:
     processors: Dict[int, List[Verdict]] = field(default_factory=dict)
     source: str = ""
+    #: per processor, the instructions its state says it runs next (all when unknown)
+    next: Dict[int, List[str]] = field(default_factory=dict)
+
+    def relevant(self, cpu: int) -> List[Verdict]:
+        """The verdicts of the instructions this processor is about to run."""
+        wanted = self.next.get(cpu)
+        return [v for v in self.processors.get(cpu, []) if wanted is None or v.instruction in wanted]
 
     def verdict(self, cpu: int, instruction: str) -> Optional[Verdict]:
         for v in self.processors.get(cpu, []):
@@ -58,9 +66,13 @@ class Report:
         return None
 
     def any_failed(self) -> bool:
-        """True when some verdict is not `ok` or some finding failed (CLI exit status 1)."""
-        return any(v.outcome != "ok" or any(f.status == "fail" for f in v.findings)
-                   for vs in self.processors.values() for v in vs)
+        """True when a verdict of an instruction some processor is about to run is
+        not `ok` or has a failed finding (CLI exit status 1). VMLAUNCH's #UD on a
+        processor that has yet to run VMXON is a verdict, not a failure. A problem
+        between processors (advice that names processors) counts as failed too."""
+        return any(v.outcome != "ok" or any(f.status == "fail" or (f.cpus and f.status == "advice")
+                                            for f in v.findings)
+                   for cpu in self.processors for v in self.relevant(cpu))
 
 
 def report_to_json(report: Report) -> dict:

@@ -10,7 +10,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 from .errors import InputError
 from .values import hexs, parse_int
@@ -62,6 +62,7 @@ class Processor:
     vmcs_launch_state: Optional[str] = None
     vmcs: Dict[int, int] = field(default_factory=dict)
     operands: Dict[str, int] = field(default_factory=dict)  # vmclear/vmptrld operands
+    linear: Dict[str, int] = field(default_factory=dict)    # linear addresses: vmxon_region, vmcs_region
     provenance: Dict[str, str] = field(default_factory=dict)  # input key -> where it came from
 
 
@@ -70,6 +71,8 @@ class Memory:
 
     def __init__(self) -> None:
         self._ranges: Dict[int, bytes] = {}
+        #: a live source asked for bytes not yet known: (address, size) -> bytes or None
+        self.fallback: Optional[Callable[[int, int], Optional[bytes]]] = None
 
     def add(self, address: int, data: bytes) -> None:
         """Record bytes at `address`; new data overrides old where they overlap."""
@@ -91,6 +94,11 @@ class Memory:
         for a, b in self._ranges.items():
             if a <= address and address + size <= a + len(b):
                 return b[address - a:address - a + size]
+        if self.fallback is not None:
+            data = self.fallback(address, size)
+            if data is not None and len(data) == size:
+                self.add(address, data)
+                return data
         return None
 
     def ranges(self) -> Iterator[Tuple[int, bytes]]:
@@ -191,6 +199,8 @@ class _Reader:
             p.vmcs[self.int(enc, f"{key}.vmcs")] = self.int(val, f"{key}.vmcs.{enc}")
         for name, val in self.obj(raw.get("operands", {}), f"{key}.operands").items():
             p.operands[str(name)] = self.int(val, f"{key}.operands.{name}")
+        for name, val in self.obj(raw.get("linear", {}), f"{key}.linear").items():
+            p.linear[str(name)] = self.int(val, f"{key}.linear.{name}")
         prov = raw.get("provenance", {})
         if isinstance(prov, dict):
             p.provenance = {str(k2): str(v) for k2, v in prov.items()}
@@ -272,6 +282,8 @@ def _processor_json(p: Processor) -> dict:
         out["vmcs"] = {f"0x{k:04x}": hexs(v) for k, v in sorted(p.vmcs.items())}
     if p.operands:
         out["operands"] = {k: hexs(v) for k, v in sorted(p.operands.items())}
+    if p.linear:
+        out["linear"] = {k: hexs(v) for k, v in sorted(p.linear.items())}
     if p.provenance:
         out["provenance"] = dict(sorted(p.provenance.items()))
     return out

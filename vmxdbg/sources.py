@@ -17,6 +17,8 @@ from .snapshot import Snapshot
 
 KINDS: Tuple[Tuple[str, str, str], ...] = (
     ("snapshot", "vmxdbg.snapshot:looks_like_snapshot", "vmxdbg.snapshot:load_for_check"),
+    ("recording", "vmxdbg.recording:looks_like_recording", "vmxdbg.recorded:load_for_check"),
+    ("kd log", "vmxdbg.kdlog:looks_like_kdlog", "vmxdbg.kdlog:load_for_check"),
 )
 HEAD_BYTES = 64 * 1024
 

@@ -12,7 +12,9 @@ Register names (lower case): cr0 cr2 cr3 cr4 cr8 dr7 rflags rip rsp rax ... efer
 `cs.limit`, `cs.attributes` (VMCS access-rights format, bit 16 = unusable) for
 es cs ss ds fs gs ldtr tr; `gdtr.base`, `gdtr.limit`, `idtr.base`, `idtr.limit`;
 `cpl`. VMX state (capability "vmx-state"): `vmx_state(cpu)` gives any of
-vmx ("off"/"root"/"non-root"), vmxon_pointer, vmcs_pointer, vmcs_launch_state.
+vmx ("off"/"root"/"non-root"), vmxon_pointer, vmcs_pointer, vmcs_launch_state,
+and the processor state a debugger rarely sees, where this backend can: a20m,
+smm, smx, blocking_by_mov_ss, blocking_by_sti (booleans), cpl.
 
 Execution control (capability "execution"): breakpoints by linear or
 physical address, `go()` until a stop or a timeout, `step(cpu)` one
@@ -118,6 +120,19 @@ class Backend(abc.ABC):
     def read_vmcs(self, cpu: int, encoding: int) -> int:
         """The current VMCS's field `encoding` on processor `cpu`."""
         raise self._unsupported(f"VMCS field 0x{encoding:04x}", cpu)
+
+    def read_vmcs_fields(self, cpu: int, encodings: Iterable[int]) -> Dict[int, int]:
+        """Several VMCS fields at once; a field the backend cannot read is left out.
+
+        Backends that read the whole VMCS in one go override this; the default
+        asks field by field."""
+        out: Dict[int, int] = {}
+        for enc in encodings:
+            try:
+                out[enc] = self.read_vmcs(cpu, enc)
+            except NotAvailable:
+                continue
+        return out
 
     def vmx_state(self, cpu: int) -> Dict[str, object]:
         """What the backend knows of the processor's VMX state (see module doc)."""

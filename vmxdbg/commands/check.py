@@ -45,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
     if args.at is not None:
         options["at_line"] = parse_int(f"0n{args.at}" if str(args.at).isdigit() else args.at, what="--at")
     snapshot = load_any(args.file, options)
+    for note in options.get("notes", []):
+        print(f"vmxdbg: note: {note}", file=sys.stderr)
     report = check_snapshot(snapshot, select_cpus(snapshot, args.cpu))
     sys.stdout.write(render(report, snapshot, args.format, verbose=args.verbose))
     return 1 if report.any_failed() else 0

@@ -49,11 +49,13 @@ class Tier:
 
 
 class Missing(Exception):
-    """An input the snapshot does not have; `key` uses DESIGN.md's vocabulary."""
+    """An input the snapshot does not have; `key` uses DESIGN.md's vocabulary.
+    `outcome`, when set, is what the rule would give if the input broke it (e.g.
+    "entry-fail:34:3" for the third MSR-load entry); else the rule's outcome."""
 
-    def __init__(self, key: str, what: str = "") -> None:
+    def __init__(self, key: str, what: str = "", outcome: Optional[str] = None) -> None:
         super().__init__(key)
-        self.key, self.what = key, what
+        self.key, self.what, self.outcome = key, what, outcome
 
 
 class _Skip:
@@ -169,9 +171,10 @@ def get_rule(rule_id: str) -> Rule:
 class Context:
     """Read access to one processor's inputs; records what each check read."""
 
-    def __init__(self, snapshot: Snapshot, cpu: int) -> None:
+    def __init__(self, snapshot: Snapshot, cpu: int, instruction: Optional[str] = None) -> None:
         self.snapshot = snapshot
         self.cpu = cpu
+        self.instruction = instruction  # the instruction being judged, when one is
         self.p: Processor = snapshot.processors[cpu]
         self.used: List[str] = []
 
@@ -273,6 +276,14 @@ class Context:
         if instruction not in self.p.operands:
             raise Missing(key)
         return self.p.operands[instruction]
+
+    def linear(self, name: str) -> int:
+        """A linear address the snapshot records (`vmxon_region`, `vmcs_region`)."""
+        key = f"state:linear.{name}"
+        self._use(key)
+        if name not in self.p.linear:
+            raise Missing(key, f"the linear address the driver maps its {name.replace('_', ' ')} at")
+        return self.p.linear[name]
 
     # derived inputs ---------------------------------------------------------
     def vmx_mode(self) -> str:

@@ -5,7 +5,8 @@ first tier with a certain failure decides; every outcome its failing rules
 give is `possible` (the SDM lets rules of one tier be checked in any order).
 An unknown rule, or an implementation-specific failure, in an earlier tier
 adds its outcome to `possible` and the walk goes on. `outcome` is `unknown`
-when any unknown input could change it, else the first possible outcome.
+when a missing input could make the processor do something other than what
+the known failures (or, without any, success) give; else the first possible.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from collections import defaultdict
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from ..report import Finding, Report, Verdict
-from ..snapshot import Snapshot
+from ..snapshot import Processor, Snapshot
 from .engine import ENTRY, INSTRUCTIONS, SKIP, Context, Missing, Rule, Tier, Violation, all_rules
 
 
@@ -30,7 +31,7 @@ def _unknown_finding(rule: Rule, exc: Missing, used: List[str]) -> Finding:
     return Finding(rule.id, "unknown", rule.sdm, list(used),
                    f"{rule.title}: unknown, needs {exc.key}{what}",
                    f"Provide {exc.key} (read it from the target, or add it to the snapshot).",
-                   rule.title, rule.outcome)
+                   rule.title, exc.outcome or rule.outcome, advisory=rule.status == "advice")
 
 
 def run_rule(rule: Rule, ctx: Context) -> Tuple[List[Finding], bool]:
@@ -44,7 +45,8 @@ def run_rule(rule: Rule, ctx: Context) -> Tuple[List[Finding], bool]:
     findings = []
     for v in _as_list(result):
         findings.append(Finding(rule.id, rule.status, rule.sdm, list(ctx.used), v.message,
-                                v.fix or rule.fix, rule.title, v.outcome or rule.outcome, v.certain))
+                                v.fix or rule.fix, rule.title, v.outcome or rule.outcome, v.certain,
+                                advisory=rule.status == "advice"))
     return findings, True
 
 
@@ -76,7 +78,8 @@ def _cross_findings(snapshot: Snapshot, rules: Sequence[Rule]) -> Dict[Tuple[int
             for cpu in cpus:
                 for insn in rule.instructions:
                     f = Finding(rule.id, rule.status, rule.sdm, list(ctx.used), v.message, v.fix or rule.fix,
-                                rule.title, v.outcome or rule.outcome, v.certain, list(cpus))
+                                rule.title, v.outcome or rule.outcome, v.certain, list(cpus),
+                                advisory=rule.status == "advice")
                     out[(cpu, insn)].append((rule.tier, f))
     return out
 
@@ -92,13 +95,13 @@ def verdict_for(snapshot: Snapshot, cpu: int, instruction: str, rules: Sequence[
     tiers = sorted(set(by_tier) | {t for t, _ in cross_here})
     findings: List[Finding] = []
     possible: List[str] = []
-    uncertain = False
-    decided = False
-    status_ctx = Context(snapshot, cpu)
+    unknown_outcomes: List[str] = []
+    decided: List[str] = []
+    status_ctx = Context(snapshot, cpu, instruction)
     for tier in tiers:
         tier_findings: List[Finding] = []
         for r in by_tier.get(tier, []):
-            got, _ = run_rule(r, Context(snapshot, cpu))
+            got, _ = run_rule(r, Context(snapshot, cpu, instruction))
             tier_findings.extend(got)
         tier_findings.extend(f for t, f in cross_here if t == tier)
         for f in tier_findings:
@@ -106,21 +109,39 @@ def verdict_for(snapshot: Snapshot, cpu: int, instruction: str, rules: Sequence[
         findings.extend(tier_findings)
         if decided:
             continue  # already failed in an earlier VM-entry tier: only listing what else is broken
-        certain = [f for f in tier_findings if f.status == "fail" and f.certain]
-        open_ = [f for f in tier_findings if f.status == "unknown" or (f.status == "fail" and not f.certain)]
-        for f in certain + open_:
+        counted = [f for f in tier_findings if f.status in ("fail", "unknown") and not f.advisory]
+        certain = [f for f in counted if f.status == "fail" and f.certain]
+        for f in certain + [f for f in counted if f not in certain]:
             if f.outcome not in possible:
                 possible.append(f.outcome)
-        if any(f.status == "unknown" for f in open_):
-            uncertain = True
+        unknown_outcomes += [f.outcome for f in counted if f.status == "unknown"]
         if certain:
-            decided = True
+            decided = [f.outcome for f in certain]
             if tier in Tier.STOPS:
                 break
     if not decided and "ok" not in possible:
         possible.append("ok")
-    outcome = "unknown" if uncertain else possible[0]
+    # unknown only when a missing input could make the processor do something else
+    final = set(decided) if decided else {"ok"}
+    outcome = "unknown" if any(o not in final for o in unknown_outcomes) else possible[0]
     return Verdict(instruction, outcome, possible, findings)
+
+
+def next_instructions(p: Processor) -> List[str]:
+    """The instructions this processor's state says it is about to run: VMXON
+    outside VMX operation; VMCLEAR/VMPTRLD with a known operand and the VM entry
+    its launch state allows in VMX root operation; everything when unknown."""
+    vmx = p.state.get("vmx")
+    if vmx == "off" or (vmx is None and p.vmxon_pointer is not None):
+        return ["vmxon"]
+    if vmx == "root":
+        out = [i for i in ("vmclear", "vmptrld") if i in p.operands]
+        if p.vmcs_launch_state != "launched":
+            out.append("vmlaunch")
+        if p.vmcs_launch_state != "clear":
+            out.append("vmresume")
+        return out
+    return list(INSTRUCTIONS)
 
 
 def check_snapshot(snapshot: Snapshot, cpus: Optional[Iterable[int]] = None) -> Report:
@@ -138,6 +159,7 @@ def check_snapshot(snapshot: Snapshot, cpus: Optional[Iterable[int]] = None) -> 
                 continue
             verdicts.append(verdict_for(snapshot, cpu, insn, rules, cross))
         report.processors[cpu] = verdicts
+        report.next[cpu] = next_instructions(p)
     return report
 
 

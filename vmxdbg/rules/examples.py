@@ -80,7 +80,7 @@ def run_example(rule: Rule, example: Example) -> str:
     if rule.cross:
         from .evaluate import _cross_findings
         found = _cross_findings(snap, [rule])
-        statuses = {f.status for items in found.values() for _, f in items}
+        statuses = {f.status for (cpu, _), items in found.items() if cpu == example.cpu for _, f in items}
     else:
         findings, applied = run_rule(rule, Context(snap, example.cpu))
         if not applied:

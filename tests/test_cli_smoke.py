@@ -1,0 +1,69 @@
+"""CLI smoke tests; also run under Python 3.9 (pykd's interpreter) by scripts/test.sh."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import vmxdbg
+
+EXAMPLES = Path(vmxdbg.__file__).resolve().parent / "examples"
+
+
+def run(*args: str, cwd: str = "/"):
+    return subprocess.run([sys.executable, "-m", "vmxdbg", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_help_everywhere():
+    top = run("--help")
+    assert top.returncode == 0 and "check" in top.stdout
+    assert run("check", "--help").returncode == 0
+
+
+def test_check_clean_baseline_exit_0():
+    r = run("check", str(EXAMPLES / "vmxon.vmxsnap.json"))
+    assert r.returncode == 0, r.stderr
+    assert "vmxon" in r.stdout and "ok" in r.stdout
+
+
+def test_check_json_is_the_report_format(tmp_path):
+    r = run("check", "--format", "json", str(EXAMPLES / "vmxon.vmxsnap.json"))
+    data = json.loads(r.stdout)
+    assert data["format"] == "vmxdbg-report" and data["version"] == 1
+    insns = [v["instruction"] for v in data["processors"]["0"]]
+    assert insns[:1] == ["vmxon"] and "vmlaunch" in insns and "vmresume" in insns
+
+
+def test_check_failing_snapshot_exit_1(tmp_path):
+    tree = json.loads((EXAMPLES / "vmxon.vmxsnap.json").read_text())
+    tree["processors"]["0"]["registers"]["cr4"] = "0x3706f8"
+    f = tmp_path / "bad.vmxsnap.json"
+    f.write_text(json.dumps(tree))
+    r = run("check", "--format", "json", str(f))
+    assert r.returncode == 1
+    vmxon = json.loads(r.stdout)["processors"]["0"][0]
+    assert vmxon["outcome"] == "#UD"
+    assert [x["id"] for x in vmxon["findings"] if x["status"] == "fail"] == ["VMXON002"]
+
+
+def test_bad_inputs_exit_2_one_line(tmp_path):
+    cases = {
+        "missing.json": None,
+        "nonhex.json": '{"format":"vmxdbg-snapshot","version":1,"processors":{"0":{"msr":{"0x480":"0xzz"}}}}',
+        "garbage.json": "\x00\x01not json at all",
+        "future.json": '{"format":"vmxdbg-snapshot","version":7,"processors":{}}',
+    }
+    for name, text in cases.items():
+        f = tmp_path / name
+        if text is not None:
+            f.write_text(text)
+        r = run("check", str(f))
+        assert r.returncode == 2, (name, r.stdout, r.stderr)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and name in lines[0] and "Traceback" not in r.stderr, (name, r.stderr)
+
+
+def test_unknown_cpu_is_bad_input():
+    r = run("check", "--cpu", "7", str(EXAMPLES / "vmxon.vmxsnap.json"))
+    assert r.returncode == 2 and "no such processor" in r.stderr

@@ -1,0 +1,45 @@
+"""How verdicts are made from findings: order, alternatives, unknowns."""
+from __future__ import annotations
+
+from vmxdbg.rules.evaluate import check_snapshot
+from vmxdbg.rules.examples import apply_patch, baseline_tree
+from vmxdbg.snapshot import snapshot_from_json
+
+
+def vmxon_verdict(patch):
+    snap = snapshot_from_json(apply_patch(baseline_tree("vmxon"), patch))
+    return check_snapshot(snap).verdict(0, "vmxon")
+
+
+def test_ud_comes_before_gp_and_stops():
+    v = vmxon_verdict({"registers/cr4": "0x3706f8", "msr/0x3a": "0x0", "state/cpl": 3})
+    assert v.outcome == "#UD" and v.possible == ["#UD"]
+    ids = {f.id for f in v.findings}
+    assert "VMXON002" in ids and "VMXON007" not in ids  # CPL is never checked after #UD
+
+
+def test_missing_input_that_cannot_change_the_outcome_leaves_it_known():
+    v = vmxon_verdict({"state/a20m": None, "msr/0x3a": "0x1"})  # A20M unknown, feature control fails: #GP either way
+    assert v.outcome == "#GP"
+    assert {f.id: f.status for f in v.findings}["VMXON009"] == "unknown"
+
+
+def test_missing_input_that_could_change_the_outcome_makes_it_unknown():
+    v = vmxon_verdict({"state/a20m": None, "/memory/0x1a2b3000": "0500000000000000"})
+    assert v.outcome == "unknown" and v.possible == ["#GP", "VMfailInvalid"]
+    unknown = [f for f in v.findings if f.status == "unknown"][0]
+    assert unknown.inputs == ["state:a20m"] and "state:a20m" in unknown.message
+
+
+def test_nothing_known_is_unknown_not_ok():
+    snap = snapshot_from_json({"format": "vmxdbg-snapshot", "version": 1, "processors": {"0": {}}})
+    v = check_snapshot(snap).verdict(0, "vmxon")
+    assert v.outcome == "unknown" and "ok" in v.possible
+    assert all(f.status == "unknown" for f in v.findings)
+
+
+def test_vmfail_15_depends_on_current_vmcs():
+    v = vmxon_verdict({"state/vmx": "root", "vmcs_pointer": "0x1a2b4000"})
+    assert v.outcome == "VMfailValid:15"
+    v = vmxon_verdict({"state/vmx": "root"})
+    assert v.outcome == "VMfailInvalid"

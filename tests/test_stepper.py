@@ -1,0 +1,77 @@
+"""The stepper on a scripted live target: predictions compared with outcomes, breakpoints cleaned up."""
+from __future__ import annotations
+
+import iced_x86 as ix
+import pytest
+
+from fake_live import CODE, PROGRAM, FakeLive
+from vmxdbg.stepper import Stepper, find_vmx_instructions, mismatches, operand_address, results_report
+
+
+def test_finds_vmx_instructions_and_operands():
+    code = (bytes.fromhex("f30fc7742408") + bytes.fromhex("0fc73500010000") + bytes.fromhex("660fc730")
+            + bytes.fromhex("0f01c2") + bytes.fromhex("0f01c3") + bytes.fromhex("90"))
+    sites = find_vmx_instructions(code, 0x1000)
+    assert [(s.address, s.instruction) for s in sites] == [
+        (0x1000, "vmxon"), (0x1006, "vmptrld"), (0x100D, "vmclear"), (0x1011, "vmlaunch"), (0x1014, "vmresume")]
+    regs = {"rsp": 0x5000, "rax": 0x7000}
+    assert operand_address(sites[0], regs.__getitem__) == 0x5008
+    assert operand_address(sites[1], regs.__getitem__) == 0x1006 + 7 + 0x100   # RIP-relative
+    assert operand_address(sites[2], regs.__getitem__) == 0x7000
+    assert not sites[3].has_memory_operand
+
+
+def run(backend: FakeLive):
+    sites = find_vmx_instructions(PROGRAM, CODE)
+    return Stepper(backend, sites).run(timeout=5)
+
+
+def test_healthy_cores_predicted_and_matched():
+    fake = FakeLive(cores=2)
+    results = run(fake)
+    vmxon = [r for r in results if r.instruction == "vmxon"]
+    assert [(r.cpu, r.actual, r.match) for r in vmxon] == [(0, "ok", True), (1, "ok", True)]
+    assert vmxon[1].operand == 0x1a2b5000
+    assert not fake.breakpoints, "every breakpoint is removed"
+    rep = results_report(results)
+    assert rep.processors[0][0].instruction == "vmxon"
+
+
+def test_cr4_vmxe_clear_on_one_core_is_ud_and_predicted():
+    fake = FakeLive(cores=2)
+    fake.cpus[1].registers["cr4"] &= ~0x2000
+    results = run(fake)
+    r = [r for r in results if r.cpu == 1 and r.instruction == "vmxon"][0]
+    assert r.actual == "#UD" and r.verdict.outcome == "#UD" and r.match
+    assert "VMXON002" in [f.id for f in r.verdict.findings if f.status == "fail"]
+    ok = [r for r in results if r.cpu == 0 and r.instruction == "vmxon"][0]
+    assert ok.actual == "ok" and ok.match
+
+
+def test_wrong_revision_is_vmfailinvalid():
+    fake = FakeLive(cores=2)
+    fake.write(0x1a2b5000, (0x7).to_bytes(4, "little"))
+    results = run(fake)
+    r = [r for r in results if r.cpu == 1 and r.instruction == "vmxon"][0]
+    assert (r.actual, r.verdict.outcome, r.match) == ("VMfailInvalid", "VMfailInvalid", True)
+
+
+def test_a_wrong_prediction_is_a_mismatch():
+    """The target disagrees with the SDM (a fake 'emulator bug'): shown as a mismatch, not hidden."""
+    fake = FakeLive(cores=1)
+    fake.cpus[0].msr[0x3A] = 0x1   # VMX disabled: the SDM says #GP, this fake CPU lets VMXON succeed
+    results = run(fake)
+    bad = mismatches(results)
+    assert bad and bad[0].instruction == "vmxon" and bad[0].verdict.outcome == "#GP" and bad[0].actual == "ok"
+
+
+def test_breakpoints_removed_when_the_target_fails():
+    fake = FakeLive(cores=1)
+
+    def boom(cpu: int):
+        raise KeyboardInterrupt
+
+    fake.step = boom  # type: ignore[assignment]
+    with pytest.raises(KeyboardInterrupt):
+        run(fake)
+    assert not fake.breakpoints

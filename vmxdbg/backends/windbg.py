@@ -1,0 +1,390 @@
+"""A live Windows kernel target seen through WinDbg and pykd 0.3.x.
+
+This is the only module of vmxdbg that imports pykd, and it does so on first
+use, so everything else installs and runs where pykd does not exist (pykd
+0.3.4 ships Windows wheels for Python 2.7 and 3.5-3.9 only).
+
+Every query uses pykd's typed calls: `reg(name)` for registers (dbgeng's
+AMD64 names: `efl`, `gdtr`/`gdtl`, `idtr`/`idtl`, selectors `cs`...`tr`),
+`rdmsr(index)`, `loadBytes(addr, count, phyAddr)` for memory, `setBp` /
+`breakpoint.remove()` / `go()` / `trace()` / `breakin()` for execution,
+`getNumberThreads()` for the processor count (in a kernel session dbgeng makes
+one virtual thread per processor), `getLastEvent()` for the processor an event
+stopped on. One thing has no typed call in pykd 0.3 and falls back to text:
+switching the current processor, done with the documented kernel-mode command
+`~Ns` through `dbgCommand` (its output is only checked for an error).
+
+A KD link pays a packet exchange for each read, so the backend keeps what it
+read until the target runs again (go, step): each register, MSR and GDT is
+read at most once per processor per stop, each memory range once per stop,
+and the processor is switched only when it changes. `reads` counts the target
+reads made (reg, rdmsr, load*), for the stated cost of a full check
+(docs/windbg.md).
+
+What a debugger cannot see is NotAvailable, never guessed: CPUID (the
+debugger cannot execute it on the target), the VMX state and the current VMCS
+(no VMREAD from outside), physical-address breakpoints. Segment base, limit
+and attributes are decoded from the descriptor the selector names in the GDT
+(one read of the GDT per processor per stop); FS/GS bases in IA-32e mode come
+from IA32_FS_BASE/IA32_GS_BASE. The processor's hidden copy can differ from
+the table if the GDT was edited after the segment was loaded.
+"""
+from __future__ import annotations
+
+import struct
+import threading
+from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Tuple
+
+from ..errors import BackendError, NotAvailable, TargetGone
+from .base import EXECUTION, MSR, PHYSICAL, REGISTERS, SEGMENT_NAMES, VIRTUAL, Backend, StopEvent
+
+NAME = "windbg"
+EFER, FS_BASE, GS_BASE = 0xC0000080, 0xC0000100, 0xC0000101
+# vmxdbg register name -> dbgeng (AMD64 kernel) register name
+_DBGENG = {"rflags": "efl"}
+_PLAIN = frozenset({"cr0", "cr2", "cr3", "cr4", "cr8", "dr0", "dr1", "dr2", "dr3", "dr6", "dr7", "rip",
+                    "rsp", "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11",
+                    "r12", "r13", "r14", "r15", "rflags"})
+_TABLE_REGS = {"gdtr.base": "gdtr", "gdtr.limit": "gdtl", "idtr.base": "idtr", "idtr.limit": "idtl"}
+_SWITCH_ERRORS = ("not a valid", "invalid", "syntax error", "error", "^ ")
+
+
+def _import_pykd() -> Any:
+    try:
+        import pykd  # type: ignore[import-not-found]  # noqa: PLC0415 (lazy on purpose)
+    except ImportError as exc:
+        raise NotAvailable(f"pykd cannot be imported here ({exc}); run inside WinDbg with pykd loaded "
+                           "(docs/windbg.md)", backend=NAME) from None
+    return pykd
+
+
+def decode_descriptor(raw: bytes) -> Tuple[int, int, int]:
+    """(base, limit, attributes in the VMCS access-rights format) of an 8- or 16-byte descriptor.
+
+    Vol.3A 3.4.5 (segment descriptors) and 7.2.3 (16-byte system descriptors
+    in IA-32e mode); Vol.3C 25.4.1 for the access-rights layout
+    (SDM 325462-080US, 2023).
+    """
+    low, high = struct.unpack_from("<II", raw)
+    base = (low >> 16) | (high & 0xFF) << 16 | (high >> 24) << 24
+    raw_limit = (low & 0xFFFF) | (high >> 16 & 0xF) << 16
+    attributes = (high >> 8 & 0xFF) | (high >> 20 & 0xF) << 12
+    limit = (raw_limit << 12 | 0xFFF) if attributes >> 15 & 1 else raw_limit
+    if not attributes >> 4 & 1 and len(raw) >= 16:   # system descriptor: base[63:32] follows
+        base |= struct.unpack_from("<I", raw, 8)[0] << 32
+    return base, limit, attributes
+
+
+class WinDbgBackend(Backend):
+    """The processors of the kernel target WinDbg is attached to (see the module doc)."""
+
+    name = NAME
+
+    def __init__(self, pykd_module: Any = None) -> None:
+        """`pykd_module` replaces `import pykd` (tests pass a stand-in)."""
+        self._pk = pykd_module
+        self.reads = 0                      # target reads made (reg, rdmsr, load*)
+        self._count: Optional[int] = None
+        self._current: Optional[int] = None
+        self._original_thread: Optional[int] = None
+        self._thread_cpu: Dict[int, int] = {}
+        self._regs: Dict[Tuple[int, str], Any] = {}     # value or the BackendError it raised
+        self._msrs: Dict[Tuple[int, int], Any] = {}
+        self._gdts: Dict[int, Any] = {}
+        self._memory: Dict[Tuple[str, int, int], Any] = {}
+        self._bps: Dict[int, Tuple[Any, int]] = {}       # our id -> (pykd breakpoint, address)
+        self._next_bp = 1
+
+    # ------------------------------------------------------------ plumbing
+    @property
+    def pykd(self) -> Any:
+        if self._pk is None:
+            self._pk = _import_pykd()
+        return self._pk
+
+    def _exc(self, name: str) -> type:
+        return getattr(self.pykd, name, Exception)
+
+    def _fail(self, exc: BaseException, cpu: Optional[int], what: str) -> BackendError:
+        """The BackendError for a pykd exception, naming the processor and what was read."""
+        text = str(exc) or type(exc).__name__
+        if isinstance(exc, self._exc("CPUException")):
+            return NotAvailable(f"the debugger could not read it ({text})", backend=self.name, cpu=cpu, what=what)
+        if isinstance(exc, self._exc("MemoryException")):
+            return NotAvailable(f"not readable ({text})", backend=self.name, cpu=cpu, what=what)
+        lowered = text.lower()
+        if "no debuggee" in lowered or "not connected" in lowered:
+            return TargetGone(text, backend=self.name, cpu=cpu, what=what)
+        return BackendError(text, backend=self.name, cpu=cpu, what=what)
+
+    def _read(self, cache: Dict[Any, Any], key: Any, cpu: Optional[int], what: str,
+              fn: Callable[[], Any]) -> Any:
+        """fn() once per stop: cached with its error; counts a target read."""
+        if key not in cache:
+            self.reads += 1
+            try:
+                cache[key] = fn()
+            except self._exc("DbgException") as exc:   # type: ignore[misc]
+                cache[key] = self._fail(exc, cpu, what)
+        value = cache[key]
+        if isinstance(value, BackendError):
+            raise value
+        return value
+
+    def invalidate(self) -> None:
+        """Forget what was read: the target ran (go, step) or was changed."""
+        self._regs.clear()
+        self._msrs.clear()
+        self._gdts.clear()
+        self._memory.clear()
+
+    def capabilities(self) -> FrozenSet[str]:
+        return frozenset({REGISTERS, MSR, PHYSICAL, VIRTUAL, EXECUTION})
+
+    def describe(self) -> Dict[str, str]:
+        return {"kind": self.name, "version": str(getattr(self.pykd, "version", "?")),
+                "debugger": "WinDbg (dbgeng) through pykd"}
+
+    # ------------------------------------------------------------ processors
+    def processors(self) -> List[int]:
+        if self._count is None:
+            try:
+                self._count = int(self.pykd.getNumberThreads())
+            except self._exc("DbgException") as exc:   # type: ignore[misc]
+                raise self._fail(exc, None, "processor count") from None
+            if self._count <= 0:
+                raise TargetGone("no processors: is WinDbg attached to a kernel target?", backend=self.name)
+        return list(range(self._count))
+
+    def _check_cpu(self, cpu: int, what: Optional[str] = None) -> None:
+        n = len(self.processors())
+        if not 0 <= cpu < n:
+            raise NotAvailable(f"no such processor (the target has {n}: 0-{n - 1})", backend=self.name, cpu=cpu,
+                               what=what)
+
+    def select(self, cpu: int) -> None:
+        """Make `cpu` the debugger's current processor (`~Ns`: pykd 0.3 has no typed switch)."""
+        self._check_cpu(cpu)
+        if self._current == cpu:
+            return
+        pk = self.pykd
+        try:
+            if self._original_thread is None:
+                self._original_thread = int(pk.getCurrentThreadId())
+            out = pk.dbgCommand(f"~{cpu}s")
+        except self._exc("DbgException") as exc:   # type: ignore[misc]
+            raise self._fail(exc, cpu, f"switching to the processor (~{cpu}s)") from None
+        if out and any(e in out.lower() for e in _SWITCH_ERRORS):
+            raise BackendError(f"~{cpu}s answered: {out.strip()}", backend=self.name, cpu=cpu)
+        self._current = cpu
+
+    # ------------------------------------------------------------ registers
+    def _reg(self, cpu: int, dbgeng_name: str) -> int:
+        def fn() -> int:
+            self.select(cpu)
+            return int(self.pykd.reg(dbgeng_name))
+        return self._read(self._regs, (cpu, dbgeng_name), cpu, f"register {dbgeng_name}", fn)
+
+    def _gdt(self, cpu: int) -> bytes:
+        base, limit = self._reg(cpu, "gdtr"), self._reg(cpu, "gdtl")
+
+        def fn() -> bytes:
+            self.select(cpu)
+            return bytes(self.pykd.loadBytes(base, limit + 1, False))
+        return self._read(self._gdts, cpu, cpu, f"GDT at 0x{base:x}+0x{limit + 1:x}", fn)
+
+    def _long_mode(self, cpu: int) -> bool:
+        try:
+            return bool(self.read_msr(cpu, EFER) >> 10 & 1)   # IA32_EFER.LMA
+        except NotAvailable:
+            return False
+
+    def _segment_part(self, cpu: int, seg: str, part: str) -> int:
+        selector = self._reg(cpu, seg)
+        if part == "selector":
+            return selector
+        if seg in ("fs", "gs") and part == "base" and self._long_mode(cpu):
+            return self.read_msr(cpu, FS_BASE if seg == "fs" else GS_BASE)
+        what = f"register {seg}.{part} (selector 0x{selector:x})"
+        if selector & 4:
+            raise NotAvailable("the selector names the LDT, which vmxdbg does not read", backend=self.name,
+                               cpu=cpu, what=what)
+        index = selector >> 3
+        if index == 0:
+            if part == "attributes":
+                return 1 << 16   # a null selector makes the segment unusable (Vol.3C 25.4.1)
+            raise NotAvailable("null selector: the processor's hidden part is not visible to a debugger",
+                               backend=self.name, cpu=cpu, what=what)
+        table = self._gdt(cpu)
+        size = 16 if seg in ("tr", "ldtr") else 8
+        raw = table[index * 8:index * 8 + size]
+        if len(raw) < 8:
+            raise NotAvailable(f"the selector is past the GDT limit 0x{len(table) - 1:x}", backend=self.name,
+                               cpu=cpu, what=what)
+        base, limit, attributes = decode_descriptor(raw)
+        return {"base": base, "limit": limit, "attributes": attributes}[part]
+
+    def read_register(self, cpu: int, name: str) -> int:
+        key = name.lower()
+        self._check_cpu(cpu, f"register {name}")
+        if key in _PLAIN:
+            return self._reg(cpu, _DBGENG.get(key, key))
+        if key in _TABLE_REGS:
+            return self._reg(cpu, _TABLE_REGS[key])
+        if key == "cpl":
+            return self._reg(cpu, "cs") & 3   # CPL is CS.RPL (Vol.3A 5.5)
+        if key == "efer":
+            return self.read_msr(cpu, EFER)  # dbgeng has no EFER register; it is MSR 0xC0000080
+        seg, _, part = key.partition(".")
+        if seg in SEGMENT_NAMES and part in ("selector", "base", "limit", "attributes"):
+            return self._segment_part(cpu, seg, part)
+        if seg in SEGMENT_NAMES and not part:
+            return self._reg(cpu, seg)
+        raise self._unsupported(f"register {name}", cpu)
+
+    def read_registers(self, cpu: int, names: Iterable[str]) -> Dict[str, int]:
+        """One processor switch, then each register once (cached for the stop)."""
+        out: Dict[str, int] = {}
+        for n in names:
+            try:
+                out[n] = self.read_register(cpu, n)
+            except NotAvailable:
+                continue
+        return out
+
+    # ------------------------------------------------------------ MSRs, CPUID, memory
+    def read_msr(self, cpu: int, index: int) -> int:
+        self._check_cpu(cpu, f"MSR 0x{index:x}")
+
+        def fn() -> int:
+            self.select(cpu)
+            return int(self.pykd.rdmsr(index))
+        return self._read(self._msrs, (cpu, index), cpu, f"MSR 0x{index:x}", fn)
+
+    def cpuid(self, cpu: int, leaf: int, subleaf: int = 0) -> Tuple[int, int, int, int]:
+        raise NotAvailable("a kernel debugger cannot execute CPUID on the target (pykd has no call for it)",
+                           backend=self.name, cpu=cpu, what=f"CPUID 0x{leaf:x}.{subleaf:x}")
+
+    def read_physical(self, address: int, size: int) -> bytes:
+        what = f"physical memory 0x{address:x}+0x{size:x}"
+        return self._read(self._memory, ("p", address, size), None, what,
+                          lambda: bytes(self.pykd.loadBytes(address, size, True)))
+
+    def read_virtual(self, cpu: int, address: int, size: int) -> bytes:
+        self._check_cpu(cpu, f"virtual memory 0x{address:x}+0x{size:x}")
+
+        def fn() -> bytes:
+            self.select(cpu)
+            return bytes(self.pykd.loadBytes(address, size, False))
+        return self._read(self._memory, (f"v{cpu}", address, size), cpu,
+                          f"virtual memory 0x{address:x}+0x{size:x}", fn)
+
+    # ------------------------------------------------------------ execution
+    def set_breakpoint(self, address: int, physical: bool = False) -> int:
+        if physical:
+            raise NotAvailable("WinDbg has no code breakpoints on physical addresses", backend=self.name,
+                               what=f"breakpoint at physical 0x{address:x}")
+        try:
+            bp = self.pykd.setBp(address)
+        except self._exc("DbgException") as exc:   # type: ignore[misc]
+            raise self._fail(exc, None, f"breakpoint at 0x{address:x}") from None
+        ours = self._next_bp
+        self._next_bp += 1
+        self._bps[ours] = (bp, address)   # pykd removes a breakpoint whose object dies: keep it
+        return ours
+
+    def remove_breakpoint(self, bp: int) -> None:
+        if bp not in self._bps:
+            raise NotAvailable("no such breakpoint set by vmxdbg", backend=self.name, what=f"breakpoint {bp}")
+        obj, address = self._bps.pop(bp)
+        try:
+            obj.remove()
+        except self._exc("DbgException") as exc:   # type: ignore[misc]
+            raise self._fail(exc, None, f"removing the breakpoint at 0x{address:x}") from None
+
+    def breakpoints(self) -> Dict[int, int]:
+        """The breakpoints this backend has set and not removed: id -> address."""
+        return {k: a for k, (_, a) in self._bps.items()}
+
+    def _event_cpu(self) -> Optional[int]:
+        """The processor the last event happened on (engine thread id -> processor)."""
+        pk = self.pykd
+        tid = int(pk.getLastEvent().thread)
+        if tid in self._thread_cpu:
+            return self._thread_cpu[tid]
+        for cpu in self.processors():   # learn the mapping: switch until the event thread is current
+            self._current = None
+            self.select(cpu)
+            cur = int(pk.getCurrentThreadId())
+            self._thread_cpu[cur] = cpu
+            if cur == tid:
+                return cpu
+        return None
+
+    def go(self, timeout: float = 30.0) -> StopEvent:
+        """Run every processor until a stop; after `timeout` seconds break in (pykd's go() has no timeout)."""
+        pk = self.pykd
+        fired = threading.Event()
+
+        def expire() -> None:
+            fired.set()
+            pk.breakin()
+        timer = threading.Timer(timeout, expire)
+        timer.daemon = True
+        self.invalidate()
+        self._current = None
+        timer.start()
+        try:
+            status = pk.go()
+        except self._exc("DbgException") as exc:   # type: ignore[misc]
+            raise self._fail(exc, None, "go") from None
+        finally:
+            timer.cancel()
+        if int(status) == int(getattr(getattr(pk, "executionStatus", None), "NoDebuggee", -1)):
+            raise TargetGone("the target is gone (no debuggee)", backend=self.name)
+        event = pk.getLastEvent()
+        cpu = self._event_cpu()
+        self._current = cpu
+        if fired.is_set() and int(event.type) != int(pk.eventType.Breakpoint):
+            return StopEvent(kind="timeout", cpu=cpu, detail=f"still running after {timeout:g} s; broke in")
+        address = self.read_register(cpu, "rip") if cpu is not None else None
+        ours = next((k for k, (_, a) in self._bps.items() if a == address), None)
+        detail = "" if ours is not None else "a stop vmxdbg did not ask for"
+        return StopEvent(kind="breakpoint", cpu=cpu, address=address, breakpoint=ours, detail=detail)
+
+    def step(self, cpu: int) -> StopEvent:
+        """One instruction on `cpu` (`trace()`). KD resumes the other processors while it steps."""
+        self.select(cpu)
+        self.invalidate()
+        try:
+            self.pykd.trace()
+        except self._exc("DbgException") as exc:   # type: ignore[misc]
+            raise self._fail(exc, cpu, "single step") from None
+        self._current = cpu
+        return StopEvent(kind="step", cpu=cpu, address=self.read_register(cpu, "rip"))
+
+    def stop(self) -> None:
+        self.pykd.breakin()
+
+    def close(self) -> None:
+        """Remove every breakpoint this backend set and give back the processor that was current.
+
+        Tries all of them; raises one BackendError naming those it could not remove.
+        """
+        failed = []
+        for bp in list(self._bps):
+            address = self._bps[bp][1]
+            try:
+                self.remove_breakpoint(bp)
+            except BackendError:
+                failed.append(f"0x{address:x}")
+        if self._original_thread is not None and self._pk is not None:
+            try:
+                self.pykd.setCurrentThreadId(self._original_thread)
+                self._current = None
+            except self._exc("DbgException"):   # type: ignore[misc]
+                pass
+        self.invalidate()
+        if failed:
+            raise BackendError(f"could not remove breakpoint(s) at {', '.join(failed)}; remove them with bc",
+                               backend=self.name)

@@ -1,0 +1,56 @@
+"""`vmxdbg replay FILE`: browse a recording (or a snapshot, or any input vmxdbg reads) at a kd prompt."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Tuple
+
+from ..backends.replay import ReplayBackend
+from ..backends.snapshot_backend import SnapshotBackend
+from ..console import Console
+from ..errors import InputError
+from ..recorded import collect_args
+from ..recording import read_recording
+from ..sources import kind_of, load_any
+from .kdcmds import KdState
+
+NAME = "replay"
+HELP = "browse a recording, snapshot or kd log at a kd-style prompt (r, rdmsr, !dq, !vmxcheck, t/p/g and back)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", type=Path, help="*.vmxrec.jsonl (or .partial), *.vmxsnap.json or a kd log")
+    parser.add_argument("--partial", action="store_true", help="accept a recording that did not complete")
+    parser.add_argument("-c", dest="commands", metavar="CMDS", default=None,
+                        help="run these commands (separated by ;) and exit, as cdb -c does")
+    parser.add_argument("--cpu", type=int, default=None, metavar="N", help="start on processor N")
+    parser.add_argument("--history", metavar="FILE", default=None, help="keep the command history in FILE")
+
+
+def open_state(path: Path, partial: bool = False) -> Tuple[KdState, str]:
+    """A KdState over the file and a banner line describing it."""
+    kind = kind_of(path)
+    if kind == "recording":
+        rec = read_recording(path, partial=partial)
+        backend = ReplayBackend(rec, strict=False)
+        state = KdState(backend, vmxon_pointers=collect_args(rec).get("vmxon_pointers", {}), source=str(path))
+        stops = backend.stop_count()
+        moves = f"; {stops} recorded stops (t/p/g forward, t-/p-/g- back, !stops)" if stops else ""
+        return state, f"{rec.describe()}{moves}"
+    snap = load_any(path, {"partial": partial})
+    state = KdState(SnapshotBackend(snap), snapshot_of=lambda _state: snap, source=str(path))
+    return state, f"{path}: {kind}, {len(snap.processors)} processor(s), no recorded execution"
+
+
+def run(args: argparse.Namespace) -> int:
+    state, banner = open_state(args.file, args.partial)
+    if args.cpu is not None:
+        cpus = state.backend.processors()
+        if args.cpu not in cpus:
+            raise InputError(f"--cpu {args.cpu}: no such processor (the input has: {', '.join(map(str, cpus))})")
+        state.cpu = args.cpu
+    if args.commands is not None:
+        return Console(state).run_script(c for c in args.commands.split(";") if c.strip())
+    console = Console(state, history_file=args.history, banner=f"{banner}\ntype help for the commands, q to quit")
+    return console.run()

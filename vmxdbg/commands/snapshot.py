@@ -1,0 +1,31 @@
+"""`vmxdbg snapshot FILE -o out.vmxsnap.json`: export what vmxdbg understood of any input."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..snapshot import save_snapshot
+from ..sources import load_any
+from ..values import parse_int
+
+NAME = "snapshot"
+HELP = "export what was understood of a kd log, recording or snapshot as a *.vmxsnap.json"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", type=Path, help="a kd log, *.vmxrec.jsonl or *.vmxsnap.json (recognised by content)")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="the snapshot file to write")
+    parser.add_argument("--at", metavar="LINE", default=None, help="kd logs: the state as it stood at this line")
+    parser.add_argument("--partial", action="store_true", help="accept a recording that did not complete (.partial)")
+
+
+def run(args: argparse.Namespace) -> int:
+    options = {"partial": args.partial}
+    if args.at is not None:
+        options["at_line"] = parse_int(f"0n{args.at}" if str(args.at).isdigit() else args.at, what="--at")
+    snapshot = load_any(args.file, options)
+    save_snapshot(snapshot, args.output)
+    cpus = ", ".join(str(c) for c in sorted(snapshot.processors)) or "none"
+    sys.stderr.write(f"vmxdbg: wrote {args.output} (processors: {cpus})\n")
+    return 0

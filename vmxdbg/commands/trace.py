@@ -1,0 +1,56 @@
+"""`vmxdbg trace`: step a hypervisor through VMXON / VMLAUNCH on every core and compare predictions."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import List
+
+from ..errors import InputError
+from ..recording import read_recording
+from ..stepper import StepResult
+from ..trace import TRACE, render_trace, replay_trace, trace_report_json
+
+NAME = "trace"
+HELP = "step every core through its VMX instructions (live Bochs, or a recorded trace) and compare predictions"
+DESCRIPTION = (HELP + ". With --bochs, boots the bundled test hypervisor (tests/fixtures/minihv) under Bochs; "
+               "--knob CPU:NAME breaks one thing on one core (names: see tests/fixtures/minihv/README.md).")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--bochs", action="store_true", help="boot the test hypervisor under a live Bochs")
+    src.add_argument("--replay", type=Path, metavar="REC", help="replay a recorded trace (*.vmxrec.jsonl)")
+    parser.add_argument("--cpus", type=int, default=2, help="processors for --bochs (default 2)")
+    parser.add_argument("--knob", action="append", default=[], metavar="CPU:NAME[=VALUE]",
+                        help="break something on one core of the test hypervisor (repeatable)")
+    parser.add_argument("--record", type=Path, metavar="FILE", help="record the live session to FILE")
+    parser.add_argument("--partial", action="store_true", help="accept an unfinished (.partial) recording")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each stop")
+    parser.add_argument("--format", choices=("text", "json"), default="text")
+    parser.add_argument("-v", "--verbose", action="store_true", help="also list unknown rules")
+
+
+def exit_status(results: List[StepResult]) -> int:
+    """0 when every stop was predicted right and every instruction succeeded, else 1."""
+    bad = [r for r in results if r.match is False or (r.verdict is not None and r.actual != "ok")]
+    return 1 if bad else 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.replay is not None:
+        rec = read_recording(args.replay, partial=args.partial)
+        if rec.command != TRACE:
+            raise InputError(f"a recording of `{rec.command}`, not of a trace (use `vmxdbg check` on it)",
+                             source=str(args.replay))
+        results = replay_trace(rec)
+    else:
+        from ..minihv_demo import bochs_trace
+        results = bochs_trace(cpus=args.cpus, knobs=args.knob, record=args.record, timeout=args.timeout,
+                              argv=sys.argv[1:])
+    if args.format == "json":
+        sys.stdout.write(json.dumps(trace_report_json(results), indent=1) + "\n")
+    else:
+        sys.stdout.write(render_trace(results, verbose=args.verbose))
+    return exit_status(results)

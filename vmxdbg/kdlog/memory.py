@@ -1,0 +1,112 @@
+"""Memory dumps: physical `!db`/`!dc`/`!dd`/`!dq`/`!dw` (lines start with `#`,
+and a failed read says "Physical memory read at ... failed") and virtual
+`db`/`dc`/`dd`/`dq`/`dp`/`dw` (addresses with or without the backtick; `/p`
+makes them physical). Bytes shown as `??` are unknown and split the block.
+
+Consecutive lines are joined into one block before they reach the snapshot,
+so a long dump costs one merge, not one per line.
+"""
+from __future__ import annotations
+
+import re
+from typing import Dict, Optional, Pattern
+
+from .output import CommandOutput
+from .reader import Line
+from .state import LogState
+
+# element width in bytes -> (element pattern, separator pattern)
+_ELEMENTS = {
+    1: (r"[0-9a-f?]{2}", r"[ -]"),
+    2: (r"[0-9a-f?]{4}", r" "),
+    4: (r"[0-9a-f?]{8}", r" "),
+    8: (r"[0-9a-f?]{8}`?[0-9a-f?]{8}", r" "),
+}
+_ADDR = r"([0-9a-f]{1,8}(?:`[0-9a-f]{8})?|[0-9a-f]{9,16})"
+_FAILED = re.compile(r"physical memory read at ([0-9a-f`]+) failed", re.I)
+_STARTS_WITH_ADDR = re.compile(r"^\s*#?\s*[0-9a-f]{4,8}(?:`[0-9a-f]{8})?\s", re.I)
+
+_WIDTH_OF = {"b": 1, "c": 4, "d": 4, "q": 8, "w": 2, "p": 8}
+_DUMP_COMMAND = re.compile(r"^(!?)d([bcdqwp])(?:\s|$)", re.I)
+_PHYSICAL_OPTION = re.compile(r"(?:^|\s)/p(?:c|uc|wc)?(?:\s|$)", re.I)
+_SEPARATORS = re.compile(r"[ -]+")
+
+
+def _line_pattern(width: int, physical_prefix: bool) -> Pattern[str]:
+    elem, sep = _ELEMENTS[width]
+    prefix = r"#\s*" if physical_prefix else r"(?:[0-9a-f]{4}:)?"
+    # the element run, then (for db/dc) two or more spaces and the characters column
+    return re.compile(rf"^\s*{prefix}{_ADDR}\s+((?:{elem}{sep})*{elem})-?(?:\s\s.*)?\s*$", re.I)
+
+
+_PATTERNS: Dict[tuple, Pattern[str]] = {(w, p): _line_pattern(w, p) for w in _ELEMENTS for p in (True, False)}
+
+
+def dump_kind(command: str) -> Optional[tuple]:
+    """(element width, physical) for a dump command, or None for other commands."""
+    m = _DUMP_COMMAND.match(command.strip())
+    if not m:
+        return None
+    physical = bool(m.group(1)) or bool(_PHYSICAL_OPTION.search(command))
+    return _WIDTH_OF[m.group(2).lower()], physical
+
+
+class DumpOutput(CommandOutput):
+    """Collects the bytes of one dump command into contiguous blocks."""
+
+    def __init__(self, state: LogState, cpu: int, command: str, line: int, live: bool = True) -> None:
+        super().__init__(state, cpu, command, line, live)
+        kind = dump_kind(command)
+        assert kind is not None
+        self.width, self.physical = kind
+        self.block_start = 0
+        self.block = bytearray()
+
+    def _flush(self) -> None:
+        if self.block:
+            self.state.add_memory(self.block_start, bytes(self.block), physical=self.physical, cpu=self.cpu)
+            self.block = bytearray()
+
+    def _add(self, address: int, data: bytes) -> bool:
+        """Append to the block; True when this starts a new block."""
+        if self.block and address == self.block_start + len(self.block):
+            self.block += data
+            return False
+        self._flush()
+        self.block_start = address
+        self.block += data
+        return True
+
+    def feed(self, line: Line) -> None:
+        text = line.text
+        failed = _FAILED.search(text) if "failed" in text else None
+        if failed:
+            self._flush()
+            self.state.note(line.number, f"physical memory read at {failed.group(1)} failed")
+            return
+        m = _PATTERNS[(self.width, self.physical and text.lstrip().startswith("#"))].match(text)
+        if m is None and self.command.lstrip().lower().startswith("dp"):
+            m = _PATTERNS[(4, False)].match(text)  # dp on a 32-bit target prints dwords
+            if m is not None:
+                self.width = 4
+        if m is None:
+            if _STARTS_WITH_ADDR.match(text) and not text.lstrip().lower().startswith("readvirtual"):
+                self.state.warn(line.number, f"memory dump line does not parse: {text.strip()[:80]!r}")
+            return
+        if not self.state.accept(line.number):
+            return
+        address = int(m.group(1).replace("`", ""), 16)
+        offset = 0
+        for tok in _SEPARATORS.split(m.group(2).strip()):
+            if "?" in tok:
+                self._flush()
+            else:
+                value = int(tok.replace("`", ""), 16)
+                if self._add(address + offset, value.to_bytes(self.width, "little")) and self.physical:
+                    self.state.memory_seen(address + offset, self.width, line.number)
+                elif self.physical and (address + offset) & 0xFFF == 0:
+                    self.state.memory_seen(address + offset, self.width, line.number)
+            offset += self.width
+
+    def end(self) -> None:
+        self._flush()

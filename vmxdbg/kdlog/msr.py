@@ -1,0 +1,21 @@
+"""`rdmsr` output: `msr[480] = 00da0400`00000004`."""
+from __future__ import annotations
+
+import re
+
+from .output import CommandOutput
+from .reader import Line
+
+_MSR = re.compile(r"^\s*msr\[([0-9a-f]{1,8})\]\s*=\s*([0-9a-f]{8}`?[0-9a-f]{8})\s*$", re.I)
+
+
+class RdmsrOutput(CommandOutput):
+    """Every `msr[N] = V` line sets MSR N; other `msr[` lines are warnings."""
+
+    def feed(self, line: Line) -> None:
+        m = _MSR.match(line.text)
+        if m:
+            value = int(m.group(2).replace("`", ""), 16)
+            self.state.set_msr(self.cpu, int(m.group(1), 16), value, line.number)
+        elif line.text.lstrip().lower().startswith("msr["):
+            self.state.warn(line.number, f"rdmsr output does not parse: {line.text.strip()[:80]!r}")

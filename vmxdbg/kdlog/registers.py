@@ -1,0 +1,173 @@
+"""Register output: `r`, `r cr0`, `r cr4, cr3`, `rM 80`, the full x64/x86 dump,
+`r gdtr`/`gdtl`/`idtr`/`idtl`, and the current-instruction line under a dump.
+
+A register line is one whose every token is `name=hexvalue` or a flag
+mnemonic of the `iopl=0 nv up ei pl zr ...` line, with at least one name
+this module knows. Known names map to snapshot places (data, below).
+"""
+from __future__ import annotations
+
+import re
+from typing import Dict, List, Optional, Tuple
+
+from .output import CommandOutput
+from .reader import Line
+from .state import LogState, NonLiveContext
+
+# debugger register name -> (kind, snapshot name[, part])
+#   reg: Processor.registers; seg: selector of a segment register; tab: part of gdtr/idtr
+_GPRS = ("rax rbx rcx rdx rsi rdi rbp rsp rip r8 r9 r10 r11 r12 r13 r14 r15 "
+         "eax ebx ecx edx esi edi ebp esp eip").split()
+REGISTERS: Dict[str, Tuple[str, ...]] = {name: ("reg", name) for name in _GPRS}
+REGISTERS.update({
+    "efl": ("reg", "rflags"), "rflags": ("reg", "rflags"), "eflags": ("reg", "rflags"),
+    "cr0": ("reg", "cr0"), "cr2": ("reg", "cr2"), "cr3": ("reg", "cr3"), "cr4": ("reg", "cr4"),
+    "cr8": ("reg", "cr8"), "efer": ("reg", "efer"), "xcr0": ("reg", "xcr0"),
+    "dr0": ("reg", "dr0"), "dr1": ("reg", "dr1"), "dr2": ("reg", "dr2"), "dr3": ("reg", "dr3"),
+    "dr6": ("reg", "dr6"), "dr7": ("reg", "dr7"),
+    "cs": ("seg", "cs"), "ss": ("seg", "ss"), "ds": ("seg", "ds"), "es": ("seg", "es"),
+    "fs": ("seg", "fs"), "gs": ("seg", "gs"), "tr": ("seg", "tr"), "ldtr": ("seg", "ldtr"),
+    "gdtr": ("tab", "gdtr", "base"), "gdtl": ("tab", "gdtr", "limit"),
+    "idtr": ("tab", "idtr", "base"), "idtl": ("tab", "idtr", "limit"),
+})
+# names that appear in register output but carry nothing the snapshot keeps
+IGNORED = {"iopl", "vip", "vif", "fpcw", "fpsw", "fptw", "mxcsr", "dr1x"}
+FLAG_MNEMONICS = set("nv ov up dn di ei pl ng nz zr na ac po pe nc cy".split())
+
+_OTHER_REGISTER_PREFIXES = ("xmm", "ymm", "zmm", "st", "mm", "k")
+_HEX = re.compile(r"^[0-9a-f]+(?:`[0-9a-f]+)?$")
+
+
+class BadValue(ValueError):
+    """A known register with a value that is not hex."""
+
+
+def parse_register_line(text: str) -> Optional[List[Tuple[str, int]]]:
+    """[(debugger name, value)] when `text` is a register line, None when it is not one.
+
+    Raises BadValue when it is one but a known register's value does not parse.
+    """
+    if "=" not in text:
+        return None
+    out: List[Tuple[str, int]] = []
+    bad: List[str] = []
+    for tok in text.lower().split():
+        name, eq, value = tok.partition("=")
+        if not eq:
+            if tok in FLAG_MNEMONICS:
+                continue
+            return None
+        if name in REGISTERS:
+            if len(value) > 17 or not _HEX.match(value):
+                bad.append(tok)
+                continue
+            out.append((name, int(value.replace("`", ""), 16)))
+        elif name not in IGNORED and not (name.isalnum() and name.startswith(_OTHER_REGISTER_PREFIXES)):
+            return None
+    if bad:
+        raise BadValue(f"register value does not parse: {', '.join(bad)}")
+    return out or None
+
+
+# A disassembly line of the current instruction, with the effective address and
+# the value there: `fffff801`0465100c f30fc7742408  vmxon qword ptr [rsp+8] ss:0018:fffff880`0312a9f8=00000000`1a2b3000`
+_CURRENT_VMX = re.compile(
+    r"^(?:[0-9a-f]{4}:)?[0-9a-f]{8}`?(?:[0-9a-f]{8})?\s+[0-9a-f]+\s+"
+    r"(vmxon|vmptrld|vmclear)\s+qword ptr \[[^\]]*\]\s+"
+    r"(?:[a-z]{2}:[0-9a-f]{4}:)?[0-9a-f`]+=([0-9a-f]{8}`?[0-9a-f]{8}|\?+)\s*$")
+
+
+def parse_current_vmx(text: str) -> Optional[Tuple[str, Optional[int]]]:
+    """(instruction, operand or None when unreadable) for a current-instruction line of
+    VMXON/VMPTRLD/VMCLEAR showing its memory operand; None for any other line."""
+    m = _CURRENT_VMX.match(text.strip().lower())
+    if m is None:
+        return None
+    value = m.group(2)
+    return m.group(1), (None if "?" in value else int(value.replace("`", ""), 16))
+
+
+def register_target(expr: str) -> Optional[str]:
+    """The debugger register name an expression like `cr4` or `@cr4` names, else None."""
+    e = expr.strip().lower()
+    if e.startswith("@"):
+        e = e[1:]
+    return e if e in REGISTERS else None
+
+
+_ASSIGN = re.compile(r"^@?([a-z][a-z0-9]*)\s*=\s*(?:0x)?([0-9a-f]+(?:`[0-9a-f]+)?)$")
+
+
+def parse_register_command(args: str) -> Tuple[List[Tuple[str, int]], bool]:
+    """For `r ARGS`: ([(name, value)] written by plain-number assignments, whether the
+    command displays registers). `r cr4=850ef8` writes; `r cr4, cr3` displays."""
+    writes: List[Tuple[str, int]] = []
+    displays = False
+    for part in args.split(","):
+        part = part.strip().lower()
+        if not part:
+            displays = displays or not args.strip()
+            continue
+        if "=" in part:
+            m = _ASSIGN.match(part)
+            if m and m.group(1) in REGISTERS:
+                writes.append((m.group(1), int(m.group(2).replace("`", ""), 16)))
+        else:
+            displays = True
+    if not args.strip():
+        displays = True
+    return writes, displays
+
+
+def apply_register(state: LogState, cpu: int, name: str, value: int, line: int) -> None:
+    """Put debugger register `name` = `value` (seen on `line`) in its snapshot place."""
+    place = REGISTERS[name]
+    if place[0] == "reg":
+        state.set_register(cpu, place[1], value, line)
+    elif place[0] == "seg":
+        state.set_selector(cpu, place[1], value & 0xFFFF, line)
+    else:
+        state.set_table(cpu, place[1], place[2], value, line)
+
+
+class RegisterOutput(CommandOutput):
+    """Output that may hold register lines and the current instruction: `r`, `rM`,
+    the step/go commands, and the context commands (then `live` is False and the
+    values go to a NonLiveContext instead of the snapshot)."""
+
+    def __init__(self, state: LogState, cpu: int, command: str, line: int, live: bool = True,
+                 kind: str = "") -> None:
+        super().__init__(state, cpu, command, line, live)
+        self.context: Optional[NonLiveContext] = None
+        if not live:
+            self.context = NonLiveContext(kind or command.split()[0], cpu, line)
+
+    def feed(self, line: Line) -> None:
+        try:
+            values = parse_register_line(line.text)
+        except BadValue as exc:
+            self.state.warn(line.number, str(exc))
+            return
+        if values is None:
+            if self.live:
+                self._current_instruction(line)
+            return
+        if self.context is not None:
+            self.context.registers.update(values)
+            return
+        for name, value in values:
+            apply_register(self.state, self.cpu, name, value, line.number)
+
+    def _current_instruction(self, line: Line) -> None:
+        found = parse_current_vmx(line.text)
+        if found is None:
+            return
+        instruction, operand = found
+        if operand is None:
+            self.state.note(line.number, f"{instruction} operand could not be read")
+            return
+        self.state.set_operand(self.cpu, instruction, operand, line.number)
+
+    def end(self) -> None:
+        if self.context is not None and self.context.registers:
+            self.state.add_context(self.context)

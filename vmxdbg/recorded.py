@@ -1,0 +1,103 @@
+"""Recorded sessions of commands: making a recording of `check`, and reading any
+recording back as the Snapshot `vmxdbg check` checks.
+
+A recording of `check` holds, in its header, what collect() was asked for
+(`params`: processors, VMXON pointers, source); replaying it re-runs collect()
+against the strict replay backend, so the snapshot, and so the report, are
+the ones the live session had, and any change in the calls collect() makes
+is caught as a divergence. A recording of any other command (a trace) is
+checked in the state it ends in: collect() against the keyed replay at its
+last stop.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Union
+
+from .backends.base import Backend
+from .backends.recorder import Recorder
+from .backends.replay import ReplayBackend
+from .collect import collect
+from .errors import InputError
+from .recording import Recording, read_recording
+from .snapshot import Snapshot
+from .values import hexs, parse_int
+
+CHECK = "check"
+
+
+def check_params(cpus: Optional[Iterable[int]] = None, vmxon_pointers: Optional[Dict[int, int]] = None,
+                 source: str = "") -> Dict[str, Any]:
+    """The header `params` of a check: exactly the arguments collect() gets."""
+    out: Dict[str, Any] = {}
+    if cpus is not None:
+        out["cpus"] = [int(c) for c in cpus]
+    if vmxon_pointers:
+        out["vmxon_pointers"] = {str(c): hexs(p) for c, p in sorted(vmxon_pointers.items())}
+    if source:
+        out["source"] = source
+    return out
+
+
+def collect_args(rec: Recording) -> Dict[str, Any]:
+    """collect()'s keyword arguments from the header params; InputError names the bad key."""
+    p = rec.params
+
+    def bad(key: str, msg: str) -> InputError:
+        return InputError(msg, source=rec.path, line=1, key=f"params.{key}")
+    out: Dict[str, Any] = {"source": str(p.get("source") or f"recording {rec.path}")}
+    cpus = p.get("cpus")
+    if cpus is not None:
+        if not isinstance(cpus, list) or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0
+                                                 for c in cpus):
+            raise bad("cpus", "expected a list of processor numbers")
+        out["cpus"] = cpus
+    ptrs = p.get("vmxon_pointers")
+    if ptrs is not None:
+        if not isinstance(ptrs, dict):
+            raise bad("vmxon_pointers", "expected an object of processor -> address")
+        try:
+            out["vmxon_pointers"] = {int(str(c), 10): parse_int(v, what=f"processor {c}") for c, v in ptrs.items()}
+        except (ValueError, InputError) as exc:
+            raise bad("vmxon_pointers", str(exc)) from None
+    return out
+
+
+def record_check(backend: Backend, path: Union[str, "os.PathLike[str]"], *, cpus: Optional[Iterable[int]] = None,
+                 vmxon_pointers: Optional[Dict[int, int]] = None, source: str = "",
+                 argv: Optional[List[str]] = None) -> Snapshot:
+    """collect() from `backend` while recording the session to `path`; returns the snapshot."""
+    cpus = None if cpus is None else list(cpus)
+    params = check_params(cpus, vmxon_pointers, source)
+    with Recorder(backend, path, command=CHECK, argv=argv if argv is not None else ["check"], params=params) as rec:
+        return collect(rec, cpus=cpus, vmxon_pointers=vmxon_pointers, source=source or backend.name)
+
+
+def snapshot_of(rec: Recording, notes: Optional[List[str]] = None) -> Snapshot:
+    """The Snapshot a recording stands for (see the module doc); notes gather what a person should know."""
+    notes = notes if notes is not None else []
+    if not rec.complete:
+        notes.append(f"{rec.path} is a partial recording: {len(rec.records)} events up to seq {rec.last_seq}, "
+                     "the recorder did not finish; what it did not reach is unknown")
+    kwargs = collect_args(rec)
+    if rec.command == CHECK:
+        replay = ReplayBackend(rec, strict=True)
+        snap = collect(replay, **kwargs)
+    else:
+        replay = ReplayBackend(rec, strict=False)
+        replay.seek(len(replay.stops))
+        if replay.stops:
+            notes.append(f"{rec.path}: checking the state at the last recorded stop ({len(replay.stops)})")
+        snap = collect(replay, **kwargs)
+        return snap
+    unused = replay.unused_note()
+    if unused:
+        notes.append(unused)
+    return snap
+
+
+def load_for_check(path: Path, options: Dict[str, Any]) -> Snapshot:
+    """sources.py loader: `partial` accepts an unfinished recording; notes go to options['notes']."""
+    rec = read_recording(path, partial=bool(options.get("partial")))
+    return snapshot_of(rec, options.setdefault("notes", []))

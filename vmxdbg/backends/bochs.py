@@ -457,10 +457,13 @@ class BochsBackend(Backend):
             raise refuse("RFLAGS.TF is set")
         if insn == "rdmsr" and self._cpl(cpu) != 0:
             raise refuse(f"CPL {self._cpl(cpu)} (RDMSR needs CPL 0)")
-        pending = self._cached(cpu, "events", lambda: P.parse_param_tree(
-            self._cmd(f'show "cpu{cpu}.pending_event"'))["pending_event"])
-        if pending:
-            raise refuse(f"an event is pending (0x{pending:x}); stepping would deliver it")
+        def unmasked() -> int:
+            pending = P.parse_param_tree(self._cmd(f'show "cpu{cpu}.pending_event"'))["pending_event"]
+            mask = P.parse_param_tree(self._cmd(f'show "cpu{cpu}.event_mask"'))["event_mask"]
+            return pending & ~mask      # e.g. an external interrupt is masked while RFLAGS.IF = 0
+        events = self._cached(cpu, "events", unmasked)
+        if events:
+            raise refuse(f"an unmasked event is pending (0x{events:x}); stepping would deliver it")
 
     def _gp_gate(self, cpu: int) -> Optional[int]:
         """The IST index (0 = none) of a usable 64-bit #GP gate (vector 13), else None.

@@ -18,7 +18,8 @@ from ..values import bits_of, hexs
 from .bits import physical_width
 from .engine import SKIP, Context, Example, Tier, Violation, bad, good, rule
 from .entry_tables import BASELINE, controls_patch, field_patch, table
-from .vmcsctl import ACTIVATED_BY, bit, control_def, control_label, is_active, label, on, qualified, raw, shown, words
+from .vmcsctl import (ACTIVATED_BY, bit, control_def, control_label, is_active, label, on, qualified, raw, read,
+                      shown, words)
 
 ED = "(SDM 325462-080US, 2023)"
 ENTRY = ("vmlaunch", "vmresume")
@@ -144,7 +145,7 @@ def aligned_in_width(ctx: Context, guard: str, field: str, align: int) -> object
     the physical-address width."""
     if not on(ctx, *qualified(guard)):
         return SKIP
-    addr = ctx.vmcs(field)
+    addr = read(ctx, field)
     out = []
     if addr & (align - 1):
         out.append(Violation(
@@ -229,7 +230,7 @@ _register_tables()
      fix="Write 0-4 to CR3_TARGET_COUNT (0 when CR3-load exiting is used without targets).",
      examples=[B(field_patch("CR3_TARGET_COUNT", 5)), G(field_patch("CR3_TARGET_COUNT", 4))])
 def cr3_target_count(ctx: Context) -> Optional[Violation]:
-    n = ctx.vmcs("CR3_TARGET_COUNT")
+    n = read(ctx, "CR3_TARGET_COUNT")
     if n > 4:
         return Violation(f"{shown('CR3_TARGET_COUNT', n)}: more than 4 CR3-target values")
     return None
@@ -254,7 +255,7 @@ def _tpr_patch(**extra: int) -> Dict[str, str]:
 def tpr_threshold_reserved(ctx: Context) -> object:
     if not on(ctx, "primary", "use_tpr_shadow") or on(ctx, "secondary", "virtual_interrupt_delivery"):
         return SKIP
-    t = ctx.vmcs("TPR_THRESHOLD")
+    t = read(ctx, "TPR_THRESHOLD")
     if t >> 4:
         return Violation(f"{shown('TPR_THRESHOLD', t)}: bits 31:4 = {hexs(t >> 4)} are not 0")
     return None
@@ -272,8 +273,8 @@ def tpr_threshold_vtpr(ctx: Context) -> object:
     if (not on(ctx, "primary", "use_tpr_shadow") or on(ctx, "secondary", "virtualize_apic_accesses")
             or on(ctx, "secondary", "virtual_interrupt_delivery")):
         return SKIP
-    t = ctx.vmcs("TPR_THRESHOLD") & 0xF
-    page = ctx.vmcs("VIRTUAL_APIC_PAGE_ADDR")
+    t = read(ctx, "TPR_THRESHOLD") & 0xF
+    page = read(ctx, "VIRTUAL_APIC_PAGE_ADDR")
     vtpr = ctx.mem(page + 0x80, 1)[0]
     if t > vtpr >> 4:
         return Violation(f"TPR_THRESHOLD[3:0] = {t} exceeds VTPR[7:4] = {vtpr >> 4} (VTPR = {hexs(vtpr)} at "
@@ -293,7 +294,7 @@ def tpr_threshold_vtpr(ctx: Context) -> object:
 def posted_vector(ctx: Context) -> object:
     if not on(ctx, "pin_based", "process_posted_interrupts"):
         return SKIP
-    v = ctx.vmcs("POSTED_INTR_NV")
+    v = read(ctx, "POSTED_INTR_NV")
     if v >> 8:
         return Violation(f"{shown('POSTED_INTR_NV', v)}: bits 15:8 are not 0")
     return None
@@ -308,7 +309,7 @@ def posted_vector(ctx: Context) -> object:
 def vpid_nonzero(ctx: Context) -> object:
     if not on(ctx, "secondary", "enable_vpid"):
         return SKIP
-    if ctx.vmcs("VIRTUAL_PROCESSOR_ID") == 0:
+    if read(ctx, "VIRTUAL_PROCESSOR_ID") == 0:
         return Violation(f"{shown('VIRTUAL_PROCESSOR_ID', 0)} while {control_label('secondary', 'enable_vpid')} is 1")
     return None
 
@@ -319,7 +320,7 @@ EPTP_SECTION = f"{EXEC}; Vol.3C 25.6.11 Extended-Page-Table Pointer (EPTP); Vol.
 
 
 def _eptp(ctx: Context) -> Optional[int]:
-    return ctx.vmcs("EPT_POINTER") if on(ctx, "secondary", "enable_ept") else None
+    return read(ctx, "EPT_POINTER") if on(ctx, "secondary", "enable_ept") else None
 
 
 def _ept_cap(ctx: Context) -> int:
@@ -448,7 +449,7 @@ def _hlat_patch(**fields: int) -> Dict[str, str]:
 def hlatp_reserved(ctx: Context) -> object:
     if not on(ctx, "tertiary", "enable_hlat"):
         return SKIP
-    p = ctx.vmcs("HLATP")
+    p = read(ctx, "HLATP")
     out = []
     low = p & 0xFE7
     if low:
@@ -470,7 +471,7 @@ def hlatp_reserved(ctx: Context) -> object:
 def hlat_prefix(ctx: Context) -> object:
     if not on(ctx, "tertiary", "enable_hlat"):
         return SKIP
-    size = ctx.vmcs("HLAT_PREFIX_SIZE")
+    size = read(ctx, "HLAT_PREFIX_SIZE")
     cap = _ept_cap(ctx)
     limit = cap >> 48 & 0x3F
     if size > limit:
@@ -483,10 +484,10 @@ def hlat_prefix(ctx: Context) -> object:
 
 def msr_area(ctx: Context, count_field: str, addr_field: str) -> object:
     """A non-zero count: address 16-byte aligned, and both ends within the physical-address width."""
-    count = ctx.vmcs(count_field)
+    count = read(ctx, count_field)
     if count == 0:
         return SKIP
-    addr = ctx.vmcs(addr_field)
+    addr = read(ctx, addr_field)
     width = addr_width(ctx)
     out = []
     if addr & 0xF:
@@ -540,7 +541,7 @@ def msr_list_size(ctx: Context) -> object:
     limit = 512 * ((ctx.msr(IA32_VMX_MISC) >> 25 & 7) + 1)
     out = []
     for f in ("VM_EXIT_MSR_STORE_COUNT", "VM_EXIT_MSR_LOAD_COUNT", "VM_ENTRY_MSR_LOAD_COUNT"):
-        n = ctx.vmcs(f)
+        n = read(ctx, f)
         if n > limit:
             out.append(Violation(f"{shown(f, n)} exceeds the recommended maximum {limit} "
                                  f"(512 * (IA32_VMX_MISC[27:25] + 1))"))
@@ -558,7 +559,7 @@ CP_VECTOR = 21
 
 def _injection(ctx: Context) -> Optional[int]:
     """The VM-entry interruption-information field when its valid bit (31) is 1, else None."""
-    info = ctx.vmcs("VM_ENTRY_INTR_INFO_FIELD")
+    info = read(ctx, "VM_ENTRY_INTR_INFO_FIELD")
     return info if info >> 31 & 1 else None
 
 
@@ -650,13 +651,13 @@ def inject_other_vector(ctx: Context, info: int) -> object:
     if info >> 8 & 7 != 7 or info & 0xFF == 0:
         return None
     vector = info & 0xFF
-    if vector in (1, 2) and ctx.vmcs("GUEST_CR4") >> 32 & 1:
+    if vector in (1, 2) and read(ctx, "GUEST_CR4") >> 32 & 1:
         return None
     return Violation(f"{_desc(info)}: type 7 needs vector 0 (or 1/2 with guest CR4.FRED = 1)")
 
 
 def _protected_guest(ctx: Context) -> bool:
-    return bool(ctx.vmcs("GUEST_CR0") & 1)
+    return bool(read(ctx, "GUEST_CR0") & 1)
 
 
 @_inject_rule("CTL095", "ctl-inject-error-code-not-allowed",
@@ -672,7 +673,7 @@ def inject_error_code_not_allowed(ctx: Context, info: int) -> object:
     if info >> 8 & 7 != 3:
         return Violation(f"{_desc(info)} sets deliver-error-code (bit 11): only hardware exceptions push error codes")
     if not _protected_guest(ctx):
-        cr0 = ctx.vmcs("GUEST_CR0")
+        cr0 = read(ctx, "GUEST_CR0")
         return Violation(f"{_desc(info)} sets deliver-error-code (bit 11) but {shown('GUEST_CR0', cr0)} has PE = 0: "
                          "a real-mode guest gets no error code")
     return None
@@ -731,7 +732,7 @@ def inject_reserved(ctx: Context, info: int) -> object:
 def inject_error_code_reserved(ctx: Context, info: int) -> object:
     if not info >> 11 & 1:
         return None
-    ec = ctx.vmcs("VM_ENTRY_EXCEPTION_ERROR_CODE")
+    ec = read(ctx, "VM_ENTRY_EXCEPTION_ERROR_CODE")
     if ec >> 16:
         return Violation(f"{shown('VM_ENTRY_EXCEPTION_ERROR_CODE', ec)}: bits 31:16 are not 0 ({_desc(info)})")
     return None
@@ -749,7 +750,7 @@ SOFTWARE_TYPES = (4, 5, 6)
 def inject_length(ctx: Context, info: int) -> object:
     if info >> 8 & 7 not in SOFTWARE_TYPES:
         return None
-    n = ctx.vmcs("VM_ENTRY_INSTRUCTION_LEN")
+    n = read(ctx, "VM_ENTRY_INSTRUCTION_LEN")
     if n > 15:
         return Violation(f"{shown('VM_ENTRY_INSTRUCTION_LEN', n)} is above 15 ({_desc(info)})")
     return None
@@ -765,7 +766,7 @@ def inject_length(ctx: Context, info: int) -> object:
 def inject_length_zero(ctx: Context, info: int) -> object:
     if info >> 8 & 7 not in SOFTWARE_TYPES:
         return None
-    if ctx.vmcs("VM_ENTRY_INSTRUCTION_LEN") == 0:
+    if read(ctx, "VM_ENTRY_INSTRUCTION_LEN") == 0:
         misc = ctx.msr(IA32_VMX_MISC)
         if not misc >> 30 & 1:
             return Violation(f"VM_ENTRY_INSTRUCTION_LEN (0x401a) = 0x0 for {_desc(info)}, and "
@@ -782,7 +783,7 @@ def inject_length_zero(ctx: Context, info: int) -> object:
 def inject_fred_length(ctx: Context, info: int) -> object:
     if info >> 8 & 7 != 7 or info & 0xFF not in (1, 2):
         return None
-    n = ctx.vmcs("VM_ENTRY_INSTRUCTION_LEN")
+    n = read(ctx, "VM_ENTRY_INSTRUCTION_LEN")
     if n > 15:
         return Violation(f"{shown('VM_ENTRY_INSTRUCTION_LEN', n)} is above 15 ({_desc(info)})")
     return None

@@ -19,7 +19,7 @@ from ..values import bits_of, hexs
 from .bits import describe_bits
 from .engine import SKIP, Context, Example, Tier, Violation, bad, good, rule
 from .entry_tables import BASELINE, baseline_vmcs, controls_patch, field_patch, table
-from .vmcsctl import control_label, encoding, is_canonical, label, linear_width, on, qualified, raw, shown
+from .vmcsctl import control_label, encoding, is_canonical, label, linear_width, on, qualified, raw, read, shown
 
 ED = "(SDM 325462-080US, 2023)"
 ENTRY = ("vmlaunch", "vmresume")
@@ -57,7 +57,7 @@ def host64(ctx: Context) -> bool:
 
 
 def _canonical_violation(ctx: Context, field: str, why: str = "") -> Optional[Violation]:
-    v = ctx.vmcs(field)
+    v = read(ctx, field)
     n = linear_width(ctx)
     if not is_canonical(v, n):
         return Violation(f"{shown(field, v)} is not canonical: bits 63:{n - 1} are not all equal "
@@ -69,7 +69,7 @@ def _canonical_violation(ctx: Context, field: str, why: str = "") -> Optional[Vi
 # ------------------------------------------------------- CR0 / CR4 fixed bits
 
 def _fixed(ctx: Context, field: str, reg: str, msr: int, msr_name: str, must_be_one: bool) -> Optional[Violation]:
-    v, fixed = ctx.vmcs(field), ctx.msr(msr)
+    v, fixed = read(ctx, field), ctx.msr(msr)
     badbits = fixed & ~v if must_be_one else v & ~fixed & 0xFFFFFFFFFFFFFFFF
     if not badbits:
         return None
@@ -110,10 +110,10 @@ for _id, _slug, _field, _reg, _msr, _name, _one, _cat, _bad, _good in _FIXED:
       examples=[B({"vmcs/0x6c04": "0xb726f8", "vmcs/0x6c00": "0x80040033"}),
                 G({"vmcs/0x6c04": "0xb726f8", "vmcs/0x6c00": "0x80050033"})])
 def cet_requires_wp(ctx: Context) -> object:
-    cr4 = ctx.vmcs("HOST_CR4")
+    cr4 = read(ctx, "HOST_CR4")
     if not cr4 & CR4_CET:
         return SKIP
-    cr0 = ctx.vmcs("HOST_CR0")
+    cr0 = read(ctx, "HOST_CR0")
     if not cr0 & CR0_WP:
         return Violation(f"{shown('HOST_CR4', cr4)} sets CET (bit 23) but {shown('HOST_CR0', cr0)} has WP (bit 16) clear")
     return None
@@ -126,7 +126,7 @@ def cet_requires_wp(ctx: Context) -> object:
       fix="Write the host's page-table base physical address (as read from CR3) to HOST_CR3.",
       examples=[B({"vmcs/0x6c02": "0x80000001ad000"}), G({"vmcs/0x6c02": "0x1ad000"})])
 def cr3_width(ctx: Context) -> object:
-    cr3 = ctx.vmcs("HOST_CR3")
+    cr3 = read(ctx, "HOST_CR3")
     n = ctx.maxphyaddr()
     over = cr3 >> n << n
     lam = over & (3 << 61)
@@ -166,7 +166,7 @@ def _register_canonical(row: Dict[str, Any]) -> None:
 # ------------------------------------------------------- selectors (table)
 
 def selector_rpl_ti(ctx: Context, field: str) -> object:
-    sel = ctx.vmcs(field)
+    sel = read(ctx, field)
     if sel & 7:
         parts = []
         if sel & 3:
@@ -206,7 +206,7 @@ _register_tables()
       fix="Write the host's kernel code selector (e.g. 0x10 on Windows x64).",
       examples=[B(field_patch("HOST_CS_SELECTOR", 0)), G(field_patch("HOST_CS_SELECTOR", 0x10))])
 def cs_nonnull(ctx: Context) -> object:
-    if ctx.vmcs("HOST_CS_SELECTOR") == 0:
+    if read(ctx, "HOST_CS_SELECTOR") == 0:
         return Violation(f"{shown('HOST_CS_SELECTOR', 0)} is the null selector")
     return None
 
@@ -216,7 +216,7 @@ def cs_nonnull(ctx: Context) -> object:
       fix="Write the host's task-register selector (STR; e.g. 0x40 on Windows x64).",
       examples=[B(field_patch("HOST_TR_SELECTOR", 0)), G(field_patch("HOST_TR_SELECTOR", 0x40))])
 def tr_nonnull(ctx: Context) -> object:
-    if ctx.vmcs("HOST_TR_SELECTOR") == 0:
+    if read(ctx, "HOST_TR_SELECTOR") == 0:
         return Violation(f"{shown('HOST_TR_SELECTOR', 0)} is the null selector")
     return None
 
@@ -230,7 +230,7 @@ def tr_nonnull(ctx: Context) -> object:
 def ss_nonnull(ctx: Context) -> object:
     if host64(ctx):
         return SKIP
-    if ctx.vmcs("HOST_SS_SELECTOR") == 0:
+    if read(ctx, "HOST_SS_SELECTOR") == 0:
         return Violation(f"{shown('HOST_SS_SELECTOR', 0)} is null and {control_label('exit', 'host_address_space_size')} is 0")
     return None
 
@@ -262,7 +262,7 @@ def _perf_valid_mask(ctx: Context) -> int:
 def perf_global_ctrl(ctx: Context) -> object:
     if not on(ctx, "exit", "load_ia32_perf_global_ctrl"):
         return SKIP
-    v = ctx.vmcs("HOST_IA32_PERF_GLOBAL_CTRL")
+    v = read(ctx, "HOST_IA32_PERF_GLOBAL_CTRL")
     valid = _perf_valid_mask(ctx)
     extra = v & ~valid
     out = []
@@ -292,7 +292,7 @@ def _pat_types() -> List[int]:
 def pat_valid(ctx: Context) -> object:
     if not on(ctx, "exit", "load_ia32_pat"):
         return SKIP
-    v = ctx.vmcs("HOST_IA32_PAT")
+    v = read(ctx, "HOST_IA32_PAT")
     ok = _pat_types()
     badv = [(i, v >> (8 * i) & 0xFF) for i in range(8) if v >> (8 * i) & 0xFF not in ok]
     if badv:
@@ -319,7 +319,7 @@ def _efer_valid() -> int:
 def efer_reserved(ctx: Context) -> object:
     if not on(ctx, "exit", "load_ia32_efer"):
         return SKIP
-    v = ctx.vmcs("HOST_IA32_EFER")
+    v = read(ctx, "HOST_IA32_EFER")
     extra = v & ~_efer_valid()
     if extra:
         return Violation(f"{shown('HOST_IA32_EFER', v)} sets reserved bit(s) {', '.join(str(b) for b in bits_of(extra))}")
@@ -337,7 +337,7 @@ def efer_reserved(ctx: Context) -> object:
 def efer_matches(ctx: Context) -> object:
     if not on(ctx, "exit", "load_ia32_efer"):
         return SKIP
-    v = ctx.vmcs("HOST_IA32_EFER")
+    v = read(ctx, "HOST_IA32_EFER")
     size = int(host64(ctx))
     out = []
     for name, b in (("LMA", 10), ("LME", 8)):
@@ -364,7 +364,7 @@ def _cet_patch(**fields: int) -> Dict[str, str]:
 def s_cet_reserved(ctx: Context) -> object:
     if not on(ctx, "exit", "load_cet_state"):
         return SKIP
-    v = ctx.vmcs("HOST_S_CET")
+    v = read(ctx, "HOST_S_CET")
     out = []
     if v & 0x3C0:
         out.append(Violation(f"{shown('HOST_S_CET', v)}: reserved bits 9:6 = {hexs(v >> 6 & 0xF)}"))
@@ -381,7 +381,7 @@ def s_cet_reserved(ctx: Context) -> object:
 def ssp_aligned(ctx: Context) -> object:
     if not on(ctx, "exit", "load_cet_state"):
         return SKIP
-    v = ctx.vmcs("HOST_SSP")
+    v = read(ctx, "HOST_SSP")
     if v & 3:
         return Violation(f"{shown('HOST_SSP', v)}: bits 1:0 are not 0")
     return None
@@ -396,7 +396,7 @@ def ssp_aligned(ctx: Context) -> object:
 def pkrs_reserved(ctx: Context) -> object:
     if not on(ctx, "exit", "load_pkrs"):
         return SKIP
-    v = ctx.vmcs("HOST_IA32_PKRS")
+    v = read(ctx, "HOST_IA32_PKRS")
     if v >> 32:
         return Violation(f"{shown('HOST_IA32_PKRS', v)}: bits 63:32 are not 0")
     return None
@@ -426,7 +426,7 @@ FRED_CONFIG_RESERVED = (1 << 2) | (3 << 4) | (1 << 11)
 def fred_config(ctx: Context) -> object:
     if not on(ctx, "secondary_exit", "load_fred"):
         return SKIP
-    v = ctx.vmcs("HOST_IA32_FRED_CONFIG")
+    v = read(ctx, "HOST_IA32_FRED_CONFIG")
     out = []
     if v & FRED_CONFIG_RESERVED:
         out.append(Violation(f"{shown('HOST_IA32_FRED_CONFIG', v)}: reserved bit(s) "
@@ -443,7 +443,7 @@ def _fred_stack(ctx: Context, kind: str, align: int) -> object:
     out = []
     for i in (1, 2, 3):
         f = f"HOST_IA32_FRED_{kind}{i}"
-        v = ctx.vmcs(f)
+        v = read(ctx, f)
         if v & (align - 1):
             out.append(Violation(f"{shown(f, v)}: bits {align.bit_length() - 2}:0 are not 0"))
         c = _canonical_violation(ctx, f)
@@ -489,7 +489,7 @@ SPEC_CTRL_BITS = {0: (7, 0, 3, 26), 1: (7, 0, 3, 27), 2: (7, 0, 3, 31), 3: (7, 2
 def spec_ctrl(ctx: Context) -> object:
     if not on(ctx, "secondary_exit", "load_ia32_spec_ctrl"):
         return SKIP
-    v = ctx.vmcs("HOST_IA32_SPEC_CTRL")
+    v = read(ctx, "HOST_IA32_SPEC_CTRL")
     out = []
     for b in bits_of(v):
         where = SPEC_CTRL_BITS.get(b)
@@ -591,7 +591,7 @@ def host32_guest(ctx: Context) -> object:
 def host32_pcide(ctx: Context) -> object:
     if host64(ctx):
         return SKIP
-    cr4 = ctx.vmcs("HOST_CR4")
+    cr4 = read(ctx, "HOST_CR4")
     if cr4 & CR4_PCIDE:
         return Violation(f"{shown('HOST_CR4', cr4)} sets PCIDE (bit 17) and "
                          f"{control_label('exit', 'host_address_space_size')} is 0")
@@ -606,7 +606,7 @@ def host32_pcide(ctx: Context) -> object:
 def host32_rip(ctx: Context) -> object:
     if host64(ctx):
         return SKIP
-    rip = ctx.vmcs("HOST_RIP")
+    rip = read(ctx, "HOST_RIP")
     if rip >> 32:
         return Violation(f"{shown('HOST_RIP', rip)}: bits 63:32 are not 0 for a 32-bit host")
     return None
@@ -628,7 +628,7 @@ def host32_cet(ctx: Context) -> object:
         return SKIP
     out = []
     for f in ("HOST_S_CET", "HOST_SSP", "HOST_INTR_SSP_TABLE"):
-        v = ctx.vmcs(f)
+        v = read(ctx, f)
         if v >> 32:
             out.append(Violation(f"{shown(f, v)}: bits 63:32 are not 0 for a 32-bit host"))
     return out or None
@@ -642,7 +642,7 @@ def host32_cet(ctx: Context) -> object:
 def host64_pae(ctx: Context) -> object:
     if not host64(ctx):
         return SKIP
-    cr4 = ctx.vmcs("HOST_CR4")
+    cr4 = read(ctx, "HOST_CR4")
     if not cr4 & CR4_PAE:
         return Violation(f"{shown('HOST_CR4', cr4)} has PAE (bit 5) clear and "
                          f"{control_label('exit', 'host_address_space_size')} is 1")

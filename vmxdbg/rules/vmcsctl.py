@@ -56,6 +56,11 @@ def field_name(enc: int) -> str:
     return defs.vmcs_field(enc).name
 
 
+def read(ctx: Context, field: Union[int, str]) -> int:
+    """ctx.vmcs(field) with the name resolved once (cached), not on every read."""
+    return ctx.vmcs(field if isinstance(field, int) else encoding(field))
+
+
 def label(field: Union[int, str]) -> str:
     """`VM_ENTRY_CONTROLS (0x4012)`."""
     enc = field if isinstance(field, int) else encoding(field)
@@ -96,12 +101,21 @@ def control_label(control: str, name: str) -> str:
     return f'"{words(name)}" ({KIND.get(control, control)} control, bit {bit(control, name)})'
 
 
-def is_active(ctx: Context, control: str) -> bool:
-    """Whether VM entry uses field `control` (its activation chain is all 1)."""
+@functools.lru_cache(maxsize=None)
+def _chain(control: str) -> Tuple[Tuple[int, int], ...]:
+    """(encoding, bit) of each activation bit above `control`, outermost first."""
     parent = ACTIVATED_BY.get(control)
     if parent is None:
-        return True
-    return on(ctx, parent[0], parent[1])
+        return ()
+    return _chain(parent[0]) + ((control_def(parent[0]).vmcs, bit(*parent)),)
+
+
+def is_active(ctx: Context, control: str) -> bool:
+    """Whether VM entry uses field `control` (its activation chain is all 1)."""
+    for enc, b in _chain(control):
+        if not ctx.vmcs(enc) >> b & 1:
+            return False
+    return True
 
 
 def value(ctx: Context, control: str) -> int:
@@ -146,4 +160,4 @@ def in_smm(ctx: Context) -> bool:
 
 
 __all__ = ["ACTIVATED_BY", "bit", "control_def", "control_label", "encoding", "field_name", "in_smm",
-           "is_active", "is_canonical", "label", "linear_width", "on", "qualified", "raw", "shown", "value", "words"]
+           "is_active", "is_canonical", "label", "read", "linear_width", "on", "qualified", "raw", "shown", "value", "words"]

@@ -6,13 +6,16 @@ are its only writer and reader.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
 
 from .errors import InputError
 
 FORMAT = "vmxdbg-report"
 VERSION = 1
+MAX_FILE_BYTES = 64 * 1024 * 1024
 STATUSES = ("fail", "unknown", "advice")
 
 
@@ -120,3 +123,27 @@ def report_from_json(data: Any, source: str = "<report>") -> Report:
             out.append(Verdict(v["instruction"], v["outcome"], [str(x) for x in possible], findings))
         rep.processors[int(cpu_s)] = out
     return rep
+
+
+def load_report(path: Union[str, os.PathLike]) -> Report:
+    """Read a report file (e.g. the NAME.expected.json next to a recording); InputError names
+    the file and the line or key of any problem. Bounded: MAX_FILE_BYTES, JSON nesting."""
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise InputError(f"file is {size} bytes, more than the {MAX_FILE_BYTES} a report may have", source=str(p))
+        text = p.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise InputError(exc.strerror or str(exc), source=str(p)) from None
+    except UnicodeDecodeError:
+        raise InputError("not UTF-8 text", source=str(p)) from None
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        raise InputError("JSON nested too deeply", source=str(p)) from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"not JSON: {exc.msg}", source=str(p), line=exc.lineno) from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise InputError(f"not JSON: {exc}", source=str(p)) from None
+    return report_from_json(data, source=str(p))

@@ -22,3 +22,68 @@ def test_parse_int_error_stays_short_whatever_was_typed():
     with pytest.raises(InputError) as exc:
         parse_int("z" * 100000, what="value")
     assert len(str(exc.value)) < 120
+
+
+def _snapshot(tmp_path, text):
+    p = tmp_path / "s.vmxsnap.json"
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+def test_snapshot_with_an_integer_too_long_for_python_is_an_input_error(tmp_path):
+    from vmxdbg.snapshot import load_snapshot
+    p = _snapshot(tmp_path, '{"format": "vmxdbg-snapshot", "version": 1, "source": ' + "9" * 5000 + "}")
+    with pytest.raises(InputError, match=r"s\.vmxsnap\.json: not JSON"):   # was a ValueError
+        load_snapshot(p)
+
+
+@pytest.mark.parametrize("cpu", ["\u00b2", "9" * 5000, "99999999999"], ids=["superscript", "5000-digits", "2^36"])
+def test_snapshot_processor_numbers_are_ascii_and_bounded(tmp_path, cpu):
+    from vmxdbg.snapshot import load_snapshot
+    p = _snapshot(tmp_path, '{"format": "vmxdbg-snapshot", "version": 1, "processors": {"%s": {}}}' % cpu)
+    with pytest.raises(InputError, match=r"s\.vmxsnap\.json \[processors"):
+        load_snapshot(p)
+
+
+def test_snapshot_free_text_reaches_the_terminal_as_one_printable_line(tmp_path):
+    from vmxdbg.render import render_text
+    from vmxdbg.rules import check_snapshot
+    from vmxdbg.snapshot import load_snapshot
+    p = _snapshot(tmp_path, '{"format": "vmxdbg-snapshot", "version": 1, "source": "a\\u001b]0;owned\\u0007\\nb",'
+                            ' "processors": {"0": {"registers": {"cr4": "0x0"},'
+                            ' "provenance": {"reg:cr4": "log:1\\u001b[2J\\nFAKE LINE"}}}}')
+    snap = load_snapshot(p)
+    text = render_text(check_snapshot(snap), snap, verbose=True)
+    assert "\x1b" not in text and "\x07" not in text and "\nFAKE LINE" not in text
+    assert "\\x1b[2J\\nFAKE LINE" in text and "\n" not in snap.source
+
+
+def test_error_messages_are_one_printable_line_with_a_bounded_key():
+    from vmxdbg.errors import BackendError
+    err = InputError("bad\nvalue \x1b[31mred", source="f.json", line=3, key="k" * 5000)
+    assert "\n" not in str(err) and "\x1b" not in str(err) and len(str(err)) < 300
+    assert str(err).endswith("bad\\nvalue \\x1b[31mred")
+    assert str(BackendError("a\r\nb", backend="replay", cpu=0)) == "replay cpu 0: a\\r\\nb"
+
+
+@pytest.mark.parametrize("cpu", ["\u00b2", "9" * 5000], ids=["superscript", "5000-digits"])
+def test_report_processor_numbers_are_ascii_and_bounded(tmp_path, cpu):
+    from vmxdbg.report import load_report
+    p = tmp_path / "r.expected.json"
+    p.write_text('{"format": "vmxdbg-report", "version": 1, "processors": {"%s": []}}' % cpu, encoding="utf-8")
+    with pytest.raises(InputError, match=r"r\.expected\.json \[processors"):   # was a ValueError
+        load_report(p)
+
+
+def test_report_file_errors_name_the_file_and_line(tmp_path):
+    from vmxdbg.report import load_report
+    p = tmp_path / "r.expected.json"
+    p.write_text('{"format": "vmxdbg-report",\n "version": 1,\n "processors": {"0": [}}', encoding="utf-8")
+    with pytest.raises(InputError, match=r"r\.expected\.json:3: not JSON"):
+        load_report(p)
+    p.write_text('{"format": "vmxdbg-report", "version": 1, "processors": {"0": ' + "9" * 5000 + "}}")
+    with pytest.raises(InputError, match=r"r\.expected\.json: not JSON"):
+        load_report(p)
+    p.write_text("[" * 100000, encoding="utf-8")
+    with pytest.raises(InputError, match=r"r\.expected\.json"):
+        load_report(p)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
@@ -17,6 +18,7 @@ FORMAT = "vmxdbg-report"
 VERSION = 1
 MAX_FILE_BYTES = 64 * 1024 * 1024
 STATUSES = ("fail", "unknown", "advice")
+_CPU = re.compile(r"[0-9]{1,10}")   # a processor number: ASCII digits (isdigit() takes "²" too)
 
 
 @dataclass
@@ -102,7 +104,7 @@ def report_from_json(data: Any, source: str = "<report>") -> Report:
         raise fail("processors", "expected an object")
     rep = Report(source=source)
     for cpu_s, verdicts in procs.items():
-        if not str(cpu_s).isdigit() or not isinstance(verdicts, list):
+        if not _CPU.fullmatch(str(cpu_s)) or not isinstance(verdicts, list):
             raise fail(f"processors.{cpu_s}", "expected a processor number and a list of verdicts")
         out = []
         for i, v in enumerate(verdicts):

@@ -20,7 +20,7 @@ from .backends.base import Backend
 from .backends.recorder import Recorder
 from .backends.replay import ReplayBackend
 from .collect import collect
-from .errors import InputError
+from .errors import BackendError, InputError
 from .recording import Recording, read_recording
 from .snapshot import Snapshot
 from .values import hexs, parse_int
@@ -104,7 +104,17 @@ def replay_session(rec: Recording) -> Tuple[Snapshot, ReplayBackend]:
 
 
 def snapshot_of(rec: Recording, notes: Optional[List[str]] = None) -> Snapshot:
-    """The Snapshot a recording stands for; notes gather what a person should know."""
+    """The Snapshot a recording stands for; notes gather what a person should know.
+
+    A backend error the replay meets (a recorded TargetGone, a call the
+    recording cannot answer) is an InputError naming the recording."""
+    try:
+        return _snapshot_of(rec, notes)
+    except BackendError as exc:
+        raise InputError(f"replaying it: {exc}", source=rec.path) from None
+
+
+def _snapshot_of(rec: Recording, notes: Optional[List[str]] = None) -> Snapshot:
     notes = notes if notes is not None else []
     if not rec.complete:
         notes.append(f"{rec.path} is a partial recording: {len(rec.records)} events up to seq {rec.last_seq}, "

@@ -87,3 +87,42 @@ def test_report_file_errors_name_the_file_and_line(tmp_path):
     p.write_text("[" * 100000, encoding="utf-8")
     with pytest.raises(InputError, match=r"r\.expected\.json"):
         load_report(p)
+
+
+def _recorded(tmp_path, name, make):
+    """A real recording made by vmxdbg's recorder, as a list of JSON lines."""
+    import json
+    path = tmp_path / name
+    make(path)
+    return path, [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _write_lines(path, lines):
+    import json
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+
+
+def test_a_recorded_backend_error_in_a_check_recording_names_the_recording(tmp_path):
+    from recfakes import two_cpu_snapshot
+    from vmxdbg.backends.snapshot_backend import SnapshotBackend
+    from vmxdbg.recorded import record_check
+    from vmxdbg.sources import load_any
+    path, lines = _recorded(tmp_path, "c.vmxrec.jsonl", lambda p: record_check(SnapshotBackend(two_cpu_snapshot()), p))
+    first = next(x for x in lines if x.get("op") == "processors")
+    del first["result"]
+    first["error"] = {"type": "TargetGone", "message": "the target\nwent away", "backend": "bochs"}
+    _write_lines(path, lines)
+    with pytest.raises(InputError) as exc:     # was a TargetGone naming only "bochs"
+        load_any(path)
+    assert str(exc.value).startswith(f"{path}: replaying it: bochs") and "\n" not in str(exc.value)
+
+
+def test_a_trace_recording_whose_backend_cannot_step_names_the_recording(tmp_path):
+    from fake_live import CODE, PROGRAM, FakeLive
+    from vmxdbg.recording import read_recording
+    from vmxdbg.trace import replay_trace, run_trace
+    path, lines = _recorded(tmp_path, "t.vmxrec.jsonl", lambda p: run_trace(FakeLive(cores=1), {CODE: PROGRAM}, record=p))
+    lines[0]["capabilities"].remove("execution")
+    _write_lines(path, lines)
+    with pytest.raises(InputError, match=rf"^{path}: replaying it: replay: stepping needs"):  # was a NotAvailable
+        replay_trace(read_recording(path))

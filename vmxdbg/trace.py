@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 from .backends.base import Backend
 from .backends.recorder import Recorder
 from .backends.replay import ReplayBackend
-from .errors import InputError
+from .errors import BackendError, InputError
 from .recording import Recording
 from .report import FORMAT as REPORT_FORMAT, VERSION as REPORT_VERSION
 from .stepper import StepResult, Stepper, VmxSite, find_vmx_instructions, mismatches
@@ -73,10 +73,14 @@ def run_trace(backend: Backend, code: Dict[int, bytes], *, bitness: int = 64, ph
 
 
 def replay_trace(rec: Recording) -> List[StepResult]:
-    """Re-run a recorded trace against the strict replay backend."""
+    """Re-run a recorded trace against the strict replay backend; a backend error on the way
+    (recorded, or a call the recording cannot answer) is an InputError naming the recording."""
     args = sites_from_params(rec)
     replay = ReplayBackend(rec, strict=True)
-    return Stepper(replay, args["sites"], physical=args["physical"]).run(max_stops=args["max_stops"])
+    try:
+        return Stepper(replay, args["sites"], physical=args["physical"]).run(max_stops=args["max_stops"])
+    except BackendError as exc:   # a recorded error the stepper does not handle, or a call past the end
+        raise InputError(f"replaying it: {exc}", source=rec.path) from None
 
 
 # ------------------------------------------------------------------ output

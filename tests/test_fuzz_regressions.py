@@ -126,3 +126,45 @@ def test_a_trace_recording_whose_backend_cannot_step_names_the_recording(tmp_pat
     _write_lines(path, lines)
     with pytest.raises(InputError, match=rf"^{path}: replaying it: replay: stepping needs"):  # was a NotAvailable
         replay_trace(read_recording(path))
+
+
+BOMB = "".join(f"{c}: &{c} [" + ", ".join([f"*{p}" if p else "x"] * 9) + "]\n"
+               for p, c in zip([""] + list("abcdefg"), "abcdefgh"))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("layout:\n  name: " + "9" * 5000 + "\n", "integer string conversion"),   # was a ValueError
+    (BOMB + "layout: [*h, *h, *h, *h, *h, *h, *h, *h]\n", "aliases expand to more than"),   # was minutes of work
+    ("layout: !!python/object/apply:os.system [\"touch pwned\"]\n", "could not determine a constructor"),
+    ("layout: {name: x\x00}\n", "unacceptable character"),    # was a message of several lines
+], ids=["huge-int", "billion-laughs", "python-tag", "nul"])
+def test_layout_files_that_are_not_safe_yaml_are_one_line_definition_errors(tmp_path, text, message):
+    from vmxdbg.decode.layouts import load_layout
+    from vmxdbg.errors import DefinitionError
+    p = tmp_path / "l.yaml"
+    p.write_text(text)
+    with pytest.raises(DefinitionError) as exc:
+        load_layout(p)
+    assert str(exc.value).startswith(str(p)) and message in str(exc.value) and "\\n" not in str(exc.value)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_a_layout_file_is_read_bounded():
+    from vmxdbg.decode.layouts import load_layout
+    from vmxdbg.errors import DefinitionError
+    with pytest.raises(DefinitionError, match=r"^/dev/zero: more than the \d+ bytes"):   # was unbounded
+        load_layout("/dev/zero")
+
+
+def test_structs_definitions_refuse_alias_bombs_and_huge_integers(tmp_path):
+    import shutil
+    from vmxdbg.decode.loader import default_directory, load_definitions
+    from vmxdbg.errors import DefinitionError
+    for f in default_directory().glob("*.yaml"):
+        shutil.copy(f, tmp_path / f.name)
+    (tmp_path / "controls.yaml").write_text(BOMB + "controls: {x: *h}\n")
+    with pytest.raises(DefinitionError, match=r"controls\.yaml: aliases expand"):
+        load_definitions(tmp_path)
+    (tmp_path / "controls.yaml").write_text("controls: {x: " + "1" * 5000 + "}\n")
+    with pytest.raises(DefinitionError, match=r"controls\.yaml: malformed YAML: Exceeds"):
+        load_definitions(tmp_path)

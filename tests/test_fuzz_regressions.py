@@ -168,3 +168,14 @@ def test_structs_definitions_refuse_alias_bombs_and_huge_integers(tmp_path):
     (tmp_path / "controls.yaml").write_text("controls: {x: " + "1" * 5000 + "}\n")
     with pytest.raises(DefinitionError, match=r"controls\.yaml: malformed YAML: Exceeds"):
         load_definitions(tmp_path)
+
+
+def test_a_huge_console_line_is_refused_in_one_short_line():
+    from vmxdbg.backends.snapshot_backend import SnapshotBackend
+    from vmxdbg.commands.kdcmds import KdState, execute
+    from vmxdbg.snapshot import Snapshot
+    state = KdState(SnapshotBackend(Snapshot()))
+    for line in ("r cr" + "\x00" * (1 << 20), "g" + "x" * (1 << 20)):   # was echoed whole, seconds per line
+        with pytest.raises(InputError, match="at most 4096 are read") as exc:
+            execute(state, line)
+        assert len(str(exc.value)) < 100

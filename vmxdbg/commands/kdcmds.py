@@ -36,6 +36,7 @@ ALIASES = {"efl": "rflags", "gdtl": "gdtr.limit", "idtl": "idtr.limit", "gdtr": 
 DUMP_LINES = 8           # !db / !dq without a range: 8 lines of 16 bytes, as WinDbg
 MAX_DUMP = 0x10000       # bytes one dump may show
 NOT_STOPPING = ("step",)  # stop kinds that `g` runs past
+MAX_COMMAND = 4096       # characters of one command line (a paste of a whole log is refused, not echoed)
 
 
 def register_names() -> List[str]:
@@ -458,6 +459,8 @@ def execute(state: KdState, line: str) -> str:
     text = line.strip()
     if not text:
         return ""
+    if len(text) > MAX_COMMAND:
+        raise InputError(f"a command line of {len(text)} characters: at most {MAX_COMMAND} are read")
     if text.startswith("~"):
         body = text[1:].strip()
         out = cmd_processors(state, []) if not body else _tilde(state, body)

@@ -179,3 +179,14 @@ def test_a_huge_console_line_is_refused_in_one_short_line():
         with pytest.raises(InputError, match="at most 4096 are read") as exc:
             execute(state, line)
         assert len(str(exc.value)) < 100
+
+
+def test_snapshot_output_that_cannot_be_written_is_one_line_naming_it(tmp_path, capsys):
+    from vmxdbg.cli import main
+    src = str(__import__("pathlib").Path(__file__).parent.parent / "vmxdbg" / "examples" / "vmxon.vmxsnap.json")
+    (tmp_path / "adir").mkdir()
+    for out in (tmp_path / "missing" / "x.vmxsnap.json", tmp_path / "adir"):   # were tracebacks
+        assert main(["snapshot", src, "-o", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"vmxdbg: {out}: cannot write the snapshot")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["adir"]

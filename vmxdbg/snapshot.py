@@ -6,6 +6,7 @@ Anything absent is unknown; nothing here ever fills in a default value.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -317,11 +318,18 @@ def snapshot_to_json(snap: Snapshot) -> dict:
 
 
 def save_snapshot(snap: Snapshot, path: Union[str, os.PathLike]) -> None:
-    """Write `snap` as JSON (atomically: a temp file renamed into place)."""
+    """Write `snap` as JSON (atomically: a temp file renamed into place); InputError names
+    the file when it cannot be written, and no temp file is left behind."""
     p = Path(path)
     tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(json.dumps(snapshot_to_json(snap), indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, p)
+    text = json.dumps(snapshot_to_json(snap), indent=1) + "\n"
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, p)
+    except OSError as exc:   # no such directory, a directory of that name, no permission, disk full
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise InputError(f"cannot write the snapshot: {exc.strerror or exc}", source=str(p)) from None
 
 
 def looks_like_snapshot(head: bytes) -> bool:

@@ -46,7 +46,7 @@ for _p in (str(TESTS), str(ROOT)):   # this tree's vmxdbg, whatever is installed
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from vmxdbg.errors import VmxdbgError  # noqa: E402
+from vmxdbg.errors import VmxdbgError, one_line  # noqa: E402
 
 TIME_LIMIT = 5.0                  # seconds one input may take (a hang past this is a crash)
 MEMORY_LIMIT = 512 * 1024 * 1024  # bytes the peak RSS may grow by during one input
@@ -57,6 +57,66 @@ class Hang(BaseException):
     """Raised by the SIGALRM timer: an input ran past its time bound.
 
     A BaseException, so that a reader's `except Exception` cannot swallow it."""
+
+
+class Escaped(BaseException):
+    """Raised by the audit hook: a reader tried to write outside its directory, start a
+    process, open a socket or unpickle while it ran on fuzzed input."""
+
+
+# -- the sandbox: an audit hook (PEP 578) that refuses what no reader may do ---------------------
+_CONFINED: List[Path] = []      # while a reader runs: the one directory it may write in
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+_FORBIDDEN = ("subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty",
+              "socket.connect", "socket.bind", "pickle.find_class", "ctypes.dlopen",
+              "os.kill", "os.killpg", "webbrowser.open")
+_PATH_EVENTS = {"os.rename": (0, 1), "os.remove": (0,), "os.rmdir": (0,), "os.mkdir": (0,), "os.chmod": (0,),
+                "os.chown": (0,), "os.truncate": (0,), "os.symlink": (0, 1), "os.link": (0, 1), "os.utime": (0,),
+                "shutil.rmtree": (0,), "shutil.copyfile": (1,), "shutil.move": (0, 1)}
+
+
+def _inside(path: Any) -> bool:
+    if isinstance(path, int):          # a file descriptor already open
+        return True
+    try:
+        p = Path(os.fsdecode(path))
+    except (TypeError, ValueError):
+        return False
+    full = Path(os.path.abspath(p))
+    return "__pycache__" in full.parts or any(full == d or d in full.parents for d in _CONFINED)
+
+
+def _audit(event: str, args: Tuple[Any, ...]) -> None:
+    if not _CONFINED:
+        return
+    if event == "open":
+        path, mode, flags = (tuple(args) + (None, None, None))[:3]
+        writes = (isinstance(mode, str) and any(c in mode for c in "wax+")) or \
+            (isinstance(flags, int) and flags & _WRITE_FLAGS)
+        if writes and not _inside(path):
+            raise Escaped(f"write outside {_CONFINED[0]}: open({path!r}, {mode!r})")
+    elif event in _PATH_EVENTS:
+        for i in _PATH_EVENTS[event]:
+            if i < len(args) and not _inside(args[i]):
+                raise Escaped(f"{event}{tuple(args)!r} outside {_CONFINED[0]}")
+    elif event.startswith(_FORBIDDEN):
+        raise Escaped(f"{event}{str(tuple(args))[:200]}")
+
+
+sys.addaudithook(_audit)
+
+
+@contextlib.contextmanager
+def confined(directory: Path) -> Iterator[None]:
+    """Run the block with `directory` as the current and only writable directory."""
+    old = os.getcwd()
+    _CONFINED[:] = [Path(os.path.abspath(directory))]
+    os.chdir(directory)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+        _CONFINED.clear()
 
 
 # ------------------------------------------------------------------ hostile tokens
@@ -199,7 +259,7 @@ def _json_value(rnd: random.Random, data: bytes, **_: Any) -> bytes:
     i = rnd.randrange(len(lines))
     try:
         tree = json.loads(lines[i])
-    except ValueError:
+    except (ValueError, RecursionError):
         return _insert_token(rnd, data)
     nodes: List[Tuple[Any, Any]] = []
 
@@ -217,6 +277,11 @@ def _json_value(rnd: random.Random, data: bytes, **_: Any) -> bytes:
         return _insert_token(rnd, data)
     parent, key = rnd.choice(nodes)
     marker = "@@FUZZ@@"
+    if rnd.random() < 0.5 and isinstance(parent[key], (str, int)) and not isinstance(parent[key], bool):
+        parent[key] = _plausible(rnd, parent[key])    # same type, another value: gets past the type checks
+        end = b"\n" if lines[i].endswith(b"\n") else b""
+        lines[i] = json.dumps(tree, separators=(",", ":")).encode() + end
+        return b"".join(lines)
     if isinstance(parent, dict) and rnd.random() < 0.3:
         value = parent.pop(key)
         parent[marker] = value                      # a key changed
@@ -228,6 +293,47 @@ def _json_value(rnd: random.Random, data: bytes, **_: Any) -> bytes:
     end = b"\n" if lines[i].endswith(b"\n") else b""
     lines[i] = text.encode("utf-8", "surrogatepass") + end
     return b"".join(lines)
+
+
+INTERESTING = (0, 1, 2, 3, 4, 7, 8, 0xF, 0x10, 0x7F, 0x80, 0xFF, 0x100, 0xFFF, 0x1000, 0x7FFF, 0x8000, 0xFFFF,
+               0x10000, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF, 1 << 32, 1 << 48, (1 << 63) - 1, 1 << 63, (1 << 64) - 1,
+               1 << 64, 1 << 100)
+
+
+def _plausible(rnd: random.Random, value: Any) -> Any:
+    """Another value of the same JSON type: a hex string stays a hex string, a number a number."""
+    n = rnd.choice(INTERESTING) if rnd.random() < 0.7 else rnd.getrandbits(rnd.choice((8, 32, 64)))
+    if isinstance(value, str) and value.startswith("0x"):
+        return hex(n ^ (int(value, 16) if rnd.random() < 0.3 and len(value) < 40 else 0)) \
+            if all(c in "0123456789abcdefABCDEFx" for c in value) else hex(n)
+    if isinstance(value, str) and value and all(c in "0123456789abcdef" for c in value) and len(value) % 2 == 0:
+        b = bytearray(bytes.fromhex(value))     # hex bytes (memory, code): flip one
+        if b:
+            b[rnd.randrange(len(b))] = rnd.randrange(256)
+        return b.hex() if rnd.random() < 0.8 else b.hex()[:rnd.randrange(len(value) + 1)]
+    if isinstance(value, str):
+        return rnd.choice(("", "x", value * 2, value[:-1], "0x1", "cr0", "rip", "root", "launched", "breakpoint"))
+    return rnd.choice((n, -n, value + 1, value - 1, 0))
+
+
+def fix_recording(data: bytes) -> bytes:
+    """Renumber seq from 1 and make the trailer's count right, so a mutant gets past both checks."""
+    out, seq = [], 0
+    for line in data.split(b"\n"):
+        try:
+            obj = json.loads(line)
+        except (ValueError, RecursionError):
+            out.append(line)
+            continue
+        if isinstance(obj, dict) and "seq" in obj:
+            seq += 1
+            obj["seq"] = seq
+            line = json.dumps(obj, separators=(",", ":")).encode()
+        elif isinstance(obj, dict) and obj.get("end") is True:
+            obj["events"] = seq
+            line = json.dumps(obj, separators=(",", ":")).encode()
+        out.append(line)
+    return b"\n".join(out)
 
 
 MUTATORS: Tuple[Callable[..., bytes], ...] = (
@@ -550,6 +656,8 @@ class Reader:
     names_file: bool = True
     json_aware: bool = True
     tokens: Sequence[str] = TOKENS
+    fixup: Optional[Callable[[bytes], bytes]] = None   # applied to half the mutants (e.g. renumber a recording)
+    mutable: bool = True     # False: inputs are the seeds and generated ones only (structured inputs)
 
 
 def _write(workdir: Path, name: str, data: bytes) -> Path:
@@ -740,35 +848,44 @@ def run_kdcmd(data: bytes, workdir: Path) -> Any:
 WRITES = ("--bochs", "--record", "--history")   # live targets and files the CLI would write: never fuzzed
 
 
-def cli_templates(workdir: Path) -> List[List[str]]:
-    """Argument lists of every command, with FILE placeholders filled by the caller."""
-    return [
-        ["check", "@SNAP"], ["check", "@REC", "--format", "json"], ["check", "@LOG", "--at", "12", "--format", "dml"],
-        ["check", "@SNAP", "--cpu", "1", "-v"], ["check", "@PARTIAL", "--partial"],
-        ["snapshot", "@LOG", "-o", str(workdir / "out.vmxsnap.json")],
-        ["snapshot", "@REC", "-o", str(workdir / "out.vmxsnap.json"), "--at", "3"],
-        ["caps", "@SNAP"], ["caps", "@REC", "--cpu", "0"],
-        ["decode", "msr", "0x480", "00da0400`00000004"], ["decode", "cr4", "0x3726f8"],
-        ["decode", "primary", "0x8401e172"], ["decode", "vmcs-field", "0x6800", "0x80000031"],
-        ["decode", "--list"], ["decode", "IA32_VMX_BASIC", "0xda040000000004"],
-        ["vmcs", "@VMCS", "--source", "@VSNAP"], ["vmcs", "@VMCS", "--source", "@VSNAP", "--as", "vmxon"],
-        ["vmcs", "@VMCS", "--source", "@VSNAP", "--format", "json", "--cpu", "0"],
-        ["vmcs", "@VMCS", "--source", "@VSNAP", "--layout", "bochs", "--no-check"],
-        ["trace", "--replay", "@TRACE"], ["trace", "--replay", "@TRACE", "--format", "json", "-v"],
-        ["replay", "@TRACE", "-c", "!stops;g;r;!vmxcheck;t-"], ["replay", "@SNAP", "-c", "r;rdmsr 480;!dq 0"],
-        ["layout", "list"], ["layout", "fields", "--nasm"],
-        ["layout", "learn", "@DUMP", "-o", str(workdir / "out.layout.yaml")],
-    ]
-
-
+# no NUL: an argument list from the operating system cannot hold one
 ARG_TOKENS = ("0", "1", "-1", "0x10", "0n3", "zz", "", " ", "--cpu", "--at", "--format", "xml", "json", "--partial",
               "-v", "--as", "vmxon", "--layout", "nope", "../../etc/passwd", "/dev/null", "/nonexistent/x",
-              "%s%n", "{0}", "\x00", "\u00b2", HUGE_DIGITS[:100], "0x" + "f" * 40, "L?", "msr", "vmcs-field",
-              "cr0", "GUEST_CR0", "primary", "--list", "-h", "--no-check", "-c", "q", "--source", "learn", "list")
+              "%s%n", "{0}", "\x01\x1b[2J", "\u00b2", HUGE_DIGITS[:100], "0x" + "f" * 40, "L?", "msr", "vmcs-field",
+              "cr0", "GUEST_CR0", "primary", "--list", "-h", "--no-check", "-c", "q", "--source", "learn", "list",
+              "@SNAP", "@REC", "@LOG", "@TRACE", "@VSNAP", "@DUMP", "@PARTIAL", "/dev/zero", "/proc/self/mem")
+CLI_TEMPLATES: Tuple[Tuple[str, ...], ...] = (
+    ("check", "@SNAP"), ("check", "@REC", "--format", "json"), ("check", "@LOG", "--at", "12", "--format", "dml"),
+    ("check", "@SNAP", "--cpu", "1", "-v"), ("check", "@PARTIAL", "--partial"), ("check", "@TRACE"),
+    ("snapshot", "@LOG", "-o", "@OUT.vmxsnap.json"), ("snapshot", "@REC", "-o", "@OUT.vmxsnap.json", "--at", "3"),
+    ("caps", "@SNAP"), ("caps", "@REC", "--cpu", "0"),
+    ("decode", "msr", "0x480", "00da0400`00000004"), ("decode", "cr4", "0x3726f8"),
+    ("decode", "primary", "0x8401e172"), ("decode", "vmcs-field", "0x6800", "0x80000031"),
+    ("decode", "--list"), ("decode", "IA32_VMX_BASIC", "0xda040000000004"),
+    ("vmcs", "@VMCS", "--source", "@VSNAP"), ("vmcs", "@VMCS", "--source", "@VSNAP", "--as", "vmxon"),
+    ("vmcs", "@VMCS", "--source", "@VSNAP", "--format", "json", "--cpu", "0"),
+    ("vmcs", "@VMCS", "--source", "@VSNAP", "--layout", "bochs", "--no-check"),
+    ("trace", "--replay", "@TRACE"), ("trace", "--replay", "@TRACE", "--format", "json", "-v"),
+    ("replay", "@TRACE", "-c", "!stops;g;r;!vmxcheck;t-"), ("replay", "@SNAP", "-c", "r;rdmsr 480;!dq 0"),
+    ("layout", "list"), ("layout", "fields", "--nasm"), ("layout", "learn", "@DUMP", "-o", "@OUT.layout.yaml"),
+)
+#: placeholder -> (file name, corpus attribute, index): the real files a CLI input names
+CLI_FILES = {"@SNAP": ("snap.vmxsnap.json", "snapshots", -1), "@VSNAP": ("region.vmxsnap.json", "regions", 0),
+             "@REC": ("check.vmxrec.jsonl", "recordings", 0), "@PARTIAL": ("check.vmxrec.jsonl.partial", "recordings", 1),
+             "@LOG": ("session.log", "kdlogs", 0), "@TRACE": ("trace.vmxrec.jsonl", "traces", -1),
+             "@DUMP": ("probe.txt", "dumps", 0)}
 
 
-def gen_argv(rnd: random.Random, workdir: Path, files: Dict[str, str]) -> List[str]:
-    argv = list(rnd.choice(cli_templates(workdir)))
+def _cli_file(c: Corpus, placeholder: str) -> bytes:
+    _, attr, i = CLI_FILES[placeholder]
+    items = getattr(c, attr)
+    data = items[i][0] if attr == "regions" else items[i]
+    return data[:len(data) * 2 // 3] if placeholder == "@PARTIAL" else data
+
+
+def gen_cli(rnd: random.Random) -> bytes:
+    """A CLI input: an argument list of some command, tokens changed, maybe one of its files mutated."""
+    argv = list(rnd.choice(CLI_TEMPLATES))
     for _ in range(rnd.choice((0, 1, 1, 2, 3))):
         op = rnd.randrange(4)
         i = rnd.randrange(len(argv))
@@ -780,7 +897,41 @@ def gen_argv(rnd: random.Random, workdir: Path, files: Dict[str, str]) -> List[s
             argv.insert(i, rnd.choice(ARG_TOKENS))
         else:
             argv.append(rnd.choice(ARG_TOKENS))
-    return [files.get(a, a) for a in argv]
+    doc: Dict[str, Any] = {"argv": argv}
+    named = [a for a in argv if a in CLI_FILES]
+    if named and rnd.random() < 0.6:
+        which = rnd.choice(named)
+        c = corpus()
+        doc["mutant"] = which
+        doc["data"] = mutate(rnd, _cli_file(c, which), c.all_files()).hex()
+    return json.dumps(doc).encode()
+
+
+class CliContractBroken(Exception):
+    """A CLI run ended other than as the contract says (see judge_cli)."""
+
+
+def run_cli_input(data: bytes, workdir: Path) -> Any:
+    """Write the files a CLI input names, run `vmxdbg ARGV` in process, judge it."""
+    doc = json.loads(data)
+    c = corpus()
+    files = {}
+    for ph, (name, _, _) in CLI_FILES.items():
+        raw = bytes.fromhex(doc["data"]) if doc.get("mutant") == ph else _cli_file(c, ph)
+        (workdir / name).write_bytes(raw)
+        files[ph] = str(workdir / name)
+    files["@VMCS"] = hex(c.regions[0][1])
+    argv = [files.get(a) or (str(workdir / ("out" + a[4:])) if a.startswith("@OUT") else a) for a in doc["argv"]]
+    if not safe_argv(argv) or not _output_inside(argv, workdir):
+        return None
+    res = run_cli(argv)
+    # the error names a file given, or an argument typed (an option, a value, a subcommand)
+    names = [Path(files[a]).name for a in doc["argv"] if a in CLI_FILES] + [a for a in argv if a]
+    names += ["."] if "" in argv else []     # argparse's Path("") is "."
+    problem = judge_cli(res, names)
+    if problem is not None:
+        raise CliContractBroken(f"vmxdbg {' '.join(argv)[:300]}: {problem}")
+    return res
 
 
 def safe_argv(argv: Sequence[str]) -> bool:
@@ -789,6 +940,20 @@ def safe_argv(argv: Sequence[str]) -> bool:
         if a.startswith("--") and len(a) > 2 and any(w.startswith(a.split("=")[0]) for w in WRITES):
             return False
     return True
+
+
+def _output_inside(argv: List[str], workdir: Path) -> bool:
+    """False when the command, as vmxdbg's own parser reads `argv`, would write outside `workdir`.
+
+    (The sandbox refuses such a write anyway; this keeps the fuzzer from asking for one.)"""
+    from vmxdbg import cli
+    try:
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+            args = cli.build_parser().parse_args(argv)
+    except SystemExit:
+        return True                      # argparse refuses it: nothing runs
+    out = getattr(args, "output", None)
+    return out is None or Path(os.path.abspath(workdir / out)).parent == Path(os.path.abspath(workdir))
 
 
 @dataclass
@@ -827,9 +992,10 @@ def judge_cli(res: CliResult, names: Sequence[str] = ()) -> Optional[str]:
         return f"exit status {res.status}"
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     errors = [ln for ln in lines if not ln.startswith(("vmxdbg: warning:", "vmxdbg: note:"))]
-    if len(errors) != 1 or not errors[0].startswith("vmxdbg: "):
+    if len(errors) != 1 or not errors[0].startswith("vmxdbg"):
         return f"exit 2 with {len(errors)} error lines: {errors[:3]!r}"
-    if names and not any(n in errors[0] for n in names):
+    low = errors[0].lower()
+    if names and not any(one_line(n).lower() in low for n in names) and not re.search(r"0x[0-9a-f]+|'", low):
         return f"exit 2, the error names none of {list(names)}: {errors[0][:300]!r}"
     return None
 
@@ -871,11 +1037,12 @@ def _gen_structs(rnd: random.Random) -> bytes:
 READERS: Dict[str, Reader] = {r.name: r for r in (
     Reader("snapshot", lambda c: c.snapshots, gen_snapshot, run_snapshot),
     Reader("report", lambda c: c.reports, gen_report, run_report),
-    Reader("recording", lambda c: c.recordings + c.traces, gen_recording, run_recording),
-    Reader("partial", lambda c: c.recordings + c.traces, lambda r: gen_recording(r, partial=True), run_partial),
-    Reader("trace", lambda c: c.traces, gen_recording, run_trace),
+    Reader("recording", lambda c: c.recordings + c.traces, gen_recording, run_recording, fixup=fix_recording),
+    Reader("partial", lambda c: c.recordings + c.traces, lambda r: gen_recording(r, partial=True), run_partial,
+           fixup=fix_recording),
+    Reader("trace", lambda c: c.traces, gen_recording, run_trace, fixup=fix_recording),
     Reader("kdlog", lambda c: c.kdlogs, gen_kdlog, run_kdlog, json_aware=False, tokens=TEXT_TOKENS),
-    Reader("any", _seeds_any, _gen_any, run_any),
+    Reader("any", _seeds_any, _gen_any, run_any, fixup=fix_recording),
     Reader("vmcs", lambda c: [s for s, _ in c.regions], gen_snapshot, run_vmcs),
     Reader("structs", _structs_seeds, _gen_structs, _run_structs_any, json_aware=False, tokens=YAML_TOKENS),
     Reader("layout", lambda c: c.layouts, gen_layout, run_layout, json_aware=False, tokens=YAML_TOKENS),
@@ -883,6 +1050,8 @@ READERS: Dict[str, Reader] = {r.name: r for r in (
     Reader("value", lambda c: [v.encode() for v in ("0x80050033", "00da0400`00000004", "0n123", "1f", "0y101")],
            lambda r: gen_value(r).encode("utf-8", "surrogatepass"), run_value, names_file=False,
            json_aware=False, tokens=TEXT_TOKENS),
+    Reader("cli", lambda c: [json.dumps({"argv": list(t)}).encode() for t in CLI_TEMPLATES], gen_cli,
+           run_cli_input, names_file=False, mutable=False),
     Reader("kdcmd", lambda c: [k.encode() for k in KD_COMMANDS], lambda r: gen_kdcmd(r).encode(), run_kdcmd,
            names_file=False, json_aware=False, tokens=TEXT_TOKENS),
 )}
@@ -945,11 +1114,13 @@ def run_one(reader: Reader, data: bytes, workdir: Path, *, time_limit: float = T
     crash = error = None
     ok = False
     try:
-        with time_bound(time_limit):
+        with time_bound(time_limit), confined(workdir):
             reader.run(data, workdir)
         ok = True
     except Hang:
         crash = f"hang: more than {time_limit} s"
+    except Escaped as exc:
+        crash = f"escaped the sandbox: {exc}"
     except VmxdbgError as exc:
         error = str(exc)
         crash = _judge_error(exc, names if reader.name != "structs" else ["structs"])
@@ -978,12 +1149,14 @@ def inputs(reader: Reader, rnd: random.Random, count: int, *, generated: float =
         yield s
         n += 1
     while n < count:
-        if rnd.random() < generated:
+        if not reader.mutable or rnd.random() < generated:
             data = reader.generate(rnd)
-            if rnd.random() < 0.5:
+            if reader.mutable and rnd.random() < 0.5:
                 data = mutate(rnd, data, others, json_aware=reader.json_aware, tokens=reader.tokens)
         else:
             data = mutate(rnd, rnd.choice(seeds), others, json_aware=reader.json_aware, tokens=reader.tokens)
+        if reader.fixup is not None and rnd.random() < 0.5:
+            data = reader.fixup(data)
         yield data
         n += 1
 

@@ -190,3 +190,16 @@ def test_snapshot_output_that_cannot_be_written_is_one_line_naming_it(tmp_path, 
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"vmxdbg: {out}: cannot write the snapshot")
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["adir"]
+
+
+def test_a_trace_recording_can_be_checked_in_the_state_it_ends_in(tmp_path):
+    from fake_live import CODE, PROGRAM, FakeLive
+    from vmxdbg.rules import check_snapshot
+    from vmxdbg.sources import load_any
+    from vmxdbg.trace import run_trace
+    path = tmp_path / "t.vmxrec.jsonl"
+    fake = FakeLive(cores=2)
+    run_trace(fake, {CODE: PROGRAM}, record=path)
+    snap = load_any(path)      # was "replay processors(): not in the recording": a trace never asks
+    assert sorted(snap.processors) == [0, 1]
+    assert check_snapshot(snap).processors[1]

@@ -203,3 +203,30 @@ def test_a_trace_recording_can_be_checked_in_the_state_it_ends_in(tmp_path):
     snap = load_any(path)      # was "replay processors(): not in the recording": a trace never asks
     assert sorted(snap.processors) == [0, 1]
     assert check_snapshot(snap).processors[1]
+
+
+def test_kd_log_warnings_reach_the_terminal_as_one_printable_line():
+    from vmxdbg.kdlog import parse_text
+    log = parse_text("0: kd> r cr4\ncr4=\x1b]0;owned\x07\x1b[2J\n", "f.log")
+    shown = [w.format(log.source) for w in log.warnings]
+    assert shown and all("\x1b" not in w and "\x07" not in w for w in shown)   # were printed raw
+    assert "\\x1b]0;owned\\x07" in shown[0]
+
+
+def test_recorded_event_details_and_target_lines_are_shown_printable(tmp_path):
+    from fake_live import CODE, PROGRAM, FakeLive
+    from vmxdbg.backends.base import StopEvent
+    from vmxdbg.commands.kdcmds import describe_stop
+    from vmxdbg.recording import read_recording
+    from vmxdbg.trace import render_trace, replay_trace, run_trace
+    assert describe_stop(1, 2, StopEvent("step", cpu=0, detail="\x1b[2Jx\ny")) == "stop 1/2: step on cpu 0 (\\x1b[2Jx\\ny)"
+    path, lines = _recorded(tmp_path, "t.vmxrec.jsonl", lambda p: run_trace(FakeLive(cores=1), {CODE: PROGRAM}, record=p))
+    lines[0]["backend"]["kind"] = "\x1b]0;x\x07"
+    for x in lines[1:]:
+        if isinstance(x.get("event"), dict):
+            x["event"]["log"] = ["\x1b[31mred\nFAKE: all ok"]
+    _write_lines(path, lines)
+    rec = read_recording(path)
+    text = render_trace(replay_trace(rec))
+    assert "\x1b" not in text and "\nFAKE" not in text and "\\x1b[31mred\\nFAKE: all ok" in text
+    assert "\x1b" not in rec.describe()

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 from .backends.base import Backend
 from .backends.recorder import Recorder
 from .backends.replay import ReplayBackend
-from .errors import BackendError, InputError
+from .errors import BackendError, InputError, one_line
 from .recording import Recording
 from .report import FORMAT as REPORT_FORMAT, VERSION as REPORT_VERSION
 from .stepper import StepResult, Stepper, VmxSite, find_vmx_instructions, mismatches
@@ -135,7 +135,8 @@ def render_trace(results: Sequence[StepResult], *, verbose: bool = False) -> str
                 lines.append(f"      fix: {f.fix}")
         for line in r.log:
             lines.append(f"  target says: {line}")
-    return "\n".join(lines) + "\n"
+    # the target's log lines, event details and notes come from the target or a recording
+    return "\n".join(one_line(line) for line in lines) + "\n"
 
 
 __all__ = ["run_trace", "replay_trace", "render_trace", "trace_report_json", "trace_params", "TRACE"]

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..backends.base import SEGMENT_NAMES, TABLE_NAMES, Backend, StopEvent
-from ..errors import BackendError, InputError, NotAvailable, VmxdbgError
+from ..errors import BackendError, InputError, NotAvailable, VmxdbgError, one_line
 from ..snapshot import Snapshot
 from ..values import parse_int, windbg_hex
 
@@ -166,7 +166,7 @@ def describe_stop(k: int, total: int, ev: Optional[StopEvent]) -> str:
     where = "" if ev.cpu is None else f" on cpu {ev.cpu}"
     at = "" if ev.address is None else f" at {windbg_hex(ev.address)}"
     detail = f" ({ev.detail})" if ev.detail else ""
-    return f"stop {k}/{total}: {what}{where}{at}{detail}"
+    return one_line(f"stop {k}/{total}: {what}{where}{at}{detail}")   # kind and detail come from the recording
 
 
 # ------------------------------------------------------------------ parsing helpers

@@ -316,6 +316,40 @@ def _plausible(rnd: random.Random, value: Any) -> Any:
     return rnd.choice((n, -n, value + 1, value - 1, 0))
 
 
+def gentle(rnd: random.Random, data: bytes, changes: int = 2) -> bytes:
+    """A mutant that keeps the format: values replaced by others of their type (JSON), or hex
+    digits changed (text). Reaches past the parsers into the checks and the renderers."""
+    for _ in range(changes):
+        lines = _lines(data)
+        i = rnd.randrange(len(lines))
+        try:
+            tree = json.loads(lines[i])
+        except (ValueError, RecursionError):
+            hexes = list(re.finditer(rb"[0-9a-f]{2,}", lines[i]))
+            if hexes:
+                m = rnd.choice(hexes)
+                at = rnd.randrange(m.start(), m.end())
+                lines[i] = lines[i][:at] + bytes([rnd.choice(b"0123456789abcdef")]) + lines[i][at + 1:]
+            data = b"".join(lines)
+            continue
+        nodes: List[Tuple[Any, Any]] = []
+
+        def walk(node: Any) -> None:
+            items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+            for k, v in list(items):
+                if isinstance(v, (str, int)) and not isinstance(v, bool) and k not in ("format", "seq", "op", "end"):
+                    nodes.append((node, k))
+                walk(v)
+        walk(tree)
+        if nodes:
+            parent, key = rnd.choice(nodes)
+            parent[key] = _plausible(rnd, parent[key])
+            end = b"\n" if lines[i].endswith(b"\n") else b""
+            lines[i] = json.dumps(tree, indent=None if end or len(lines) > 1 else 1).encode() + end
+        data = b"".join(lines)
+    return data
+
+
 def fix_recording(data: bytes) -> bytes:
     """Renumber seq from 1 and make the trailer's count right, so a mutant gets past both checks."""
     out, seq = [], 0
@@ -381,6 +415,7 @@ class Corpus:
     dumps: List[bytes] = field(default_factory=list)
     structs: Dict[str, bytes] = field(default_factory=dict)
     regions: List[Tuple[bytes, int]] = field(default_factory=list)   # (snapshot with memory, VMCS address)
+    trace_recording: Any = None     # the last trace, read (for the replay console's state)
 
     def all_files(self) -> List[bytes]:
         return self.snapshots + self.reports + self.recordings + self.traces + self.kdlogs + self.layouts + self.dumps
@@ -406,6 +441,7 @@ def _build_corpus() -> Corpus:
     from vmxdbg.decode.loader import default_directory
     from vmxdbg.decode.probe import probe_dump_text, tag_for_width
     from vmxdbg.recorded import record_check
+    from vmxdbg.recording import read_recording
     from vmxdbg.report import dumps_report
     from vmxdbg.rules import check_snapshot
     from vmxdbg.snapshot import load_snapshot
@@ -435,7 +471,18 @@ def _build_corpus() -> Corpus:
             out = t / f"t{cores}.vmxrec.jsonl"
             results = run_trace(fake, {CODE: PROGRAM}, record=out)
             c.traces.append(_read(out))
+            c.trace_recording = read_recording(out)
             c.reports.append(json.dumps(trace_report_json(results)).encode())
+    # VMCS regions in a known layout: the vmentry baseline's fields written in Bochs' layout
+    for lay in known_layouts()[:1]:
+        for i, raw in enumerate(c.snapshots):
+            tree = json.loads(raw)
+            for cpu, p in tree.get("processors", {}).items():
+                if p.get("vmcs") and p.get("vmcs_pointer"):
+                    values = {int(k, 16): int(v, 16) for k, v in p["vmcs"].items() if int(k, 16) in lay.by_encoding}
+                    tree["memory"][p["vmcs_pointer"]] = lay.build(values).hex()
+                    c.regions.insert(0, (json.dumps(tree, indent=1).encode(), int(p["vmcs_pointer"], 16)))
+                    break
     c.layouts = [_read(p) for p in sorted(builtin_directory().glob("*.yaml"))]
     for lay in known_layouts()[:2]:
         region = lay.build({s.encoding: tag_for_width(s.encoding) for s in lay.slots})
@@ -815,19 +862,13 @@ def _kd_states() -> List[Any]:
     from vmxdbg.backends.replay import ReplayBackend
     from vmxdbg.backends.snapshot_backend import SnapshotBackend
     from vmxdbg.commands.kdcmds import KdState
-    from vmxdbg.recording import read_recording
     from vmxdbg.snapshot import snapshot_from_json
     c = corpus()
     if "snap" not in _STATES:
         _STATES["snap"] = json.loads(c.snapshots[[i for i, s in enumerate(c.snapshots) if b'"vmcs"' in s][0]])
-        import tempfile
-        with tempfile.TemporaryDirectory() as tmp:
-            p = Path(tmp) / "t.vmxrec.jsonl"
-            p.write_bytes(c.traces[-1])
-            _STATES["rec"] = read_recording(p)
     snap = snapshot_from_json(_STATES["snap"], "fuzz snapshot")
     return [KdState(SnapshotBackend(snap), snapshot_of=lambda _s: snap, source="fuzz snapshot"),
-            KdState(ReplayBackend(_STATES["rec"], strict=False), source="fuzz recording")]
+            KdState(ReplayBackend(c.trace_recording, strict=False), source="fuzz recording")]
 
 
 def run_kdcmd(data: bytes, workdir: Path) -> Any:
@@ -1109,6 +1150,7 @@ def _peak_rss() -> int:
 def run_one(reader: Reader, data: bytes, workdir: Path, *, time_limit: float = TIME_LIMIT) -> Outcome:
     """Run one input; judge it (see the module doc). Never raises but for KeyboardInterrupt."""
     names = ["in."] if reader.names_file else None
+    corpus()                       # built outside the sandbox (it writes its recordings in a temp dir)
     before = _peak_rss()
     t0 = time.perf_counter()
     crash = error = None
@@ -1149,7 +1191,10 @@ def inputs(reader: Reader, rnd: random.Random, count: int, *, generated: float =
         yield s
         n += 1
     while n < count:
-        if not reader.mutable or rnd.random() < generated:
+        r = rnd.random()
+        if reader.mutable and generated <= r < generated + 0.25:
+            data = gentle(rnd, rnd.choice(seeds), rnd.choice((1, 2, 4)))   # the format kept: deeper
+        elif not reader.mutable or r < generated:
             data = reader.generate(rnd)
             if reader.mutable and rnd.random() < 0.5:
                 data = mutate(rnd, data, others, json_aware=reader.json_aware, tokens=reader.tokens)

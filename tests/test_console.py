@@ -143,3 +143,14 @@ def test_cli_replay_script(trace_file, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "0: kd> !tt 5" and out[2] == "0: kd> r rip" and out[3] == f"rip={seen[4][0]:016x}"
     assert out[5] == "#   10010 17161514`13121110 1f1e1d1c`1b1a1918"
+
+
+def test_processors_known_from_the_header_when_never_asked(tmp_path):
+    path = tmp_path / "c.vmxrec.jsonl"
+    record_check(SnapshotBackend(two_cpu_snapshot()), path, cpus=[0, 1], vmxon_pointers=POINTERS)
+    state, _ = open_state(path)
+    assert execute(state, "~") == ".  0  processor 0\n   1  processor 1\n"
+    assert execute(state, "~1s") == "" and state.prompt == "1: kd> "
+    assert execute(state, "r cr4") == "cr4=00000000003706f8\n"
+    with pytest.raises(InputError, match="no recorded execution"):
+        execute(state, "t")

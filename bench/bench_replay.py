@@ -111,12 +111,13 @@ def main(argv: List[str] = None) -> int:  # type: ignore[assignment]
         with Recorder(SteppingTarget(), path, command="trace",
                       params={"vmxon_pointers": {str(c): hex(p) for c, p in POINTERS.items()}}) as rec:
             session(rec, args.events)
-        rec_obj = read_recording(path)
-        n = len(rec_obj.records)
         size = path.stat().st_size
         results: Dict[str, float] = {}
         results["read"] = timed(lambda: read_recording(path), args.repeat)
+        rec_obj = read_recording(path)
+        n = len(rec_obj.records)
         results["replay"] = timed(lambda: session(ReplayBackend(rec_obj), args.events), args.repeat)
+        del rec_obj
         results["direct"] = timed(lambda: session(SteppingTarget(), args.events), args.repeat)
 
         def check() -> None:

@@ -446,3 +446,29 @@ def test_unknown_commands_and_prose_are_skipped_quietly():
         """)
     assert not log.warnings
     assert log.snapshot.processors[0].registers == {}
+
+
+def test_a_later_dump_replaces_earlier_bytes_and_partial_overlaps_merge():
+    log = parse("""
+        kd> !dd 3000 L4
+        #    3000 00000001 00000002 00000003 00000004
+        kd> !dd 3008 L4
+        #    3008 0000000a 0000000b 0000000c 0000000d
+        """)
+    words = [int.from_bytes(log.snapshot.memory.read(0x3000 + 4 * i, 4), "little") for i in range(6)]
+    assert words == [1, 2, 0xA, 0xB, 0xC, 0xD]
+    assert log.snapshot.processors[0].provenance["mem:0x3008"] == "s.log:4"
+
+
+def test_state_is_bounded_whatever_the_log(monkeypatch):
+    import vmxdbg.kdlog.pages as pages
+    import vmxdbg.kdlog.state as state
+    monkeypatch.setattr(pages, "MAX_PAGES", 4)
+    monkeypatch.setattr(state, "MAX_MSRS", 3)
+    dumps = "".join(f"kd> !dd {0x10000 * i:x} L1\n#{0x10000 * i:8x} 00000001\n" for i in range(1, 9))
+    msrs = "".join(f"kd> rdmsr {i:x}\nmsr[{i:x}] = 00000000`00000001\n" for i in range(1, 9))
+    log = parse_text(dumps + msrs, "s.log")
+    assert sum(1 for _ in log.snapshot.memory.ranges()) == 4
+    assert sorted(log.snapshot.processors[0].msr) == [1, 2, 3]
+    messages = " | ".join(w.message for w in log.warnings)
+    assert "MSRs" in messages and "bytes of physical memory" in messages

@@ -89,8 +89,8 @@ def test_stated_count_is_in_the_docs():
 def test_errors_name_backend_processor_and_address():
     pk, t = target_with(2)
     backend = WinDbgBackend(pk)
-    with pytest.raises(NotAvailable, match=r"^windbg .*physical memory 0xdead0000\+0x1000"):
-        backend.read_physical(0xDEAD0000, 0x1000)
+    with pytest.raises(NotAvailable, match=r"^windbg .*physical memory 0x7ff000000000\+0x1000"):
+        backend.read_physical(0x7FF000000000, 0x1000)
     with pytest.raises(NotAvailable, match=r"^windbg cpu 1 MSR 0x493"):
         backend.read_msr(1, 0x493)
     with pytest.raises(NotAvailable, match=r"^windbg cpu 7 MSR 0x480: no such processor"):
@@ -110,6 +110,7 @@ def test_physical_memory_is_read_in_one_call_per_region():
     t.physical.add(0x1A2B4000, page)          # a whole VMCS region
     backend = WinDbgBackend(pk)
     assert backend.read_physical(0x1A2B4000, 0x1000) == page
+    assert backend.read_physical(0x1A2B4010, 8) == page[0x10:0x18]      # served from the page read
     assert [r for r in t.reads if r[0] == "loadBytes"] == [("loadBytes", 0, (0x1A2B4000, 0x1000, True))]
 
 

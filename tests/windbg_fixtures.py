@@ -4,7 +4,7 @@ from __future__ import annotations
 import copy
 import sys
 from pathlib import Path
-from typing import Any, List, Tuple
+from typing import Any, List, Tuple  # noqa: F401
 
 import vmxdbg
 from vmxdbg.snapshot import Snapshot, load_snapshot
@@ -39,3 +39,28 @@ def target_with(n: int, example: str = "vmentry") -> Tuple[Any, Any]:
 
 def text_commands(t: Any) -> List[str]:
     return list(t.commands)
+
+
+def broken_pair():
+    """Two processors of the vmxon example; processor 1 has CR4.VMXE clear (VMXON #UD there)."""
+    pk, t = target_with(2, "vmxon")
+    t.processors[1].regs["cr4"] &= ~(1 << 13)
+    return pk, t
+
+
+def output_text(t: Any) -> str:
+    return "".join(text for text, _ in t.output)
+
+
+RECORDING_ARGS = ["record", "{path}", "--vmxon", "0x1a2b3000"]
+
+
+def make_recording(path: str) -> int:
+    """`!vmxcheck record PATH --vmxon 0x1a2b3000` on broken_pair(), through the pykd stand-in."""
+    from vmxdbg import bang
+    pk, _ = broken_pair()
+    return bang.main([a.format(path=path) for a in RECORDING_ARGS], pk)
+
+
+if __name__ == "__main__":   # python tests/windbg_fixtures.py recordings/windbg/NAME.vmxrec.jsonl
+    sys.exit(make_recording(sys.argv[1]))

@@ -41,11 +41,68 @@ _COLUMNS = (("cpu", "cpu"), ("vmx", "VMX"), ("feature_control", "FEATURE_CONTROL
             ("vmresume", "vmresume"))
 
 
-def _table(rows: Sequence[Dict[str, str]]) -> List[str]:
+class Markup:
+    """How a document is marked up: plain text does nothing; DML escapes, links and colours."""
+
+    def esc(self, text: str) -> str:
+        return text
+
+    def link(self, cmd: str, text: str) -> str:
+        return self.esc(text)
+
+    def bold(self, text: str) -> str:
+        return self.esc(text)
+
+    def col(self, color: str, text: str) -> str:
+        return self.esc(text)
+
+
+class Dml(Markup):
+    """WinDbg Debugger Markup Language: <link cmd=...>, <b>, <col fg=...>, XML-style escapes."""
+
+    def __init__(self, command: str = "!vmxcheck") -> None:
+        self.command = command
+
+    def esc(self, text: str) -> str:
+        return html.escape(text, quote=True)
+
+    def link(self, cmd: str, text: str) -> str:
+        return f'<link cmd="{self.esc(self.command + " " + cmd)}">{self.esc(text)}</link>'
+
+    def bold(self, text: str) -> str:
+        return f"<b>{self.esc(text)}</b>"
+
+    def col(self, color: str, text: str) -> str:
+        return f'<col fg="{color}">{self.esc(text)}</col>'
+
+
+PLAIN = Markup()
+
+
+def _outcome_color(outcome: str) -> Optional[str]:
+    if outcome in ("", "ok", "?"):
+        return None
+    return "warnfg" if outcome == "unknown" else "errfg"
+
+
+def _table(rows: Sequence[Dict[str, str]], m: Markup = PLAIN) -> List[str]:
+    """Columns padded on the plain text, so the DML table lines up as the text one does."""
     widths = {k: max([len(t)] + [len(r.get(k, "")) for r in rows]) for k, t in _COLUMNS}
-    lines = ["  ".join(t.ljust(widths[k]) for k, t in _COLUMNS).rstrip()]
+    lines = [m.bold("  ".join(t.ljust(widths[k]) for k, t in _COLUMNS).rstrip()) if m is not PLAIN
+             else "  ".join(t.ljust(widths[k]) for k, t in _COLUMNS).rstrip()]
     for r in rows:
-        lines.append("  ".join(r.get(k, "").ljust(widths[k]) for k, _ in _COLUMNS).rstrip())
+        cells = []
+        for i, (k, _) in enumerate(_COLUMNS):
+            text = r.get(k, "")
+            pad = " " * (widths[k] - len(text)) if i < len(_COLUMNS) - 1 else ""
+            if k == "cpu":
+                cell = m.link(f"cpu {text}", text)
+            elif k in SUMMARY_INSNS and _outcome_color(text):
+                cell = m.col(_outcome_color(text) or "", text)
+            else:
+                cell = m.esc(text)
+            cells.append(cell + pad)
+        lines.append("  ".join(cells).rstrip())
     return lines
 
 
@@ -60,29 +117,33 @@ def cross_lines(report: Report) -> List[str]:
     return list(seen)
 
 
-def _finding_lines(f: Finding, provenance: Optional[Dict[str, str]] = None) -> List[str]:
+def _finding_lines(f: Finding, provenance: Optional[Dict[str, str]] = None, m: Markup = PLAIN) -> List[str]:
     tag = {"fail": "FAIL", "unknown": "UNKNOWN", "advice": "ADVICE"}[f.status]
     if f.status == "fail" and not f.certain:
         tag = "MAY FAIL"
-    out = [f"  [{tag}] {f.id} {f.title}".rstrip(), f"      {f.message}", f"      SDM: {f.sdm}"]
+    color = {"fail": "errfg", "unknown": "warnfg"}.get(f.status)
+    tag_text = m.col(color, f"[{tag}]") if color else m.esc(f"[{tag}]")
+    title = f" {f.title}" if f.title else ""
+    out = [f"  {tag_text} {m.link(f'rule {f.id}', f.id)}{m.esc(title)}".rstrip(),
+           m.esc(f"      {f.message}"), m.esc(f"      SDM: {f.sdm}")]
     if f.inputs:
-        out.append(f"      inputs: {', '.join(f.inputs)}")
+        out.append(m.esc(f"      inputs: {', '.join(f.inputs)}"))
     for key in f.inputs:
         if provenance and key in provenance:
-            out.append(f"      {key} from {provenance[key]}")
+            out.append(m.esc(f"      {key} from {provenance[key]}"))
     if f.fix and f.status != "unknown":
-        out.append(f"      fix: {f.fix}")
+        out.append(m.esc(f"      fix: {f.fix}"))
     return out
 
 
-def render_text(report: Report, snapshot: Snapshot, *, verbose: bool = False) -> str:
+def _document(report: Report, snapshot: Snapshot, verbose: bool, m: Markup) -> str:
     """The per-processor summary table, cross-processor lines, then every finding."""
-    lines = _table(summary_rows(report, snapshot))
+    lines = _table(summary_rows(report, snapshot), m)
     cross = cross_lines(report)
     if cross:
         lines.append("")
         lines.append("across processors:")
-        lines.extend(f"  {c}" for c in cross)
+        lines.extend(m.esc(f"  {c}") for c in cross)
     for cpu, verdicts in sorted(report.processors.items()):
         prov = snapshot.processors[cpu].provenance if cpu in snapshot.processors else {}
         relevant = {v.instruction for v in report.relevant(cpu)}
@@ -94,35 +155,31 @@ def render_text(report: Report, snapshot: Snapshot, *, verbose: bool = False) ->
                 continue
             possible = f" (possible: {', '.join(v.possible)})" if len(v.possible) > 1 else ""
             lines.append("")
-            lines.append(f"cpu {cpu} {v.instruction}: {v.outcome}{possible}")
+            outcome = m.col(_outcome_color(v.outcome) or "", v.outcome) if _outcome_color(v.outcome) \
+                else m.esc(v.outcome)
+            lines.append(f"{m.link(f'cpu {cpu}', f'cpu {cpu}')} {m.esc(v.instruction)}: {outcome}{m.esc(possible)}")
             for f in shown:
-                lines.extend(_finding_lines(f, prov))
+                lines.extend(_finding_lines(f, prov, m))
     return "\n".join(lines) + "\n"
 
 
-def render_dml(report: Report, snapshot: Snapshot, command: str = "!vmxcheck") -> str:
-    """WinDbg DML: the summary with a link per processor and per finding."""
-    rows = summary_rows(report, snapshot)
-    out = ["<b>" + html.escape("  ".join(t for _, t in _COLUMNS)) + "</b>"]
-    for r in rows:
-        cells = "  ".join(html.escape(r.get(k, "")) for k, _ in _COLUMNS[1:])
-        out.append(f'<link cmd="{html.escape(command)} cpu {r["cpu"]}">{r["cpu"]}</link>  {cells}')
-    for cpu, verdicts in sorted(report.processors.items()):
-        for v in verdicts:
-            for f in v.findings:
-                if f.status == "unknown":
-                    continue
-                out.append(f'cpu {cpu} {v.instruction}: <link cmd="{html.escape(command)} rule {f.id}">'
-                           f"{html.escape(f.id)}</link> {html.escape(f.message)}")
-    return "\n".join(out) + "\n"
+def render_text(report: Report, snapshot: Snapshot, *, verbose: bool = False) -> str:
+    """The per-processor summary table, cross-processor lines, then every finding."""
+    return _document(report, snapshot, verbose, PLAIN)
+
+
+def render_dml(report: Report, snapshot: Snapshot, command: str = "!vmxcheck", *, verbose: bool = False) -> str:
+    """WinDbg DML: the text document with a link per processor (`COMMAND cpu N`) and per finding
+    (`COMMAND rule ID`), outcomes coloured; stripped of its tags it is the text."""
+    return _document(report, snapshot, verbose, Dml(command))
 
 
 def render(report: Report, snapshot: Snapshot, fmt: str, *, verbose: bool = False) -> str:
     if fmt == "json":
         return dumps_report(report) + "\n"
     if fmt == "dml":
-        return render_dml(report, snapshot)
+        return render_dml(report, snapshot, verbose=verbose)
     return render_text(report, snapshot, verbose=verbose)
 
 
-__all__ = ["render", "render_text", "render_dml", "summary_rows", "cross_lines", "Verdict"]
+__all__ = ["render", "render_text", "render_dml", "summary_rows", "cross_lines", "Markup", "Dml", "Verdict"]

@@ -30,6 +30,7 @@ SEGMENT_REGS = ("es", "cs", "ss", "ds", "fs", "gs", "ldtr", "tr")
 DEFAULT_GDT_BASE = 0xFFFFF80000010000
 DEFAULT_RIP = 0xFFFFF80000401000
 THREAD_ID_BASE = 0x40   # engine thread ids are not processor numbers
+RAM_TOP = 16 << 30      # physical memory below this reads as zeros where nothing was written
 
 
 @dataclass
@@ -63,12 +64,26 @@ def encode_descriptor(base: int, limit: int, attributes: int) -> bytes:
     return out
 
 
+class Ram(Memory):
+    """Physical memory of a running machine: every address below RAM_TOP reads (zeros if unwritten)."""
+
+    def read(self, address: int, size: int) -> Optional[bytes]:   # type: ignore[override]
+        if address + size > RAM_TOP:
+            return None
+        out = bytearray(size)
+        for a, b in self.ranges():
+            lo, hi = max(a, address), min(a + len(b), address + size)
+            if lo < hi:
+                out[lo - address:hi - address] = b[lo - a:hi - a]
+        return bytes(out)
+
+
 class FakeTarget:
     """Processors, memory, breakpoints and a script of stops, with call accounting."""
 
     def __init__(self, processors: List[FakeProcessor]) -> None:
         self.processors = processors
-        self.physical = Memory()
+        self.physical: Memory = Ram()
         self.virtual = Memory()
         self.current = 0
         self.stops: List[Stop] = []

@@ -19,7 +19,8 @@ read until the target runs again (go, step): each register, MSR and GDT is
 read at most once per processor per stop, each memory range once per stop,
 and the processor is switched only when it changes. `reads` counts the target
 reads made (reg, rdmsr, load*), for the stated cost of a full check
-(docs/windbg.md).
+(docs/windbg.md). Physical memory is read by whole 4-KByte pages, each once
+per stop, however many pieces of it the rules ask for.
 
 What a debugger cannot see is NotAvailable, never guessed: CPUID (the
 debugger cannot execute it on the target), the VMX state and the current VMCS
@@ -39,6 +40,7 @@ from ..errors import BackendError, NotAvailable, TargetGone
 from .base import EXECUTION, MSR, PHYSICAL, REGISTERS, SEGMENT_NAMES, VIRTUAL, Backend, StopEvent
 
 NAME = "windbg"
+PAGE = 0x1000
 EFER, FS_BASE, GS_BASE = 0xC0000080, 0xC0000100, 0xC0000101
 # vmxdbg register name -> dbgeng (AMD64 kernel) register name
 _DBGENG = {"rflags": "efl"}
@@ -266,9 +268,24 @@ class WinDbgBackend(Backend):
                            backend=self.name, cpu=cpu, what=f"CPUID 0x{leaf:x}.{subleaf:x}")
 
     def read_physical(self, address: int, size: int) -> bytes:
+        """Whole 4-KByte pages, each read once per stop: the rules ask for a region a few bytes at a
+        time (revision id, then fields), and a KD round trip costs more than the bytes."""
         what = f"physical memory 0x{address:x}+0x{size:x}"
-        return self._read(self._memory, ("p", address, size), None, what,
-                          lambda: bytes(self.pykd.loadBytes(address, size, True)))
+        out = b""
+        at, end = address, address + size
+        while at < end:
+            base = at & ~(PAGE - 1)
+            try:
+                page = self._read(self._memory, ("p", base, PAGE), None, f"physical page 0x{base:x}",
+                                  lambda b=base: bytes(self.pykd.loadBytes(b, PAGE, True)))
+            except NotAvailable:
+                # the page as a whole is not readable (MMIO, a hole): ask for exactly what is wanted
+                return self._read(self._memory, ("exact", address, size), None, what,
+                                  lambda: bytes(self.pykd.loadBytes(address, size, True)))
+            take = min(end, base + PAGE) - at
+            out += page[at - base:at - base + take]
+            at += take
+        return out
 
     def read_virtual(self, cpu: int, address: int, size: int) -> bytes:
         self._check_cpu(cpu, f"virtual memory 0x{address:x}+0x{size:x}")
@@ -306,13 +323,12 @@ class WinDbgBackend(Backend):
         """The breakpoints this backend has set and not removed: id -> address."""
         return {k: a for k, (_, a) in self._bps.items()}
 
-    def _event_cpu(self) -> Optional[int]:
-        """The processor the last event happened on (engine thread id -> processor)."""
-        pk = self.pykd
-        tid = int(pk.getLastEvent().thread)
+    def _cpu_of_thread(self, tid: int) -> Optional[int]:
+        """The processor whose virtual thread has engine id `tid` (learned by switching, once)."""
         if tid in self._thread_cpu:
             return self._thread_cpu[tid]
-        for cpu in self.processors():   # learn the mapping: switch until the event thread is current
+        pk = self.pykd
+        for cpu in self.processors():   # switch until that thread is current; it stays selected
             self._current = None
             self.select(cpu)
             cur = int(pk.getCurrentThreadId())
@@ -320,6 +336,22 @@ class WinDbgBackend(Backend):
             if cur == tid:
                 return cpu
         return None
+
+    def _event_cpu(self) -> Optional[int]:
+        """The processor the last event happened on."""
+        return self._cpu_of_thread(int(self.pykd.getLastEvent().thread))
+
+    def current_processor(self) -> Optional[int]:
+        """The processor the debugger has selected (the `N:` of the `N: kd>` prompt)."""
+        if self._current is None:
+            try:
+                tid = int(self.pykd.getCurrentThreadId())
+            except self._exc("DbgException") as exc:   # type: ignore[misc]
+                raise self._fail(exc, None, "current processor") from None
+            if self._original_thread is None:
+                self._original_thread = tid
+            self._current = self._cpu_of_thread(tid)
+        return self._current
 
     def go(self, timeout: float = 30.0) -> StopEvent:
         """Run every processor until a stop; after `timeout` seconds break in (pykd's go() has no timeout)."""

@@ -1,4 +1,8 @@
-"""`vmxdbg check FILE`: predict VMXON / VM entry on every processor and explain each broken rule."""
+"""`vmxdbg check FILE`: predict VMXON / VM entry on every processor and explain each broken rule.
+
+On a live target (a host attached a backend, see vmxdbg/live.py) FILE is left
+out and the state is read from the target now.
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,6 +10,7 @@ import sys
 from pathlib import Path
 
 from ..errors import InputError
+from ..live import add_live_check_arguments, is_live, live_backend, live_check_snapshot
 from ..render import render
 from ..rules import check_snapshot
 from ..snapshot import Snapshot
@@ -17,13 +22,18 @@ HELP = "check a snapshot, recording or kd log and explain every broken rule"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("file", type=Path, help="*.vmxsnap.json, *.vmxrec.jsonl or a kd log (recognised by content)")
+    live = is_live(parser)
+    parser.add_argument("file", type=Path, nargs="?" if live else None,
+                        help="*.vmxsnap.json, *.vmxrec.jsonl or a kd log (recognised by content)"
+                        + ("; left out: the live target" if live else ""))
     parser.add_argument("--format", choices=("text", "json", "dml"), default="text")
     parser.add_argument("--cpu", action="append", default=None, metavar="N",
                         help="only this processor (repeatable)")
     parser.add_argument("--at", metavar="LINE", default=None, help="kd logs: the state as it stood at this line")
     parser.add_argument("--partial", action="store_true", help="accept a recording that did not complete (.partial)")
     parser.add_argument("-v", "--verbose", action="store_true", help="also list every unknown rule")
+    if live:
+        add_live_check_arguments(parser)
 
 
 def select_cpus(snapshot: Snapshot, cpus: object) -> list:
@@ -41,12 +51,18 @@ def select_cpus(snapshot: Snapshot, cpus: object) -> list:
 
 
 def run(args: argparse.Namespace) -> int:
-    options = {"partial": args.partial}
-    if args.at is not None:
-        options["at_line"] = parse_int(f"0n{args.at}" if str(args.at).isdigit() else args.at, what="--at")
-    snapshot = load_any(args.file, options)
-    for note in options.get("notes", []):
-        print(f"vmxdbg: note: {note}", file=sys.stderr)
-    report = check_snapshot(snapshot, select_cpus(snapshot, args.cpu))
+    backend = live_backend(args)
+    if backend is not None and args.file is None:
+        snapshot = live_check_snapshot(args, backend)
+        cpus = sorted(snapshot.processors)
+    else:
+        options = {"partial": args.partial}
+        if args.at is not None:
+            options["at_line"] = parse_int(f"0n{args.at}" if str(args.at).isdigit() else args.at, what="--at")
+        snapshot = load_any(args.file, options)
+        for note in options.get("notes", []):
+            print(f"vmxdbg: note: {note}", file=sys.stderr)
+        cpus = select_cpus(snapshot, args.cpu)
+    report = check_snapshot(snapshot, cpus)
     sys.stdout.write(render(report, snapshot, args.format, verbose=args.verbose))
     return 1 if report.any_failed() else 0

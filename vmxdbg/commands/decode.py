@@ -6,6 +6,8 @@
     vmxdbg decode vmcs-field 0x6800
     vmxdbg decode --list
 Values are accepted in WinDbg's forms (0x1f, bare hex, 00000000`0000001f, 0n31).
+On a live target (`!vmxcheck decode msr 0x480`) a register or MSR given
+without a value is read from the target (--cpu N, default the current one).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from typing import List, Optional, Sequence
 from ..decode import defs
 from ..decode.model import ControlDef, RegisterDef, bit_range
 from ..errors import InputError
+from ..live import current_cpu, is_live, live_backend, parse_cpu
 from ..values import parse_int, windbg_hex
 
 NAME = "decode"
@@ -31,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("args", nargs="*", metavar="ARG",
                         help="msr: INDEX [VALUE]; vmcs-field: ENCODING|NAME [VALUE]; otherwise: [VALUE]")
     parser.add_argument("--list", action="store_true", help="list everything that can be decoded")
+    if is_live(parser):
+        parser.add_argument("--cpu", default=None, metavar="N",
+                            help="the processor to read a register or MSR from (default: the current one)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         if not rest:
             raise InputError("decode msr: give the MSR index, e.g. `decode msr 0x480 VALUE`")
         reg = defs.msr(parse_int(rest[0], what="MSR index"))
-        out = describe_register(reg, _value(rest[1:], f"{reg.name} value"))
+        out = describe_register(reg, _value(rest[1:], f"{reg.name} value", args, reg))
     elif what in ("vmcs-field", "vmcs"):
         if not rest:
             raise InputError("decode vmcs-field: give an encoding or a name, e.g. `decode vmcs-field 0x6800`")
@@ -56,15 +62,25 @@ def run(args: argparse.Namespace) -> int:
             out = describe_control(ctl, _value(rest, f"{ctl.name} controls value"))
         else:
             reg = _register(args.what)
-            out = describe_register(reg, _value(rest, f"{reg.name} value"))
+            out = describe_register(reg, _value(rest, f"{reg.name} value", args, reg))
     sys.stdout.write(out)
     return 0
 
 
-def _value(rest: Sequence[str], what: str) -> Optional[int]:
+def _value(rest: Sequence[str], what: str, args: Optional[argparse.Namespace] = None,
+           reg: Optional[RegisterDef] = None) -> Optional[int]:
     if len(rest) > 1:
         raise InputError(f"{what}: one value expected, got {len(rest)} ({' '.join(rest)})")
-    return parse_int(rest[0], what=what) if rest else None
+    if rest:
+        return parse_int(rest[0], what=what)
+    backend = live_backend(args) if args is not None else None
+    if backend is None or reg is None:
+        return None
+    cpu = parse_cpu(args.cpu, backend.processors()) if getattr(args, "cpu", None) is not None \
+        else current_cpu(backend)
+    value = backend.read_msr(cpu, reg.msr) if reg.msr is not None else backend.read_register(cpu, reg.name.lower())
+    print(f"{reg.name} read from cpu {cpu}", file=sys.stderr)
+    return value
 
 
 def _register(name: str) -> RegisterDef:

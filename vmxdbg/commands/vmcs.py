@@ -5,8 +5,9 @@ revision id picks the layout (or --layout), every field is printed by its SDM
 name, grouped by field type as the SDM groups them (control, read-only data,
 guest state, host state), controls with their bit names; then the VM-entry
 checks run on the processor that uses it (or --cpu) with these field values.
-`--as vmxon` reads the address as a VMXON region instead. A live backend uses
-`show_region(address, backend_reader(backend), ...)` the same way.
+`--as vmxon` reads the address as a VMXON region instead. On a live target
+(`!vmxcheck vmcs ADDR`, vmxdbg/live.py) --source is left out: the region is
+read from the target's physical memory and the processors' state collected now.
 """
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ from typing import Dict, List, Optional, Tuple
 
 from ..decode import defs
 from ..decode.layouts import PATH_ENV, find_layout, known_layouts
+from ..collect import collect
 from ..errors import InputError
+from ..live import chosen_cpus, is_live, live_backend, page_reader
 from ..regions import Reader, Region, inspect, snapshot_reader
 from ..render import render_text
 from ..report import Report, report_to_json
@@ -37,8 +40,9 @@ ENTRY_INSNS = ("vmlaunch", "vmresume")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("address", help="physical address of the region (0x1a2b3000, 1a2b3000, 00000000`1a2b3000)")
-    parser.add_argument("--source", type=Path, required=True, metavar="FILE",
-                        help="snapshot or recording holding the region's memory (recognised by content)")
+    parser.add_argument("--source", type=Path, required=not is_live(parser), metavar="FILE",
+                        help="snapshot or recording holding the region's memory (recognised by content)"
+                        + ("; left out: the live target" if is_live(parser) else ""))
     parser.add_argument("--layout", default=None, metavar="NAME|FILE",
                         help="layout to use instead of the one the revision id names (`vmxdbg layout list`)")
     parser.add_argument("--cpu", default=None, metavar="N", help="processor to run the VM-entry checks on")
@@ -223,9 +227,15 @@ def _json(region: Region, report: Optional[Report]) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     address = parse_int(args.address, what="ADDRESS")
-    snapshot = load_any(args.source, {"partial": args.partial})
-    text, status = show_region(address, snapshot_reader(snapshot), snapshot, asked=args.as_kind,
+    backend = live_backend(args)
+    if backend is not None and args.source is None:
+        snapshot = collect(backend, cpus=chosen_cpus(backend, [args.cpu] if args.cpu is not None else None))
+        read, source = page_reader(backend), f"{backend.name} live"
+    else:
+        snapshot = load_any(args.source, {"partial": args.partial})
+        read, source = snapshot_reader(snapshot), str(args.source)
+    text, status = show_region(address, read, snapshot, asked=args.as_kind,
                                layout_name=args.layout, cpu=args.cpu, check=not args.no_check,
-                               fmt=args.format, verbose=args.verbose, source=str(args.source))
+                               fmt=args.format, verbose=args.verbose, source=source)
     sys.stdout.write(text)
     return status

@@ -15,10 +15,14 @@ from typing import Dict, List, Optional, Tuple
 
 from ..snapshot import Memory, Processor, Segment, Snapshot, Table
 from ..values import hexs
+from .pages import PageStore
 
 MAX_WARNINGS = 1000
 MAX_NOTES = 200
 MAX_CONTEXTS = 64
+MAX_MSRS = 65536           # distinct MSRs kept per processor
+MAX_MEM_KEYS = 65536       # mem:<address> provenance keys
+MAX_RUNS = 4096            # contiguous runs of dumped memory handed to the snapshot, per store
 PAGE = 0x1000
 
 MSR_EFER = 0xC0000080
@@ -86,6 +90,9 @@ class LogState:
         self.frozen_line: Optional[int] = None  # values on this line are refused (cut-off last line)
         self._frozen_warned = False
         self._processors = self.result.snapshot.processors
+        self.physical = PageStore()
+        self.virtual = PageStore()  # addresses are (cpu << 64) + virtual address
+        self._capped: set = set()
 
     # ----------------------------------------------------------- bookkeeping
     def warn(self, line: int, message: str) -> None:
@@ -120,6 +127,9 @@ class LogState:
         if not self.accept(line):
             return
         p = self.processor(cpu)
+        if index not in p.msr and len(p.msr) >= MAX_MSRS:
+            self._cap_warning(line, "msr", f"more than {MAX_MSRS} distinct MSRs on processor {cpu}; the rest are not kept")
+            return
         p.msr[index] = value
         self._prov(p, f"msr:{hexs(index)}", line)
         if index == MSR_EFER:
@@ -195,22 +205,27 @@ class LogState:
                 self._apply_descriptor(p, name, desc)
 
     def add_memory(self, address: int, data: bytes, *, physical: bool, cpu: int) -> None:
-        """Dumped bytes; physical ones join the snapshot's memory, virtual ones the per-cpu view."""
-        if not data:
-            return
+        """Dumped bytes; physical ones go to the snapshot's memory, virtual ones to the per-cpu view."""
         if physical:
-            self.result.snapshot.memory.add(address, data)
+            self.physical.add(address, data)
         else:
-            self.result.virtual.setdefault(cpu, Memory()).add(address, data)
+            self.virtual.add((cpu << 64) + address, data)
 
     def memory_seen(self, address: int, size: int, line: int) -> None:
         """Provenance of physical memory: `mem:<address>` for a dump's start and
         for every page start it shows (rules name regions by their address)."""
-        where = self.result.where(line)
-        self.mem_provenance[f"mem:{hexs(address)}"] = where
+        where = f"{self.result.source}:{line}"
+        keys = [f"mem:{hexs(address)}"]
         first_page = (address + PAGE - 1) & ~(PAGE - 1)
-        for page in range(first_page, address + size, PAGE):
-            self.mem_provenance[f"mem:{hexs(page)}"] = where
+        keys += [f"mem:{hexs(page)}" for page in range(first_page, address + size, PAGE)]
+        for key in keys:
+            if key in self.mem_provenance or len(self.mem_provenance) < MAX_MEM_KEYS:
+                self.mem_provenance[key] = where
+
+    def _cap_warning(self, line: int, what: str, message: str) -> None:
+        if what not in self._capped:
+            self._capped.add(what)
+            self.warn(line, message)
 
     def add_context(self, ctx: NonLiveContext) -> None:
         ctxs = self.result.contexts
@@ -239,9 +254,23 @@ class LogState:
         self._prov(p, f"reg:{seg}", desc.line)
 
     def finish(self, lines: int) -> KdLog:
-        """Close the parse: memory provenance is shared by every processor."""
+        """Close the parse: dumped memory into the snapshot and the per-cpu views;
+        memory provenance is shared by every processor."""
         r = self.result
         r.lines = lines
+        for store, physical in ((self.physical, True), (self.virtual, False)):
+            for n, (address, data) in enumerate(store.runs()):
+                if n == MAX_RUNS:
+                    self.warn(lines, f"more than {MAX_RUNS} separate {'physical' if physical else 'virtual'} "
+                                     "memory ranges were dumped; the rest are not kept")
+                    break
+                if physical:
+                    r.snapshot.memory.add(address, data)
+                else:
+                    r.virtual.setdefault(address >> 64, Memory()).add(address & (2 ** 64 - 1), data)
+            if store.refused:
+                self.warn(lines, f"{store.refused} bytes of {'physical' if physical else 'virtual'} memory "
+                                 f"dumps past {store.max_pages} pages are not kept")
         for p in r.snapshot.processors.values():
             for key, where in self.mem_provenance.items():
                 p.provenance[key] = where

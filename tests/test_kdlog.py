@@ -472,3 +472,13 @@ def test_state_is_bounded_whatever_the_log(monkeypatch):
     assert sorted(log.snapshot.processors[0].msr) == [1, 2, 3]
     messages = " | ".join(w.message for w in log.warnings)
     assert "MSRs" in messages and "bytes of physical memory" in messages
+
+
+def test_a_register_write_the_debugger_refused_sets_nothing():
+    log = parse("""
+        kd> r cr4=426f8; r cr0=80050033
+                       ^ Syntax error in 'r cr4=426f8; r cr0=80050033'
+        kd> r cr0=80050031
+        """)
+    assert log.snapshot.processors[0].registers == {"cr0": 0x80050031}
+    assert log.notes == [(1, "the debugger refused the register write")]

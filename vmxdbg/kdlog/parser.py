@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import BinaryIO, Iterable, Optional
+from typing import BinaryIO, Iterable, List, Optional, Tuple
 
 from ..errors import InputError
 from .cpuid import CpuidOutput
@@ -123,15 +123,20 @@ class KdParser:
         self.state.processor(self.cpu)
         commands = [c.strip() for c in m.group(3).split(";") if c.strip()]
         families = [family(c) for c in commands]
+        writes: List[Tuple[str, int]] = []
         for c, fam in zip(commands, families):
-            self._side_effects(c, fam, number)
-        if not commands:
-            return
-        readable = [f for f in families if f not in ("other", "switch")]
-        if len(set(readable)) == 1:
-            fam = readable[0]
-            command = commands[families.index(fam)]
-            self.reader = self._reader(fam, command, number)
+            writes += self._side_effects(c, fam, number)
+        if commands:
+            readable = [f for f in families if f not in ("other", "switch")]
+            if len(set(readable)) == 1:
+                fam = readable[0]
+                self.reader = self._reader(fam, commands[families.index(fam)], number)
+        if writes:
+            if isinstance(self.reader, RegisterOutput):
+                self.reader.writes = writes  # applied unless the debugger answers with an error
+            else:
+                for name, value in writes:
+                    apply_register(self.state, self.cpu, name, value, number)
 
     def _reader(self, fam: str, command: str, number: int) -> Optional[CommandOutput]:
         cpu = self.cpu
@@ -147,8 +152,9 @@ class KdParser:
             return RegisterOutput(self.state, cpu, command, number, False, "!analyze")
         return None
 
-    def _side_effects(self, command: str, fam: str, number: int) -> None:
-        """What a command changes by itself: processor, register context, register writes."""
+    def _side_effects(self, command: str, fam: str, number: int) -> List[Tuple[str, int]]:
+        """What a command changes by itself (processor, register context); returns
+        the register writes it asks for (`r cr4=426f8`)."""
         if fam == "switch":
             m = _SWITCH.match(command)
             assert m is not None
@@ -167,9 +173,8 @@ class KdParser:
                 self.live, self.live_kind = True, ""
         elif fam == "registers" and self.live:
             args = re.sub(r"^r(?:M\s*\S+)?", "", command, count=1)
-            writes, _ = parse_register_command(args)
-            for name, value in writes:
-                apply_register(self.state, self.cpu, name, value, number)
+            return parse_register_command(args)[0]
+        return []
 
     def _end_output(self) -> None:
         if self.reader is not None:

@@ -141,8 +141,12 @@ class RegisterOutput(CommandOutput):
         self.context: Optional[NonLiveContext] = None
         if not live:
             self.context = NonLiveContext(kind or command.split()[0], cpu, line)
+        self.writes: List[Tuple[str, int]] = []  # `r name=value` asked on the command line
+        self.refused = False                      # ... and the debugger answered with an error
 
     def feed(self, line: Line) -> None:
+        if self.writes and "error" in line.text.lower():
+            self.refused = True
         try:
             values = parse_register_line(line.text)
         except BadValue as exc:
@@ -171,3 +175,8 @@ class RegisterOutput(CommandOutput):
     def end(self) -> None:
         if self.context is not None and self.context.registers:
             self.state.add_context(self.context)
+        if self.refused:
+            self.state.note(self.line, "the debugger refused the register write")
+            return
+        for name, value in self.writes:
+            apply_register(self.state, self.cpu, name, value, self.line)

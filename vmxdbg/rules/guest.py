@@ -23,8 +23,8 @@ from ..values import hexs
 from . import msrvalues
 from .bits import describe_bits
 from .engine import ENTRY, SKIP, CheckResult, Context, Example, Tier, Violation, bad, good, rule
-from .entrystate import (canonical, control_label, control_on, field_label, high_bits_identical, ia32e_guest,
-                         in_smm, intel64, linear_width, show, unrestricted, v86_guest)
+from .entrystate import field_label, high_bits_identical, ia32e_guest, intel64, show, unrestricted, v86_guest
+from .vmcsctl import control_label, in_smm, is_canonical as canonical, linear_width, on as control_on
 
 ED = "(SDM 325462-080US, 2023)"
 S1 = f"Vol.3C 27.3.1.1 Checks on Guest Control Registers, Debug Registers, and MSRs {ED}"

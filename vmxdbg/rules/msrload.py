@@ -28,7 +28,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 from ..values import hexs
 from . import msrvalues
 from .engine import ENTRY, SKIP, CheckResult, Context, Example, Missing, Tier, Violation, bad, good, rule
-from .entrystate import ia32e_guest, in_smm, show
+from .entrystate import ia32e_guest
+from .vmcsctl import in_smm
 
 ED = "(SDM 325462-080US, 2023)"
 SDM = f"Vol.3C 27.4 Loading MSRs; Vol.3C 27.8 VM-Entry Failures During or After Loading Guest State {ED}"

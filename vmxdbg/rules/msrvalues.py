@@ -19,7 +19,7 @@ from ..decode.loader import _File, default_directory
 from ..errors import DefinitionError
 from ..values import hexs
 from .engine import Context, Missing
-from .entrystate import canonical, linear_width
+from .vmcsctl import is_canonical as canonical, linear_width
 
 FILE = "msr_values.yaml"
 _CPUID = re.compile(r"^cpuid:(0x[0-9a-fA-F]+)(?:\.(\d+))?\.(eax|ebx|ecx|edx)\[(\d+)(?::(\d+))?\](?:>=(\d+))?$")

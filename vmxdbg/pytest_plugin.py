@@ -1,15 +1,60 @@
-"""pytest plugin: recorded sessions under recordings/ become test items.
+"""pytest plugin: recorded sessions become test items that replay them and compare verdicts.
 
-Inert unless asked: no option given and no `vmxdbg_recordings` ini value means
-no item is collected and nothing else changes. (The collection lands in a
-following commit; this module exists so the declared entry point loads.)
+A recording `recordings/**/NAME.vmxrec.jsonl` with its expected report
+`NAME.expected.json` next to it (the JSON of `vmxdbg check --format json`)
+becomes one item. The item replays the session, checks the snapshot it
+gives and compares, per processor and instruction, the outcome, the possible
+outcomes (where the outcome is known) and the (rule id, status) pairs of the
+fail and advice findings with the expected report (unknown findings, and the
+outcomes an unknown leaves possible, come and go as rules are added; an
+unknown that matters changes the outcome, which is compared); a failure names the processor, the instruction and the rules that
+differ. A strict replay that diverges, or that leaves recorded calls unused,
+fails too.
+
+Inert unless asked: items are collected only under the directories given
+with `--vmxdbg-recordings DIR` (which pytest then also walks) or listed in
+the ini value `vmxdbg_recordings` (vmxdbg's own checkout lists
+`recordings`). Options:
+
+  --vmxdbg-recordings DIR      collect the recordings under DIR (repeatable)
+  --vmxdbg-record-mode MODE    none (default: replay only), once, new_episodes, all;
+                               the modes that need a live target get it from the
+                               `pytest_vmxdbg_live_backend(header, path)` hook
+  --vmxdbg-update-expected     write each NAME.expected.json from the replay instead
+                               of comparing (review the diff, then commit it)
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
+
+import pytest
+
+from .backends.base import Backend
+from .backends.replay import ReplayBackend
+from .errors import VmxdbgError
+from .report import Report, dumps_report, report_from_json
+
 RECORD_MODES = ("none", "once", "new_episodes", "all")
+SUFFIX = ".vmxrec.jsonl"
+EXPECTED_SUFFIX = ".expected.json"
+_ROOTS = pytest.StashKey[List[Path]]()
 
 
-def pytest_addoption(parser):  # type: ignore[no-untyped-def]
+class _Hooks:
+    @pytest.hookspec(firstresult=True)
+    def pytest_vmxdbg_live_backend(self, header: Dict[str, Any], path: Path) -> Optional[Callable[[], Backend]]:
+        """A callable opening a live backend to record `path` again (record modes
+        other than none), or None when this conftest cannot provide one.
+        `header` is the existing recording's header ({} if there is none)."""
+
+
+def pytest_addhooks(pluginmanager: Any) -> None:
+    pluginmanager.add_hookspecs(_Hooks)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("vmxdbg", "vmxdbg recorded sessions")
     group.addoption("--vmxdbg-recordings", action="append", default=[], metavar="DIR",
                     help="collect DIR/**/*.vmxrec.jsonl that have a NAME.expected.json next to them")
@@ -18,3 +63,156 @@ def pytest_addoption(parser):  # type: ignore[no-untyped-def]
     group.addoption("--vmxdbg-update-expected", action="store_true", default=False,
                     help="rewrite each NAME.expected.json from the replayed report instead of comparing")
     parser.addini("vmxdbg_recordings", "directories whose recordings become test items", type="paths", default=[])
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    base = Path(config.invocation_params.dir)
+    given = [(base / d).resolve() for d in config.getoption("vmxdbg_recordings")]
+    roots = given + [Path(p).resolve() for p in config.getini("vmxdbg_recordings")]
+    config.stash[_ROOTS] = roots
+    for d in given:            # an explicit directory is walked even outside testpaths
+        if str(d) not in config.args:
+            config.args.append(str(d))
+
+
+def _inside(path: Path, roots: List[Path]) -> bool:
+    for r in roots:
+        try:
+            path.relative_to(r)
+            return True
+        except ValueError:
+            continue
+    return False
+
+
+def expected_path(recording: Path) -> Path:
+    """NAME.expected.json next to NAME.vmxrec.jsonl."""
+    return recording.with_name(recording.name[: -len(SUFFIX)] + EXPECTED_SUFFIX)
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> Optional[pytest.Collector]:
+    if not file_path.name.endswith(SUFFIX):
+        return None
+    roots = parent.config.stash.get(_ROOTS, [])
+    if not roots or not _inside(file_path.resolve(), roots) or not expected_path(file_path).exists():
+        return None
+    return RecordingFile.from_parent(parent, path=file_path)
+
+
+# ------------------------------------------------------------------ comparing verdicts
+
+COMPARED = ("fail", "advice")   # unknown findings come and go as rules are added; outcomes catch what matters
+MAX_IDS = 12
+
+
+def _findings(v: Any) -> Set[Tuple[str, str]]:
+    return {(f.id, f.status) for f in v.findings if f.status in COMPARED} if v is not None else set()
+
+
+def verdict_differences(expected: Report, got: Report) -> List[str]:
+    """One line per processor/instruction whose verdict differs, naming the rules that differ."""
+    out: List[str] = []
+    for cpu in sorted(set(expected.processors) | set(got.processors)):
+        if cpu not in got.processors:
+            out.append(f"cpu {cpu}: expected verdicts, the replay has no such processor")
+            continue
+        if cpu not in expected.processors:
+            out.append(f"cpu {cpu}: the replay has verdicts the expected report lacks")
+            continue
+        insns = [v.instruction for v in expected.processors[cpu]]
+        insns += [v.instruction for v in got.processors[cpu] if v.instruction not in insns]
+        for insn in insns:
+            e, g = expected.verdict(cpu, insn), got.verdict(cpu, insn)
+            where = f"cpu {cpu} {insn}"
+            if e is None or g is None:
+                out.append(f"{where}: {'missing from the replay' if g is None else 'not in the expected report'}")
+                continue
+            if e.outcome != g.outcome:
+                out.append(f"{where}: outcome {g.outcome}, expected {e.outcome}")
+            elif e.possible != g.possible and e.outcome != "unknown":
+                out.append(f"{where}: possible {', '.join(g.possible)}, expected {', '.join(e.possible)}")
+            fe, fg = _findings(e), _findings(g)
+            if fe != fg:
+                ids = sorted({i for i, _ in fe ^ fg})
+                status = {i: s for i, s in fg}
+                was = {i: s for i, s in fe}
+                parts = [f"{i} ({status.get(i, 'absent')}, expected {was.get(i, 'absent')})" for i in ids]
+                more = f", and {len(parts) - MAX_IDS} more" if len(parts) > MAX_IDS else ""
+                out.append(f"{where}: rules that differ: {', '.join(parts[:MAX_IDS])}{more}")
+    return out
+
+
+# ------------------------------------------------------------------ items
+
+class RecordingMismatch(AssertionError):
+    """The replay does not match its recording or its expected report."""
+
+
+class VerdictMismatch(RecordingMismatch):
+    """The replayed verdicts are not the expected ones (one line per difference)."""
+
+
+class RecordingFile(pytest.File):
+    def collect(self) -> Iterator[pytest.Item]:
+        yield RecordingItem.from_parent(self, name=self.path.name)
+
+
+class RecordingItem(pytest.Item):
+    """Replays one recording and compares its verdicts with NAME.expected.json."""
+
+    def _header(self) -> Dict[str, Any]:
+        from .recording import read_recording
+        try:
+            return read_recording(self.path).header
+        except VmxdbgError:
+            return {}
+
+    def _snapshot(self):  # type: ignore[no-untyped-def]
+        from .cassette import open_cassette
+        from .recorded import replay_session, runner
+        from .recording import read_recording
+        mode = self.config.getoption("vmxdbg_record_mode")
+        if mode == "none":
+            snap, replay = replay_session(read_recording(self.path))
+            if replay.strict and replay.unused():
+                raise RecordingMismatch(replay.unused_note())
+            return snap
+        header = self._header()
+        run = runner(header.get("command"))
+        if run is None:
+            pytest.skip(f"record mode {mode}: vmxdbg cannot run a {header.get('command')!r} session again")
+        live = self.config.hook.pytest_vmxdbg_live_backend(header=header, path=self.path)
+        params = header.get("params") if isinstance(header.get("params"), dict) else {}
+        command = {"command": header.get("command"), "argv": header.get("argv"), "params": params}
+        with open_cassette(self.path, mode, live, command=command) as backend:
+            snap = run(backend, params)
+            if isinstance(backend, ReplayBackend) and backend.unused():
+                raise RecordingMismatch(backend.unused_note())
+        return snap
+
+    def runtest(self) -> None:
+        from .rules import check_snapshot
+        report = check_snapshot(self._snapshot())
+        exp_path = expected_path(self.path)
+        if self.config.getoption("vmxdbg_update_expected"):
+            exp_path.write_text(dumps_report(report) + "\n", encoding="utf-8")
+            return
+        try:
+            data = json.loads(exp_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise RecordingMismatch(f"{exp_path}: cannot read the expected report: {exc}") from None
+        diffs = verdict_differences(report_from_json(data, source=str(exp_path)), report)
+        if diffs:
+            raise VerdictMismatch("\n".join(diffs))
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Optional[str] = None) -> str:  # type: ignore[override]
+        exc = excinfo.value
+        if isinstance(exc, VerdictMismatch):
+            return (f"{self.path.name}: replayed verdicts differ from {expected_path(self.path).name}:\n{exc}\n"
+                    "(if the change is intended: pytest --vmxdbg-update-expected, review the diff, commit)")
+        if isinstance(exc, (RecordingMismatch, VmxdbgError)):
+            return f"{self.path.name}: {exc}"
+        return str(super().repr_failure(excinfo))
+
+    def reportinfo(self) -> Tuple[Any, Optional[int], str]:
+        return self.path, None, f"recording {self.path.name}"

@@ -11,9 +11,10 @@ last stop.
 """
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 from .backends.base import Backend
 from .backends.recorder import Recorder
@@ -40,13 +41,11 @@ def check_params(cpus: Optional[Iterable[int]] = None, vmxon_pointers: Optional[
     return out
 
 
-def collect_args(rec: Recording) -> Dict[str, Any]:
-    """collect()'s keyword arguments from the header params; InputError names the bad key."""
-    p = rec.params
-
+def collect_args(p: Dict[str, Any], where: str) -> Dict[str, Any]:
+    """collect()'s keyword arguments from a header's params; InputError names the file and bad key."""
     def bad(key: str, msg: str) -> InputError:
-        return InputError(msg, source=rec.path, line=1, key=f"params.{key}")
-    out: Dict[str, Any] = {"source": str(p.get("source") or f"recording {rec.path}")}
+        return InputError(msg, source=where, line=1, key=f"params.{key}")
+    out: Dict[str, Any] = {"source": str(p.get("source") or f"recording {where}")}
     cpus = p.get("cpus")
     if cpus is not None:
         if not isinstance(cpus, list) or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0
@@ -74,26 +73,50 @@ def record_check(backend: Backend, path: Union[str, "os.PathLike[str]"], *, cpus
         return collect(rec, cpus=cpus, vmxon_pointers=vmxon_pointers, source=source or backend.name)
 
 
+def run_check(backend: Backend, rec_params: Dict[str, Any]) -> Snapshot:
+    """The calls a `check` makes: collect() with the header params (see check_params)."""
+    return collect(backend, **collect_args(rec_params, "<params>"))
+
+
+#: command -> "module:function(backend, params) -> Snapshot" that runs that command's
+#: session against a backend (used to record it anew). One line per command.
+RUNNERS: Dict[str, str] = {CHECK: "vmxdbg.recorded:run_check"}
+
+
+def runner(command: Optional[str]) -> Optional[Callable[[Backend, Dict[str, Any]], Snapshot]]:
+    """The session runner of a command, or None when vmxdbg cannot run it again."""
+    spec = RUNNERS.get(command or "")
+    if spec is None:
+        return None
+    mod, _, attr = spec.partition(":")
+    return getattr(importlib.import_module(mod), attr)
+
+
+def replay_session(rec: Recording) -> Tuple[Snapshot, ReplayBackend]:
+    """The Snapshot a recording stands for (see the module doc) and the replay that gave it."""
+    kwargs = collect_args(rec.params, rec.path)
+    if rec.command == CHECK:
+        replay = ReplayBackend(rec, strict=True)
+    else:
+        replay = ReplayBackend(rec, strict=False)
+        replay.seek(replay.stop_count())
+    return collect(replay, **kwargs), replay
+
+
 def snapshot_of(rec: Recording, notes: Optional[List[str]] = None) -> Snapshot:
-    """The Snapshot a recording stands for (see the module doc); notes gather what a person should know."""
+    """The Snapshot a recording stands for; notes gather what a person should know."""
     notes = notes if notes is not None else []
     if not rec.complete:
         notes.append(f"{rec.path} is a partial recording: {len(rec.records)} events up to seq {rec.last_seq}, "
                      "the recorder did not finish; what it did not reach is unknown")
-    kwargs = collect_args(rec)
-    if rec.command == CHECK:
-        replay = ReplayBackend(rec, strict=True)
-        snap = collect(replay, **kwargs)
+    snap, replay = replay_session(rec)
+    if not replay.strict:
+        if replay.stop_count():
+            notes.append(f"{rec.path}: checking the state at the last recorded stop ({replay.stop_count()})")
     else:
-        replay = ReplayBackend(rec, strict=False)
-        replay.seek(len(replay.stops))
-        if replay.stops:
-            notes.append(f"{rec.path}: checking the state at the last recorded stop ({len(replay.stops)})")
-        snap = collect(replay, **kwargs)
-        return snap
-    unused = replay.unused_note()
-    if unused:
-        notes.append(unused)
+        unused = replay.unused_note()
+        if unused:
+            notes.append(unused)
     return snap
 
 

@@ -34,7 +34,7 @@ def open_state(path: Path, partial: bool = False) -> Tuple[KdState, str]:
     if kind == "recording":
         rec = read_recording(path, partial=partial)
         backend = ReplayBackend(rec, strict=False)
-        state = KdState(backend, vmxon_pointers=collect_args(rec).get("vmxon_pointers", {}), source=str(path))
+        state = KdState(backend, vmxon_pointers=collect_args(rec.params, rec.path).get("vmxon_pointers", {}), source=str(path))
         stops = backend.stop_count()
         moves = f"; {stops} recorded stops (t/p/g forward, t-/p-/g- back, !stops)" if stops else ""
         return state, f"{rec.describe()}{moves}"

@@ -31,7 +31,7 @@ def _unknown_finding(rule: Rule, exc: Missing, used: List[str]) -> Finding:
     return Finding(rule.id, "unknown", rule.sdm, list(used),
                    f"{rule.title}: unknown, needs {exc.key}{what}",
                    f"Provide {exc.key} (read it from the target, or add it to the snapshot).",
-                   rule.title, exc.outcome or rule.outcome, advisory=rule.status == "advice")
+                   rule.title, exc.outcome or rule.outcome, advisory=rule.status == "advice", missing=exc.key)
 
 
 def run_rule(rule: Rule, ctx: Context) -> Tuple[List[Finding], bool]:
@@ -50,14 +50,16 @@ def run_rule(rule: Rule, ctx: Context) -> Tuple[List[Finding], bool]:
     return findings, True
 
 
-def _resolve_outcome(outcome: str, ctx: Context) -> str:
-    """`VMfail:<n>` is VMfailValid(n) with a current VMCS, VMfailInvalid without."""
+def _resolve_outcome(outcome: str, ctx: Context) -> List[str]:
+    """`VMfail:<n>` is VMfailValid(n) with a current VMCS, VMfailInvalid without;
+    both (VMfailInvalid first) when whether a VMCS is current is unknown."""
     if not outcome.startswith("VMfail:"):
-        return outcome
+        return [outcome]
+    valid = "VMfailValid:" + outcome.split(":", 1)[1]
     try:
-        return "VMfailValid:" + outcome.split(":", 1)[1] if ctx.has_current_vmcs() else "VMfailInvalid"
+        return [valid] if ctx.has_current_vmcs() else ["VMfailInvalid"]
     except Missing:
-        return "unknown"
+        return ["VMfailInvalid", valid]
 
 
 def _cross_findings(snapshot: Snapshot, rules: Sequence[Rule]) -> Dict[Tuple[int, str], List[Tuple[int, Finding]]]:
@@ -104,17 +106,21 @@ def verdict_for(snapshot: Snapshot, cpu: int, instruction: str, rules: Sequence[
             got, _ = run_rule(r, Context(snapshot, cpu, instruction))
             tier_findings.extend(got)
         tier_findings.extend(f for t, f in cross_here if t == tier)
+        alternatives: Dict[int, List[str]] = {}
         for f in tier_findings:
-            f.outcome = _resolve_outcome(f.outcome, status_ctx)
+            resolved = _resolve_outcome(f.outcome, status_ctx)
+            f.outcome, alternatives[id(f)] = resolved[0], resolved[1:]
         findings.extend(tier_findings)
         if decided:
             continue  # already failed in an earlier VM-entry tier: only listing what else is broken
         counted = [f for f in tier_findings if f.status in ("fail", "unknown") and not f.advisory]
         certain = [f for f in counted if f.status == "fail" and f.certain]
         for f in certain + [f for f in counted if f not in certain]:
-            if f.outcome not in possible:
-                possible.append(f.outcome)
+            for o in [f.outcome] + alternatives[id(f)]:
+                if o not in possible:
+                    possible.append(o)
         unknown_outcomes += [f.outcome for f in counted if f.status == "unknown"]
+        unknown_outcomes += [o for f in counted for o in alternatives[id(f)]]
         if certain:
             decided = [f.outcome for f in certain]
             if tier in Tier.STOPS:

@@ -43,3 +43,19 @@ def test_vmfail_15_depends_on_current_vmcs():
     assert v.outcome == "VMfailValid:15"
     v = vmxon_verdict({"state/vmx": "root"})
     assert v.outcome == "VMfailInvalid"
+
+
+def test_vmfail_with_unknown_current_vmcs_lists_both():
+    v = vmxon_verdict({"state/vmx": "root", "vmcs_pointer": None})
+    assert v.outcome == "unknown"
+    assert "VMfailInvalid" in v.possible and "VMfailValid:15" in v.possible and "unknown" not in v.possible
+
+
+def test_text_names_missing_inputs_and_how_to_read_them():
+    from vmxdbg.render import render_text
+    snap = snapshot_from_json(apply_patch(baseline_tree("vmxon"), {"registers/cr4": None, "msr/0x3a": None}))
+    text = render_text(check_snapshot(snap), snap)
+    assert "cpu 0 vmxon: unknown" in text
+    assert "reg:cr4 (r cr4)" in text and "msr:0x3a (rdmsr 0x3a)" in text
+    assert "[UNKNOWN]" not in text          # listed one by one only with -v
+    assert "[UNKNOWN]" in render_text(check_snapshot(snap), snap, verbose=True)

@@ -117,6 +117,40 @@ def cross_lines(report: Report) -> List[str]:
     return list(seen)
 
 
+MAX_MISSING = 8
+
+
+def how_to_read(key: str) -> str:
+    """The debugger command that shows a missing input (what a kd log would need)."""
+    kind, _, what = key.partition(":")
+    if kind == "msr":
+        return f"rdmsr {what}"
+    if kind == "reg":
+        return f"r {what}" if "." not in what else f"r {what.split('.')[0]}"
+    if kind == "cpuid":
+        return f"!cpuid {what}"
+    if kind == "mem":
+        return f"!dq {what}"
+    if kind == "vmcs":
+        return f"VMREAD {what} in the driver, or `vmxdbg vmcs` on the region"
+    if what in ("vmxon_pointer", "vmcs_pointer") or what.endswith("_operand"):
+        return "the instruction's operand: `vmxdbg trace` reads it at the instruction"
+    return "not visible to a debugger: give it in the snapshot's state"
+
+
+def missing_lines(v: Verdict) -> List[str]:
+    """One line naming each missing input that leaves this verdict unknown, and how to read it."""
+    keys: Dict[str, None] = {}
+    for f in v.findings:
+        if f.status == "unknown" and not f.advisory and f.missing:
+            keys.setdefault(f.missing, None)
+    if not keys:
+        return []
+    shown = list(keys)[:MAX_MISSING]
+    more = f", and {len(keys) - len(shown)} more (-v lists every rule)" if len(keys) > len(shown) else ""
+    return ["  unknown: these inputs are missing: " + ", ".join(f"{k} ({how_to_read(k)})" for k in shown) + more]
+
+
 def _finding_lines(f: Finding, provenance: Optional[Dict[str, str]] = None, m: Markup = PLAIN) -> List[str]:
     tag = {"fail": "FAIL", "unknown": "UNKNOWN", "advice": "ADVICE"}[f.status]
     if f.status == "fail" and not f.certain:
@@ -150,7 +184,7 @@ def _document(report: Report, snapshot: Snapshot, verbose: bool, m: Markup) -> s
         for v in verdicts:
             if v.instruction not in relevant and not verbose:
                 continue
-            shown = [f for f in v.findings if verbose or f.status != "unknown" or v.outcome == "unknown"]
+            shown = [f for f in v.findings if verbose or f.status != "unknown"]
             if not shown and v.outcome == "ok":
                 continue
             possible = f" (possible: {', '.join(v.possible)})" if len(v.possible) > 1 else ""
@@ -160,6 +194,8 @@ def _document(report: Report, snapshot: Snapshot, verbose: bool, m: Markup) -> s
             lines.append(f"{m.link(f'cpu {cpu}', f'cpu {cpu}')} {m.esc(v.instruction)}: {outcome}{m.esc(possible)}")
             for f in shown:
                 lines.extend(_finding_lines(f, prov, m))
+            if not verbose and v.outcome == "unknown":
+                lines.extend(m.esc(line) for line in missing_lines(v))
     return "\n".join(lines) + "\n"
 
 

@@ -29,6 +29,7 @@ class Finding:
     certain: bool = True
     cpus: List[int] = field(default_factory=list)  # cross-processor findings: who is involved
     advisory: bool = False  # from an advice rule: never changes an outcome, even when unknown
+    missing: str = ""       # unknown findings: the input key that was missing
 
     def to_json(self) -> dict:
         return {"id": self.id, "status": self.status, "sdm": self.sdm, "inputs": list(self.inputs),

@@ -93,7 +93,6 @@ class KdParser:
         self.live_kind = ""   # which command made it not live
         self.reader: Optional[CommandOutput] = None
         self.lines = 0
-        self.seen_prompt = False
 
     # ------------------------------------------------------------------ lines
     def feed(self, line: Line) -> None:
@@ -111,7 +110,6 @@ class KdParser:
 
     def _prompt(self, m: "re.Match[str]", number: int) -> None:
         self._end_output()
-        self.seen_prompt = True
         if m.group(1) is not None:
             cpu = int(m.group(1))
             if cpu >= MAX_CPU:
@@ -142,9 +140,7 @@ class KdParser:
         cpu = self.cpu
         if fam in READERS:
             return READERS[fam](self.state, cpu, command, number, self.live)
-        if fam in ("registers", "execution"):
-            return RegisterOutput(self.state, cpu, command, number, self.live, self.live_kind)
-        if fam == "context":
+        if fam in ("registers", "execution", "context"):
             return RegisterOutput(self.state, cpu, command, number, self.live, self.live_kind)
         if fam == "frame":
             return RegisterOutput(self.state, cpu, command, number, False, ".frame /r")

@@ -12,6 +12,7 @@ an `unknown` finding naming that input.
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
@@ -310,10 +311,16 @@ class Context:
 def _encoding(field_: Union[int, str]) -> int:
     if isinstance(field_, int):
         return field_
+    return _encoding_of_name(field_)
+
+
+@functools.lru_cache(maxsize=None)
+def _encoding_of_name(name: str) -> int:
     from ..decode import defs
-    return defs.vmcs_field(field_).encoding
+    return defs.vmcs_field(name).encoding
 
 
+@functools.lru_cache(maxsize=None)
 def _field_name(enc: int) -> str:
     try:
         from ..decode import defs

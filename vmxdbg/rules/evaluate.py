@@ -31,7 +31,7 @@ def _unknown_finding(rule: Rule, exc: Missing, used: List[str]) -> Finding:
     return Finding(rule.id, "unknown", rule.sdm, list(used),
                    f"{rule.title}: unknown, needs {exc.key}{what}",
                    f"Provide {exc.key} (read it from the target, or add it to the snapshot).",
-                   rule.title, exc.outcome or rule.outcome, advisory=rule.status == "advice")
+                   rule.title, exc.outcome or rule.outcome, advisory=rule.status == "advice", missing=exc.key)
 
 
 def run_rule(rule: Rule, ctx: Context) -> Tuple[List[Finding], bool]:
@@ -50,14 +50,16 @@ def run_rule(rule: Rule, ctx: Context) -> Tuple[List[Finding], bool]:
     return findings, True
 
 
-def _resolve_outcome(outcome: str, ctx: Context) -> str:
-    """`VMfail:<n>` is VMfailValid(n) with a current VMCS, VMfailInvalid without."""
+def _resolve_outcome(outcome: str, ctx: Context) -> List[str]:
+    """`VMfail:<n>` is VMfailValid(n) with a current VMCS, VMfailInvalid without;
+    both (VMfailInvalid first) when whether a VMCS is current is unknown."""
     if not outcome.startswith("VMfail:"):
-        return outcome
+        return [outcome]
+    valid = "VMfailValid:" + outcome.split(":", 1)[1]
     try:
-        return "VMfailValid:" + outcome.split(":", 1)[1] if ctx.has_current_vmcs() else "VMfailInvalid"
+        return [valid] if ctx.has_current_vmcs() else ["VMfailInvalid"]
     except Missing:
-        return "unknown"
+        return ["VMfailInvalid", valid]
 
 
 def _cross_findings(snapshot: Snapshot, rules: Sequence[Rule]) -> Dict[Tuple[int, str], List[Tuple[int, Finding]]]:
@@ -84,13 +86,26 @@ def _cross_findings(snapshot: Snapshot, rules: Sequence[Rule]) -> Dict[Tuple[int
     return out
 
 
+_BY_TIER: Dict[Tuple[int, str], Dict[int, List[Rule]]] = {}
+
+
+def _rules_by_tier(rules: Tuple[Rule, ...], instruction: str) -> Dict[int, List[Rule]]:
+    """The single-processor rules of one instruction grouped by tier (computed once per rule set)."""
+    key = (hash(tuple(id(r) for r in rules)), instruction)
+    got = _BY_TIER.get(key)
+    if got is None:
+        got = defaultdict(list)
+        for r in rules:
+            if instruction in r.instructions and not r.cross:
+                got[r.tier].append(r)
+        _BY_TIER[key] = got
+    return got
+
+
 def verdict_for(snapshot: Snapshot, cpu: int, instruction: str, rules: Sequence[Rule],
                 cross: Optional[Dict[Tuple[int, str], List[Tuple[int, Finding]]]] = None) -> Verdict:
     """The verdict of one instruction on one processor."""
-    by_tier: Dict[int, List[Rule]] = defaultdict(list)
-    for r in rules:
-        if instruction in r.instructions and not r.cross:
-            by_tier[r.tier].append(r)
+    by_tier = _rules_by_tier(tuple(rules), instruction)
     cross_here = (cross or {}).get((cpu, instruction), [])
     tiers = sorted(set(by_tier) | {t for t, _ in cross_here})
     findings: List[Finding] = []
@@ -104,17 +119,21 @@ def verdict_for(snapshot: Snapshot, cpu: int, instruction: str, rules: Sequence[
             got, _ = run_rule(r, Context(snapshot, cpu, instruction))
             tier_findings.extend(got)
         tier_findings.extend(f for t, f in cross_here if t == tier)
+        alternatives: Dict[int, List[str]] = {}
         for f in tier_findings:
-            f.outcome = _resolve_outcome(f.outcome, status_ctx)
+            resolved = _resolve_outcome(f.outcome, status_ctx)
+            f.outcome, alternatives[id(f)] = resolved[0], resolved[1:]
         findings.extend(tier_findings)
         if decided:
             continue  # already failed in an earlier VM-entry tier: only listing what else is broken
         counted = [f for f in tier_findings if f.status in ("fail", "unknown") and not f.advisory]
         certain = [f for f in counted if f.status == "fail" and f.certain]
         for f in certain + [f for f in counted if f not in certain]:
-            if f.outcome not in possible:
-                possible.append(f.outcome)
+            for o in [f.outcome] + alternatives[id(f)]:
+                if o not in possible:
+                    possible.append(o)
         unknown_outcomes += [f.outcome for f in counted if f.status == "unknown"]
+        unknown_outcomes += [o for f in counted for o in alternatives[id(f)]]
         if certain:
             decided = [f.outcome for f in certain]
             if tier in Tier.STOPS:

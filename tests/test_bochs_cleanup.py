@@ -1,0 +1,128 @@
+"""Every way a live Bochs session can end removes our breakpoints and leaves no Bochs behind.
+
+Each test runs tests/fixtures/bochs_driver.py in its own process and ends it
+for real: normally, by an error inside the session, by SIGINT, by SIGTERM,
+or by killing bochs-bin.  The driver records the backend's close_report,
+which holds Bochs' own `blist` taken just before quitting.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DRIVER = ROOT / "tests" / "fixtures" / "bochs_driver.py"
+
+pytestmark = [
+    pytest.mark.bochs,
+    pytest.mark.skipif(not shutil.which("bochs-bin"), reason="bochs-bin not installed (apt-get install bochs bochsbios vgabios)"),
+    pytest.mark.skipif(not shutil.which("nasm"), reason="nasm not installed (apt-get install nasm)"),
+]
+
+
+def start(tmp_path: Path, mode: str):  # type: ignore[no-untyped-def]
+    status = tmp_path / "status.json"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, str(DRIVER), mode, str(status)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return proc, status
+
+
+def read(status: Path) -> dict:
+    try:
+        return json.loads(status.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def wait_for(status: Path, key: str, proc: subprocess.Popen, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        data = read(status)
+        if key in data:
+            return data
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    proc.kill()
+    out, err = proc.communicate()
+    pytest.fail(f"driver never reported {key!r}; stderr: {err.decode()[-800:]}")
+
+
+def finish(proc: subprocess.Popen, timeout: float = 60) -> int:
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        pytest.fail("the driver did not end")
+    return proc.returncode
+
+
+def gone(pid: int) -> bool:
+    """No process `pid`, or only its zombie (it is not ours to reap)."""
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True
+    return "\nState:\tZ" in state
+
+
+def check_clean(data: dict, bochs_died: bool = False) -> None:
+    report = data["close_report"]
+    assert sorted(data["blist_before"]) == sorted(data["breakpoints"]) and len(data["breakpoints"]) == 2
+    if bochs_died:
+        assert "target_gone" in report, report
+    else:
+        assert report["breakpoints_removed"] == sorted(data["breakpoints"]), report
+        assert report["blist_after"] == [], report
+        assert report["errors"] == [], report
+    assert gone(data["pid"]), f"bochs-bin {data['pid']} is still there"
+
+
+def test_normal_end(tmp_path: Path) -> None:
+    proc, status = start(tmp_path, "normal")
+    assert finish(proc) == 0
+    check_clean(read(status))
+
+
+def test_error_inside_the_session(tmp_path: Path) -> None:
+    proc, status = start(tmp_path, "error")
+    assert finish(proc) == 1
+    data = read(status)
+    assert data["outcome"].startswith("NotAvailable: bochs physical 0xffffffff0000")
+    check_clean(data)
+
+
+@pytest.mark.parametrize("signum, outcome", [(signal.SIGINT, "KeyboardInterrupt"),
+                                             (signal.SIGTERM, "SystemExit")])
+def test_signal_while_the_guest_runs(tmp_path: Path, signum: int, outcome: str) -> None:
+    proc, status = start(tmp_path, "wait")
+    wait_for(status, "state", proc)
+    time.sleep(0.3)                      # let go() reach its wait
+    proc.send_signal(signum)
+    finish(proc)
+    data = read(status)
+    assert data["outcome"].startswith(outcome), data["outcome"]
+    assert data["close_report"].get("resynced") is True, data["close_report"]   # SIGINT brought the prompt back
+    check_clean(data)
+
+
+def test_bochs_dies_while_the_guest_runs(tmp_path: Path) -> None:
+    proc, status = start(tmp_path, "wait")
+    data = wait_for(status, "state", proc)
+    time.sleep(0.3)
+    os.kill(data["pid"], signal.SIGKILL)
+    assert finish(proc) == 0
+    data = read(status)
+    assert data["outcome"] == "go returned exited", data["outcome"]
+    check_clean(data, bochs_died=True)

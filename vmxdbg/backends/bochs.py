@@ -1,0 +1,818 @@
+"""A live Bochs target: the backend contract over Bochs' internal debugger.
+
+Where each value comes from (docs/bochs.md has the table):
+- GPRs, RIP, RFLAGS: `r`; CR0/2/3/4/8, EFER: `creg`; DR0-3/6/7: `dreg`;
+- segments (selector, 64-bit base, limit, access rights), GDTR, IDTR: the
+  parameter tree, `show "cpuN.CS"` ...; VMX state: `show "cpuN.VMX"`;
+- MSRs the tree holds (`show "cpuN.MSR"`: IA32_FEATURE_CONTROL, EFER, PAT,
+  SYSENTER_*, STAR..., MTRRs) and FS/GS base (from the segment caches);
+- every other MSR (the VMX capability MSRs 0x480-0x493, ...) and CPUID: by
+  executing RDMSR / CPUID on that processor (see `_inject`), restoring every
+  byte and register it touched;
+- memory: `xp` (physical), after `page` translation for linear addresses.
+
+Execution: breakpoints (`lb`/`pb`), `c` with a timeout (SIGINT), `s N 1`.
+Bochs can silently miss a code breakpoint, so `plan_stops()` declares the
+stops each processor must make in order; a processor that reaches a later
+planned stop, or whose guest prints its done line, first yields a "missed"
+StopEvent (a debugger miss, never a guest result) before the real stop.
+
+Clean-up: close() — also run at interpreter exit, on SIGTERM (turned into
+SystemExit while a backend is open) and after Ctrl-C — brings Bochs back to
+its prompt, undoes an interrupted injection, deletes every breakpoint it set,
+checks `blist`, quits Bochs and kills it if it lingers.  `close_report`
+says what was done.
+"""
+from __future__ import annotations
+
+import atexit
+import re
+import signal
+import threading
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Sequence, Set, Tuple
+
+from ..errors import BackendError, NotAvailable, TargetGone
+from . import bochs_parse as P
+from .base import CPUID, EXECUTION, MSR, PHYSICAL, REGISTERS, SEGMENT_NAMES, TABLE_NAMES, VIRTUAL, VMX_STATE, \
+    Backend, StopEvent
+from .bochs_process import BochsMachine, BochsProcess
+
+NAME = "bochs"
+GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp", "r8", "r9", "r10", "r11", "r12",
+        "r13", "r14", "r15")
+CREG_NAMES = ("cr0", "cr2", "cr3", "cr4", "cr8", "efer", "xcr0")
+DREG_NAMES = ("dr0", "dr1", "dr2", "dr3", "dr6", "dr7")
+PARAM_GROUP = {"es": "ES", "cs": "CS", "ss": "SS", "ds": "DS", "fs": "FS", "gs": "GS", "ldtr": "LDTR",
+               "tr": "TR", "gdtr": "GDTR", "idtr": "IDTR"}
+SEGMENT_PARTS = ("selector", "base", "limit", "attributes")
+XP_CHUNK = 4096
+BIOS_ROM = (0xFFFE0000, 0x100000000)      # BIOS-bochs-latest, 128 KiB below 4 GiB
+STACK_SAVE = 64                           # bytes below RSP an exception frame may use
+EFER_LMA = 1 << 10
+RFLAGS_RF = 1 << 16
+
+# The injected stub (64-bit mode), written mid-instruction so no stale trace
+# of Bochs' trace cache can start there (setpmem does not invalidate it):
+#   +0  0F 08        INVD: flush every trace cache, so the rest is decoded fresh
+#   +2  0F 32/0F A2  RDMSR or CPUID
+#   +4  48 83 C4 08  ADD RSP, 8   } only after an exception: pop the error code
+#   +8  48 CF        IRETQ        } and return to +2 with RSP/RFLAGS/CS/SS as before
+#   +10 0F 08        INVD: drop the traces that hold these bytes
+STUB_INSN = {"rdmsr": b"\x0f\x32", "cpuid": b"\x0f\xa2"}
+STUB_TAIL = b"\x48\x83\xc4\x08\x48\xcf\x0f\x08"
+STUB_LEN = 12
+
+
+@dataclass
+class _Breakpoint:
+    address: int
+    physical: bool
+
+
+@dataclass
+class _Journal:
+    """What an injection changed, to put back even if it is interrupted."""
+
+    cpu: int
+    memory: List[Tuple[int, bytes]] = field(default_factory=list)   # (physical, original bytes)
+    registers: Dict[str, int] = field(default_factory=dict)         # name -> original value
+    stub: Optional[Tuple[int, int]] = None                          # (rip of stub, physical)
+
+
+_OPEN: "weakref.WeakSet[BochsBackend]" = weakref.WeakSet()
+
+
+def _close_all_at_exit() -> None:
+    for b in list(_OPEN):
+        try:
+            b.close()
+        except BaseException:  # interpreter is ending: never raise here
+            pass
+
+
+atexit.register(_close_all_at_exit)
+
+
+class _SigtermGuard:
+    """While some backend is open (main thread only): SIGTERM raises SystemExit(143),
+    so `with`/finally clean-up and close() run."""
+
+    count = 0
+    previous: Any = None
+
+    @classmethod
+    def enter(cls) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if cls.count == 0:
+            cls.previous = signal.getsignal(signal.SIGTERM)
+            signal.signal(signal.SIGTERM, cls._raise)
+        cls.count += 1
+
+    @classmethod
+    def leave(cls) -> None:
+        if threading.current_thread() is not threading.main_thread() or cls.count == 0:
+            return
+        cls.count -= 1
+        if cls.count == 0:
+            signal.signal(signal.SIGTERM, cls.previous if cls.previous is not None else signal.SIG_DFL)
+
+    @staticmethod
+    def _raise(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+
+class BochsBackend(Backend):
+    """Bochs booted from `machine`, stopped at its debugger prompt between calls."""
+
+    name = NAME
+
+    def __init__(self, machine: BochsMachine, *, bochs: Optional[str] = None, startup_timeout: float = 30.0,
+                 command_timeout: float = 10.0, done_line: str = r"^done$") -> None:
+        self.machine = machine
+        self.proc = BochsProcess(machine, bochs=bochs, startup_timeout=startup_timeout,
+                                 command_timeout=command_timeout)
+        self._cpus = list(range(machine.cpus))
+        self._current: Optional[int] = None       # what `set $cpu` last chose
+        self._cache: Dict[Tuple[int, str], Any] = {}
+        self._bps: Dict[int, _Breakpoint] = {}
+        self._vmexit_armed: Set[int] = set()
+        self._plan: Dict[int, List[int]] = {}
+        self._progress: Dict[int, int] = {}
+        self._queued: List[StopEvent] = []
+        self._journal: Optional[_Journal] = None
+        self._e9_partial = ""
+        self._held_log: List[str] = []           # log lines read before an injection, for the next event
+        self._running = False
+        self._state = "open"                     # "open", "closing", "closed"
+        self._done_line = re.compile(done_line)
+        self.guest_lines: Dict[Optional[int], List[str]] = {}     # port 0xE9 lines by processor
+        self.bochs_log: Dict[Optional[int], List[str]] = {}       # VMX/error log lines by processor
+        self.close_report: Dict[str, Any] = {}
+        self.stats = {"commands": 0, "injections": 0}
+        _OPEN.add(self)
+        _SigtermGuard.enter()
+
+    # ---------------------------------------------------------------- basics
+    def capabilities(self) -> FrozenSet[str]:
+        return frozenset({REGISTERS, MSR, CPUID, PHYSICAL, VIRTUAL, VMX_STATE, EXECUTION})
+
+    def describe(self) -> Dict[str, str]:
+        m = re.search(r"Bochs x86 Emulator ([0-9.]+)", self.proc.banner)
+        return {"kind": NAME, "version": m.group(1) if m else "unknown", "model": self.machine.cpu_model,
+                "cpus": str(self.machine.cpus)}
+
+    def processors(self) -> List[int]:
+        return list(self._cpus)
+
+    @property
+    def current(self) -> Optional[int]:
+        """The processor `set $cpu` points at (None before the first selection)."""
+        return self._current
+
+    @property
+    def closed(self) -> bool:
+        return self._state == "closed"
+
+    def _alive(self) -> None:
+        if self._state == "closed":
+            raise TargetGone("the backend is closed", backend=NAME)
+
+    def _cmd(self, text: str, timeout: Optional[float] = None) -> str:
+        """One debugger command; first regains the prompt if an exception cut the last one short."""
+        self._alive()
+        if self.proc.pending is not None:
+            self._absorb(self.proc.resync())
+            self._invalidate()
+        self.stats["commands"] += 1
+        return self.proc.command(text, timeout)
+
+    def _check_cpu(self, cpu: int) -> None:
+        if not isinstance(cpu, int) or cpu not in self._cpus:
+            raise BackendError(f"no processor {cpu!r} (this machine has {len(self._cpus)})", backend=NAME)
+
+    def select(self, cpu: int) -> None:
+        """Make `cpu` the processor later `r`, `creg`, `page`, `u`, `set` act on."""
+        self._check_cpu(cpu)
+        if self._current != cpu:
+            out = self._cmd(f"set $cpu = {cpu}")
+            if out.strip():
+                raise BackendError(f"`set $cpu = {cpu}` answered {out.strip()!r}", backend=NAME, cpu=cpu)
+            self._current = cpu
+
+    def _invalidate(self) -> None:
+        self._cache.clear()
+
+    def _cached(self, cpu: int, key: str, fetch: Callable[[], Any]) -> Any:
+        k = (cpu, key)
+        if k not in self._cache:
+            self._cache[k] = fetch()
+        return self._cache[k]
+
+    def _show(self, cpu: int, group: str) -> Dict[str, Any]:
+        def fetch() -> Dict[str, Any]:
+            cmd = f'show "cpu{cpu}.{group}"'
+            tree = P.parse_param_tree(self._cmd(cmd), cmd)
+            if group not in tree:
+                raise BackendError(f"`{cmd}` has no {group}", backend=NAME, cpu=cpu)
+            return tree[group]
+        self._check_cpu(cpu)
+        return self._cached(cpu, "show:" + group, fetch)
+
+    # ------------------------------------------------------------- registers
+    def _r(self, cpu: int) -> Dict[str, int]:
+        def fetch() -> Dict[str, int]:
+            self.select(cpu)
+            text = self._cmd("r")
+            if P.parse_r_cpu(text) not in (None, cpu):
+                raise BackendError(f"`r` answered for another processor: {text[:20]!r}", backend=NAME, cpu=cpu)
+            return P.parse_r(text)
+        return self._cached(cpu, "r", fetch)
+
+    def _creg(self, cpu: int) -> Dict[str, int]:
+        def fetch() -> Dict[str, int]:
+            self.select(cpu)
+            return P.parse_creg(self._cmd("creg"))
+        return self._cached(cpu, "creg", fetch)
+
+    def _dreg(self, cpu: int) -> Dict[str, int]:
+        def fetch() -> Dict[str, int]:
+            self.select(cpu)
+            return P.parse_dreg(self._cmd("dreg"))
+        return self._cached(cpu, "dreg", fetch)
+
+    def read_register(self, cpu: int, name: str) -> int:
+        """Registers named as in base.py; segment attributes in VMCS access-rights format."""
+        self._check_cpu(cpu)
+        n = name.lower()
+        if n in GPRS or n in ("rip", "rflags"):
+            return self._r(cpu)[n]
+        if n in CREG_NAMES:
+            values = self._creg(cpu)
+            if n not in values:
+                raise NotAvailable("`creg` does not show it", backend=NAME, cpu=cpu, what=f"register {name}")
+            return values[n]
+        if n in DREG_NAMES:
+            return self._dreg(cpu)[n]
+        if n == "cpl":
+            return self._cpl(cpu)
+        base, _, part = n.partition(".")
+        if base in SEGMENT_NAMES and part in SEGMENT_PARTS:
+            seg = P.segment_from_param(self._show(cpu, PARAM_GROUP[base]), f"cpu{cpu}.{PARAM_GROUP[base]}")
+            return seg[SEGMENT_PARTS.index(part)]
+        if base in TABLE_NAMES and part in ("base", "limit"):
+            group = self._show(cpu, PARAM_GROUP[base])
+            return group[part]
+        raise NotAvailable("no such register in Bochs", backend=NAME, cpu=cpu, what=f"register {name}")
+
+    def read_registers(self, cpu: int, names: Iterable[str]) -> Dict[str, int]:
+        out: Dict[str, int] = {}
+        for n in names:
+            try:
+                out[n] = self.read_register(cpu, n)
+            except NotAvailable:
+                continue
+        return out
+
+    def _cpl(self, cpu: int) -> int:
+        if not self._creg(cpu)["cr0"] & 1:
+            return 0
+        if self._r(cpu)["rflags"] & (1 << 17):
+            return 3
+        return self._show(cpu, "CS")["selector"] & 3
+
+    def _long64(self, cpu: int) -> bool:
+        return bool(self._creg(cpu)["efer"] & EFER_LMA) and bool(self._show(cpu, "CS").get("l"))
+
+    # ------------------------------------------------------------- VMX, MSRs
+    def vmx_state(self, cpu: int) -> Dict[str, object]:
+        """vmx off/root/non-root, vmxon_pointer, vmcs_pointer (show "cpuN.VMX")."""
+        return dict(P.vmx_state_from_param(self._show(cpu, "VMX")))
+
+    def read_msr(self, cpu: int, index: int) -> int:
+        """From the parameter tree where it holds the MSR, else by executing RDMSR."""
+        self._check_cpu(cpu)
+        tree = P.msrs_from_param(self._show(cpu, "MSR"))
+        if index in tree:
+            return tree[index]
+        if index in (0xC0000100, 0xC0000101):
+            return self.read_register(cpu, "fs.base" if index == 0xC0000100 else "gs.base")
+        return self.read_msr_by_rdmsr(cpu, index)
+
+    def read_msr_by_rdmsr(self, cpu: int, index: int) -> int:
+        """Execute RDMSR(index) on `cpu` and restore everything; NotAvailable if it faults."""
+        if not 0 <= index <= 0xFFFFFFFF:
+            raise BackendError(f"MSR index 0x{index:x} is not 32-bit", backend=NAME, cpu=cpu)
+        regs = self._inject(cpu, "rdmsr", {"rcx": index}, what=f"MSR 0x{index:x}")
+        return (regs["rdx"] & 0xFFFFFFFF) << 32 | (regs["rax"] & 0xFFFFFFFF)
+
+    def cpuid(self, cpu: int, leaf: int, subleaf: int = 0) -> Tuple[int, int, int, int]:
+        """Execute CPUID(leaf, subleaf) on `cpu` and restore everything (cached until the target runs)."""
+        def fetch() -> Tuple[int, int, int, int]:
+            regs = self._inject(cpu, "cpuid", {"rax": leaf & 0xFFFFFFFF, "rcx": subleaf & 0xFFFFFFFF},
+                                what=f"CPUID 0x{leaf:x}.{subleaf:x}")
+            return tuple(regs[r] & 0xFFFFFFFF for r in ("rax", "rbx", "rcx", "rdx"))  # type: ignore[return-value]
+        self._check_cpu(cpu)
+        key = f"cpuid:{leaf:x}.{subleaf:x}"
+        if (cpu, key) in self._cache:
+            return self._cache[(cpu, key)]
+        value = fetch()
+        self._cache[(cpu, key)] = value      # after the injection (it clears the cache)
+        return value
+
+    # ---------------------------------------------------------------- memory
+    def _check_physical(self, address: int, size: int) -> None:
+        end = address + size
+        ram = self.machine.megs << 20
+        if address < 0 or size < 0 or not (end <= ram or (address >= BIOS_ROM[0] and end <= BIOS_ROM[1])):
+            raise NotAvailable(f"outside RAM (0-0x{ram:x}) and the BIOS ROM", backend=NAME,
+                               what=f"physical 0x{address:x}+0x{size:x}")
+
+    def read_physical(self, address: int, size: int) -> bytes:
+        self._check_physical(address, size)
+        out = bytearray()
+        while len(out) < size:
+            at, n = address + len(out), min(XP_CHUNK, size - len(out))
+            unit = "g" if at % 8 == 0 and n >= 8 else "b"    # 8-byte items: 8x less text to print and parse
+            if unit == "g":
+                n -= n % 8
+            cmd = f"xp /{n // P.XP_UNITS[unit]}{unit}x 0x{at:x}"
+            out += P.parse_xp(self._cmd(cmd), at, n, unit, cmd)
+        return bytes(out)
+
+    def write_physical(self, address: int, data: bytes) -> None:
+        """Write guest memory (e.g. minihv's configuration block); only changed dwords are sent."""
+        self._check_physical(address, len(data))
+        old = self.read_physical(address, len(data))
+        i = 0
+        while i < len(data):
+            n = 4 if i + 4 <= len(data) and (address + i) % 4 == 0 else 1
+            if data[i:i + n] != old[i:i + n]:
+                self._setpmem(address + i, data[i:i + n])
+            i += n
+        self._invalidate()
+
+    def _setpmem(self, address: int, data: bytes) -> None:
+        out = self._cmd(f"setpmem 0x{address:x} {len(data)} 0x{int.from_bytes(data, 'little'):x}")
+        if out.strip():
+            raise BackendError(f"setpmem at 0x{address:x}: {out.strip()}", backend=NAME)
+
+    def translate(self, cpu: int, linear: int) -> int:
+        """Physical address of `linear` as processor `cpu` sees it (paging via `page`)."""
+        if not self._creg(cpu)["cr0"] & (1 << 31):
+            return linear
+        page = linear & ~0xFFF
+        def fetch() -> Optional[int]:
+            self.select(cpu)
+            return P.parse_page(self._cmd(f"page 0x{page:x}"))
+        phys = self._cached(cpu, f"page:{page:x}", fetch)
+        if phys is None:
+            raise NotAvailable("not mapped", backend=NAME, cpu=cpu, what=f"linear 0x{linear:x}")
+        return phys | (linear & 0xFFF)
+
+    def read_virtual(self, cpu: int, address: int, size: int) -> bytes:
+        self._check_cpu(cpu)
+        out = bytearray()
+        while len(out) < size:
+            at = address + len(out)
+            n = min(size - len(out), 0x1000 - (at & 0xFFF))
+            out += self.read_physical(self.translate(cpu, at), n)
+        return bytes(out)
+
+    # ------------------------------------------------------------ injection
+    def _inject(self, cpu: int, insn: str, inputs: Dict[str, int], what: str) -> Dict[str, int]:
+        """Run RDMSR or CPUID on `cpu` with `inputs` in registers; return the registers after.
+
+        Preconditions (else NotAvailable): 64-bit mode, CPL 0 for RDMSR,
+        running (activity state 0), not in VMX non-root operation, TF clear,
+        no event pending.  The stub (STUB_*) goes mid-instruction near RIP;
+        every byte and register is restored and checked afterwards.
+        """
+        self._check_cpu(cpu)
+        if self._journal is not None:
+            self._undo()
+        self._inject_preconditions(cpu, insn, what)
+        frame_stack: Optional[int] = None
+        if insn == "rdmsr":      # RDMSR of an MSR that does not exist #GPs: its frame must be undone
+            gate = self._gp_gate(cpu)
+            if gate is not None:
+                frame_stack = self._r(cpu)["rsp"] if gate == 0 else self._ist_pointer(cpu, gate)
+            elif not self._msr_surely_exists(cpu, inputs["rcx"]):
+                raise NotAvailable("cannot execute RDMSR here: no usable #GP gate in the IDT, and this MSR "
+                                   "may not exist (a #GP would shut the machine down)", backend=NAME,
+                                   cpu=cpu, what=what)
+        self.stats["injections"] += 1
+        self._held_log = self._take_log()       # the guest's lines so far; what the stub causes is dropped
+        before = dict(self._r(cpu))
+        known = dict(self._cache)               # still true once everything is put back
+        rip = before["rip"]
+        stub_rip = self._stub_site(cpu, rip)
+        phys = [self.translate(cpu, stub_rip + k) for k in (0, STUB_LEN - 1)]
+        saves = [(stub_rip, phys, STUB_LEN)]
+        if frame_stack is not None:
+            stack_lin = (frame_stack & ~0xF) - STACK_SAVE
+            saves.append((stack_lin, [self.translate(cpu, stack_lin + k) for k in (0, STACK_SAVE - 1)], STACK_SAVE))
+        j = _Journal(cpu)
+        self._journal = j
+        try:
+            for lin, (p0, p1), n in saves:
+                j.memory += self._save_linear(lin, p0, p1, n)
+            stub = b"\x0f\x08" + STUB_INSN[insn] + STUB_TAIL
+            self._write_linear(stub_rip, phys[0], phys[1], stub)
+            j.stub = (stub_rip, phys[0])
+            for reg, value in inputs.items():
+                j.registers[reg] = before[reg]
+                self._set_reg(reg, value)
+            j.registers["rip"] = rip
+            self._set_reg("rip", stub_rip)
+            self._step_to(cpu, stub_rip + 2, "INVD")
+            after = self._step_raw(cpu)
+            if after["rip"] != stub_rip + 4:
+                self._recover_from_event(cpu, before, stub_rip)
+                raise NotAvailable(f"{insn.upper()} raised an exception on this processor (the state is "
+                                   "restored)", backend=NAME, cpu=cpu, what=what)
+            for reg in ("rax", "rbx", "rcx", "rdx"):
+                j.registers.setdefault(reg, before[reg])
+            result = dict(after)
+        except BaseException:
+            try:
+                self._undo()
+            finally:
+                self.proc.read_log()
+            raise
+        self._undo()
+        self.proc.read_log()
+        self._cache = known
+        return result
+
+    def _inject_preconditions(self, cpu: int, insn: str, what: str) -> None:
+        def refuse(why: str) -> NotAvailable:
+            return NotAvailable(f"cannot execute {insn.upper()} here: {why}", backend=NAME, cpu=cpu, what=what)
+        if self.vmx_state(cpu)["vmx"] == "non-root":
+            raise refuse("the processor is in VMX non-root operation (it would cause a VM exit)")
+        activity = self._cached(cpu, "activity", lambda: P.parse_param_tree(
+            self._cmd(f'show "cpu{cpu}.activity_state"'))["activity_state"])
+        if activity != 0:
+            raise refuse(f"activity state {activity} (halted or waiting for SIPI)")
+        if not self._long64(cpu):
+            raise refuse("only 64-bit mode is supported")
+        if self._r(cpu)["rflags"] & (1 << 8):
+            raise refuse("RFLAGS.TF is set")
+        if insn == "rdmsr" and self._cpl(cpu) != 0:
+            raise refuse(f"CPL {self._cpl(cpu)} (RDMSR needs CPL 0)")
+        def unmasked() -> int:
+            pending = P.parse_param_tree(self._cmd(f'show "cpu{cpu}.pending_event"'))["pending_event"]
+            mask = P.parse_param_tree(self._cmd(f'show "cpu{cpu}.event_mask"'))["event_mask"]
+            return pending & ~mask      # e.g. an external interrupt is masked while RFLAGS.IF = 0
+        events = self._cached(cpu, "events", unmasked)
+        if events:
+            raise refuse(f"an unmasked event is pending (0x{events:x}); stepping would deliver it")
+
+    def _gp_gate(self, cpu: int) -> Optional[int]:
+        """The IST index (0 = none) of a usable 64-bit #GP gate (vector 13), else None.
+
+        Usable: in the IDT limit, present, 64-bit interrupt/trap type, non-null
+        selector, reserved dword zero, handler mapped; with an IST, a busy 64-bit
+        TSS in TR whose IST pointer is mapped."""
+        try:
+            idt_base, idt_limit = self.read_register(cpu, "idtr.base"), self.read_register(cpu, "idtr.limit")
+            if idt_limit < 13 * 16 + 15:
+                return None
+            gate = self.read_virtual(cpu, idt_base + 13 * 16, 16)
+            selector = int.from_bytes(gate[2:4], "little")
+            target = int.from_bytes(gate[0:2] + gate[6:12], "little")
+            if not gate[5] & 0x80 or gate[5] & 0x0F not in (0xE, 0xF) or selector < 4 or any(gate[12:16]):
+                return None
+            self.translate(cpu, target)
+            ist = gate[4] & 7
+            if ist:
+                tr = self.read_register(cpu, "tr.attributes")
+                if tr & 0x1000F != 0xB or self.read_register(cpu, "tr.limit") < 0x67:
+                    return None
+                self.translate(cpu, self._ist_pointer(cpu, ist) - 1)
+            return ist
+        except NotAvailable:
+            return None
+
+    def _ist_pointer(self, cpu: int, ist: int) -> int:
+        """IST `ist` from the current TSS (offset 0x24 + 8 * (ist - 1))."""
+        data = self.read_virtual(cpu, self.read_register(cpu, "tr.base") + 0x24 + 8 * (ist - 1), 8)
+        return int.from_bytes(data, "little")
+
+    def _msr_surely_exists(self, cpu: int, index: int) -> bool:
+        """True where the architecture says RDMSR(index) cannot #GP on this processor
+        (Vol.3D A.1-A.11 for the VMX capability MSRs, SDM 325462-080US, 2023)."""
+        if index in (0x10, 0x1B, 0x3A, 0x174, 0x175, 0x176, 0x277) or 0xC0000080 <= index <= 0xC0000102:
+            return True
+        if not 0x480 <= index <= 0x493 or not self.cpuid(cpu, 1)[2] >> 5 & 1:
+            return False
+        if index <= 0x48A:
+            return True
+        def bit(msr: int, n: int) -> bool:
+            return self._msr_surely_exists(cpu, msr) and bool(self.read_msr(cpu, msr) >> n & 1)
+        rules = {0x48B: lambda: bit(0x482, 63), 0x48C: lambda: bit(0x48B, 33) or bit(0x48B, 37),
+                 0x48D: lambda: bit(0x480, 55), 0x48E: lambda: bit(0x480, 55), 0x48F: lambda: bit(0x480, 55),
+                 0x490: lambda: bit(0x480, 55), 0x491: lambda: bit(0x48B, 45), 0x492: lambda: bit(0x482, 49),
+                 0x493: lambda: bit(0x483, 63)}
+        return rules[index]()
+
+    def _stub_site(self, cpu: int, rip: int) -> int:
+        """A linear address one byte into an instruction of length >= 2 at or after RIP."""
+        def fetch() -> int:
+            self.select(cpu)
+            for insn in P.parse_disasm(self._cmd(f"u /4 0x{rip:x}")):
+                if len(insn.data) >= 2:
+                    return insn.address + 1
+            raise NotAvailable("no instruction of 2 bytes or more near RIP", backend=NAME, cpu=cpu,
+                               what=f"stub site near 0x{rip:x}")
+        return self._cached(cpu, f"site:{rip:x}", fetch)
+
+    def _save_linear(self, lin: int, p0: int, p1: int, n: int) -> List[Tuple[int, bytes]]:
+        split = 0x1000 - (lin & 0xFFF)
+        if split >= n:
+            return [(p0, self.read_physical(p0, n))]
+        return [(p0, self.read_physical(p0, split)), (p1 - (n - 1 - split), self.read_physical(p1 - (n - 1 - split), n - split))]
+
+    def _write_linear(self, lin: int, p0: int, p1: int, data: bytes) -> None:
+        split = 0x1000 - (lin & 0xFFF)
+        if split >= len(data):
+            self._poke(p0, data)
+        else:
+            self._poke(p0, data[:split])
+            self._poke(p1 - (len(data) - 1 - split), data[split:])
+
+    def _poke(self, address: int, data: bytes) -> None:
+        """setpmem `data` at a physical address, 4, 2 or 1 bytes per command."""
+        self._check_physical(address, len(data))
+        i = 0
+        while i < len(data):
+            n = 4 if len(data) - i >= 4 else 2 if len(data) - i >= 2 else 1
+            self._setpmem(address + i, data[i:i + n])
+            i += n
+
+    def _set_reg(self, name: str, value: int) -> None:
+        out = self._cmd(f"set {name} = 0x{value:x}")
+        if out.strip():
+            raise BackendError(f"`set {name}` answered {out.strip()!r}", backend=NAME, cpu=self._current)
+        self._invalidate()
+
+    def _step_raw(self, cpu: int) -> Dict[str, int]:
+        self._invalidate()
+        self._absorb(self._cmd(f"s {cpu} 1"))
+        return self._r(cpu)
+
+    def _step_to(self, cpu: int, expected_rip: int, what: str) -> None:
+        regs = self._step_raw(cpu)
+        if regs["rip"] != expected_rip:
+            raise BackendError(f"after the injected {what} RIP is 0x{regs['rip']:x}, expected "
+                               f"0x{expected_rip:x}", backend=NAME, cpu=cpu)
+
+    def _recover_from_event(self, cpu: int, before: Dict[str, int], stub_rip: int) -> None:
+        """An exception was delivered at the injected instruction: IRETQ back through the
+        stub, so RSP, RFLAGS, CS and SS are the interrupted ones again."""
+        now = self._r(cpu)
+        frame = self.read_virtual(cpu, now["rsp"], 16)
+        q0, q1 = int.from_bytes(frame[:8], "little"), int.from_bytes(frame[8:], "little")
+        insn_rip = stub_rip + 2
+        if q1 == insn_rip:       # error code, then the return RIP
+            self._set_reg("rip", stub_rip + 4)
+            self._step_to(cpu, stub_rip + 8, "ADD RSP, 8")
+        elif q0 == insn_rip:
+            self._set_reg("rip", stub_rip + 8)
+        else:
+            raise BackendError(f"the injected instruction was diverted to 0x{now['rip']:x} and no "
+                               "exception frame returns to it: registers may be changed", backend=NAME, cpu=cpu)
+        self._step_to(cpu, insn_rip, "IRETQ")
+        back = self._r(cpu)
+        # a fault pushes RFLAGS with RF set; the final INVD of the stub clears it again
+        if back["rsp"] != before["rsp"] or (back["rflags"] ^ before["rflags"]) & ~RFLAGS_RF:
+            raise BackendError("IRETQ did not restore RSP/RFLAGS after the injected instruction faulted",
+                               backend=NAME, cpu=cpu)
+
+    def _undo(self) -> None:
+        """Put back what the current injection changed; flush the trace cache (the final INVD).
+
+        One attempt: the journal is dropped first, so a failure raises once and is not retried."""
+        j, self._journal = self._journal, None
+        if j is None:
+            return
+        self.select(j.cpu)
+        if j.stub is not None:
+            stub_rip, _ = j.stub
+            self._set_reg("rip", stub_rip + 10)
+            try:
+                self._step_to(j.cpu, stub_rip + 12, "INVD")
+            except BackendError:
+                pass
+        for at, data in j.memory:
+            self._poke(at, data)
+        now = self._r(j.cpu)
+        for reg, value in j.registers.items():
+            if now.get(reg) != value:
+                self._set_reg(reg, value)
+        self._invalidate()
+
+    # ---------------------------------------------------------- breakpoints
+    def set_breakpoint(self, address: int, physical: bool = False) -> int:
+        """`lb` (linear) or `pb` (physical) on every processor; returns Bochs' number."""
+        before = {b.number for b in P.parse_blist(self._cmd("blist"))}
+        out = self._cmd(f"{'pb' if physical else 'lb'} 0x{address:x}")
+        if out.strip():
+            raise BackendError(f"breakpoint at 0x{address:x}: {out.strip()}", backend=NAME)
+        new = [b for b in P.parse_blist(self._cmd("blist")) if b.number not in before]
+        if len(new) != 1 or new[0].address != address:
+            raise BackendError(f"breakpoint at 0x{address:x} not found in blist after setting it", backend=NAME)
+        self._bps[new[0].number] = _Breakpoint(address, physical)
+        return new[0].number
+
+    def remove_breakpoint(self, bp: int) -> None:
+        if bp not in self._bps:
+            raise BackendError(f"breakpoint {bp} was not set by this backend", backend=NAME)
+        self._cmd(f"d {bp}")
+        del self._bps[bp]
+
+    def breakpoints(self) -> Dict[int, Tuple[int, bool]]:
+        """{id: (address, physical)} of the breakpoints this backend holds."""
+        return {n: (b.address, b.physical) for n, b in self._bps.items()}
+
+    def bochs_breakpoints(self) -> List[P.BochsBreakpoint]:
+        """What Bochs itself lists (`blist`)."""
+        return P.parse_blist(self._cmd("blist"))
+
+    def arm_vmexit_stop(self, cpu: int, enabled: bool = True) -> None:
+        """Stop at each VM exit on `cpu` (`vmexitbp`; INIT clears it: arm after the AP started)."""
+        self._check_cpu(cpu)
+        if (cpu in self._vmexit_armed) != enabled:
+            self.select(cpu)
+            out = self._cmd("vmexitbp")
+            want = "enabled" if enabled else "disabled"
+            if want not in out:
+                raise BackendError(f"`vmexitbp` answered {out.strip()!r}", backend=NAME, cpu=cpu)
+            (self._vmexit_armed.add if enabled else self._vmexit_armed.discard)(cpu)
+
+    def plan_stops(self, addresses: Sequence[int], cpus: Optional[Iterable[int]] = None) -> None:
+        """Declare the linear RIPs (breakpoints or magic stops) each processor must stop at, in order."""
+        for cpu in (self._cpus if cpus is None else cpus):
+            self._check_cpu(cpu)
+            self._plan[cpu] = list(addresses)
+            self._progress[cpu] = 0
+
+    def pending_stops(self, cpu: int) -> List[int]:
+        """Planned stops `cpu` has not reached yet."""
+        return self._plan.get(cpu, [])[self._progress.get(cpu, 0):]
+
+    # ------------------------------------------------------------ execution
+    def _absorb(self, text: str) -> P.GuestOutput:
+        out = P.split_guest_output(self._e9_partial + text)
+        self._e9_partial = out.partial
+        for cpu, line in out.lines:
+            self.guest_lines.setdefault(cpu, []).append(line)
+        return out
+
+    def _take_log(self) -> List[str]:
+        """VMX and error lines Bochs logged since the last call (kept per processor too)."""
+        shown, self._held_log = self._held_log, []
+        for raw in self.proc.read_log():
+            line = P.parse_log_line(raw)
+            if line is not None and P.is_vmx_log(line):
+                self.bochs_log.setdefault(line.cpu, []).append(line.message)
+                shown.append(f"cpu{line.cpu}: {line.message}" if line.cpu is not None
+                             else f"{line.component}: {line.message}")
+        return shown
+
+    def go(self, timeout: float = 30.0) -> StopEvent:
+        """Run all processors until a stop or `timeout` s (then SIGINT: kind "timeout").
+
+        Kinds: breakpoint, magic, vmexit, timeout, exited, stopped (no reason
+        given), missed (a planned stop that did not happen; the real stop follows
+        on the next call without running).
+        """
+        self._alive()
+        if self._queued:
+            return self._queued.pop(0)
+        self._invalidate()
+        self._running = True
+        try:
+            try:
+                text, interrupted = self.proc.run("c", timeout)
+            except TargetGone as e:
+                if self.proc.alive:
+                    raise
+                return StopEvent("exited", detail=str(e), log=self._take_log())
+        finally:
+            self._running = False
+        self.stats["commands"] += 1
+        guest = self._absorb(text)
+        log = self._take_log()
+        rep = P.parse_stop(guest.debugger)
+        if interrupted:
+            event = StopEvent("timeout", detail=f"no stop within {timeout} s (interrupted)", log=log)
+        elif rep.kind == "none":
+            event = StopEvent("stopped", detail=guest.debugger.strip()[:200], log=log)
+        else:
+            event = StopEvent(rep.kind, cpu=rep.cpu, address=rep.rips.get(rep.cpu) if rep.cpu is not None else None,
+                              breakpoint=rep.breakpoint if rep.kind == "breakpoint" else None, log=log)
+        missed = self._missed(event, guest)
+        if missed:
+            self._queued = missed[1:] + [event]
+            return missed[0]
+        return event
+
+    def _missed(self, event: StopEvent, guest: P.GuestOutput) -> List[StopEvent]:
+        out: List[StopEvent] = []
+        for cpu, line in guest.lines:
+            if cpu is not None and self._done_line.search(line) and self.pending_stops(cpu):
+                pending = self.pending_stops(cpu)
+                out.append(StopEvent("missed", cpu=cpu, address=pending[0], log=event.log, detail=(
+                    f"cpu{cpu} reported {line!r} with planned stops not made at "
+                    f"{', '.join(hex(a) for a in pending)}: Bochs did not stop there (a debugger miss, "
+                    "not a guest result)")))
+                self._progress[cpu] = len(self._plan[cpu])
+        if event.cpu is not None and event.address is not None and event.kind in ("breakpoint", "magic", "vmexit"):
+            pending = self.pending_stops(event.cpu)
+            if event.address in pending:
+                idx = pending.index(event.address)
+                for skipped in pending[:idx]:
+                    out.append(StopEvent("missed", cpu=event.cpu, address=skipped, log=event.log, detail=(
+                        f"cpu{event.cpu} stopped at the later planned stop 0x{event.address:x} before "
+                        f"0x{skipped:x}: Bochs did not stop there (a debugger miss, not a guest result)")))
+                self._progress[event.cpu] += idx + 1
+        return out
+
+    def step(self, cpu: int) -> StopEvent:
+        """Execute one instruction on `cpu` only (`s N 1`)."""
+        self._check_cpu(cpu)
+        if self._journal is not None:
+            self._undo()
+        self._invalidate()
+        guest = self._absorb(self._cmd(f"s {cpu} 1"))
+        rep = P.parse_stop(guest.debugger)
+        return StopEvent("step", cpu=cpu, address=rep.rips.get(cpu), log=self._take_log())
+
+    def stop(self) -> None:
+        """Interrupt a go() running in another thread (SIGINT to Bochs)."""
+        if self._running and self.proc.alive:
+            import os
+            os.kill(self.proc.pid, signal.SIGINT)
+
+    # ----------------------------------------------------------------- close
+    def _remove_all_breakpoints(self) -> List[int]:
+        removed = []
+        for bp in sorted(self._bps):
+            self.proc.command(f"d {bp}")
+            removed.append(bp)
+            del self._bps[bp]
+        return removed
+
+    def _disarm_all_vmexit_stops(self) -> List[int]:
+        done = []
+        for cpu in sorted(self._vmexit_armed):
+            self.proc.command(f"set $cpu = {cpu}")
+            self._current = cpu
+            self.proc.command("vmexitbp")
+            done.append(cpu)
+            self._vmexit_armed.discard(cpu)
+        return done
+
+    def close(self) -> None:
+        """Back to the prompt, undo an interrupted injection, delete our breakpoints,
+        check blist, quit Bochs (kill it if needed).  Never raises; see close_report."""
+        if self._state != "open":
+            return
+        self._state = "closing"
+        report: Dict[str, Any] = {"breakpoints_set": sorted(self._bps), "errors": []}
+
+        def phase(name: str, fn: Callable[[], Any]) -> None:
+            try:
+                result = fn()
+                if result is not None:
+                    report[name] = result
+            except BaseException as e:  # report it and go on: Bochs must still be quit
+                report["errors"].append(f"{name}: {type(e).__name__}: {e}")
+
+        try:
+            if self.proc.alive:
+                phase("resynced", lambda: bool(self._absorb(self.proc.resync())) if self.proc.pending else None)
+                if self._journal is not None:
+                    def undo() -> bool:
+                        try:
+                            self._undo()
+                        finally:
+                            self._journal = None
+                        return True
+                    phase("injection_undone", undo)
+                phase("breakpoints_removed", self._remove_all_breakpoints)
+                phase("vmexit_stops_disarmed", self._disarm_all_vmexit_stops)
+                phase("blist_after", lambda: [b.number for b in P.parse_blist(self.proc.command("blist"))])
+            else:
+                report["target_gone"] = f"Bochs had exited (status {self.proc.proc.poll()})"
+        finally:
+            self.proc.quit()
+            report["bochs_exit_status"] = self.proc.proc.poll()
+            report["bochs_pid"] = self.proc.pid
+            self.close_report = report
+            self._state = "closed"
+            _OPEN.discard(self)
+            _SigtermGuard.leave()

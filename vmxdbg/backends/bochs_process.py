@@ -1,0 +1,323 @@
+"""A bochs-bin process and its internal debugger, driven over pipes.
+
+BochsProcess starts `bochs-bin -q -f bochsrc` headless in a private temporary
+directory (the bochsrc comes from `machine_rc`), then talks to the debugger:
+each command is written to stdin and the answer read from stdout up to the
+next prompt `<bochs:N> `.  Every wait has a deadline.  A command that gets no
+prompt in time, or a Bochs that exits, raises TargetGone (and Bochs is
+killed); `run()` (for `c`) is the one command allowed to outlast its time: it
+sends SIGINT, which brings the prompt back, and says it did.
+
+The guest's port 0xE9 bytes arrive on the same stdout, interleaved with the
+debugger's answers; Bochs' log (VMFAIL:, VMXON:, ...) goes to a file that
+`read_log()` tails.  Bochs is killed on close(), at interpreter exit, and
+(Linux) when the process that started it dies (PR_SET_PDEATHSIG).
+"""
+from __future__ import annotations
+
+import atexit
+import os
+import re
+import selectors
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+from ..errors import BackendError, TargetGone
+
+BACKEND = "bochs"
+PROMPT = re.compile(rb"<bochs:(\d+)> $")
+DEFAULT_BXSHARE = "/usr/share/bochs"
+
+
+@dataclass(frozen=True)
+class BochsMachine:
+    """The emulated machine: what `machine_rc` turns into a bochsrc."""
+
+    floppy: str                          # a 1.44 MB boot floppy image
+    cpus: int = 2
+    cpu_model: str = "corei7_skylake_x"
+    megs: int = 64
+    magic_break: bool = True
+    bxshare: str = DEFAULT_BXSHARE       # BIOS-bochs-latest, VGABIOS-lgpl-latest
+    ignore_bad_msrs: bool = False        # False: unknown MSRs #GP, as on hardware
+
+
+_RC_UNSAFE = re.compile(r"[\s,\"#]")
+
+
+def machine_rc(machine: BochsMachine, log_path: str) -> str:
+    """The bochsrc text for `machine`, logging to `log_path` (headless, port 0xE9 on)."""
+    for what, path in (("floppy", machine.floppy), ("log", log_path), ("bxshare", machine.bxshare)):
+        if _RC_UNSAFE.search(path):
+            raise BackendError(f"{what} path {path!r}: a bochsrc cannot take spaces, commas, quotes or #",
+                               backend=BACKEND)
+    if not 1 <= machine.cpus <= 32:
+        raise BackendError(f"cpus={machine.cpus}: expected 1-32", backend=BACKEND)
+    if not re.fullmatch(r"[a-z0-9_]+", machine.cpu_model):
+        raise BackendError(f"cpu model {machine.cpu_model!r} is not a Bochs model name", backend=BACKEND)
+    return "\n".join([
+        f"megs: {int(machine.megs)}",
+        f"romimage: file={machine.bxshare}/BIOS-bochs-latest",
+        f"vgaromimage: file={machine.bxshare}/VGABIOS-lgpl-latest",
+        f"floppya: 1_44={machine.floppy}, status=inserted",
+        "boot: floppy",
+        f"cpu: model={machine.cpu_model}, count={machine.cpus}, "
+        f"ignore_bad_msrs={int(machine.ignore_bad_msrs)}",
+        'display_library: rfb, options="timeout=0"',
+        "port_e9_hack: enabled=1",
+        f"magic_break: enabled={int(machine.magic_break)}",
+        f"log: {log_path}",
+        "error: action=report",
+        "panic: action=fatal",
+        "speaker: enabled=0",
+        "mouse: enabled=0",
+        "",
+    ])
+
+
+def find_bochs() -> str:
+    """Path of bochs-bin (the debugger-enabled binary), or TargetGone saying how to get it."""
+    path = shutil.which("bochs-bin")
+    if not path:
+        raise TargetGone("bochs-bin not found on PATH (Debian: apt-get install bochs bochsbios vgabios)",
+                         backend=BACKEND)
+    return path
+
+
+_LIVE: "weakref.WeakSet[BochsProcess]" = weakref.WeakSet()
+
+
+def _kill_all_at_exit() -> None:
+    for p in list(_LIVE):
+        p.kill()
+
+
+atexit.register(_kill_all_at_exit)
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        import ctypes
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:  # not Linux: atexit and close() still kill it
+        pass
+
+
+class BochsProcess:
+    """One bochs-bin under our control, stopped at a debugger prompt between commands."""
+
+    def __init__(self, machine: BochsMachine, *, bochs: Optional[str] = None,
+                 startup_timeout: float = 30.0, command_timeout: float = 10.0) -> None:
+        self.command_timeout = command_timeout
+        self.bochs = bochs or find_bochs()
+        self._tmp = tempfile.TemporaryDirectory(prefix="vmxdbg-bochs-")
+        self.workdir = Path(self._tmp.name)
+        self.log_path = self.workdir / "bochs.log"
+        self.rc_path = self.workdir / "bochsrc"
+        self.rc_path.write_text(machine_rc(machine, str(self.log_path)))
+        self._buf = bytearray()
+        self._log_offset = 0
+        self._log_partial = b""
+        self.transcript: List[Tuple[str, str]] = []   # (command, answer) for diagnostics
+        self.prompt_number = 0
+        self.pending: Optional[str] = None   # a command whose prompt has not been read yet
+        with open(self.workdir / "stderr.txt", "wb") as err:
+            self.proc = subprocess.Popen(
+                [self.bochs, "-q", "-f", str(self.rc_path)], cwd=self.workdir,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
+                start_new_session=True, preexec_fn=_die_with_parent)
+        _LIVE.add(self)
+        os.set_blocking(self.proc.stdout.fileno(), False)  # type: ignore[union-attr]
+        self._sel = selectors.DefaultSelector()
+        self._sel.register(self.proc.stdout, selectors.EVENT_READ)  # type: ignore[arg-type]
+        try:
+            self.banner = self._until_prompt(time.monotonic() + startup_timeout, "start-up")
+        except BaseException:
+            self.kill()
+            raise
+
+    # ------------------------------------------------------------ status
+    @property
+    def alive(self) -> bool:
+        """True while bochs-bin runs."""
+        return self.proc.poll() is None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def _gone(self, what: str) -> TargetGone:
+        status = self.proc.poll()
+        tail = bytes(self._buf[-300:]).decode("latin-1").strip().replace("\n", " | ")
+        why = f"exited with status {status}" if status is not None else "stopped answering"
+        self.kill()
+        return TargetGone(f"Bochs {why} during {what}" + (f"; last output: {tail}" if tail else ""),
+                          backend=BACKEND)
+
+    # ------------------------------------------------------------ I/O
+    def _read_some(self, deadline: float) -> bool:
+        """Append what stdout has (waiting until deadline); False on timeout, TargetGone on EOF."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        if not self._sel.select(left):
+            return False
+        try:
+            chunk = os.read(self.proc.stdout.fileno(), 65536)  # type: ignore[union-attr]
+        except BlockingIOError:
+            return True
+        if not chunk:
+            raise self._gone("a read")
+        self._buf += chunk
+        return True
+
+    def _until_prompt(self, deadline: float, what: str) -> str:
+        """Everything up to (not including) the next prompt; TargetGone at the deadline."""
+        while True:
+            m = PROMPT.search(self._buf)
+            if m:
+                out = bytes(self._buf[:m.start()]).decode("latin-1")
+                self.prompt_number = int(m.group(1))
+                del self._buf[:]
+                return out
+            if not self._read_some(deadline):
+                if time.monotonic() >= deadline:
+                    raise self._gone(f"{what} (no prompt within the time limit)")
+
+    def _send(self, cmd: str) -> None:
+        if "\n" in cmd or "\r" in cmd:
+            raise BackendError(f"debugger command {cmd!r} holds a line break", backend=BACKEND)
+        if not self.alive:
+            raise self._gone(f"`{cmd}`")
+        try:
+            self.proc.stdin.write(cmd.encode("ascii") + b"\n")  # type: ignore[union-attr]
+            self.proc.stdin.flush()  # type: ignore[union-attr]
+        except (BrokenPipeError, OSError):
+            raise self._gone(f"`{cmd}`") from None
+
+    @staticmethod
+    def _strip_echo(cmd: str, out: str) -> str:
+        first, nl, rest = out.partition("\n")
+        return rest if first.strip() == cmd.strip() else out
+
+    def command(self, cmd: str, timeout: Optional[float] = None) -> str:
+        """Run one debugger command that returns promptly; its answer without echo or prompt."""
+        if self.pending is not None:
+            raise BackendError(f"`{cmd}` while `{self.pending}` has not answered (call resync)",
+                               backend=BACKEND)
+        self._send(cmd)
+        self.pending = cmd
+        out = self._strip_echo(cmd, self._until_prompt(
+            time.monotonic() + (timeout or self.command_timeout), f"`{cmd}`"))
+        self.pending = None
+        self.transcript.append((cmd, out))
+        del self.transcript[:-200]
+        return out
+
+    def run(self, cmd: str, timeout: float, interrupt_timeout: float = 10.0) -> Tuple[str, bool]:
+        """Run a command that lets the guest run (`c`); after `timeout` s send SIGINT.
+
+        Returns (answer, interrupted).  TargetGone if Bochs exits or the
+        SIGINT brings no prompt back.
+        """
+        if self.pending is not None:
+            raise BackendError(f"`{cmd}` while `{self.pending}` has not answered (call resync)",
+                               backend=BACKEND)
+        self._send(cmd)
+        self.pending = cmd
+        deadline = time.monotonic() + timeout
+        while True:
+            m = PROMPT.search(self._buf)
+            if m:
+                out = self._until_prompt(deadline + 1, f"`{cmd}`")
+                self.pending = None
+                return self._strip_echo(cmd, out), False
+            if not self._read_some(deadline) and time.monotonic() >= deadline:
+                break
+        out = self.interrupt(interrupt_timeout)
+        self.pending = None
+        return self._strip_echo(cmd, out), True
+
+    def resync(self, timeout: float = 10.0) -> str:
+        """Get back to a prompt after an exception interrupted a command.
+
+        A `c` or `s` still running is interrupted with SIGINT; any other
+        command is given `timeout` seconds to answer.  Returns what was read.
+        """
+        cmd, self.pending = self.pending, None
+        if cmd is None:
+            return ""
+        m = PROMPT.search(self._buf)
+        if m:
+            return self._until_prompt(time.monotonic() + timeout, f"`{cmd}` (resync)")
+        if cmd.split()[0] in ("c", "s", "cont", "continue", "step"):
+            return self.interrupt(timeout)
+        return self._until_prompt(time.monotonic() + timeout, f"`{cmd}` (resync)")
+
+    def interrupt(self, timeout: float = 10.0) -> str:
+        """SIGINT to Bochs (the debugger's Ctrl-C) and the answer up to the prompt."""
+        if not self.alive:
+            raise self._gone("an interrupt")
+        os.kill(self.proc.pid, signal.SIGINT)
+        return self._until_prompt(time.monotonic() + timeout, "an interrupt (SIGINT)")
+
+    def read_log(self) -> List[str]:
+        """Complete lines Bochs appended to its log since the last call."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(self._log_offset)
+                data = f.read()
+        except OSError:
+            return []
+        self._log_offset += len(data)
+        data = self._log_partial + data
+        lines = data.split(b"\n")
+        self._log_partial = lines.pop()
+        return [x.decode("latin-1").rstrip("\r") for x in lines]
+
+    # ------------------------------------------------------------ end
+    def quit(self, timeout: float = 5.0) -> None:
+        """Ask the debugger to quit (`q`); kill Bochs if it does not go."""
+        if self.alive:
+            try:
+                self._send("q")
+                self.proc.wait(timeout)
+            except (TargetGone, subprocess.TimeoutExpired):
+                pass
+        self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL our bochs-bin (if still there), reap it, remove the work directory."""
+        proc = getattr(self, "proc", None)
+        if proc is not None:
+            if proc.poll() is None:
+                try:
+                    proc.kill()
+                except ProcessLookupError:
+                    pass
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+            for stream in (proc.stdin, proc.stdout):
+                try:
+                    if stream:
+                        stream.close()
+                except OSError:
+                    pass
+            sel = getattr(self, "_sel", None)
+            if sel is not None:
+                sel.close()
+                self._sel = None  # type: ignore[assignment]
+        _LIVE.discard(self)
+        tmp = getattr(self, "_tmp", None)
+        if tmp is not None:
+            tmp.cleanup()
+            self._tmp = None  # type: ignore[assignment]

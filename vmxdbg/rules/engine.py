@@ -12,6 +12,7 @@ an `unknown` finding naming that input.
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
@@ -310,8 +311,14 @@ class Context:
 def _encoding(field_: Union[int, str]) -> int:
     if isinstance(field_, int):
         return field_
+    return _name_encoding(field_)
+
+
+@functools.lru_cache(maxsize=None)
+def _name_encoding(name: str) -> int:
+    """A VMCS field name's encoding (structs/ is fixed once loaded, so names are looked up once)."""
     from ..decode import defs
-    return defs.vmcs_field(field_).encoding
+    return defs.vmcs_field(name).encoding
 
 
 def _field_name(enc: int) -> str:

@@ -311,16 +311,16 @@ class Context:
 def _encoding(field_: Union[int, str]) -> int:
     if isinstance(field_, int):
         return field_
-    return _name_encoding(field_)
+    return _encoding_of_name(field_)
 
 
 @functools.lru_cache(maxsize=None)
-def _name_encoding(name: str) -> int:
-    """A VMCS field name's encoding (structs/ is fixed once loaded, so names are looked up once)."""
+def _encoding_of_name(name: str) -> int:
     from ..decode import defs
     return defs.vmcs_field(name).encoding
 
 
+@functools.lru_cache(maxsize=None)
 def _field_name(enc: int) -> str:
     try:
         from ..decode import defs

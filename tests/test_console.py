@@ -14,7 +14,7 @@ from vmxdbg.backends.snapshot_backend import SnapshotBackend
 from vmxdbg.commands.kdcmds import KdState, complete, execute, format_dump, format_msr, format_reg
 from vmxdbg.commands.replay import open_state
 from vmxdbg.console import Console
-from vmxdbg.errors import InputError
+from vmxdbg.errors import InputError, NotAvailable
 from vmxdbg.recorded import record_check
 from vmxdbg.snapshot import save_snapshot
 
@@ -154,3 +154,22 @@ def test_processors_known_from_the_header_when_never_asked(tmp_path):
     assert execute(state, "r cr4") == "cr4=00000000003706f8\n"
     with pytest.raises(InputError, match="no recorded execution"):
         execute(state, "t")
+
+
+def test_vmread_and_vmxcheck_options_on_a_snapshot(tmp_path):
+    tree = two_cpu_tree()
+    tree["processors"]["1"]["vmcs"] = {"0x6800": "0x80000031"}
+    path = tmp_path / "s.vmxsnap.json"
+    path.write_text(__import__("json").dumps(tree), encoding="utf-8")
+    state, _ = open_state(path)
+    execute(state, "~1s")
+    assert execute(state, "!vmread GUEST_CR0") == "GUEST_CR0 (6800) = 00000000`80000031\n"
+    assert execute(state, "!vmread 6800") == execute(state, "!vmread guest_cr0")
+    with pytest.raises(NotAvailable):
+        execute(state, "!vmread GUEST_CR4")
+    only1 = execute(state, "!vmxcheck cpu 1")
+    assert "cpu 1 vmxon: #UD" in only1 and "cpu 0 " not in only1
+    doc = execute(state, "!vmxcheck rule vmxon002")
+    assert doc.startswith("VMXON002 ") and "SDM: Vol.3C" in doc
+    with pytest.raises(InputError, match="no processor 5"):
+        execute(state, "!vmxcheck cpu 5")

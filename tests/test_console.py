@@ -173,3 +173,18 @@ def test_vmread_and_vmxcheck_options_on_a_snapshot(tmp_path):
     assert doc.startswith("VMXON002 ") and "SDM: Vol.3C" in doc
     with pytest.raises(InputError, match="no processor 5"):
         execute(state, "!vmxcheck cpu 5")
+
+
+def test_history_keeps_the_commands_typed(trace_file, tmp_path):
+    path, _ = trace_file
+    state, _ = open_state(path)
+    hist = tmp_path / "history"
+    out = io.StringIO()
+    with create_pipe_input() as pipe:
+        pipe.send_text("g\rr rip\rq\r")
+        pipe.close()
+        console = Console(state, out=out, input=pipe, output=DummyOutput(), history_file=str(hist))
+        console.run()
+    # Up arrow / Ctrl-R recall from this history (prompt_toolkit's FileHistory), across sessions too
+    assert list(console.session.history.load_history_strings())[:3] == ["q", "r rip", "g"]
+    assert "+r rip" in hist.read_text(encoding="utf-8")

@@ -61,7 +61,7 @@ def test_vmx_states() -> None:
 def test_msr_tree_and_activity() -> None:
     msrs = P.msrs_from_param(P.parse_param_tree(cap("show_cpu0_MSR"))["MSR"])
     assert msrs[0x3A] == 5 and msrs[0xC0000080] == 0x500 and msrs[0x277] == 0x7040600070406
-    assert 0x1B not in msrs                                              # apicbase: read by RDMSR
+    assert msrs[0x1B] == 0xFEE00900 and len(msrs) == 42                 # apicbase with the BSP flag
     assert P.parse_param_tree(cap("show_cpu1_activity_state_halted")) == {"activity_state": 1}
     with pytest.raises(P.BochsParseError, match="unexpected line 'invalid cpu id number 7'"):
         P.parse_param_tree(cap("set_cpu_invalid"))
@@ -143,3 +143,12 @@ def test_log_lines() -> None:
     smm = [x for x in lines if x and "SMM" in x.message][0]
     assert smm.cpu == 0 and not P.is_vmx_log(smm)
     assert P.parse_log_line("[cpu0] done") is None
+
+
+def test_xp_in_8_byte_items() -> None:
+    text = cap("xp_giant")                   # Bochs prints short items with 8 digits: 0x00000000
+    data = P.parse_xp(text, 0x9000, 32, "g")
+    assert data[:8] == b"MHVCONF1" and data[8:16] == bytes.fromhex("0000000002000000")
+    assert data == P.parse_xp(text, 0x9000, 32, "g", "xp /4gx 0x9000")
+    with pytest.raises(P.BochsParseError, match="does not fit 4 bytes"):
+        P.parse_xp(text, 0x9000, 32, "w")

@@ -47,7 +47,7 @@ DREG_NAMES = ("dr0", "dr1", "dr2", "dr3", "dr6", "dr7")
 PARAM_GROUP = {"es": "ES", "cs": "CS", "ss": "SS", "ds": "DS", "fs": "FS", "gs": "GS", "ldtr": "LDTR",
                "tr": "TR", "gdtr": "GDTR", "idtr": "IDTR"}
 SEGMENT_PARTS = ("selector", "base", "limit", "attributes")
-XP_CHUNK = 1024
+XP_CHUNK = 4096
 BIOS_ROM = (0xFFFE0000, 0x100000000)      # BIOS-bochs-latest, 128 KiB below 4 GiB
 STACK_SAVE = 64                           # bytes below RSP an exception frame may use
 EFER_LMA = 1 << 10
@@ -335,8 +335,11 @@ class BochsBackend(Backend):
         out = bytearray()
         while len(out) < size:
             at, n = address + len(out), min(XP_CHUNK, size - len(out))
-            cmd = f"xp /{n}bx 0x{at:x}"
-            out += P.parse_xp_bytes(self._cmd(cmd), at, n, cmd)
+            unit = "g" if at % 8 == 0 and n >= 8 else "b"    # 8-byte items: 8x less text to print and parse
+            if unit == "g":
+                n -= n % 8
+            cmd = f"xp /{n // P.XP_UNITS[unit]}{unit}x 0x{at:x}"
+            out += P.parse_xp(self._cmd(cmd), at, n, unit, cmd)
         return bytes(out)
 
     def write_physical(self, address: int, data: bytes) -> None:
@@ -403,6 +406,7 @@ class BochsBackend(Backend):
         self.stats["injections"] += 1
         self._held_log = self._take_log()       # the guest's lines so far; what the stub causes is dropped
         before = dict(self._r(cpu))
+        known = dict(self._cache)               # still true once everything is put back
         rip = before["rip"]
         stub_rip = self._stub_site(cpu, rip)
         phys = [self.translate(cpu, stub_rip + k) for k in (0, STUB_LEN - 1)]
@@ -440,6 +444,7 @@ class BochsBackend(Backend):
             raise
         self._undo()
         self.proc.read_log()
+        self._cache = known
         return result
 
     def _inject_preconditions(self, cpu: int, insn: str, what: str) -> None:

@@ -152,3 +152,13 @@ def test_xp_in_8_byte_items() -> None:
     assert data == P.parse_xp(text, 0x9000, 32, "g", "xp /4gx 0x9000")
     with pytest.raises(P.BochsParseError, match="does not fit 4 bytes"):
         P.parse_xp(text, 0x9000, 32, "w")
+
+
+def test_stop_inside_a_guest_tag_is_still_a_stop():
+    """Seen live: the guest had printed "[" of "[cpu0] ..." when processor 0 hit a magic breakpoint."""
+    from vmxdbg.backends.bochs_parse import parse_stop, split_guest_output
+    answer = "[(0) Magic breakpoint\nNext at t=14598262\n(0) [0x00000000b00b] 0008:000000000000b00b (unk. ctxt): vmlaunch\n"
+    out = split_guest_output(answer)
+    assert out.partial == "["
+    stop = parse_stop(out.debugger)
+    assert (stop.kind, stop.cpu) == ("magic", 0)

@@ -35,7 +35,7 @@ from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Seq
 
 from ..errors import BackendError, NotAvailable, TargetGone
 from . import bochs_parse as P
-from .base import CPUID, EXECUTION, MSR, PHYSICAL, REGISTERS, SEGMENT_NAMES, TABLE_NAMES, VIRTUAL, VMX_STATE, \
+from .base import CPUID, EXECUTION, MSR, PHYSICAL, REGISTERS, SEGMENT_NAMES, TABLE_NAMES, VIRTUAL, VMCS, VMX_STATE, \
     Backend, StopEvent
 from .bochs_process import BochsMachine, BochsProcess
 
@@ -157,7 +157,7 @@ class BochsBackend(Backend):
 
     # ---------------------------------------------------------------- basics
     def capabilities(self) -> FrozenSet[str]:
-        return frozenset({REGISTERS, MSR, CPUID, PHYSICAL, VIRTUAL, VMX_STATE, EXECUTION})
+        return frozenset({REGISTERS, MSR, CPUID, PHYSICAL, VIRTUAL, VMX_STATE, VMCS, EXECUTION})
 
     def describe(self) -> Dict[str, str]:
         m = re.search(r"Bochs x86 Emulator ([0-9.]+)", self.proc.banner)
@@ -288,8 +288,49 @@ class BochsBackend(Backend):
 
     # ------------------------------------------------------------- VMX, MSRs
     def vmx_state(self, cpu: int) -> Dict[str, object]:
-        """vmx off/root/non-root, vmxon_pointer, vmcs_pointer (show "cpuN.VMX")."""
-        return dict(P.vmx_state_from_param(self._show(cpu, "VMX")))
+        """vmx off/root/non-root, vmxon_pointer, vmcs_pointer (show "cpuN.VMX"), and the
+        current VMCS's launch state from its region (Bochs' layout keeps it at byte 8)."""
+        state: Dict[str, object] = dict(P.vmx_state_from_param(self._show(cpu, "VMX")))
+        try:
+            _, extras = self._current_vmcs(cpu)
+        except NotAvailable:
+            return state
+        launch = {0: "clear", 1: "launched"}.get(extras.get("launch_state", -1))
+        if launch:
+            state["vmcs_launch_state"] = launch
+        return state
+
+    def _current_vmcs(self, cpu: int) -> Tuple[Dict[int, int], Dict[str, int]]:
+        """The current VMCS's fields and extras, read from its region in Bochs' own
+        memory layout (structs/vmcs_layouts/bochs.yaml) in one read per stop."""
+        from ..decode.layouts import layout_for_revision
+
+        def fetch() -> Tuple[Dict[int, int], Dict[str, int]]:
+            st = P.vmx_state_from_param(self._show(cpu, "VMX"))
+            ptr = st.get("vmcs_pointer")
+            if st.get("vmx") == "off" or not isinstance(ptr, int) or ptr == 0xFFFFFFFFFFFFFFFF:
+                raise NotAvailable("no current VMCS", backend=NAME, cpu=cpu, what="VMCS fields")
+            revision = int.from_bytes(self.read_physical(ptr, 4), "little") & 0x7FFFFFFF
+            layout = layout_for_revision(revision)
+            if layout is None:
+                raise NotAvailable(f"no VMCS layout for revision id 0x{revision:x}", backend=NAME, cpu=cpu,
+                                   what=f"VMCS at 0x{ptr:x}")
+            data = self.read_physical(ptr, layout.span)
+            return layout.parse(data), layout.parse_extras(data)
+        return self._cached(cpu, "vmcs", fetch)
+
+    def read_vmcs(self, cpu: int, encoding: int) -> int:
+        fields, _ = self._current_vmcs(cpu)
+        if encoding not in fields:
+            raise NotAvailable("field not in this VMCS layout", backend=NAME, cpu=cpu, what=f"VMCS field 0x{encoding:04x}")
+        return fields[encoding]
+
+    def read_vmcs_fields(self, cpu: int, encodings: Iterable[int]) -> Dict[int, int]:
+        try:
+            fields, _ = self._current_vmcs(cpu)
+        except NotAvailable:
+            return {}
+        return {e: fields[e] for e in encodings if e in fields}
 
     def read_msr(self, cpu: int, index: int) -> int:
         """From the parameter tree where it holds the MSR, else by executing RDMSR."""

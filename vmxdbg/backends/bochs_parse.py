@@ -342,7 +342,14 @@ def split_guest_output(text: str) -> GuestOutput:
     for line in text.split("\n"):
         m = E9_TAG.search(line)
         if not m:
-            rest.append(line)
+            d = _DEBUGGER_START.search(line)
+            if d and d.start() and line[:d.start()].strip():
+                # the guest had printed the start of a line (even part of its tag, "[cp")
+                # when the debugger stopped: keep it to complete with the next answer
+                out.partial = line[:d.start()]
+                rest.append(line[d.start():])
+            else:
+                rest.append(line)
             continue
         if m.start():
             rest.append(line[:m.start()])

@@ -113,12 +113,12 @@ def test_msrs_and_cpuid_by_injection_restore_everything(session) -> None:  # typ
     around = b.read_virtual(0, rip - 64, 128)
     stack = b.read_virtual(0, before["rsp"] - 128, 128)
     assert b.read_msr(0, 0x480) == 0x00D810000000002B              # IA32_VMX_BASIC, revision 0x2B
-    assert b.read_msr(0, 0x1B) & 0xFFFFF900 == 0xFEE00900          # APIC base, BSP flag: RDMSR
+    assert b.read_msr_by_rdmsr(0, 0x10) > 0                        # the TSC: only RDMSR has it
     leaf1 = b.cpuid(0, 1)
     assert leaf1[2] >> 5 & 1 and leaf1[1] >> 24 == 0                # VMX, initial APIC ID 0
     assert b.cpuid(0, 0)[0] >= 0xD
     # values that both the parameter tree and RDMSR give agree
-    for index in (0x3A, 0xC0000080, 0x277, 0x174):
+    for index in (0x1B, 0x3A, 0xC0000080, 0x277, 0x174):
         assert b.read_msr_by_rdmsr(0, index) == b.read_msr(0, index), hex(index)
     with pytest.raises(NotAvailable, match="no usable #GP gate"):      # no IDT yet: a #GP would reset
         b.read_msr(0, 0x492)
@@ -172,8 +172,15 @@ def test_step_vmxon_on_each_core(session) -> None:  # type: ignore[no-untyped-de
         cpu = ev.cpu
         assert b.vmx_state(cpu)["vmx"] == "off"
         before = full_state(b, cpu)
+        stack = b.read_virtual(cpu, before["rsp"] - 128, 160)
+        code = b.read_virtual(cpu, before["rip"] - 32, 64)
         with pytest.raises(NotAvailable, match="raised an exception"):   # IDT ready: #GP caught, undone
             b.read_msr_by_rdmsr(cpu, 0x492)
+        assert full_state(b, cpu) == before
+        assert b.read_virtual(cpu, before["rsp"] - 128, 160) == stack     # the exception frame is gone
+        assert b.read_virtual(cpu, before["rip"] - 32, 64) == code
+        for index in (0x2FF, 0x250, 0x200, 0xC0000084):                   # MSRs that need the IDT here
+            assert b.read_msr_by_rdmsr(cpu, index) == b.read_msr(cpu, index), hex(index)
         assert full_state(b, cpu) == before
         st = b.step(cpu)
         assert (st.kind, st.cpu, st.address) == ("step", cpu, sym["at_vmxon"] + 9)

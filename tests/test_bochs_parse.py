@@ -61,7 +61,7 @@ def test_vmx_states() -> None:
 def test_msr_tree_and_activity() -> None:
     msrs = P.msrs_from_param(P.parse_param_tree(cap("show_cpu0_MSR"))["MSR"])
     assert msrs[0x3A] == 5 and msrs[0xC0000080] == 0x500 and msrs[0x277] == 0x7040600070406
-    assert 0x1B not in msrs                                              # apicbase: read by RDMSR
+    assert msrs[0x1B] == 0xFEE00900 and len(msrs) == 42                 # apicbase with the BSP flag
     assert P.parse_param_tree(cap("show_cpu1_activity_state_halted")) == {"activity_state": 1}
     with pytest.raises(P.BochsParseError, match="unexpected line 'invalid cpu id number 7'"):
         P.parse_param_tree(cap("set_cpu_invalid"))
@@ -143,3 +143,22 @@ def test_log_lines() -> None:
     smm = [x for x in lines if x and "SMM" in x.message][0]
     assert smm.cpu == 0 and not P.is_vmx_log(smm)
     assert P.parse_log_line("[cpu0] done") is None
+
+
+def test_xp_in_8_byte_items() -> None:
+    text = cap("xp_giant")                   # Bochs prints short items with 8 digits: 0x00000000
+    data = P.parse_xp(text, 0x9000, 32, "g")
+    assert data[:8] == b"MHVCONF1" and data[8:16] == bytes.fromhex("0000000002000000")
+    assert data == P.parse_xp(text, 0x9000, 32, "g", "xp /4gx 0x9000")
+    with pytest.raises(P.BochsParseError, match="does not fit 4 bytes"):
+        P.parse_xp(text, 0x9000, 32, "w")
+
+
+def test_stop_inside_a_guest_tag_is_still_a_stop():
+    """Seen live: the guest had printed "[" of "[cpu0] ..." when processor 0 hit a magic breakpoint."""
+    from vmxdbg.backends.bochs_parse import parse_stop, split_guest_output
+    answer = "[(0) Magic breakpoint\nNext at t=14598262\n(0) [0x00000000b00b] 0008:000000000000b00b (unk. ctxt): vmlaunch\n"
+    out = split_guest_output(answer)
+    assert out.partial == "["
+    stop = parse_stop(out.debugger)
+    assert (stop.kind, stop.cpu) == ("magic", 0)

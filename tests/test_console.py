@@ -14,7 +14,7 @@ from vmxdbg.backends.snapshot_backend import SnapshotBackend
 from vmxdbg.commands.kdcmds import KdState, complete, execute, format_dump, format_msr, format_reg
 from vmxdbg.commands.replay import open_state
 from vmxdbg.console import Console
-from vmxdbg.errors import InputError
+from vmxdbg.errors import InputError, NotAvailable
 from vmxdbg.recorded import record_check
 from vmxdbg.snapshot import save_snapshot
 
@@ -143,3 +143,48 @@ def test_cli_replay_script(trace_file, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "0: kd> !tt 5" and out[2] == "0: kd> r rip" and out[3] == f"rip={seen[4][0]:016x}"
     assert out[5] == "#   10010 17161514`13121110 1f1e1d1c`1b1a1918"
+
+
+def test_processors_known_from_the_header_when_never_asked(tmp_path):
+    path = tmp_path / "c.vmxrec.jsonl"
+    record_check(SnapshotBackend(two_cpu_snapshot()), path, cpus=[0, 1], vmxon_pointers=POINTERS)
+    state, _ = open_state(path)
+    assert execute(state, "~") == ".  0  processor 0\n   1  processor 1\n"
+    assert execute(state, "~1s") == "" and state.prompt == "1: kd> "
+    assert execute(state, "r cr4") == "cr4=00000000003706f8\n"
+    with pytest.raises(InputError, match="no recorded execution"):
+        execute(state, "t")
+
+
+def test_vmread_and_vmxcheck_options_on_a_snapshot(tmp_path):
+    tree = two_cpu_tree()
+    tree["processors"]["1"]["vmcs"] = {"0x6800": "0x80000031"}
+    path = tmp_path / "s.vmxsnap.json"
+    path.write_text(__import__("json").dumps(tree), encoding="utf-8")
+    state, _ = open_state(path)
+    execute(state, "~1s")
+    assert execute(state, "!vmread GUEST_CR0") == "GUEST_CR0 (6800) = 00000000`80000031\n"
+    assert execute(state, "!vmread 6800") == execute(state, "!vmread guest_cr0")
+    with pytest.raises(NotAvailable):
+        execute(state, "!vmread GUEST_CR4")
+    only1 = execute(state, "!vmxcheck cpu 1")
+    assert "cpu 1 vmxon: #UD" in only1 and "cpu 0 " not in only1
+    doc = execute(state, "!vmxcheck rule vmxon002")
+    assert doc.startswith("VMXON002 ") and "SDM: Vol.3C" in doc
+    with pytest.raises(InputError, match="no processor 5"):
+        execute(state, "!vmxcheck cpu 5")
+
+
+def test_history_keeps_the_commands_typed(trace_file, tmp_path):
+    path, _ = trace_file
+    state, _ = open_state(path)
+    hist = tmp_path / "history"
+    out = io.StringIO()
+    with create_pipe_input() as pipe:
+        pipe.send_text("g\rr rip\rq\r")
+        pipe.close()
+        console = Console(state, out=out, input=pipe, output=DummyOutput(), history_file=str(hist))
+        console.run()
+    # Up arrow / Ctrl-R recall from this history (prompt_toolkit's FileHistory), across sessions too
+    assert list(console.session.history.load_history_strings())[:3] == ["q", "r rip", "g"]
+    assert "+r rip" in hist.read_text(encoding="utf-8")

@@ -190,3 +190,20 @@ def test_segment_table_covers_every_register_and_is_validated(tmp_path):
     with pytest.raises(DefinitionError) as exc:
         load_table(str(tmp_path))
     assert "guest_segments.yaml" in str(exc.value) and "kind" in str(exc.value)
+
+
+def test_pdptes_of_an_unchanged_pae_cr3_may_be_checked():
+    """27.3.1.6: a processor already using PAE paging with the same CR3 may skip the PDPTE check."""
+    bad_table = {"vmcs/0x6804": "0x3526f8", "vmcs/0x401e": "0x101028",
+                 "/memory/0x185000": "0100190000000000" + "03" + "00" * 23}
+    assert launch(bad_table, "vmentry-v86").possible == ["entry-fail:33:2"]  # a 64-bit host: checked
+
+    def certain(patch):
+        found, _ = run_rule(get_rule("GUEST601"), Context(snap(patch, "vmentry-v86"), 0))
+        assert [f.status for f in found] == ["fail"]
+        return found[0].certain
+
+    pae = {**bad_table, "registers/cr0": "0x80000031", "registers/cr4": "0x2020", "registers/efer": "0x0"}
+    assert certain({**pae, "registers/cr3": "0x186000"})          # CR3 changes: checked
+    assert not certain({**pae, "registers/cr3": "0x185000"})      # same CR3 under PAE paging: may be checked
+    assert not certain({**pae, "registers/cr3": None})            # unknown: may be checked

@@ -246,3 +246,23 @@ def test_mode_new_episodes_without_target_says_so(tmp_path):
         with open_cassette(path, "new_episodes") as b:
             b.read_msr(0, 0x3A)
     assert read_recording(path).complete      # the file is still whole after the failure
+
+
+def test_unsolicited_events_are_stops_and_strict_replay_passes_them(tmp_path):
+    from vmxdbg.backends.base import StopEvent
+    path = tmp_path / "t.vmxrec.jsonl"
+    with Recorder(FakeLive(), path, command="trace", probe=False) as rec:
+        rec.read_msr(0, 0x480)
+        rec.record_event(StopEvent("vmexit", cpu=1, detail="exit reason 33"))
+        rec.read_msr(1, 0x480)
+    got = read_recording(path)
+    assert got.records[1].op is None and got.records[1].event.detail == "exit reason 33"
+    strict = ReplayBackend(got)
+    strict.read_msr(0, 0x480)
+    assert strict.read_msr(1, 0x480) == 0xDA040000000005 and strict.unused() == []
+    keyed = ReplayBackend(got, strict=False)
+    assert keyed.stop_count() == 1 and keyed.stop_event(1).kind == "vmexit"
+    with pytest.raises(NotAvailable):
+        keyed.read_msr(1, 0x480)            # read after the exit, not before it
+    keyed.seek(1)
+    assert keyed.read_msr(1, 0x480) == 0xDA040000000005

@@ -7,7 +7,6 @@ and the allowed-settings arithmetic against a direct reading of Vol.3D A.3.
 """
 from __future__ import annotations
 
-import copy
 from typing import Any, Dict, Optional
 
 import pytest

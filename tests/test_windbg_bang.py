@@ -79,7 +79,8 @@ def test_cpu_n_reads_only_that_processor_and_shows_every_rule():
     bang.main(["cpu", "1", "--text"], pk)
     out = output_text(t)
     assert out.splitlines()[1].startswith("1 ") and len(out.splitlines()[0:3]) == 3
-    assert "cpu 0" not in out and "cpu 1 vmxon: #UD" in out and "[UNKNOWN]" in out    # -v: unknowns too
+    assert "cpu 0" not in out and "cpu 1 vmxon: #UD" in out
+    assert "VMXON002" in out and "ENTRY001" in out     # every instruction of the processor, as -v shows
     assert {cpu for _, cpu, _ in t.reads} == {1}
     assert t.commands == ["~1s"]
 
@@ -277,3 +278,55 @@ def test_windbg_script_loads_pykd_defines_the_alias_and_forwards(tmp_path):
 def test_fake_dir_is_the_pykd_found():
     assert Path(__import__("pykd").__file__).parent == FAKE_DIR
     assert snapshot_with(1).processors and target_with(1)
+
+
+CODE, STACK, IDT_BASE, UD_HANDLER = 0xFFFFF80012340000, 0xFFFFF80012380000, 0xFFFFF80012390000, 0xFFFFF800123A0600
+PROGRAM = bytes.fromhex("f30fc7742408") + bytes.fromhex("f4")      # vmxon [rsp+8] ; hlt
+
+
+def _gate(handler):
+    return (handler & 0xFFFF).to_bytes(2, "little") + b"\x10\x00\x00\x8e" + (handler >> 16 & 0xFFFF).to_bytes(
+        2, "little") + (handler >> 32).to_bytes(4, "little") + bytes(4)
+
+
+def trace_target():
+    """Two cores about to run the driver's VMXON; core 1 has CR4.VMXE clear, so its VMXON raises #UD."""
+    pk, t = broken_pair()
+    t.virtual.add(CODE, PROGRAM)
+    t.virtual.add(STACK, bytes(8) + (0x1A2B3000).to_bytes(8, "little"))
+    t.virtual.add(IDT_BASE, bytes(16 * 6) + _gate(UD_HANDLER) + bytes(16 * 7) + _gate(UD_HANDLER + 0x700))
+    for p in t.processors:
+        p.regs.update(rsp=STACK, idtr=IDT_BASE, idtl=0xFFF)
+    t.symbols["hvdrv!VmxOnThisCpu"] = CODE
+    t.stops = [fake_target.Stop(cpu=1, address=CODE), fake_target.Stop(cpu=0, address=CODE)]
+
+    def step(target, cpu):
+        regs = target.processors[cpu].regs
+        if regs["cr4"] >> 13 & 1:
+            regs["rip"] += 6
+            regs["efl"] &= ~0x41                     # VMsucceed: CF = ZF = 0
+        else:
+            regs["rip"] = UD_HANDLER
+    t.on_step = step
+    return pk, t
+
+
+def test_trace_steps_each_core_through_its_vmxon_and_removes_its_breakpoints():
+    pk, t = trace_target()
+    status = bang.main(["trace", "--code", "hvdrv!VmxOnThisCpu", "7", "--timeout", "0.2", "--text"], pk)
+    out = output_text(t)
+    rows = [line.split() for line in out.splitlines() if line.startswith(("0 ", "1 "))]
+    assert [r[:4] for r in rows] == [["1", "vmxon", "0xfffff80012340000", "0x1a2b3000"],
+                                     ["0", "vmxon", "0xfffff80012340000", "0x1a2b3000"]]
+    assert rows[0][4:7] == ["#UD", "#UD", "ok"] and "VMXON002" in rows[0][7].split(",")     # predicted, actual, agree
+    assert rows[1][4] == "unknown" and rows[1][-3:-1] == ["ok", "ok"]          # CPUID unknown from WinDbg
+    assert rows[1][-1] == "XCPU001(advice)"      # both processors were given VMXON region 0x1a2b3000
+    assert "MISMATCH" not in out and status == 1
+    assert t.breakpoints == {} and t.calls["trace"] == 2
+    assert all(re.match(r"^~\d+s$", c) for c in t.commands)
+
+
+def test_trace_needs_the_code_to_watch():
+    pk, t = trace_target()
+    assert bang.main(["trace"], pk) == 2
+    assert "--code ADDR LEN" in output_text(t)

@@ -129,6 +129,8 @@ def collect_processor(backend: Backend, cpu: int, snap: Snapshot,
         for k in ("vmcs_pointer", "vmcs_launch_state"):
             if st.get(k) is not None:
                 setattr(p, k, st[k])
+        if st.get("vmx") in ("root", "non-root") and st.get("vmxon_pointer") is not None and vmxon_pointer is None:
+            p.vmxon_pointer = int(st["vmxon_pointer"])  # type: ignore[arg-type]  # the VMXON that is in force
     if vmxon_pointer is not None:
         p.vmxon_pointer = vmxon_pointer
     if VMCS in caps and p.state.get("vmx") in ("root", "non-root") and p.vmcs_pointer not in (None, NO_VMCS):

@@ -137,3 +137,37 @@ def page_reader(backend: Backend) -> Callable[[int, int], Optional[bytes]]:
             at += take
         return out
     return read
+
+
+def address_of(backend: Backend, text: str, what: str = "address") -> int:
+    """A number as typed, or a debugger expression (`mydrv!VmxOnEachCpu+0x10`) where the backend evaluates them."""
+    try:
+        return parse_int(text, what=what)
+    except InputError:
+        evaluate = getattr(backend, "evaluate", None)
+        if not callable(evaluate):
+            raise
+        return int(evaluate(text))
+
+
+def add_live_trace_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options `trace` has on a live target."""
+    parser.add_argument("--code", nargs=2, metavar=("ADDR", "LEN"), default=None,
+                        help="live: the code to find VMX instructions in: linear address (or a debugger "
+                             "expression such as mydrv!InitVmx) and length in bytes")
+
+
+def live_trace(args: argparse.Namespace, backend: Backend) -> list:
+    """`trace` on a live target: the VMX instructions in --code, stepped on every core as they are reached."""
+    from .trace import run_trace
+    if not getattr(args, "code", None):
+        raise InputError("trace on a live target: give the code to watch, --code ADDR LEN "
+                         "(e.g. --code mydrv!InitVmx 0x400)")
+    address = address_of(backend, args.code[0], "--code address")
+    length = parse_int(args.code[1], what="--code length")
+    if not 0 < length <= 0x100000:
+        raise InputError(f"--code length 0x{length:x}: expected 1 byte to 1 MiB")
+    code = backend.read_virtual(current_cpu(backend), address, length)
+    argv = ["trace", "--code", f"0x{address:x}", f"0x{length:x}"]
+    return run_trace(backend, {address: code}, physical=False, timeout=args.timeout,
+                     record=getattr(args, "record", None), argv=argv, source=f"{backend.name} live")

@@ -118,6 +118,7 @@ def cross_lines(report: Report) -> List[str]:
 
 
 MAX_MISSING = 8
+ASSUMABLE = ("vmx", "cpl", "a20m", "smm", "smx", "blocking_by_mov_ss", "blocking_by_sti")
 
 
 def how_to_read(key: str) -> str:
@@ -128,14 +129,15 @@ def how_to_read(key: str) -> str:
     if kind == "reg":
         return f"r {what}" if "." not in what else f"r {what.split('.')[0]}"
     if kind == "cpuid":
-        return f"!cpuid {what}"
+        return "no kd command prints CPUID leaves: add them to a snapshot"
     if kind == "mem":
         return f"!dq {what}"
     if kind == "vmcs":
         return f"VMREAD {what} in the driver, or `vmxdbg vmcs` on the region"
     if what in ("vmxon_pointer", "vmcs_pointer") or what.endswith("_operand"):
         return "the instruction's operand: `vmxdbg trace` reads it at the instruction"
-    return "not visible to a debugger: give it in the snapshot's state"
+    return f"not visible to a debugger: --assume {what}=..." if what in ASSUMABLE else \
+        "not visible to a debugger: give it in the snapshot"
 
 
 def missing_lines(v: Verdict) -> List[str]:

@@ -22,6 +22,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 import iced_x86 as ix
 
 from .backends.base import EXECUTION, Backend, StopEvent
+from .assume import apply_to_processor
 from .collect import collect_processor
 from .errors import BackendError, NotAvailable, VmxdbgError
 from .report import Report, Verdict
@@ -101,12 +102,19 @@ class Stepper:
     """Drives a live backend through the VMX instructions at `sites`."""
 
     def __init__(self, backend: Backend, sites: Sequence[VmxSite], *, physical: bool = False,
+                 breakpoints: bool = True, assume: Optional[Dict[str, object]] = None,
                  log: Optional[Callable[[str], None]] = None) -> None:
+        """`breakpoints=False`: the target stops by itself at each site (a magic
+        breakpoint right before it); every stop whose RIP is a site is handled.
+        `assume`: state no debugger shows, filled where the target did not give it
+        (vmxdbg.assume)."""
         if EXECUTION not in backend.capabilities():
             raise NotAvailable("stepping needs a live target", backend=backend.name)
         self.backend = backend
         self.sites = {s.address: s for s in sites}
         self.physical = physical
+        self.use_breakpoints = breakpoints
+        self.assume = dict(assume or {})
         self.results: List[StepResult] = []
         self.state: Dict[int, Processor] = {}   # each processor as read at its last stop
         self._log = log or (lambda line: None)
@@ -118,7 +126,7 @@ class Stepper:
         """Run until the target exits, `until(event)` says so, or `max_stops`;
         every breakpoint set here is removed on every way out."""
         try:
-            for address in self.sites:
+            for address in (self.sites if self.use_breakpoints else ()):
                 self._breakpoints.append(self.backend.set_breakpoint(address, physical=self.physical))
             for _ in range(max_stops):
                 event = self.backend.go(timeout=timeout)
@@ -137,6 +145,7 @@ class Stepper:
                     break
         finally:
             self.remove_breakpoints()
+        share_cross_findings(self.results)
         return self.results
 
     def remove_breakpoints(self) -> None:
@@ -160,7 +169,7 @@ class Stepper:
         site = self.sites.get(rip)
         if site is None:
             return None
-        snap, operand = self.read_state(cpu, site)
+        snap, operand = self.read_state(cpu, site, magic=event.kind == "magic")
         verdict = self.predict(snap, cpu, site.instruction)
         step = self.backend.step(cpu)
         actual = self.actual_outcome(cpu, site, snap.processors[cpu])
@@ -170,8 +179,11 @@ class Stepper:
         self.results.append(result)
         return result
 
-    def read_state(self, cpu: int, site: VmxSite) -> Tuple[Snapshot, Optional[int]]:
-        """A snapshot with this processor read now and the others as last seen."""
+    def read_state(self, cpu: int, site: VmxSite, magic: bool = False) -> Tuple[Snapshot, Optional[int]]:
+        """A snapshot with this processor read now and the others as last seen.
+
+        At a magic-breakpoint stop the instruction just executed was `xchg bx, bx`,
+        which blocks no events: no blocking by MOV SS or by STI."""
         snap = Snapshot(source=f"{self.backend.name} stop on cpu {cpu} at {site.address:#x}")
         for other, p in self.state.items():
             if other != cpu:
@@ -186,6 +198,12 @@ class Stepper:
         elif site.instruction in ("vmclear", "vmptrld") and operand is not None:
             kwargs["operands"] = {site.instruction: operand}
         p = collect_processor(self.backend, cpu, snap, **kwargs)  # type: ignore[arg-type]
+        if magic:
+            for key in ("blocking_by_mov_ss", "blocking_by_sti"):
+                if key not in p.state:
+                    p.state[key] = False
+                    p.provenance[f"state:{key}"] = "the instruction before was the magic breakpoint xchg bx, bx"
+        apply_to_processor(p, self.assume)  # type: ignore[arg-type]
         self.state[cpu] = copy.deepcopy(p)
         return snap, operand
 
@@ -247,6 +265,23 @@ class Stepper:
             if handler == rip:
                 return name
         return None
+
+
+def share_cross_findings(results: Sequence[StepResult]) -> None:
+    """A finding between processors, seen at one processor's stop, is also shown on
+    the same instruction of every other processor it names (once)."""
+    for r in results:
+        if r.verdict is None:
+            continue
+        for f in r.verdict.findings:
+            if len(f.cpus) < 2:
+                continue
+            for other in results:
+                if other is r or other.verdict is None or other.cpu not in f.cpus or \
+                        other.instruction != r.instruction:
+                    continue
+                if all(g.id != f.id for g in other.verdict.findings):
+                    other.verdict.findings.append(copy.copy(f))
 
 
 def results_report(results: Iterable[StepResult]) -> Report:

@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 from .backends.base import Backend
 from .backends.recorder import Recorder
 from .backends.replay import ReplayBackend
+from .assume import parse_assumptions
 from .errors import BackendError, InputError, one_line
 from .recording import Recording
 from .report import FORMAT as REPORT_FORMAT, VERSION as REPORT_VERSION
@@ -25,10 +26,12 @@ TRACE = "trace"
 
 
 def trace_params(code: Dict[int, bytes], *, physical: bool, bitness: int, max_stops: int,
+                 breakpoints: bool = True, assume: Optional[Dict[str, Any]] = None,
                  source: str = "") -> Dict[str, Any]:
     """Header params of a trace: the code the sites were decoded from, by address."""
     return {"code": {hexs(a): b.hex() for a, b in sorted(code.items())}, "bitness": bitness,
-            "physical": physical, "max_stops": max_stops, "source": source}
+            "physical": physical, "breakpoints": breakpoints, "assume": dict(assume or {}),
+            "max_stops": max_stops, "source": source}
 
 
 def sites_from_params(rec: Recording) -> Dict[str, Any]:
@@ -52,12 +55,21 @@ def sites_from_params(rec: Recording) -> Dict[str, Any]:
     max_stops = p.get("max_stops", 1000)
     if not isinstance(max_stops, int) or isinstance(max_stops, bool) or max_stops < 1:
         raise bad("max_stops", "expected a positive number")
-    return {"sites": sites, "physical": bool(p.get("physical", False)), "max_stops": max_stops}
+    assume = p.get("assume", {})
+    if not isinstance(assume, dict):
+        raise bad("assume", "expected an object of state key -> value")
+    try:
+        assumed = parse_assumptions(f"{k}={str(v).lower()}" for k, v in assume.items())
+    except InputError as exc:
+        raise bad("assume", exc.detail) from None
+    return {"sites": sites, "physical": bool(p.get("physical", False)),
+            "breakpoints": bool(p.get("breakpoints", True)), "assume": assumed, "max_stops": max_stops}
 
 
 def run_trace(backend: Backend, code: Dict[int, bytes], *, bitness: int = 64, physical: bool = False,
               timeout: float = 60.0, max_stops: int = 1000, record: Optional[Union[str, "os.PathLike[str]"]] = None,
-              argv: Optional[List[str]] = None, source: str = "") -> List[StepResult]:
+              argv: Optional[List[str]] = None, source: str = "", breakpoints: bool = True,
+              assume: Optional[Dict[str, Any]] = None) -> List[StepResult]:
     """Find the VMX instructions in `code` (address -> bytes) and step the target through them,
     recording the session to `record` when given."""
     sites: List[VmxSite] = []
@@ -66,10 +78,13 @@ def run_trace(backend: Backend, code: Dict[int, bytes], *, bitness: int = 64, ph
     if not sites:
         raise InputError("no VMXON, VMCLEAR, VMPTRLD, VMLAUNCH or VMRESUME in the code range given")
     if record is None:
-        return Stepper(backend, sites, physical=physical).run(timeout=timeout, max_stops=max_stops)
-    params = trace_params(code, physical=physical, bitness=bitness, max_stops=max_stops, source=source)
+        return Stepper(backend, sites, physical=physical, breakpoints=breakpoints, assume=assume).run(
+            timeout=timeout, max_stops=max_stops)
+    params = trace_params(code, physical=physical, bitness=bitness, max_stops=max_stops,
+                          breakpoints=breakpoints, assume=assume, source=source)
     with Recorder(backend, record, command=TRACE, argv=argv or [TRACE], params=params) as rec:
-        return Stepper(rec, sites, physical=physical).run(timeout=timeout, max_stops=max_stops)
+        return Stepper(rec, sites, physical=physical, breakpoints=breakpoints, assume=assume).run(
+            timeout=timeout, max_stops=max_stops)
 
 
 def replay_trace(rec: Recording) -> List[StepResult]:
@@ -78,7 +93,8 @@ def replay_trace(rec: Recording) -> List[StepResult]:
     args = sites_from_params(rec)
     replay = ReplayBackend(rec, strict=True)
     try:
-        return Stepper(replay, args["sites"], physical=args["physical"]).run(max_stops=args["max_stops"])
+        return Stepper(replay, args["sites"], physical=args["physical"], breakpoints=args["breakpoints"],
+                       assume=args["assume"]).run(max_stops=args["max_stops"])
     except BackendError as exc:   # a recorded error the stepper does not handle, or a call past the end
         raise InputError(f"replaying it: {exc}", source=rec.path) from None
 
@@ -102,13 +118,14 @@ def trace_report_json(results: Sequence[StepResult]) -> Dict[str, Any]:
 
 def render_trace(results: Sequence[StepResult], *, verbose: bool = False) -> str:
     """The per-core table of predicted vs actual, then findings and the target's own log lines."""
-    rows = [("cpu", "instruction", "address", "operand", "predicted", "actual", "", "broken rules")]
+    rows = [("cpu", "instruction", "address", "operand", "predicted", "actual", "match", "broken rules")]
     for r in results:
         if r.verdict is None:
             rows.append((str(r.cpu) if r.cpu >= 0 else "?", r.instruction, hexs(r.address), "", "-", r.actual,
                          "MISSED", r.note))
             continue
         fails = [f.id for f in r.verdict.findings if f.status == "fail"]
+        fails += [f"{f.id}(advice)" for f in r.verdict.findings if f.status == "advice"]
         pred = r.verdict.outcome + (f" ({'/'.join(r.verdict.possible)})" if len(r.verdict.possible) > 1 else "")
         mark = {True: "ok", False: "MISMATCH", None: "?"}[r.match]
         rows.append((str(r.cpu), r.instruction, hexs(r.address), "" if r.operand is None else hexs(r.operand),
@@ -122,7 +139,8 @@ def render_trace(results: Sequence[StepResult], *, verbose: bool = False) -> str
     for r in results:
         if r.verdict is None:
             continue
-        shown = [f for f in r.verdict.findings if f.status != "unknown" or verbose]
+        shown = [f for f in r.verdict.findings if (f.status != "unknown" and not f.advisory) or verbose
+                 or f.status == "advice"]
         if not shown and not r.log and r.match is not False:
             continue
         lines.append("")

@@ -99,6 +99,7 @@ class FakeTarget:
         self.running_forever_limit = 5.0            # seconds a scripted "run forever" may block
         self.breakin_event = threading.Event()
         self.status = "break"
+        self.symbols: Dict[str, int] = {}             # what expr() resolves
 
     # ---------------------------------------------------------------- build
     @classmethod

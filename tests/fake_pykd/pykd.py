@@ -214,6 +214,14 @@ def dbgCommand(command: str, suppressOutput: bool = True, outputMask: int = 1) -
     return None
 
 
+def expr(expression: str, cplusplus: bool = False) -> int:
+    """Evaluate a debugger expression; the fake knows the symbols in TARGET.symbols."""
+    t = _t("expr")
+    if expression in t.symbols:
+        return t.symbols[expression]
+    raise DbgException(f"Couldn't resolve error at '{expression}'")
+
+
 # --------------------------------------------------------------- breakpoints
 class breakpoint:
     """A software (or hardware) breakpoint; removed when the object is destroyed."""

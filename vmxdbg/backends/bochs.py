@@ -35,7 +35,7 @@ from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Seq
 
 from ..errors import BackendError, NotAvailable, TargetGone
 from . import bochs_parse as P
-from .base import CPUID, EXECUTION, MSR, PHYSICAL, REGISTERS, SEGMENT_NAMES, TABLE_NAMES, VIRTUAL, VMX_STATE, \
+from .base import CPUID, EXECUTION, MSR, PHYSICAL, REGISTERS, SEGMENT_NAMES, TABLE_NAMES, VIRTUAL, VMCS, VMX_STATE, \
     Backend, StopEvent
 from .bochs_process import BochsMachine, BochsProcess
 
@@ -47,7 +47,7 @@ DREG_NAMES = ("dr0", "dr1", "dr2", "dr3", "dr6", "dr7")
 PARAM_GROUP = {"es": "ES", "cs": "CS", "ss": "SS", "ds": "DS", "fs": "FS", "gs": "GS", "ldtr": "LDTR",
                "tr": "TR", "gdtr": "GDTR", "idtr": "IDTR"}
 SEGMENT_PARTS = ("selector", "base", "limit", "attributes")
-XP_CHUNK = 1024
+XP_CHUNK = 4096
 BIOS_ROM = (0xFFFE0000, 0x100000000)      # BIOS-bochs-latest, 128 KiB below 4 GiB
 STACK_SAVE = 64                           # bytes below RSP an exception frame may use
 EFER_LMA = 1 << 10
@@ -157,7 +157,7 @@ class BochsBackend(Backend):
 
     # ---------------------------------------------------------------- basics
     def capabilities(self) -> FrozenSet[str]:
-        return frozenset({REGISTERS, MSR, CPUID, PHYSICAL, VIRTUAL, VMX_STATE, EXECUTION})
+        return frozenset({REGISTERS, MSR, CPUID, PHYSICAL, VIRTUAL, VMX_STATE, VMCS, EXECUTION})
 
     def describe(self) -> Dict[str, str]:
         m = re.search(r"Bochs x86 Emulator ([0-9.]+)", self.proc.banner)
@@ -288,8 +288,49 @@ class BochsBackend(Backend):
 
     # ------------------------------------------------------------- VMX, MSRs
     def vmx_state(self, cpu: int) -> Dict[str, object]:
-        """vmx off/root/non-root, vmxon_pointer, vmcs_pointer (show "cpuN.VMX")."""
-        return dict(P.vmx_state_from_param(self._show(cpu, "VMX")))
+        """vmx off/root/non-root, vmxon_pointer, vmcs_pointer (show "cpuN.VMX"), and the
+        current VMCS's launch state from its region (Bochs' layout keeps it at byte 8)."""
+        state: Dict[str, object] = dict(P.vmx_state_from_param(self._show(cpu, "VMX")))
+        try:
+            _, extras = self._current_vmcs(cpu)
+        except NotAvailable:
+            return state
+        launch = {0: "clear", 1: "launched"}.get(extras.get("launch_state", -1))
+        if launch:
+            state["vmcs_launch_state"] = launch
+        return state
+
+    def _current_vmcs(self, cpu: int) -> Tuple[Dict[int, int], Dict[str, int]]:
+        """The current VMCS's fields and extras, read from its region in Bochs' own
+        memory layout (structs/vmcs_layouts/bochs.yaml) in one read per stop."""
+        from ..decode.layouts import layout_for_revision
+
+        def fetch() -> Tuple[Dict[int, int], Dict[str, int]]:
+            st = P.vmx_state_from_param(self._show(cpu, "VMX"))
+            ptr = st.get("vmcs_pointer")
+            if st.get("vmx") == "off" or not isinstance(ptr, int) or ptr == 0xFFFFFFFFFFFFFFFF:
+                raise NotAvailable("no current VMCS", backend=NAME, cpu=cpu, what="VMCS fields")
+            revision = int.from_bytes(self.read_physical(ptr, 4), "little") & 0x7FFFFFFF
+            layout = layout_for_revision(revision)
+            if layout is None:
+                raise NotAvailable(f"no VMCS layout for revision id 0x{revision:x}", backend=NAME, cpu=cpu,
+                                   what=f"VMCS at 0x{ptr:x}")
+            data = self.read_physical(ptr, layout.span)
+            return layout.parse(data), layout.parse_extras(data)
+        return self._cached(cpu, "vmcs", fetch)
+
+    def read_vmcs(self, cpu: int, encoding: int) -> int:
+        fields, _ = self._current_vmcs(cpu)
+        if encoding not in fields:
+            raise NotAvailable("field not in this VMCS layout", backend=NAME, cpu=cpu, what=f"VMCS field 0x{encoding:04x}")
+        return fields[encoding]
+
+    def read_vmcs_fields(self, cpu: int, encodings: Iterable[int]) -> Dict[int, int]:
+        try:
+            fields, _ = self._current_vmcs(cpu)
+        except NotAvailable:
+            return {}
+        return {e: fields[e] for e in encodings if e in fields}
 
     def read_msr(self, cpu: int, index: int) -> int:
         """From the parameter tree where it holds the MSR, else by executing RDMSR."""
@@ -335,8 +376,11 @@ class BochsBackend(Backend):
         out = bytearray()
         while len(out) < size:
             at, n = address + len(out), min(XP_CHUNK, size - len(out))
-            cmd = f"xp /{n}bx 0x{at:x}"
-            out += P.parse_xp_bytes(self._cmd(cmd), at, n, cmd)
+            unit = "g" if at % 8 == 0 and n >= 8 else "b"    # 8-byte items: 8x less text to print and parse
+            if unit == "g":
+                n -= n % 8
+            cmd = f"xp /{n // P.XP_UNITS[unit]}{unit}x 0x{at:x}"
+            out += P.parse_xp(self._cmd(cmd), at, n, unit, cmd)
         return bytes(out)
 
     def write_physical(self, address: int, data: bytes) -> None:
@@ -403,6 +447,7 @@ class BochsBackend(Backend):
         self.stats["injections"] += 1
         self._held_log = self._take_log()       # the guest's lines so far; what the stub causes is dropped
         before = dict(self._r(cpu))
+        known = dict(self._cache)               # still true once everything is put back
         rip = before["rip"]
         stub_rip = self._stub_site(cpu, rip)
         phys = [self.translate(cpu, stub_rip + k) for k in (0, STUB_LEN - 1)]
@@ -440,6 +485,7 @@ class BochsBackend(Backend):
             raise
         self._undo()
         self.proc.read_log()
+        self._cache = known
         return result
 
     def _inject_preconditions(self, cpu: int, insn: str, what: str) -> None:

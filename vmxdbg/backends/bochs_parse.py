@@ -160,7 +160,7 @@ def vmx_state_from_param(group: Dict[str, Any]) -> Dict[str, Any]:
 
 # Names `show "cpuN.MSR"` prints -> MSR index (Vol.4, SDM 325462-080US, 2023).
 MSR_PARAM_NAMES: Dict[str, int] = {
-    "EFER": 0xC0000080, "star": 0xC0000081, "lstar": 0xC0000082, "cstar": 0xC0000083,
+    "apicbase": 0x1B, "EFER": 0xC0000080, "star": 0xC0000081, "lstar": 0xC0000082, "cstar": 0xC0000083,
     "fmask": 0xC0000084, "kernelgsbase": 0xC0000102, "tsc_aux": 0xC0000103,
     "sysenter_cs_msr": 0x174, "sysenter_esp_msr": 0x175, "sysenter_eip_msr": 0x176,
     "mtrrfix64k": 0x250, "mtrrfix16k_80000": 0x258, "mtrrfix16k_a0000": 0x259,
@@ -174,18 +174,20 @@ MSR_PARAM_NAMES: Dict[str, int] = {
 
 
 def msrs_from_param(group: Dict[str, Any]) -> Dict[int, int]:
-    """{MSR index: value} for the MSRs `show "cpuN.MSR"` prints (apicbase left out:
-    the tree holds Bochs' field, RDMSR adds the BSP flag)."""
+    """{MSR index: value} for the MSRs `show "cpuN.MSR"` prints."""
     return {MSR_PARAM_NAMES[k]: v for k, v in group.items() if k in MSR_PARAM_NAMES and isinstance(v, int)}
 
 
 # ------------------------------------------------------------------- memory
 
-_XP_LINE = re.compile(r"^0x([0-9a-f]+) <[^>]*>:((?:\s+0x[0-9a-f]{2})+)\s*$")
+_XP_LINE = re.compile(r"^0x([0-9a-f]+) <[^>]*>:((?:\s+0x[0-9a-f]+)+)\s*$")
+XP_UNITS = {"b": 1, "h": 2, "w": 4, "g": 8}
 
 
-def parse_xp_bytes(text: str, address: int, size: int, command: str = "xp") -> bytes:
-    """`xp /Nbx ADDR` (or `x`): the N bytes, checked to start at ADDR and be contiguous."""
+def parse_xp(text: str, address: int, size: int, unit: str = "b", command: str = "xp") -> bytes:
+    """`xp /N<unit>x ADDR` (or `x`): `size` bytes, little-endian, checked to start at ADDR
+    and be contiguous.  Bochs prints each item as 0x + at least 8 digits for h/w/g."""
+    width = XP_UNITS[unit]
     out = bytearray()
     for line in text.splitlines():
         m = _XP_LINE.match(line.strip())
@@ -194,10 +196,19 @@ def parse_xp_bytes(text: str, address: int, size: int, command: str = "xp") -> b
         at = int(m.group(1), 16)
         if at != address + len(out):
             raise BochsParseError(command, f"line at 0x{at:x}, expected 0x{address + len(out):x}", text)
-        out += bytes(int(b, 16) for b in m.group(2).split())
+        for token in m.group(2).split():
+            value = int(token, 16)
+            if value >> (8 * width):
+                raise BochsParseError(command, f"{token} does not fit {width} bytes", text)
+            out += value.to_bytes(width, "little")
     if len(out) != size:
         raise BochsParseError(command, f"{len(out)} bytes, expected {size}", text)
     return bytes(out)
+
+
+def parse_xp_bytes(text: str, address: int, size: int, command: str = "xp") -> bytes:
+    """`xp /Nbx ADDR`: the N bytes."""
+    return parse_xp(text, address, size, "b", command)
 
 
 def parse_page(text: str) -> Optional[int]:
@@ -331,7 +342,14 @@ def split_guest_output(text: str) -> GuestOutput:
     for line in text.split("\n"):
         m = E9_TAG.search(line)
         if not m:
-            rest.append(line)
+            d = _DEBUGGER_START.search(line)
+            if d and d.start() and line[:d.start()].strip():
+                # the guest had printed the start of a line (even part of its tag, "[cp")
+                # when the debugger stopped: keep it to complete with the next answer
+                out.partial = line[:d.start()]
+                rest.append(line[d.start():])
+            else:
+                rest.append(line)
             continue
         if m.start():
             rest.append(line[:m.start()])

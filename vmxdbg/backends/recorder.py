@@ -21,7 +21,8 @@ import os
 from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Tuple, Union
 
 from ..errors import BackendError, NotAvailable
-from ..recording import RecordTooLarge, RecordingWriter, encode_call, encode_error, encode_result, new_header
+from ..recording import (RecordTooLarge, RecordingWriter, encode_call, encode_error, encode_event, encode_result,
+                         new_header)
 from ..values import hexs
 from .base import CPUID, MSR, Backend, StopEvent
 
@@ -122,7 +123,7 @@ class Recorder(Backend):
 
     def record_event(self, event: StopEvent) -> None:
         """Record an event the target reported without being asked (no call)."""
-        self.writer.write({"event": encode_result("go", event)[1]})
+        self.writer.write({"event": encode_event(event)})
 
     def capabilities(self) -> FrozenSet[str]:
         return self._caps

@@ -23,7 +23,7 @@ import bisect
 from typing import Any, Dict, FrozenSet, Iterable, List, Optional, Tuple, Union
 
 from ..errors import BackendError, Divergence, NotAvailable, TargetGone
-from ..recording import EVENT_OPS, CallKey, Record, Recording, call_text, read_recording, record_text
+from ..recording import EVENT_OPS, CallKey, Record, Recording, call_text, gc_paused, read_recording, record_text
 from ..snapshot import Memory
 from .base import Backend, StopEvent
 
@@ -143,31 +143,52 @@ class ReplayBackend(Backend):
 
     # ------------------------------------------------------------ keyed mode
     def _build_index(self) -> Dict[CallKey, Tuple[List[int], List[int]]]:
+        """Call key -> (stop numbers, record indices), in recorded order. Batched register
+        reads are indexed per processor under the key ("read_registers", cpu, None)."""
         index: Dict[CallKey, Tuple[List[int], List[int]]] = {}
+        epochs = self._epoch
+        with gc_paused():
+            self._fill_index(index, epochs)
+        return index
 
-        def add(key: CallKey, i: int) -> None:
-            epochs, rows = index.setdefault(key, ([], []))
-            epochs.append(self._epoch[i])
-            rows.append(i)
+    def _fill_index(self, index: Dict[CallKey, Tuple[List[int], List[int]]], epochs: List[int]) -> None:
         for i, r in enumerate(self._records):
             if r.op is None:
                 continue
-            add(r.key, i)
+            key = (r.op, r.cpu, r.args)
             if r.op == "read_registers" and r.error is None:
-                for name in r.result:          # each register of a batch answers read_register too
-                    add(("read_register", r.cpu, (name,)), i)
-        return index
+                key = ("read_registers", r.cpu, None)  # type: ignore[assignment]
+            found = index.get(key)
+            if found is None:
+                index[key] = ([epochs[i]], [i])
+            else:
+                found[0].append(epochs[i])
+                found[1].append(i)
 
     def _keyed(self, key: CallKey) -> Record:
         if self._index is None:
             self._index = self._build_index()
+        best = -1
         found = self._index.get(key)
         if found is not None:
-            epochs, rows = found
-            k = bisect.bisect_right(epochs, self.position)
+            k = bisect.bisect_right(found[0], self.position)
             if k:
-                self._used[rows[k - 1]] = 1
-                return self._records[rows[k - 1]]
+                best = found[1][k - 1]
+        if key[0] == "read_register":
+            # a later batched read that holds this register answers it too
+            batches = self._index.get(("read_registers", key[1], None))  # type: ignore[arg-type]
+            if batches is not None:
+                rows = batches[1]
+                name = key[2][0]
+                for j in range(bisect.bisect_right(batches[0], self.position) - 1, -1, -1):
+                    if rows[j] < best:
+                        break
+                    if name in self._records[rows[j]].result:
+                        best = rows[j]
+                        break
+        if best >= 0:
+            self._used[best] = 1
+            return self._records[best]
         raise NotAvailable("not in the recording" + (f" up to stop {self.position}" if self.stops else ""),
                            backend=self.name, cpu=key[1], what=call_text(*key))
 
@@ -246,7 +267,20 @@ class ReplayBackend(Backend):
 
     # ------------------------------------------------------------ the contract
     def processors(self) -> List[int]:
-        return list(self._answer("processors", None, ()))
+        if self.strict:
+            return list(self._answer("processors", None, ()))
+        try:
+            return list(self._answer("processors", None, ()))
+        except NotAvailable:
+            return self._known_processors()
+
+    def _known_processors(self) -> List[int]:
+        """Keyed mode, when the session never asked: the header's, else those the calls name."""
+        target = self.recording.header.get("target")
+        cpus = target.get("processors") if isinstance(target, dict) else None
+        if isinstance(cpus, list) and all(isinstance(c, int) and not isinstance(c, bool) for c in cpus):
+            return sorted(cpus)
+        return sorted({r.cpu for r in self._records if r.cpu is not None})
 
     def read_register(self, cpu: int, name: str) -> int:
         return self._answer("read_register", cpu, (name,))

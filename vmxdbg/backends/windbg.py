@@ -296,6 +296,14 @@ class WinDbgBackend(Backend):
         return self._read(self._memory, (f"v{cpu}", address, size), cpu,
                           f"virtual memory 0x{address:x}+0x{size:x}", fn)
 
+    def evaluate(self, expression: str) -> int:
+        """A debugger expression (`mydrv!InitVmx+0x10`, `@rip`) as a number: pykd's expr()."""
+        try:
+            return int(self.pykd.expr(expression))
+        except self._exc("DbgException") as exc:   # type: ignore[misc]
+            raise NotAvailable(f"the debugger cannot evaluate it ({exc})", backend=self.name,
+                               what=f"expression {expression!r}") from None
+
     # ------------------------------------------------------------ execution
     def set_breakpoint(self, address: int, physical: bool = False) -> int:
         if physical:

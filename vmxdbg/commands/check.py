@@ -9,6 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..assume import apply_assumptions, parse_assumptions
 from ..errors import InputError
 from ..live import add_live_check_arguments, is_live, live_backend, live_check_snapshot
 from ..render import render
@@ -32,6 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--at", metavar="LINE", default=None, help="kd logs: the state as it stood at this line")
     parser.add_argument("--partial", action="store_true", help="accept a recording that did not complete (.partial)")
     parser.add_argument("-v", "--verbose", action="store_true", help="also list every unknown rule")
+    parser.add_argument("--assume", action="append", default=[], metavar="KEY=VALUE",
+                        help="state no debugger shows, e.g. vmx=off, a20m=0, smx=0 (fills only what is unknown)")
     if live:
         add_live_check_arguments(parser)
 
@@ -63,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         for note in options.get("notes", []):
             print(f"vmxdbg: note: {note}", file=sys.stderr)
         cpus = select_cpus(snapshot, args.cpu)
+    apply_assumptions(snapshot, parse_assumptions(args.assume))
     report = check_snapshot(snapshot, cpus)
     sys.stdout.write(render(report, snapshot, args.format, verbose=args.verbose))
     return 1 if report.any_failed() else 0

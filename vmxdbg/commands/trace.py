@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import List
 
 from ..errors import InputError
+from ..live import add_live_trace_arguments, is_live, live_backend, live_trace
 from ..recording import read_recording
 from ..stepper import StepResult
 from ..trace import TRACE, render_trace, replay_trace, trace_report_json
@@ -19,7 +20,8 @@ DESCRIPTION = (HELP + ". With --bochs, boots the bundled test hypervisor (tests/
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    src = parser.add_mutually_exclusive_group(required=True)
+    live = is_live(parser)     # on a live target (`!vmxcheck trace --code ...`) neither source is needed
+    src = parser.add_mutually_exclusive_group(required=not live)
     src.add_argument("--bochs", action="store_true", help="boot the test hypervisor under a live Bochs")
     src.add_argument("--replay", type=Path, metavar="REC", help="replay a recorded trace (*.vmxrec.jsonl)")
     parser.add_argument("--cpus", type=int, default=2, help="processors for --bochs (default 2)")
@@ -30,6 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each stop")
     parser.add_argument("--format", choices=("text", "json"), default="text")
     parser.add_argument("-v", "--verbose", action="store_true", help="also list unknown rules")
+    if live:
+        add_live_trace_arguments(parser)
 
 
 def exit_status(results: List[StepResult]) -> int:
@@ -45,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"a recording of `{rec.command}`, not of a trace (use `vmxdbg check` on it)",
                              source=str(args.replay))
         results = replay_trace(rec)
+    elif live_backend(args) is not None and not args.bochs:
+        results = live_trace(args, live_backend(args))  # type: ignore[arg-type]
     else:
         from ..minihv_demo import bochs_trace
         results = bochs_trace(cpus=args.cpus, knobs=args.knob, record=args.record, timeout=args.timeout,

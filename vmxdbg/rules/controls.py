@@ -120,7 +120,6 @@ def allowed_settings(ctx: Context, control: str) -> object:
 def _register_allowed(row: Dict[str, Any]) -> None:
     control = row["control"]
     cd = control_def(control)
-    kind = f"{words(control).replace('pin based', 'pin-based')} controls"
     true_note = (f" (or {msr_name(cd.true_msr)} when IA32_VMX_BASIC[55] = 1)" if cd.true_msr else "")
     activation = ""
     if control in ACTIVATED_BY:
@@ -568,6 +567,9 @@ def _desc(info: int) -> str:
     return f"{shown('VM_ENTRY_INTR_INFO_FIELD', info)} (type {t} {TYPE_NAMES[t]}, vector {info & 0xFF})"
 
 
+URG = controls_patch(("secondary.unrestricted_guest", 1))
+
+
 def inj(info: int, **fields: int) -> Dict[str, str]:
     p = field_patch("VM_ENTRY_INTR_INFO_FIELD", info)
     for k, v in fields.items():
@@ -657,16 +659,21 @@ def inject_other_vector(ctx: Context, info: int) -> object:
 
 
 def _protected_guest(ctx: Context) -> bool:
+    """The injection rules' "protected-mode guest": not ("unrestricted guest" = 1 and GUEST_CR0.PE = 0).
+    (PE = 0 without unrestricted guest fails the guest-state checks instead.)"""
+    if not on(ctx, "secondary", "unrestricted_guest"):
+        return True
     return bool(read(ctx, "GUEST_CR0") & 1)
 
 
 @_inject_rule("CTL095", "ctl-inject-error-code-not-allowed",
               "No error code for non-exceptions or for a real-mode guest",
               ("CTRL.ENTRY.ERRCODE_NOT_ALLOWED",),
-              "deliver-error-code (bit 11) is 0 if the type is not 3 (hardware exception), or if bit 0 (PE) of "
-              "GUEST_CR0 is 0 (possible with \"unrestricted guest\").",
+              "deliver-error-code (bit 11) is 0 if the type is not 3 (hardware exception), or if \"unrestricted "
+              "guest\" is 1 and bit 0 (PE) of GUEST_CR0 is 0 (a real-mode guest).",
               "Clear bit 11 of VM_ENTRY_INTR_INFO_FIELD for this event.",
-              [B(inj(0x80000820)), B(inj(0x80000B0D, GUEST_CR0=0x30)), G(inj(0x80000B0D))])
+              [B(inj(0x80000820)), B({**inj(0x80000B0D, GUEST_CR0=0x30), **URG}), G(inj(0x80000B0D)),
+               G(inj(0x80000B0D, GUEST_CR0=0x30))])
 def inject_error_code_not_allowed(ctx: Context, info: int) -> object:
     if not info >> 11 & 1:
         return None
@@ -674,8 +681,9 @@ def inject_error_code_not_allowed(ctx: Context, info: int) -> object:
         return Violation(f"{_desc(info)} sets deliver-error-code (bit 11): only hardware exceptions push error codes")
     if not _protected_guest(ctx):
         cr0 = read(ctx, "GUEST_CR0")
-        return Violation(f"{_desc(info)} sets deliver-error-code (bit 11) but {shown('GUEST_CR0', cr0)} has PE = 0: "
-                         "a real-mode guest gets no error code")
+        return Violation(f"{_desc(info)} sets deliver-error-code (bit 11) but {shown('GUEST_CR0', cr0)} has PE = 0 "
+                         f"with {control_label('secondary', 'unrestricted_guest')} = 1: a real-mode guest gets no "
+                         "error code")
     return None
 
 
@@ -688,7 +696,8 @@ def _error_code_vectors(ctx: Context, vector: int) -> bool:
 @_inject_rule("CTL096", "ctl-inject-error-code-vector",
               "deliver-error-code must match the exception vector (unless IA32_VMX_BASIC[56] = 1)",
               ("CTRL.ENTRY.ERRCODE_VECTOR_MATCH",),
-              "for a hardware exception with GUEST_CR0.PE = 1 and IA32_VMX_BASIC[56] = 0, deliver-error-code is 1 "
+              "for a hardware exception to a protected-mode guest (not \"unrestricted guest\" with GUEST_CR0.PE = 0) "
+              "and IA32_VMX_BASIC[56] = 0, deliver-error-code is 1 "
               "exactly for #DF, #TS, #NP, #SS, #GP, #PF, #AC (8, 10-14, 17; and #CP 21 on CET processors).",
               "Set bit 11 for vectors that push an error code (and write VM_ENTRY_EXCEPTION_ERROR_CODE); clear it "
               "for the others.",

@@ -211,25 +211,6 @@ def cpuid_vmx_differs(ctx: CrossContext) -> List[CrossViolation]:
                     lambda v: "VMX" if v else "no VMX")
 
 
-@rule(id="XCPU007", slug="vmx-operation-mixed", title="Processors must not be left half in VMX operation",
-      sdm=f"Vol.3C 24.7 Enabling and Entering VMX Operation; 31.3 VMXON {ED}", instructions=("vmxon",),
-      tier=Tier.IN_ROOT, outcome="ok", status="advice", cross=True,
-      checks="Either no processor or every processor is already in VMX operation when a driver is about to run "
-             "VMXON (a VMXON pointer is known).",
-      broken="The processors already in VMX root operation fail VMXON with error 15; they were left there by "
-             "an earlier load of the driver that never ran VMXOFF, or another VMM owns them.",
-      fix="Run VMXOFF on every processor when the driver unloads (and on failure paths after a partial "
-          "start), and do not load a second VMM.",
-      examples=[bad({"/processors/1/state/vmx": "root"}, "vmxon-2cpu"), good({}, "vmxon-2cpu")])
-def vmx_operation_mixed(ctx: CrossContext) -> object:
-    modes = _known(ctx, lambda c: c.vmx_mode())
-    about_to_vmxon = [cpu for cpu, c in ctx.cpus.items() if c.p.vmxon_pointer is not None]
-    if not about_to_vmxon:
-        return SKIP
-    inside = sorted(cpu for cpu, m in modes.items() if m != "off")
-    outside = sorted(cpu for cpu, m in modes.items() if m == "off")
-    if inside and outside:
-        return [CrossViolation(f"{_names(inside)} {'is' if len(inside) == 1 else 'are'} already in VMX operation, "
-                               f"{_names(outside)} {'is' if len(outside) == 1 else 'are'} not",
-                               cpus=sorted(inside + outside))]
-    return None
+# XCPU007 (retired, never reuse the id): "processors half in VMX operation" flagged every
+# normal bring-up, where cores enter VMX one after another. A processor about to run VMXON
+# while already in VMX operation is VMXON008 (error 15), on that processor.

@@ -12,6 +12,7 @@ an `unknown` finding naming that input.
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
@@ -287,11 +288,39 @@ class Context:
 
     # derived inputs ---------------------------------------------------------
     def vmx_mode(self) -> str:
-        """'off', 'root' or 'non-root'."""
+        """'off', 'root' or 'non-root'. Without `state.vmx`, CR4.VMXE = 0 proves
+        'off' (CR4.VMXE is fixed to 1 in VMX operation, SDM Vol.3C 24.8); CR4.VMXE = 1
+        leaves it unknown."""
+        if "vmx" not in self.p.state and "cr4" in self.p.registers and not self.reg("cr4") >> 13 & 1:
+            return "off"
         return str(self.state("vmx"))
 
     def has_current_vmcs(self) -> bool:
         return self.vmcs_pointer() != NO_VMCS
+
+    def physical_address_fits(self, address: int) -> bool:
+        """Whether `address` fits the width VMX structures may use: 32 bits when
+        IA32_VMX_BASIC[48] = 1, else MAXPHYADDR. Without CPUID 80000008H the SDM's
+        bounds still decide most addresses: MAXPHYADDR is at least 32 and at most 52
+        (Vol.3A 4.1.4); only an address between them is unknown."""
+        if self.msr(0x480) >> 48 & 1:
+            return address >> 32 == 0
+        if (0x80000008, 0) in self.p.cpuid or address >> 52 == 0 and address >> 32 != 0:
+            return address >> self.maxphyaddr() == 0
+        return address >> 32 == 0
+
+    def vmx_supported(self) -> bool:
+        """CPUID.1:ECX.VMX, or evidence of it where CPUID cannot be read (a kernel
+        debugger cannot execute CPUID): IA32_VMX_BASIC was read (RDMSR of it #GPs
+        without VMX, Vol.3D A.1), or CR4.VMXE = 1 (setting it #GPs without VMX)."""
+        if (1, 0) in self.p.cpuid:
+            return bool(self.cpuid(1)[2] >> 5 & 1)
+        if 0x480 in self.p.msr:
+            self._use("msr:0x480")
+            return True
+        if "cr4" in self.p.registers and self.reg("cr4") >> 13 & 1:
+            return True
+        raise self.missing("cpuid:0x1")
 
     def maxphyaddr(self) -> int:
         """CPUID.80000008H:EAX[7:0] (SDM Vol.3A 4.1.4)."""
@@ -310,10 +339,16 @@ class Context:
 def _encoding(field_: Union[int, str]) -> int:
     if isinstance(field_, int):
         return field_
+    return _encoding_of_name(field_)
+
+
+@functools.lru_cache(maxsize=None)
+def _encoding_of_name(name: str) -> int:
     from ..decode import defs
-    return defs.vmcs_field(field_).encoding
+    return defs.vmcs_field(name).encoding
 
 
+@functools.lru_cache(maxsize=None)
 def _field_name(enc: int) -> str:
     try:
         from ..decode import defs

@@ -86,13 +86,26 @@ def _cross_findings(snapshot: Snapshot, rules: Sequence[Rule]) -> Dict[Tuple[int
     return out
 
 
+_BY_TIER: Dict[Tuple[int, str], Dict[int, List[Rule]]] = {}
+
+
+def _rules_by_tier(rules: Tuple[Rule, ...], instruction: str) -> Dict[int, List[Rule]]:
+    """The single-processor rules of one instruction grouped by tier (computed once per rule set)."""
+    key = (hash(tuple(id(r) for r in rules)), instruction)
+    got = _BY_TIER.get(key)
+    if got is None:
+        got = defaultdict(list)
+        for r in rules:
+            if instruction in r.instructions and not r.cross:
+                got[r.tier].append(r)
+        _BY_TIER[key] = got
+    return got
+
+
 def verdict_for(snapshot: Snapshot, cpu: int, instruction: str, rules: Sequence[Rule],
                 cross: Optional[Dict[Tuple[int, str], List[Tuple[int, Finding]]]] = None) -> Verdict:
     """The verdict of one instruction on one processor."""
-    by_tier: Dict[int, List[Rule]] = defaultdict(list)
-    for r in rules:
-        if instruction in r.instructions and not r.cross:
-            by_tier[r.tier].append(r)
+    by_tier = _rules_by_tier(tuple(rules), instruction)
     cross_here = (cross or {}).get((cpu, instruction), [])
     tiers = sorted(set(by_tier) | {t for t, _ in cross_here})
     findings: List[Finding] = []

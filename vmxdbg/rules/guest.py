@@ -22,7 +22,7 @@ from ..decode import defs
 from ..values import hexs
 from . import msrvalues
 from .bits import describe_bits
-from .engine import ENTRY, SKIP, CheckResult, Context, Example, Tier, Violation, bad, good, rule
+from .engine import ENTRY, SKIP, CheckResult, Context, Example, Missing, Tier, Violation, bad, good, rule
 from .entrystate import field_label, high_bits_identical, ia32e_guest, intel64, show, unrestricted, v86_guest
 from .vmcsctl import control_label, in_smm, is_canonical as canonical, linear_width, on as control_on
 
@@ -1485,8 +1485,9 @@ def _pdpte_violations(ctx: Context, entries: Sequence[int], where: Sequence[str]
        sdm=f"{S6}; Vol.3A 4.4.1 {ED}; {QUAL}", catalog=("GUEST.PDPTE.FROM_CR3",), outcome=Q2,
        checks="If the guest will use PAE paging (GUEST_CR0.PG = 1, GUEST_CR4.PAE = 1, \"IA-32e mode guest\" = 0) "
               "and \"enable EPT\" is 0, the four PDPTEs at GUEST_CR3 bits 31:5 (physical memory, from the "
-              "snapshot) have no reserved bit set when present. Without that memory the rule is unknown and names "
-              "the address.",
+              "snapshot) have no reserved bit set when present. The check is certain when PAE paging was not in "
+              "use before the VM entry (processor CR0/CR4/EFER) or CR3 changes; otherwise the processor may make "
+              "it (reported as \"may fail\"). Without the memory the rule is unknown and names the address.",
        broken="VM entry fails: exit reason 33, exit qualification 2 (PDPTE loading).",
        fix="Point GUEST_CR3 at a valid, 32-byte aligned page-directory-pointer table; clear bits 2:1 and 8:5 of "
            "present PDPTEs.",
@@ -1497,10 +1498,28 @@ def _pdpte_violations(ctx: Context, entries: Sequence[int], where: Sequence[str]
 def pdpte_memory(ctx: Context) -> CheckResult:
     if not _pae_paging(ctx) or control_on(ctx, "secondary", "enable_ept"):
         return SKIP
-    table_addr = ctx.vmcs("GUEST_CR3") & 0xFFFFFFE0
+    cr3 = ctx.vmcs("GUEST_CR3")
+    table_addr = cr3 & 0xFFFFFFE0
     raw = ctx.mem(table_addr, 32)
     entries = [int.from_bytes(raw[8 * i:8 * i + 8], "little") for i in range(4)]
-    return _pdpte_violations(ctx, entries, [f"at {hexs(table_addr + 8 * i)}" for i in range(4)]) or None
+    found = _pdpte_violations(ctx, entries, [f"at {hexs(table_addr + 8 * i)}" for i in range(4)])
+    if found and not _pdptes_must_be_checked(ctx, cr3):
+        for v in found:
+            v.certain = False
+            v.message += ("; the processor already uses PAE paging with this CR3, so checking the PDPTEs is "
+                          "optional (implementation-specific)")
+    return found or None
+
+
+def _pdptes_must_be_checked(ctx: Context, guest_cr3: int) -> bool:
+    """27.3.1.6: without EPT the PDPTEs are checked if PAE paging was not in use before the VM entry or
+    CR3 changes; otherwise the processor may check them. Unknown processor registers leave it open."""
+    try:
+        cr0, cr4, efer = ctx.reg("cr0"), ctx.reg("cr4"), ctx.reg("efer")
+        pae_before = bool(cr0 & CR0_PG and cr4 & CR4_PAE and not efer & EFER_LMA)
+        return not pae_before or ctx.reg("cr3") != guest_cr3
+    except Missing:
+        return False
 
 
 @grule(id="GUEST602", slug="guest-pdpte-fields", title="PAE guest with EPT: the guest PDPTE fields must be valid",

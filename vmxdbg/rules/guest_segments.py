@@ -44,7 +44,12 @@ class Register:
     ar: str
 
     def encoding(self, part: str) -> int:
-        return defs.vmcs_field(getattr(self, part)).encoding
+        return _encodings(self)[part]
+
+
+@functools.lru_cache(maxsize=None)
+def _encodings(reg: Register) -> Dict[str, int]:
+    return {p: defs.vmcs_field(getattr(reg, p)).encoding for p in ("selector", "base", "limit", "ar")}
 
 
 @dataclass(frozen=True)
@@ -82,7 +87,7 @@ class Table:
 # ------------------------------------------------------------------ the checks
 
 def _seg(ctx: Context, reg: Register, part: str) -> int:
-    return ctx.vmcs(getattr(reg, part))
+    return ctx.vmcs(reg.encoding(part))
 
 
 def _type(ar: int) -> int:

@@ -618,8 +618,8 @@ HOST32_CET = controls_patch(("exit.host_address_space_size", 0), ("entry.ia32e_m
 
 @_size_rule("HOST046", "host-32bit-cet-high", "A 32-bit host's HOST_S_CET and HOST_SSP bits 63:32 must be 0",
             "HOST.ADDRSIZE.HOST32_CET_HIGH",
-            'If "host address-space size" is 0 and "load CET state" is 1, bits 63:32 of HOST_S_CET, HOST_SSP and '
-            "HOST_INTR_SSP_TABLE are 0.",
+            'If "host address-space size" is 0 and "load CET state" is 1, bits 63:32 of HOST_S_CET and HOST_SSP '
+            "are 0.",
             "Write 32-bit values to the host CET fields of a 32-bit VMM.",
             [B({**_cet_patch(HOST_SSP=0xFFFF800000001000), **HOST32_CET}),
              G({**_cet_patch(HOST_SSP=0x80001000), **HOST32_CET})])
@@ -627,7 +627,7 @@ def host32_cet(ctx: Context) -> object:
     if host64(ctx) or not on(ctx, "exit", "load_cet_state"):
         return SKIP
     out = []
-    for f in ("HOST_S_CET", "HOST_SSP", "HOST_INTR_SSP_TABLE"):
+    for f in ("HOST_S_CET", "HOST_SSP"):
         v = read(ctx, f)
         if v >> 32:
             out.append(Violation(f"{shown(f, v)}: bits 63:32 are not 0 for a 32-bit host"))

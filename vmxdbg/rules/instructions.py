@@ -97,10 +97,8 @@ _family(ENTRY, "ENTRY", 1, "Run VMXON, VMCLEAR and VMPTRLD successfully on this 
 def _pointer_problem(ctx: Context, ptr: int) -> Optional[str]:
     if ptr & 0xFFF:
         return f"{hexs(ptr)} is not 4-KByte aligned"
-    basic = ctx.msr(0x480)
-    width = physical_width(ctx.maxphyaddr(), basic)
-    if address_too_wide(ptr, width):
-        return f"{hexs(ptr)} sets bits at or above the physical-address width ({width} bits)"
+    if not ctx.physical_address_fits(ptr):
+        return f"{hexs(ptr)} sets bits beyond the physical-address width"
     return None
 
 

@@ -56,8 +56,8 @@ def in_smx_operation(ctx: Context) -> bool:
           "in firmware, VT-x being disabled usually shows in IA32_FEATURE_CONTROL, not here.",
       examples=[bad({"cpuid/0x1": ["0x906ea", "0x100800", "0x7ffafb9f", "0xbfebfbff"]}), good({})])
 def cpuid_vmx(ctx: Context) -> Optional[Violation]:
-    ecx = ctx.cpuid(1)[2]
-    if not ecx >> 5 & 1:
+    if not ctx.vmx_supported():
+        ecx = ctx.cpuid(1)[2]
         return Violation(f"CPUID.1:ECX = {hexs(ecx)}: bit 5 (VMX) is 0, the processor does not report VMX")
     return None
 
@@ -303,11 +303,13 @@ def pointer_aligned(ctx: Context) -> Optional[Violation]:
       examples=[bad({"vmxon_pointer": "0x8000001a2b3000"}), good({})])
 def pointer_width(ctx: Context) -> Optional[Violation]:
     ptr = ctx.vmxon_pointer()
-    basic = ctx.msr(0x480)
-    width = 32 if basic >> 48 & 1 else ctx.maxphyaddr()
-    if address_too_wide(ptr, width):
-        why = "IA32_VMX_BASIC[48] = 1 limits VMX addresses to 32 bits" if basic >> 48 & 1 else \
-            f"MAXPHYADDR is {width}"
+    if not ctx.physical_address_fits(ptr):
+        basic = ctx.msr(0x480)
+        if basic >> 48 & 1:
+            width, why = 32, "IA32_VMX_BASIC[48] = 1 limits VMX addresses to 32 bits"
+        else:
+            width = ctx.maxphyaddr() if (0x80000008, 0) in ctx.p.cpuid else 52
+            why = f"MAXPHYADDR is {width}" if width != 52 else "no processor has more than 52 physical-address bits"
         return Violation(f"VMXON pointer {hexs(ptr)} sets bit(s) "
                          f"{', '.join(str(b) for b in pointer_bits_beyond(ptr, width))}; {why}")
     return None

@@ -51,6 +51,7 @@ def main() -> None:
     cmd("set_cpu_invalid", "set $cpu = 7")
     cmd("set_rcx_not_long_mode", "set rcx = 0x3a")
     cmd("xp_bytes", f"xp /24bx {sym['config_block']:#x}")
+    cmd("xp_giant", f"xp /4gx {sym['config_block']:#x}")
     cmd("page_mapped", f"page {sym['at_vmxon']:#x}")
     cmd("setpmem_out_of_bounds", "setpmem 0xfffffff000 1 0x0")
     cmd("lb_answer", f"lb {sym['vm_exit_handler']:#x}")

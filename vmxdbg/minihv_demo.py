@@ -1,0 +1,111 @@
+"""The live demo: boot the bundled test hypervisor under Bochs and trace every core.
+
+The test hypervisor (tests/fixtures/minihv, built with nasm) runs what a
+hypervisor driver runs on each processor: VMXON, VMCLEAR, VMPTRLD, VMLAUNCH.
+Knobs break one thing on one core. Its magic breakpoints (`xchg bx, bx`, 3
+bytes before each VMX instruction) stop Bochs with RIP at the instruction on
+every core, where code breakpoints can be silently missed (see
+docs/bochs.md); the stepper then predicts, steps and compares.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from types import ModuleType
+from typing import Dict, List, Optional, Sequence
+
+from .errors import InputError, VmxdbgError
+from .stepper import StepResult, find_vmx_instructions
+
+VMX_SYMBOLS = ("at_vmxon", "at_vmclear", "at_vmptrld", "at_vmlaunch")
+FIXTURE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "minihv"
+#: What the test hypervisor itself guarantees and Bochs' debugger cannot show:
+#: minihv opens the fast A20 gate (port 0x92) before it leaves real mode, and
+#: nothing in it asserts A20M# afterwards (tests/fixtures/minihv/minihv.asm).
+ASSUME = {"a20m": False}
+INSTALL_HINT = "install it with: apt-get install bochs bochsbios vgabios nasm"
+
+
+PACKAGE = "vmxdbg_minihv_fixture"
+
+
+def _load(name: str) -> ModuleType:
+    """A module of the fixture (build, knobs), imported from the source checkout as a package."""
+    if not (FIXTURE / f"{name}.py").exists():
+        raise InputError(f"the test hypervisor is not here ({FIXTURE}): run vmxdbg from a source checkout")
+    if PACKAGE not in sys.modules:
+        spec = importlib.util.spec_from_file_location(PACKAGE, FIXTURE / "__init__.py",
+                                                      submodule_search_locations=[str(FIXTURE)])
+        assert spec is not None and spec.loader is not None
+        package = importlib.util.module_from_spec(spec)
+        sys.modules[PACKAGE] = package
+        spec.loader.exec_module(package)
+    return importlib.import_module(f"{PACKAGE}.{name}")
+
+
+def require_tools() -> None:
+    """A clear error when bochs-bin or nasm is missing."""
+    for tool in ("bochs-bin", "nasm"):
+        if shutil.which(tool) is None:
+            raise VmxdbgError(f"{tool} is not installed; {INSTALL_HINT}")
+
+
+def build_image(out_dir: Path, cpus: int, knobs: Sequence[str]) -> Dict[str, object]:
+    """Build minihv with the knobs (planned stops on every core, Bochs exits at the end)."""
+    build, knobmod = _load("build"), _load("knobs")
+    specs = [f"{cpu}:stops" for cpu in range(cpus)] + list(knobs)
+    config = knobmod.from_specs(specs, shutdown=True, expect_cpus=cpus)
+    for cpu in config.cores:
+        if cpu >= cpus:
+            raise InputError(f"--knob names processor {cpu}, but the machine has {cpus} (--cpus)")
+    image = build.build(out_dir, config)
+    return {"image": image, "symbols": build.symbols(out_dir)}
+
+
+def vmx_code(backend: object, symbols: Dict[str, int]) -> Dict[int, bytes]:
+    """The bytes of each VMX instruction, read from the target once the image is loaded."""
+    code: Dict[int, bytes] = {}
+    for name in VMX_SYMBOLS:
+        address = symbols[name]
+        chunk = backend.read_physical(address, 16)  # type: ignore[attr-defined]
+        first = find_vmx_instructions(chunk, address)[:1]
+        if not first or first[0].address != address:
+            raise VmxdbgError(f"no VMX instruction at {name} (0x{address:x}): the image and its map disagree")
+        code[address] = chunk[:first[0].length]
+    return code
+
+
+def bochs_trace(*, cpus: int = 2, knobs: Sequence[str] = (), record: Optional[Path] = None,
+                timeout: float = 60.0, argv: Optional[List[str]] = None,
+                keep: Optional[Path] = None) -> List[StepResult]:
+    """Boot minihv on `cpus` processors under Bochs and trace its VMX instructions on every core."""
+    from .backends.bochs import BochsBackend
+    from .backends.bochs_process import BochsMachine
+    from .trace import run_trace
+
+    require_tools()
+    if not 1 <= cpus <= 8:
+        raise InputError(f"--cpus {cpus}: the test hypervisor runs on 1 to 8 processors")
+    work = Path(tempfile.mkdtemp(prefix="vmxdbg-minihv-")) if keep is None else keep
+    try:
+        built = build_image(work, cpus, knobs)
+        backend = BochsBackend(BochsMachine(floppy=str(built["image"]), cpus=cpus, magic_break=True))
+        try:
+            symbols: Dict[str, int] = built["symbols"]  # type: ignore[assignment]
+            first = backend.go(timeout=timeout)      # the image's cfg_stop: code and knobs are in memory
+            if first.kind != "magic":
+                raise VmxdbgError(f"Bochs did not reach the test hypervisor's first stop ({first.kind}: "
+                                  f"{first.detail})")
+            code = vmx_code(backend, symbols)
+            return run_trace(backend, code, physical=True, timeout=timeout, record=record,
+                             argv=argv, source=f"minihv on Bochs, {cpus} cpus, knobs {list(knobs)}",
+                             breakpoints=False, assume=ASSUME)
+        finally:
+            backend.close()
+    finally:
+        if keep is None:
+            shutil.rmtree(work, ignore_errors=True)

@@ -894,6 +894,7 @@ ARG_TOKENS = ("0", "1", "-1", "0x10", "0n3", "zz", "", " ", "--cpu", "--at", "--
               "-v", "--as", "vmxon", "--layout", "nope", "../../etc/passwd", "/dev/null", "/nonexistent/x",
               "%s%n", "{0}", "\x01\x1b[2J", "\u00b2", HUGE_DIGITS[:100], "0x" + "f" * 40, "L?", "msr", "vmcs-field",
               "cr0", "GUEST_CR0", "primary", "--list", "-h", "--no-check", "-c", "q", "--source", "learn", "list",
+              "--assume", "vmx=root", "smx=maybe", "cpl=7", "rule", "VMXON", "a20m=1",
               "@SNAP", "@REC", "@LOG", "@TRACE", "@VSNAP", "@DUMP", "@PARTIAL", "/dev/zero", "/proc/self/mem")
 CLI_TEMPLATES: Tuple[Tuple[str, ...], ...] = (
     ("check", "@SNAP"), ("check", "@REC", "--format", "json"), ("check", "@LOG", "--at", "12", "--format", "dml"),
@@ -909,6 +910,8 @@ CLI_TEMPLATES: Tuple[Tuple[str, ...], ...] = (
     ("trace", "--replay", "@TRACE"), ("trace", "--replay", "@TRACE", "--format", "json", "-v"),
     ("replay", "@TRACE", "-c", "!stops;g;r;!vmxcheck;t-"), ("replay", "@SNAP", "-c", "r;rdmsr 480;!dq 0"),
     ("layout", "list"), ("layout", "fields", "--nasm"), ("layout", "learn", "@DUMP", "-o", "@OUT.layout.yaml"),
+    ("rule", "VMXON002"), ("rule", "--list"), ("check", "@LOG", "--assume", "vmx=off", "--assume", "cpl=0"),
+    ("windbg-setup", "--python", "3.9"),
 )
 #: placeholder -> (file name, corpus attribute, index): the real files a CLI input names
 CLI_FILES = {"@SNAP": ("snap.vmxsnap.json", "snapshots", -1), "@VSNAP": ("region.vmxsnap.json", "regions", 0),

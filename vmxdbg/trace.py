@@ -10,6 +10,7 @@ first call that differs.
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 from .backends.base import Backend
@@ -116,8 +117,25 @@ def trace_report_json(results: Sequence[StepResult]) -> Dict[str, Any]:
     return {"format": REPORT_FORMAT, "version": REPORT_VERSION, "kind": TRACE, "processors": procs}
 
 
+VMX_LOG = re.compile(r"VMX|VMFAIL|VMENTER|VMEXIT|VMLAUNCH|VMRESUME|VMPTRLD|VMCLEAR|VMCS|VMWRITE|VMREAD", re.I)
+
+
+def vmx_log_lines(r: StepResult) -> List[str]:
+    """The target's log lines about VMX for this stop's processor (Bochs prefixes lines `cpuN:`)."""
+    out = []
+    for line in r.log:
+        m = re.match(r"\s*cpu(\d+):", line)
+        if m and int(m.group(1)) != r.cpu:
+            continue
+        if VMX_LOG.search(line):
+            out.append(line)
+    return out
+
+
 def render_trace(results: Sequence[StepResult], *, verbose: bool = False) -> str:
-    """The per-core table of predicted vs actual, then findings and the target's own log lines."""
+    """The per-core table of predicted vs actual (each core's stops in order), then the
+    findings and the target's own VMX log lines (all of them with -v)."""
+    results = sorted(results, key=lambda r: r.cpu)
     rows = [("cpu", "instruction", "address", "operand", "predicted", "actual", "match", "broken rules")]
     for r in results:
         if r.verdict is None:
@@ -141,7 +159,8 @@ def render_trace(results: Sequence[StepResult], *, verbose: bool = False) -> str
             continue
         shown = [f for f in r.verdict.findings if (f.status != "unknown" and not f.advisory) or verbose
                  or f.status == "advice"]
-        if not shown and not r.log and r.match is not False:
+        log = r.log if verbose else vmx_log_lines(r)
+        if not shown and not log and r.match is not False:
             continue
         lines.append("")
         lines.append(f"cpu {r.cpu} {r.instruction} at {hexs(r.address)}: predicted {r.verdict.outcome}, "
@@ -151,7 +170,7 @@ def render_trace(results: Sequence[StepResult], *, verbose: bool = False) -> str
             lines.append(f"      SDM: {f.sdm}")
             if f.status == "fail":
                 lines.append(f"      fix: {f.fix}")
-        for line in r.log:
+        for line in log:
             lines.append(f"  target says: {line}")
     # the target's log lines, event details and notes come from the target or a recording
     return "\n".join(one_line(line) for line in lines) + "\n"

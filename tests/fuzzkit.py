@@ -50,7 +50,7 @@ from vmxdbg.errors import VmxdbgError, one_line  # noqa: E402
 
 TIME_LIMIT = 5.0                  # seconds one input may take (a hang past this is a crash)
 MEMORY_LIMIT = 512 * 1024 * 1024  # bytes the peak RSS may grow by during one input
-MAX_SEED_BYTES = 256 * 1024       # mutants are built from seeds up to this size
+MAX_SEED_BYTES = 1024 * 1024      # mutants are built from seeds up to this size
 
 
 class Hang(BaseException):
@@ -452,7 +452,10 @@ def _build_corpus() -> Corpus:
         sorted((ROOT / "recordings").rglob("*.vmxsnap.json"))
     c.snapshots = [_read(p) for p in snaps]
     c.kdlogs = [_read(p) for p in sorted((ROOT / "recordings").rglob("*.log"))]
-    c.recordings = [_read(p) for p in sorted((ROOT / "recordings").rglob("*.vmxrec.jsonl"))]
+    for p in sorted((ROOT / "recordings").rglob("*.vmxrec.jsonl")):   # real sessions: Bochs traces, WinDbg
+        data = _read(p)
+        (c.traces if b'"command":"trace"' in data.split(b"\n", 1)[0] else c.recordings).append(data)
+    c.reports = [_read(p) for p in sorted((ROOT / "recordings").rglob("*.expected.json"))]
     with tempfile.TemporaryDirectory(prefix="vmxdbg-fuzz-seeds-") as tmp:
         t = Path(tmp)
         for i, p in enumerate(snaps):
@@ -754,7 +757,7 @@ def run_partial(data: bytes, workdir: Path) -> Any:
     rec.describe()
     _check_and_render(snapshot_of(rec))
     keyed = ReplayBackend(rec, strict=False)
-    for k in range(min(keyed.stop_count(), 8) + 1):
+    for k in sorted({0, keyed.stop_count() // 2, keyed.stop_count()}):
         keyed.seek(k)
         try:
             collect(keyed)

@@ -230,3 +230,18 @@ def test_recorded_event_details_and_target_lines_are_shown_printable(tmp_path):
     text = render_trace(replay_trace(rec), verbose=True)
     assert "\x1b" not in text and "\nFAKE" not in text and "\\x1b[31mred\\nFAKE: all ok" in text
     assert "\x1b" not in rec.describe()
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("  extras: 5\n", r"\[layout\.extras\]: expected a list of extras, got int"),          # was a TypeError
+    ("  fields:\n  - {encoding: 0x6800, name: GUEST_CR0, offset: 8, transform: [a]}\n",     # was unhashable
+     r"\[layout\.fields\[0\]\.transform\]: \['a'\] is not one of"),
+], ids=["extras-not-a-list", "transform-a-list"])
+def test_layout_parts_of_the_wrong_type_are_definition_errors(tmp_path, extra, message):
+    from vmxdbg.decode.layouts import load_layout
+    from vmxdbg.errors import DefinitionError
+    p = tmp_path / "l.yaml"
+    fields = "" if "fields" in extra else "  fields:\n  - {encoding: 0x6800, name: GUEST_CR0, offset: 8}\n"
+    p.write_text("layout:\n  name: x\n  revision_id: 0x7\n  sources: [test]\n" + extra + fields)
+    with pytest.raises(DefinitionError, match=message):
+        load_layout(p)

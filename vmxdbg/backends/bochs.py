@@ -288,9 +288,16 @@ class BochsBackend(Backend):
 
     # ------------------------------------------------------------- VMX, MSRs
     def vmx_state(self, cpu: int) -> Dict[str, object]:
-        """vmx off/root/non-root, vmxon_pointer, vmcs_pointer (show "cpuN.VMX"), and the
-        current VMCS's launch state from its region (Bochs' layout keeps it at byte 8)."""
+        """vmx off/root/non-root, vmxon_pointer, vmcs_pointer (show "cpuN.VMX"), smm
+        (show "cpuN.in_smm"; left out where the tree lacks it), and the current VMCS's
+        launch state from its region (Bochs' layout keeps it at byte 8)."""
         state: Dict[str, object] = dict(P.vmx_state_from_param(self._show(cpu, "VMX")))
+        try:
+            state["smm"] = bool(self._show(cpu, "in_smm"))
+        except TargetGone:
+            raise
+        except BackendError:
+            pass
         try:
             _, extras = self._current_vmcs(cpu)
         except NotAvailable:

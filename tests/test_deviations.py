@@ -123,3 +123,10 @@ def test_a_trace_shows_a_known_deviation_quietly_and_keeps_it_in_the_report(tmp_
     json.dumps(rep)
     again = replay_trace(read_recording(path))            # replayed: the same deviation
     assert render_trace(again) == text
+
+
+def test_docs_list_every_deviation():
+    text = (Path(__file__).resolve().parent.parent / "docs" / "deviations.md").read_text()
+    for d in dev.load():
+        row = [line for line in text.splitlines() if line.startswith(f"| {d.rule} | {d.catalog} |")]
+        assert row, f"docs/deviations.md has no row for {d.rule} ({d.implementation})"

@@ -17,7 +17,7 @@ from .backends.base import Backend
 from .backends.recorder import Recorder
 from .backends.replay import ReplayBackend
 from .assume import parse_assumptions
-from .errors import InputError
+from .errors import BackendError, InputError, one_line
 from .recording import Recording
 from .report import FORMAT as REPORT_FORMAT, VERSION as REPORT_VERSION
 from .stepper import StepResult, Stepper, VmxSite, find_vmx_instructions, mismatches
@@ -89,11 +89,15 @@ def run_trace(backend: Backend, code: Dict[int, bytes], *, bitness: int = 64, ph
 
 
 def replay_trace(rec: Recording) -> List[StepResult]:
-    """Re-run a recorded trace against the strict replay backend."""
+    """Re-run a recorded trace against the strict replay backend; a backend error on the way
+    (recorded, or a call the recording cannot answer) is an InputError naming the recording."""
     args = sites_from_params(rec)
     replay = ReplayBackend(rec, strict=True)
-    return Stepper(replay, args["sites"], physical=args["physical"], breakpoints=args["breakpoints"],
-                   assume=args["assume"]).run(max_stops=args["max_stops"])
+    try:
+        return Stepper(replay, args["sites"], physical=args["physical"], breakpoints=args["breakpoints"],
+                       assume=args["assume"]).run(max_stops=args["max_stops"])
+    except BackendError as exc:   # a recorded error the stepper does not handle, or a call past the end
+        raise InputError(f"replaying it: {exc}", source=rec.path) from None
 
 
 # ------------------------------------------------------------------ output
@@ -168,7 +172,8 @@ def render_trace(results: Sequence[StepResult], *, verbose: bool = False) -> str
                 lines.append(f"      fix: {f.fix}")
         for line in log:
             lines.append(f"  target says: {line}")
-    return "\n".join(lines) + "\n"
+    # the target's log lines, event details and notes come from the target or a recording
+    return "\n".join(one_line(line) for line in lines) + "\n"
 
 
 __all__ = ["run_trace", "replay_trace", "render_trace", "trace_report_json", "trace_params", "TRACE"]

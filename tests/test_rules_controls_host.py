@@ -179,7 +179,7 @@ def _expected_bad_bits(value: int, cap: int, width: int) -> set:
 
 def _named_bits(messages) -> set:  # type: ignore[no-untyped-def]
     import re
-    return {int(b) for m in messages for b in re.findall(r"bit (\d+) \"", m)}
+    return {int(b) for m in messages for b in re.findall(r"bit (\d+) [\"(]", m)}
 
 
 @settings(max_examples=150, deadline=None)

@@ -316,11 +316,11 @@ def test_trace_steps_each_core_through_its_vmxon_and_removes_its_breakpoints():
     status = bang.main(["trace", "--code", "hvdrv!VmxOnThisCpu", "7", "--timeout", "0.2", "--text"], pk)
     out = output_text(t)
     rows = [line.split() for line in out.splitlines() if line.startswith(("0 ", "1 "))]
-    assert [r[:4] for r in rows] == [["1", "vmxon", "0xfffff80012340000", "0x1a2b3000"],
-                                     ["0", "vmxon", "0xfffff80012340000", "0x1a2b3000"]]
-    assert rows[0][4:7] == ["#UD", "#UD", "ok"] and "VMXON002" in rows[0][7].split(",")     # predicted, actual, agree
-    assert rows[1][4] == "unknown" and rows[1][-3:-1] == ["ok", "ok"]          # CPUID unknown from WinDbg
-    assert rows[1][-1] == "XCPU001(advice)"      # both processors were given VMXON region 0x1a2b3000
+    assert [r[:4] for r in rows] == [["0", "vmxon", "0xfffff80012340000", "0x1a2b3000"],      # each core's stops,
+                                     ["1", "vmxon", "0xfffff80012340000", "0x1a2b3000"]]      # core by core
+    assert rows[1][4:7] == ["#UD", "#UD", "ok"] and "VMXON002" in rows[1][7].split(",")     # predicted, actual, agree
+    assert rows[0][4] == "unknown" and rows[0][-3:-1] == ["ok", "ok"]          # CPUID unknown from WinDbg
+    assert rows[0][-1] == "XCPU001(advice)"      # both processors were given VMXON region 0x1a2b3000
     assert "MISMATCH" not in out and status == 1
     assert t.breakpoints == {} and t.calls["trace"] == 2
     assert all(re.match(r"^~\d+s$", c) for c in t.commands)

@@ -5,11 +5,29 @@ Every error a user can cause derives from VmxdbgError; the CLI prints
 """
 from __future__ import annotations
 
+import re
 from typing import Optional
+
+# C0 and C1 controls (line ends, ESC of terminal sequences), DEL, and Unicode's line separators
+MAX_KEY = 160
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def one_line(text: str) -> str:
+    """`text` as one printable line: each control character (a line end, the ESC of a
+    terminal sequence) is shown as its escape, e.g. `\\n`, `\\x1b`."""
+    if not _CONTROL.search(text):
+        return text
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 class VmxdbgError(Exception):
-    """Base of every error meant for a person (CLI exit status 2)."""
+    """Base of every error meant for a person (CLI exit status 2).
+
+    Its message is one printable line whatever an input put into it (see one_line)."""
+
+    def __str__(self) -> str:
+        return one_line(super().__str__())
 
 
 class InputError(VmxdbgError):
@@ -17,6 +35,8 @@ class InputError(VmxdbgError):
 
     def __init__(self, message: str, *, source: Optional[str] = None,
                  line: Optional[int] = None, key: Optional[str] = None) -> None:
+        if key and len(key) > MAX_KEY:   # a key path built from a file's own (maybe huge) keys
+            key = key[:MAX_KEY - 3] + "..."
         self.source, self.line, self.key, self.detail = source, line, key, message
         where = ""
         if source:

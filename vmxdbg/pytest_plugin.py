@@ -142,6 +142,23 @@ def verdict_differences(expected: Report, got: Report) -> List[str]:
     return out
 
 
+def stop_differences(expected: Dict[str, Any], got: Dict[str, Any]) -> List[str]:
+    """Trace reports: per stop, what the processor did must be what was recorded, and a
+    prediction that agreed with it must still agree (a rule change must not break that)."""
+    out: List[str] = []
+    for cpu, stops in sorted(got.get("processors", {}).items()):
+        before = expected.get("processors", {}).get(cpu, [])
+        for i, stop in enumerate(stops):
+            where = f"cpu {cpu} stop {i + 1} {stop.get('instruction')} at {stop.get('address')}"
+            old = before[i] if i < len(before) and isinstance(before[i], dict) else {}
+            if old.get("actual") != stop.get("actual"):
+                out.append(f"{where}: the processor did {stop.get('actual')}, expected {old.get('actual')}")
+            if stop.get("match") is False and old.get("match") is not False:
+                out.append(f"{where}: predicted {stop.get('outcome')} ({', '.join(stop.get('possible', []))}) "
+                           f"but the processor did {stop.get('actual')}: the prediction no longer matches")
+    return out
+
+
 # ------------------------------------------------------------------ items
 
 class RecordingMismatch(AssertionError):
@@ -190,18 +207,32 @@ class RecordingItem(pytest.Item):
                 raise RecordingMismatch(backend.unused_note())
         return snap
 
+    def _trace_report(self) -> Dict[str, Any]:
+        """A recorded trace replayed by the stepper: its report (one verdict per stop)."""
+        from .recording import read_recording
+        from .trace import replay_trace, trace_report_json
+        if self.config.getoption("vmxdbg_record_mode") != "none":
+            pytest.skip("traces are recorded with `vmxdbg trace --bochs --record FILE`, not by the plugin")
+        return trace_report_json(replay_trace(read_recording(self.path)))
+
     def runtest(self) -> None:
         from .rules import check_snapshot
-        report = check_snapshot(self._snapshot())
+        trace = self._header().get("command") == "trace"
+        data_got = self._trace_report() if trace else None
+        report = report_from_json(data_got, source=str(self.path)) if data_got is not None \
+            else check_snapshot(self._snapshot())
         exp_path = expected_path(self.path)
         if self.config.getoption("vmxdbg_update_expected"):
-            exp_path.write_text(dumps_report(report) + "\n", encoding="utf-8")
+            text = json.dumps(data_got, indent=1) if data_got is not None else dumps_report(report)
+            exp_path.write_text(text + "\n", encoding="utf-8")
             return
         try:
             data = json.loads(exp_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise RecordingMismatch(f"{exp_path}: cannot read the expected report: {exc}") from None
         diffs = verdict_differences(report_from_json(data, source=str(exp_path)), report)
+        if data_got is not None:
+            diffs += stop_differences(data, data_got)
         if diffs:
             raise VerdictMismatch("\n".join(diffs))
 

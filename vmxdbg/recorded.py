@@ -20,7 +20,7 @@ from .backends.base import Backend
 from .backends.recorder import Recorder
 from .backends.replay import ReplayBackend
 from .collect import collect
-from .errors import InputError
+from .errors import BackendError, InputError, NotAvailable
 from .recording import Recording, read_recording
 from .snapshot import Snapshot
 from .values import hexs, parse_int
@@ -100,11 +100,38 @@ def replay_session(rec: Recording) -> Tuple[Snapshot, ReplayBackend]:
     else:
         replay = ReplayBackend(rec, strict=False)
         replay.seek(replay.stop_count())
+        if "cpus" not in kwargs:
+            kwargs["cpus"] = _processors(rec, replay)
     return collect(replay, **kwargs), replay
 
 
+def _processors(rec: Recording, replay: ReplayBackend) -> List[int]:
+    """The processors of a recording that may not hold a processors() call (a trace never
+    asks): the recorded answer, else the header's target, else every cpu a record names."""
+    try:
+        return list(replay.processors())
+    except NotAvailable:
+        pass
+    target = rec.header.get("target")
+    listed = target.get("processors") if isinstance(target, dict) else None
+    if isinstance(listed, list) and listed and all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 0xFFFFFFFF
+                                                  for c in listed):
+        return sorted(set(listed))
+    return sorted({r.cpu for r in rec.records if r.cpu is not None})
+
+
 def snapshot_of(rec: Recording, notes: Optional[List[str]] = None) -> Snapshot:
-    """The Snapshot a recording stands for; notes gather what a person should know."""
+    """The Snapshot a recording stands for; notes gather what a person should know.
+
+    A backend error the replay meets (a recorded TargetGone, a call the
+    recording cannot answer) is an InputError naming the recording."""
+    try:
+        return _snapshot_of(rec, notes)
+    except BackendError as exc:
+        raise InputError(f"replaying it: {exc}", source=rec.path) from None
+
+
+def _snapshot_of(rec: Recording, notes: Optional[List[str]] = None) -> Snapshot:
     notes = notes if notes is not None else []
     if not rec.complete:
         notes.append(f"{rec.path} is a partial recording: {len(rec.records)} events up to seq {rec.last_seq}, "

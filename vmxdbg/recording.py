@@ -35,7 +35,7 @@ from typing import Any, Callable, Dict, IO, Iterator, List, Optional, Tuple, Uni
 
 from . import __version__
 from .backends.base import StopEvent
-from .errors import InputError
+from .errors import InputError, one_line
 from .values import hexs, parse_int
 
 FORMAT = "vmxdbg-recording"
@@ -501,7 +501,7 @@ class Recording:
         """One line: `FILE: check recording of snapshot, 57 events, complete`."""
         state = "complete" if self.complete else f"partial (ends at seq {self.last_seq})"
         what = f"{self.command} recording" if self.command else "recording"
-        return f"{self.path}: {what} of {self.backend.get('kind', '?')}, {len(self.records)} events, {state}"
+        return one_line(f"{self.path}: {what} of {self.backend.get('kind', '?')}, {len(self.records)} events, {state}")
 
 
 def _tname(v: Any) -> str:

@@ -6,14 +6,19 @@ are its only writer and reader.
 from __future__ import annotations
 
 import json
+import os
+import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
 
 from .errors import InputError
 
 FORMAT = "vmxdbg-report"
 VERSION = 1
+MAX_FILE_BYTES = 64 * 1024 * 1024
 STATUSES = ("fail", "unknown", "advice")
+_CPU = re.compile(r"[0-9]{1,10}")   # a processor number: ASCII digits (isdigit() takes "²" too)
 
 
 @dataclass
@@ -99,7 +104,7 @@ def report_from_json(data: Any, source: str = "<report>") -> Report:
         raise fail("processors", "expected an object")
     rep = Report(source=source)
     for cpu_s, verdicts in procs.items():
-        if not str(cpu_s).isdigit() or not isinstance(verdicts, list):
+        if not _CPU.fullmatch(str(cpu_s)) or not isinstance(verdicts, list):
             raise fail(f"processors.{cpu_s}", "expected a processor number and a list of verdicts")
         out = []
         for i, v in enumerate(verdicts):
@@ -120,3 +125,27 @@ def report_from_json(data: Any, source: str = "<report>") -> Report:
             out.append(Verdict(v["instruction"], v["outcome"], [str(x) for x in possible], findings))
         rep.processors[int(cpu_s)] = out
     return rep
+
+
+def load_report(path: Union[str, os.PathLike]) -> Report:
+    """Read a report file (e.g. the NAME.expected.json next to a recording); InputError names
+    the file and the line or key of any problem. Bounded: MAX_FILE_BYTES, JSON nesting."""
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise InputError(f"file is {size} bytes, more than the {MAX_FILE_BYTES} a report may have", source=str(p))
+        text = p.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise InputError(exc.strerror or str(exc), source=str(p)) from None
+    except UnicodeDecodeError:
+        raise InputError("not UTF-8 text", source=str(p)) from None
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        raise InputError("JSON nested too deeply", source=str(p)) from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"not JSON: {exc.msg}", source=str(p), line=exc.lineno) from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise InputError(f"not JSON: {exc}", source=str(p)) from None
+    return report_from_json(data, source=str(p))

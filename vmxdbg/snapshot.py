@@ -6,13 +6,15 @@ Anything absent is unknown; nothing here ever fills in a default value.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
-from .errors import InputError
+from .errors import InputError, one_line
 from .values import hexs, parse_int
 
 FORMAT = "vmxdbg-snapshot"
@@ -27,6 +29,9 @@ BOOL_STATES = ("a20m", "smm", "smx", "blocking_by_mov_ss", "blocking_by_sti")
 VMX_MODES = ("off", "root", "non-root")
 LAUNCH_STATES = ("clear", "launched")
 NO_VMCS = 0xFFFFFFFFFFFFFFFF
+MAX_CPU = 0xFFFFFFFF
+MAX_TEXT = 4096                  # characters kept of a free-text value (source, provenance)
+_DECIMAL = re.compile(r"[0-9]{1,10}")   # a processor number as a JSON key (ASCII, bounded)
 
 
 @dataclass
@@ -203,8 +208,18 @@ class _Reader:
             p.linear[str(name)] = self.int(val, f"{key}.linear.{name}")
         prov = raw.get("provenance", {})
         if isinstance(prov, dict):
-            p.provenance = {str(k2): str(v) for k2, v in prov.items()}
+            p.provenance = {_text(k2): _text(v) for k2, v in prov.items()}
         return p
+
+
+def _text(value: Any) -> str:
+    """Free text from a file as it may be printed: one line of printable characters, bounded."""
+    return one_line(str(value) if not isinstance(value, str) else value)[:MAX_TEXT]
+
+
+def _short(value: Any, n: int = 24) -> str:
+    s = str(value)
+    return s if len(s) <= n else s[:n - 3] + "..."
 
 
 def snapshot_from_json(data: Any, source: str = "<snapshot>") -> Snapshot:
@@ -219,9 +234,11 @@ def snapshot_from_json(data: Any, source: str = "<snapshot>") -> Snapshot:
     major = str(version).split(".")[0]
     if major != str(VERSION):
         raise r.fail("version", f"version {version} is not supported (this vmxdbg reads version {VERSION})")
-    snap = Snapshot(source=str(data.get("source", "")))
+    snap = Snapshot(source=_text(data.get("source", "")))
     for cpu_s, raw in r.obj(data.get("processors", {}), "processors").items():
-        cpu = r.int(cpu_s, "processors") if not str(cpu_s).isdigit() else int(cpu_s)
+        cpu = int(cpu_s) if _DECIMAL.fullmatch(str(cpu_s)) else r.int(cpu_s, "processors")
+        if cpu > MAX_CPU:
+            raise r.fail(f"processors.{_short(cpu_s)}", f"processor number out of range (at most {MAX_CPU})")
         snap.processors[cpu] = r.processor(raw, f"processors.{cpu_s}")
     for addr_s, hexbytes in r.obj(data.get("memory", {}), "memory").items():
         addr = r.int(addr_s, "memory")
@@ -252,6 +269,8 @@ def load_snapshot(path: Union[str, os.PathLike]) -> Snapshot:
         raise InputError("JSON nested too deeply", source=str(p)) from None
     except json.JSONDecodeError as exc:
         raise InputError(f"not JSON: {exc.msg}", source=str(p), line=exc.lineno) from None
+    except ValueError as exc:  # an integer of more digits than Python converts (3.11+)
+        raise InputError(f"not JSON vmxdbg reads: {str(exc).split(':')[0]}", source=str(p)) from None
     return snapshot_from_json(data, source=str(p))
 
 
@@ -299,11 +318,18 @@ def snapshot_to_json(snap: Snapshot) -> dict:
 
 
 def save_snapshot(snap: Snapshot, path: Union[str, os.PathLike]) -> None:
-    """Write `snap` as JSON (atomically: a temp file renamed into place)."""
+    """Write `snap` as JSON (atomically: a temp file renamed into place); InputError names
+    the file when it cannot be written, and no temp file is left behind."""
     p = Path(path)
     tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(json.dumps(snapshot_to_json(snap), indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, p)
+    text = json.dumps(snapshot_to_json(snap), indent=1) + "\n"
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, p)
+    except OSError as exc:   # no such directory, a directory of that name, no permission, disk full
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise InputError(f"cannot write the snapshot: {exc.strerror or exc}", source=str(p)) from None
 
 
 def looks_like_snapshot(head: bytes) -> bool:

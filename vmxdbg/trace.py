@@ -10,13 +10,14 @@ first call that differs.
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 from .backends.base import Backend
 from .backends.recorder import Recorder
 from .backends.replay import ReplayBackend
 from .assume import parse_assumptions
-from .errors import InputError
+from .errors import BackendError, InputError, one_line
 from .recording import Recording
 from .report import FORMAT as REPORT_FORMAT, VERSION as REPORT_VERSION
 from .stepper import StepResult, Stepper, VmxSite, deviations, find_vmx_instructions, mismatches
@@ -88,11 +89,15 @@ def run_trace(backend: Backend, code: Dict[int, bytes], *, bitness: int = 64, ph
 
 
 def replay_trace(rec: Recording) -> List[StepResult]:
-    """Re-run a recorded trace against the strict replay backend."""
+    """Re-run a recorded trace against the strict replay backend; a backend error on the way
+    (recorded, or a call the recording cannot answer) is an InputError naming the recording."""
     args = sites_from_params(rec)
     replay = ReplayBackend(rec, strict=True)
-    return Stepper(replay, args["sites"], physical=args["physical"], breakpoints=args["breakpoints"],
-                   assume=args["assume"]).run(max_stops=args["max_stops"])
+    try:
+        return Stepper(replay, args["sites"], physical=args["physical"], breakpoints=args["breakpoints"],
+                       assume=args["assume"]).run(max_stops=args["max_stops"])
+    except BackendError as exc:   # a recorded error the stepper does not handle, or a call past the end
+        raise InputError(f"replaying it: {exc}", source=rec.path) from None
 
 
 # ------------------------------------------------------------------ output
@@ -115,8 +120,25 @@ def trace_report_json(results: Sequence[StepResult]) -> Dict[str, Any]:
     return {"format": REPORT_FORMAT, "version": REPORT_VERSION, "kind": TRACE, "processors": procs}
 
 
+VMX_LOG = re.compile(r"VMX|VMFAIL|VMENTER|VMEXIT|VMLAUNCH|VMRESUME|VMPTRLD|VMCLEAR|VMCS|VMWRITE|VMREAD", re.I)
+
+
+def vmx_log_lines(r: StepResult) -> List[str]:
+    """The target's log lines about VMX for this stop's processor (Bochs prefixes lines `cpuN:`)."""
+    out = []
+    for line in r.log:
+        m = re.match(r"\s*cpu(\d+):", line)
+        if m and int(m.group(1)) != r.cpu:
+            continue
+        if VMX_LOG.search(line):
+            out.append(line)
+    return out
+
+
 def render_trace(results: Sequence[StepResult], *, verbose: bool = False) -> str:
-    """The per-core table of predicted vs actual, then findings and the target's own log lines."""
+    """The per-core table of predicted vs actual (each core's stops in order), then the
+    findings and the target's own VMX log lines (all of them with -v)."""
+    results = sorted(results, key=lambda r: r.cpu)
     rows = [("cpu", "instruction", "address", "operand", "predicted", "actual", "match", "broken rules")]
     for r in results:
         if r.verdict is None:
@@ -144,7 +166,8 @@ def render_trace(results: Sequence[StepResult], *, verbose: bool = False) -> str
             continue
         shown = [f for f in r.verdict.findings if (f.status != "unknown" and not f.advisory) or verbose
                  or f.status == "advice"]
-        if not shown and not r.log and r.match is not False:
+        log = r.log if verbose else vmx_log_lines(r)
+        if not shown and not log and r.match is not False:
             continue
         lines.append("")
         tail = "  <-- known deviation" if r.deviations else "  <-- MISMATCH" if r.match is False else ""
@@ -158,9 +181,10 @@ def render_trace(results: Sequence[StepResult], *, verbose: bool = False) -> str
             lines.append(f"      SDM: {f.sdm}")
             if f.status == "fail":
                 lines.append(f"      fix: {f.fix}")
-        for line in r.log:
+        for line in log:
             lines.append(f"  target says: {line}")
-    return "\n".join(lines) + "\n"
+    # the target's log lines, event details and notes come from the target or a recording
+    return "\n".join(one_line(line) for line in lines) + "\n"
 
 
 __all__ = ["run_trace", "replay_trace", "render_trace", "trace_report_json", "trace_params", "TRACE"]

@@ -12,7 +12,8 @@ from typing import Union
 
 from .errors import InputError
 
-_HEX = re.compile(r"^(?:0x)?([0-9a-f]+)$")
+_HEX = re.compile(r"(?:0x)?([0-9a-f]+)")
+_DEC = re.compile(r"[0-9]+")   # ASCII only: str.isdigit() also takes "²" and "١", which int() refuses
 _MAX_DIGITS = 64
 
 
@@ -28,18 +29,24 @@ def parse_int(text: Union[str, int], *, what: str = "value") -> int:
         raise InputError(f"{what}: expected an integer, got {type(text).__name__}")
     s = text.strip().lower().replace("`", "").replace("_", "")
     if not s or len(s) > _MAX_DIGITS + 2:
-        raise InputError(f"{what}: {text!r} is not a number")
+        raise InputError(f"{what}: {_shown(text)} is not a number")
     if s.startswith("0n"):
-        if s[2:].isdigit():
+        if _DEC.fullmatch(s[2:]):
             return int(s[2:], 10)
     elif s.startswith("0y"):
         if s[2:] and set(s[2:]) <= {"0", "1"}:
             return int(s[2:], 2)
     else:
-        m = _HEX.match(s)
+        m = _HEX.fullmatch(s)
         if m:
             return int(m.group(1), 16)
-    raise InputError(f"{what}: {text!r} is not a hex number (forms: 0x1f, 1f, 00000000`0000001f, 0n31)")
+    raise InputError(f"{what}: {_shown(text)} is not a hex number (forms: 0x1f, 1f, 00000000`0000001f, 0n31)")
+
+
+def _shown(text: str, limit: int = 40) -> str:
+    """repr(text), cut to `limit` characters: an error line stays short whatever was typed."""
+    r = repr(text)
+    return r if len(r) <= limit else r[:limit - 4] + "...'"
 
 
 def hexs(value: int) -> str:

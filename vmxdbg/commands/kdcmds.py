@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..backends.base import SEGMENT_NAMES, TABLE_NAMES, Backend, StopEvent
-from ..errors import BackendError, InputError, NotAvailable, VmxdbgError
+from ..errors import BackendError, InputError, NotAvailable, VmxdbgError, one_line
 from ..snapshot import Snapshot
 from ..values import parse_int, windbg_hex
 
@@ -36,6 +36,7 @@ ALIASES = {"efl": "rflags", "gdtl": "gdtr.limit", "idtl": "idtr.limit", "gdtr": 
 DUMP_LINES = 8           # !db / !dq without a range: 8 lines of 16 bytes, as WinDbg
 MAX_DUMP = 0x10000       # bytes one dump may show
 NOT_STOPPING = ("step",)  # stop kinds that `g` runs past
+MAX_COMMAND = 4096       # characters of one command line (a paste of a whole log is refused, not echoed)
 
 
 def register_names() -> List[str]:
@@ -165,7 +166,7 @@ def describe_stop(k: int, total: int, ev: Optional[StopEvent]) -> str:
     where = "" if ev.cpu is None else f" on cpu {ev.cpu}"
     at = "" if ev.address is None else f" at {windbg_hex(ev.address)}"
     detail = f" ({ev.detail})" if ev.detail else ""
-    return f"stop {k}/{total}: {what}{where}{at}{detail}"
+    return one_line(f"stop {k}/{total}: {what}{where}{at}{detail}")   # kind and detail come from the recording
 
 
 # ------------------------------------------------------------------ parsing helpers
@@ -458,6 +459,8 @@ def execute(state: KdState, line: str) -> str:
     text = line.strip()
     if not text:
         return ""
+    if len(text) > MAX_COMMAND:
+        raise InputError(f"a command line of {len(text)} characters: at most {MAX_COMMAND} are read")
     if text.startswith("~"):
         body = text[1:].strip()
         out = cmd_processors(state, []) if not body else _tilde(state, body)

@@ -27,7 +27,7 @@ from construct import Bytes, ExprAdapter, Int16ul, Int32ul, Int64ul, Struct
 
 from ..errors import DefinitionError, InputError
 from ..values import parse_int
-from .loader import default_directory
+from .loader import default_directory, load_yaml, read_yaml_text
 
 LAYOUT_DIR_NAME = "vmcs_layouts"
 #: extra directories (os.pathsep-separated) searched for learned layout files
@@ -338,19 +338,8 @@ _SAFE = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 def load_layout(path: Union[str, os.PathLike]) -> Layout:
     """Read and validate one layout file; DefinitionError (an InputError) names file and key."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise DefinitionError(exc.strerror or str(exc), source=str(p)) from None
-    except UnicodeDecodeError:
-        raise DefinitionError("not UTF-8 text", source=str(p)) from None
-    try:
-        data = yaml.load(text, Loader=_SAFE)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise DefinitionError(f"not YAML: {getattr(exc, 'problem', None) or exc}", source=str(p),
-                              line=mark.line + 1 if mark else None) from None
-    return layout_from_data(data, str(p))
+    text = read_yaml_text(p, str(p), cannot="")
+    return layout_from_data(load_yaml(text, str(p), _SAFE, "not YAML"), str(p))
 
 
 def builtin_directory() -> Path:

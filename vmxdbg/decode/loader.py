@@ -64,6 +64,69 @@ def _mapping_no_duplicates(loader: Any, node: yaml.MappingNode, deep: bool = Fal
 _SafeUniqueLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_no_duplicates)
 
 
+MAX_YAML_BYTES = 4 * 1024 * 1024     # a definition or layout file; structs/ files are ~30 KB
+MAX_YAML_NODES = 1_000_000           # values once aliases are expanded: a "billion laughs" stops here
+
+
+def read_yaml_text(path: Path, label: str, cannot: str = "cannot read: ") -> str:
+    """The UTF-8 text of a definition file, read bounded (a FIFO or /dev/zero cannot fill memory);
+    DefinitionError names `label` when it cannot be read, is too large or is not UTF-8."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_YAML_BYTES + 1)
+    except OSError as exc:
+        raise DefinitionError(f"{cannot}{exc.strerror or exc}", source=label) from None
+    if len(raw) > MAX_YAML_BYTES:
+        raise DefinitionError(f"more than the {MAX_YAML_BYTES} bytes a definition file may have", source=label)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DefinitionError(f"not UTF-8 text ({exc.reason})", source=label) from None
+
+
+def load_yaml(text: str, label: str, loader: Any = _SafeUniqueLoader, bad: str = "malformed YAML") -> Any:
+    """Parse a YAML definition with a safe loader (no Python objects are built) and bound it.
+
+    DefinitionError names `label` (and the line) for malformed YAML, a tag
+    asking for a Python object, a file over MAX_YAML_BYTES, an integer too
+    long for Python, nesting too deep, or aliases that expand to more than
+    MAX_YAML_NODES values or characters (anything walking the tree, or
+    printing part of it in an error, stays bounded)."""
+    if len(text) > MAX_YAML_BYTES:
+        raise DefinitionError(f"more than the {MAX_YAML_BYTES} bytes a definition file may have", source=label)
+    try:
+        data = yaml.load(text, Loader=loader)  # a SafeLoader: no objects built
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise DefinitionError(f"{bad}: {problem}", source=label,
+                              line=mark.line + 1 if mark else None) from None
+    except RecursionError:
+        raise DefinitionError(f"{bad}: nested too deeply", source=label) from None
+    except ValueError as exc:  # an integer of more digits than Python converts (3.11+)
+        raise DefinitionError(f"{bad}: {str(exc).split(':')[0]}", source=label) from None
+    if _expanded_size(data, MAX_YAML_NODES) > MAX_YAML_NODES:
+        raise DefinitionError(f"aliases expand to more than {MAX_YAML_NODES} values", source=label)
+    return data
+
+
+def _expanded_size(tree: Any, cap: int) -> int:
+    """Values plus string characters in `tree` with every alias expanded, counted up to just past `cap`."""
+    n = 0
+    stack = [tree]
+    while stack and n <= cap:
+        node = stack.pop()
+        n += 1
+        if isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, (str, bytes)):
+            n += len(node)
+    return n
+
+
 @dataclass
 class Definitions:
     """Everything in structs/, validated and cross-checked."""
@@ -88,19 +151,7 @@ class _File:
         return DefinitionError(message, source=self.label, key=key or None)
 
     def load(self, top: str) -> Any:
-        try:
-            text = self.path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise DefinitionError(f"cannot read: {exc.strerror or exc}", source=self.label) from None
-        except UnicodeDecodeError as exc:
-            raise DefinitionError(f"not UTF-8 text ({exc.reason})", source=self.label) from None
-        try:
-            data = yaml.load(text, Loader=_SafeUniqueLoader)  # SafeLoader subclass: no objects built
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            raise DefinitionError(f"malformed YAML: {problem}", source=self.label,
-                                  line=mark.line + 1 if mark else None) from None
+        data = load_yaml(read_yaml_text(self.path, self.label), self.label)
         if not isinstance(data, dict) or top not in data:
             raise self.fail(top, f"missing the top-level key '{top}'")
         return data[top]

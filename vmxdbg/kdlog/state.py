@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
+from ..errors import one_line
 from ..snapshot import Memory, Processor, Segment, Snapshot, Table
 from ..values import hexs
 from .pages import PageStore
@@ -38,7 +39,8 @@ class KdWarning:
     message: str
 
     def format(self, source: str) -> str:
-        return f"{source}:{self.line}: {self.message}"
+        """`FILE:LINE: message` as one printable line (a log's bytes may hold escapes)."""
+        return one_line(f"{source}:{self.line}: {self.message}")
 
 
 @dataclass

@@ -15,7 +15,9 @@ from .engine import Rule, all_rules
 
 DOCS = Path(__file__).resolve().parent.parent.parent / "docs" / "rules.md"
 GROUPS = (("VMXON", "VMXON"), ("VMCLR", "VMCLEAR"), ("VMPTR", "VMPTRLD"),
-          ("ENTRY", "VMLAUNCH / VMRESUME instruction checks"))
+          ("ENTRY", "VMLAUNCH / VMRESUME instruction checks"), ("CTL", "VM-execution, exit and entry controls"),
+          ("HOST", "Host state"), ("GUEST", "Guest state"), ("MSRLD", "VM-entry MSR loading"),
+          ("XCPU", "Across processors"), ("ADV", "Advice"))
 
 
 def _group(r: Rule) -> str:
@@ -32,7 +34,12 @@ def _examples(r: Rule) -> List[str]:
 
 
 def render_rules() -> str:
-    rules = all_rules()
+    order = [p for p, _ in GROUPS]
+
+    def key(r: Rule) -> tuple:
+        prefix = r.id.rstrip("0123456789")
+        return (order.index(prefix) if prefix in order else len(order), prefix, r.id)
+    rules = sorted(all_rules(), key=key)   # by group and id: independent of import order
     lines = ["# vmxdbg rule reference", "",
              "Generated from the rule registry by `python -m vmxdbg.rules.docs`; do not edit by hand.",
              f"{len(rules)} rules. Each has a failing and a passing example, run as tests "

@@ -236,7 +236,7 @@ def test_recorded_event_details_and_target_lines_are_shown_printable(tmp_path):
             x["event"]["log"] = ["\x1b[31mred\nFAKE: all ok"]
     _write_lines(path, lines)
     rec = read_recording(path)
-    text = render_trace(replay_trace(rec), verbose=True)
+    text = render_trace(replay_trace(rec), verbose=True)     # -v: every target line, not only VMX ones
     assert "\x1b" not in text and "\nFAKE" not in text and "\\x1b[31mred\\nFAKE: all ok" in text
     assert "\x1b" not in rec.describe()
 

@@ -98,7 +98,8 @@ def allowed_settings(ctx: Context, control: str) -> object:
     where = f"{msr_name(idx)} = {hexs(cap)}"
 
     def names(mask: int) -> str:
-        return ", ".join(f'bit {b} "{words(cd.name_of(b))}"' for b in bits_of(mask))
+        return ", ".join(f'bit {b} "{words(cd.bits[b])}"' if b in cd.bits else f"bit {b} (reserved)"
+                         for b in bits_of(mask))
 
     if cleared:
         out.append(Violation(

@@ -154,9 +154,9 @@ def test_an_interrupted_injection_is_undone(session, monkeypatch: pytest.MonkeyP
         return real_read(deadline)
     monkeypatch.setattr(b.proc, "_read_some", read_some)
     with pytest.raises(KeyboardInterrupt):
-        b.read_msr(0, 0x482)
+        b.read_msr(0, 0x484)                # not read before (0x482 is: VMX capability MSRs are kept)
     monkeypatch.undo()
-    assert b.read_msr(0, 0x482) == 0xF7F9FFFE0401E172                # the prompt is regained
+    assert b.read_msr(0, 0x484) == b.read_msr_by_rdmsr(0, 0x484) != 0  # the prompt is regained
     assert full_state(b, 0) == before
 
 
@@ -188,8 +188,15 @@ def test_step_vmxon_on_each_core(session) -> None:  # type: ignore[no-untyped-de
         if cpu == 1:
             assert any("VMXON: not expected (42 != 43)" in x for x in st.log), st.log
     assert flags == {0: 0, 1: 1}                                        # cpu0 ok, cpu1 VMfailInvalid (CF)
-    assert b.vmx_state(0) == {"vmx": "root", "vmxon_pointer": 0x100000, "vmcs_pointer": 2**64 - 1}
+    assert b.vmx_state(0) == {"vmx": "root", "vmxon_pointer": 0x100000, "vmcs_pointer": 2**64 - 1, "smm": False}
     assert b.vmx_state(1)["vmx"] == "off"
+    # the target ran since cpu0's capability MSRs were read: they are not read again (nor on cpu1:
+    # one cpu model for all), the TSC is
+    n = b.stats["injections"]
+    assert b.read_msr(0, 0x480) == b.read_msr(1, 0x480) == 0x00D810000000002B and b.stats["injections"] == n
+    b.read_msr(0, 0x10)
+    b.read_msr(0, 0x10)
+    assert b.stats["injections"] == n + 2
     assert b.bochs_log[1] and not any("VMXON" in x for x in b.bochs_log.get(0, []))
 
 
@@ -211,7 +218,8 @@ def test_breakpoint_guest_and_a_missed_stop(session) -> None:  # type: ignore[no
     assert kinds[-1] == ("breakpoint", 0, sym["guest_entry"]) and events[-1].breakpoint == bp
     assert b.vmx_state(0)["vmx"] == "non-root"
     with pytest.raises(NotAvailable, match="VMX non-root"):
-        b.read_msr(0, 0x480)
+        b.read_msr(0, 0x10)
+    assert b.read_msr(0, 0x480) == 0x00D810000000002B         # read before, in root operation: kept
     b.remove_breakpoint(bp)
     assert b.bochs_breakpoints() == [] and b.breakpoints() == {}
 

@@ -34,6 +34,27 @@ def test_encode_decode_round_trip() -> None:
     assert knobs.decode(bytes(0x1000)) is None
 
 
+def test_msr_load_lists_are_encoded_per_processor() -> None:
+    config = knobs.Config(cores={2: knobs.CoreKnobs(msr_load=((0x174, 8, 0), (0x808, 0, 1)))})
+    page = knobs.encode(config)
+    area = knobs.msr_list_address(2)
+    assert area % 16 == 0 and knobs.CONFIG_PHYS < area < knobs.CONFIG_PHYS + 0x1000
+    off = area - knobs.CONFIG_PHYS
+    assert struct.unpack_from("<I", page, off - knobs.L["ML_ENTRIES"] + knobs.L["ML_COUNT"])[0] == 2
+    assert struct.unpack_from("<IIQIIQ", page, off) == (0x174, 0, 8, 0x808, 1, 0)
+    assert knobs.decode(page) == config
+    # every processor's list fits in the page, after the last processor's record
+    last = knobs.msr_list_address(knobs.MAX_CPUS - 1) + 16 * knobs.MAX_MSR_LOAD
+    assert last <= knobs.CONFIG_PHYS + 0x1000
+    assert knobs.msr_list_address(0) - knobs.L["ML_ENTRIES"] >= knobs.CONFIG_PHYS + 0x100 + 0x100 * knobs.MAX_CPUS
+    spec = knobs.from_specs(["1:msr_load=0x174:0x8", "1:msr_load=0x808:0:1"])
+    assert spec.core(1).msr_load == ((0x174, 8, 0), (0x808, 0, 1))
+    with pytest.raises(InputError, match="at most 8"):
+        knobs.encode(knobs.Config(cores={0: knobs.CoreKnobs(msr_load=((0x174, 0, 0),) * 9)}))
+    with pytest.raises(InputError, match="knob spec"):
+        knobs.from_specs(["1:msr_load=0x174"])
+
+
 @pytest.mark.parametrize("config, message", [
     (knobs.Config(cores={8: knobs.CoreKnobs()}), "processor 8"),
     (knobs.Config(cores={0: knobs.CoreKnobs(overrides=((1, 1),) * 16)}), "at most 15"),

@@ -70,6 +70,18 @@ def test_smm_only_msr_fails_outside_smm_only():
     assert "MSRLD004" not in failing(launch({**msr_list([(0x9B, 0)]), "state/smm": True}))
 
 
+def test_unknown_smm_leaves_only_that_entry_unknown():
+    # found by the Bochs differential test: an unknown SMM state used to make every MSR-load
+    # rule unknown with the unresolved outcome "entry-fail:34:<n>"
+    v = launch({**msr_list([STAR, (0x9B, 0)]), "state/smm": None})
+    assert v.outcome == "unknown" and v.possible == ["entry-fail:34:2", "ok"], v.possible
+    unknown = [f for f in v.findings if f.status == "unknown" and f.id.startswith("MSRLD")]
+    assert "MSRLD004" in [f.id for f in unknown] and "MSRLD003" not in [f.id for f in unknown]
+    assert all(f.outcome == "entry-fail:34:2" for f in unknown)
+    v = launch({**msr_list([(0x808, 0), (0x9B, 0)]), "state/smm": None})
+    assert v.outcome == "entry-fail:34:1" and v.possible == ["entry-fail:34:1"]
+
+
 def test_model_specific_msr_is_possible_not_certain():
     v = launch(msr_list([STAR, (0x79, 0)]))
     assert v.possible == ["entry-fail:34:2", "ok"]

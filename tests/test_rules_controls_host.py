@@ -225,3 +225,14 @@ def test_coverage_doc_matches_the_rules():
         assert listed, cat
         for rid in listed:
             assert cat in ids[rid].catalog, (cat, rid)
+
+
+def test_host_perf_global_ctrl_bits_no_processor_has_fail_without_cpuid_leaf_0a():
+    # found by the Bochs differential test: the debugger reads no CPUID leaf 0AH, and bit 63
+    # was left unknown although IA32_PERF_GLOBAL_CTRL has no bit above 48 on any processor
+    patch = {"vmcs/0x400c": hex(int(BASE["processors"]["0"]["vmcs"]["0x400c"], 16) | 1 << 12),
+             "cpuid/0xa": None}
+    got, applied = findings("HOST016", {**patch, "vmcs/0x2c04": hex(1 << 63)})
+    assert applied and [(f.status, f.certain) for f in got] == [("fail", True)] and "63" in got[0].message
+    got, _ = findings("HOST016", {**patch, "vmcs/0x2c04": "0x1"})
+    assert [f.status for f in got] == ["unknown"] and "cpuid:0xa" in got[0].message

@@ -66,10 +66,11 @@ def build_image(out_dir: Path, cpus: int, knobs: Sequence[str]) -> Dict[str, obj
     return {"image": image, "symbols": build.symbols(out_dir)}
 
 
-def vmx_code(backend: object, symbols: Dict[str, int]) -> Dict[int, bytes]:
-    """The bytes of each VMX instruction, read from the target once the image is loaded."""
+def vmx_code(backend: object, symbols: Dict[str, int], names: Sequence[str] = VMX_SYMBOLS) -> Dict[int, bytes]:
+    """The bytes of each VMX instruction (`names`: their labels), read from the target once the
+    image is loaded."""
     code: Dict[int, bytes] = {}
-    for name in VMX_SYMBOLS:
+    for name in names:
         address = symbols[name]
         chunk = backend.read_physical(address, 16)  # type: ignore[attr-defined]
         first = find_vmx_instructions(chunk, address)[:1]
@@ -81,8 +82,9 @@ def vmx_code(backend: object, symbols: Dict[str, int]) -> Dict[int, bytes]:
 
 def bochs_trace(*, cpus: int = 2, knobs: Sequence[str] = (), record: Optional[Path] = None,
                 timeout: float = 60.0, argv: Optional[List[str]] = None,
-                keep: Optional[Path] = None) -> List[StepResult]:
-    """Boot minihv on `cpus` processors under Bochs and trace its VMX instructions on every core."""
+                keep: Optional[Path] = None, instructions: Sequence[str] = ()) -> List[StepResult]:
+    """Boot minihv on `cpus` processors under Bochs and trace its VMX instructions on every core
+    (`instructions`, e.g. ("vmlaunch",): only those; the others run without a check)."""
     from .backends.bochs import BochsBackend
     from .backends.bochs_process import BochsMachine
     from .trace import run_trace
@@ -90,6 +92,10 @@ def bochs_trace(*, cpus: int = 2, knobs: Sequence[str] = (), record: Optional[Pa
     require_tools()
     if not 1 <= cpus <= 8:
         raise InputError(f"--cpus {cpus}: the test hypervisor runs on 1 to 8 processors")
+    names = [f"at_{i}" for i in instructions] or list(VMX_SYMBOLS)
+    unknown = [n for n in names if n not in VMX_SYMBOLS]
+    if unknown:
+        raise InputError(f"instructions {unknown}: the test hypervisor steps through {list(VMX_SYMBOLS)}")
     work = Path(tempfile.mkdtemp(prefix="vmxdbg-minihv-")) if keep is None else keep
     try:
         built = build_image(work, cpus, knobs)
@@ -100,7 +106,7 @@ def bochs_trace(*, cpus: int = 2, knobs: Sequence[str] = (), record: Optional[Pa
             if first.kind != "magic":
                 raise VmxdbgError(f"Bochs did not reach the test hypervisor's first stop ({first.kind}: "
                                   f"{first.detail})")
-            code = vmx_code(backend, symbols)
+            code = vmx_code(backend, symbols, names)
             return run_trace(backend, code, physical=True, timeout=timeout, record=record,
                              argv=argv, source=f"minihv on Bochs, {cpus} cpus, knobs {list(knobs)}",
                              breakpoints=False, assume=ASSUME)

@@ -24,6 +24,7 @@ import iced_x86 as ix
 from .backends.base import EXECUTION, Backend, StopEvent
 from .assume import apply_to_processor
 from .collect import collect_processor
+from .deviations import Deviation, explain, implementation_of, known_for
 from .errors import BackendError, NotAvailable, VmxdbgError
 from .report import Report, Verdict
 from .rules.engine import all_rules
@@ -66,6 +67,8 @@ class StepResult:
     operand: Optional[int] = None
     log: List[str] = field(default_factory=list)
     note: str = ""
+    #: known deviations of the target from the SDM that explain a match of False (vmxdbg.deviations)
+    deviations: List[Deviation] = field(default_factory=list)
 
 
 def find_vmx_instructions(code: bytes, base: int, bitness: int = 64) -> List[VmxSite]:
@@ -119,6 +122,8 @@ class Stepper:
         self.state: Dict[int, Processor] = {}   # each processor as read at its last stop
         self._log = log or (lambda line: None)
         self._breakpoints: List[int] = []
+        self.implementation = implementation_of(backend.describe())
+        self.known_deviations = known_for(self.implementation)
 
     # ---------------------------------------------------------------- running
     def run(self, *, timeout: float = 60.0, max_stops: int = 1000,
@@ -176,6 +181,8 @@ class Stepper:
         match = None if verdict.outcome == "unknown" and actual not in verdict.possible else actual in verdict.possible
         result = StepResult(cpu, site.instruction, site.address, verdict, actual, match, operand,
                             log=list(event.log) + list(step.log))
+        if match is False:
+            result.deviations = explain(snap, cpu, verdict, actual, self.known_deviations)
         self.results.append(result)
         return result
 
@@ -296,8 +303,14 @@ def results_report(results: Iterable[StepResult]) -> Report:
 
 
 def mismatches(results: Iterable[StepResult]) -> List[StepResult]:
-    return [r for r in results if r.match is False]
+    """Stops where the processor did something not predicted that no known deviation explains."""
+    return [r for r in results if r.match is False and not r.deviations]
+
+
+def deviations(results: Iterable[StepResult]) -> List[StepResult]:
+    """Stops a known deviation of the target from the SDM explains (shown as `deviation`)."""
+    return [r for r in results if r.match is False and r.deviations]
 
 
 __all__ = ["VmxSite", "StepResult", "Stepper", "find_vmx_instructions", "operand_address",
-           "results_report", "mismatches", "VmxdbgError"]
+           "results_report", "mismatches", "deviations", "VmxdbgError"]

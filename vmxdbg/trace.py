@@ -20,7 +20,7 @@ from .assume import parse_assumptions
 from .errors import BackendError, InputError, one_line
 from .recording import Recording
 from .report import FORMAT as REPORT_FORMAT, VERSION as REPORT_VERSION
-from .stepper import StepResult, Stepper, VmxSite, find_vmx_instructions, mismatches
+from .stepper import StepResult, Stepper, VmxSite, deviations, find_vmx_instructions, mismatches
 from .values import hexs, parse_int
 
 TRACE = "trace"
@@ -111,6 +111,9 @@ def trace_report_json(results: Sequence[StepResult]) -> Dict[str, Any]:
             continue
         v = r.verdict.to_json()
         v.update({"address": hexs(r.address), "actual": r.actual, "match": r.match})
+        if r.deviations:
+            v["deviation"] = [{"implementation": d.implementation, "rule": d.rule, "does": d.does,
+                               "sdm": d.sdm, "requirement": d.requirement} for d in r.deviations]
         if r.operand is not None:
             v["operand"] = hexs(r.operand)
         procs.setdefault(str(r.cpu), []).append(v)
@@ -145,7 +148,7 @@ def render_trace(results: Sequence[StepResult], *, verbose: bool = False) -> str
         fails = [f.id for f in r.verdict.findings if f.status == "fail"]
         fails += [f"{f.id}(advice)" for f in r.verdict.findings if f.status == "advice"]
         pred = r.verdict.outcome + (f" ({'/'.join(r.verdict.possible)})" if len(r.verdict.possible) > 1 else "")
-        mark = {True: "ok", False: "MISMATCH", None: "?"}[r.match]
+        mark = "deviation" if r.deviations else {True: "ok", False: "MISMATCH", None: "?"}[r.match]
         rows.append((str(r.cpu), r.instruction, hexs(r.address), "" if r.operand is None else hexs(r.operand),
                      pred, r.actual, mark, ",".join(fails)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -154,6 +157,10 @@ def render_trace(results: Sequence[StepResult], *, verbose: bool = False) -> str
     if bad:
         lines.insert(0, f"!!! {len(bad)} MISMATCH(ES) between vmxdbg's prediction and what the processor did: "
                         "a bug in vmxdbg or in the target's VMX implementation !!!")
+    known = deviations(results)
+    if known:
+        lines.insert(1 if bad else 0, f"{len(known)} stop(s) where the target deviates from the SDM in a known "
+                                      "way (structs/deviations.yaml): vmxdbg's prediction is the SDM's")
     for r in results:
         if r.verdict is None:
             continue
@@ -163,8 +170,12 @@ def render_trace(results: Sequence[StepResult], *, verbose: bool = False) -> str
         if not shown and not log and r.match is not False:
             continue
         lines.append("")
+        tail = "  <-- known deviation" if r.deviations else "  <-- MISMATCH" if r.match is False else ""
         lines.append(f"cpu {r.cpu} {r.instruction} at {hexs(r.address)}: predicted {r.verdict.outcome}, "
-                     f"actual {r.actual}" + ("  <-- MISMATCH" if r.match is False else ""))
+                     f"actual {r.actual}{tail}")
+        for d in r.deviations:
+            lines.append(f"  [DEVIATION] {d.rule} {d.implementation} {d.does}")
+            lines.append(f"      SDM: {d.requirement} ({d.sdm})")
         for f in shown:
             lines.append(f"  [{f.status.upper()}] {f.id} {f.message}")
             lines.append(f"      SDM: {f.sdm}")

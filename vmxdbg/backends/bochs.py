@@ -63,6 +63,11 @@ RFLAGS_RF = 1 << 16
 STUB_INSN = {"rdmsr": b"\x0f\x32", "cpuid": b"\x0f\xa2"}
 STUB_TAIL = b"\x48\x83\xc4\x08\x48\xcf\x0f\x08"
 STUB_LEN = 12
+#: MSRs a processor never changes, read by RDMSR once and kept across stops: the read-only VMX
+#: capability reports (Vol.3D A.1-A.13) and IA32_MTRRCAP (Vol.3A 12.11.2.1), SDM 325462-080US
+#: (2023). Bochs builds every processor of a machine from its one `cpu: model=` line, so one
+#: processor's values are every processor's.
+CONSTANT_MSRS = frozenset(range(0x480, 0x494)) | {0xFE}
 
 
 @dataclass
@@ -137,6 +142,7 @@ class BochsBackend(Backend):
         self._cpus = list(range(machine.cpus))
         self._current: Optional[int] = None       # what `set $cpu` last chose
         self._cache: Dict[Tuple[int, str], Any] = {}
+        self._constant: Dict[int, int] = {}       # MSR -> value, CONSTANT_MSRS only (all processors)
         self._bps: Dict[int, _Breakpoint] = {}
         self._vmexit_armed: Set[int] = set()
         self._plan: Dict[int, List[int]] = {}
@@ -288,9 +294,16 @@ class BochsBackend(Backend):
 
     # ------------------------------------------------------------- VMX, MSRs
     def vmx_state(self, cpu: int) -> Dict[str, object]:
-        """vmx off/root/non-root, vmxon_pointer, vmcs_pointer (show "cpuN.VMX"), and the
-        current VMCS's launch state from its region (Bochs' layout keeps it at byte 8)."""
+        """vmx off/root/non-root, vmxon_pointer, vmcs_pointer (show "cpuN.VMX"), smm
+        (show "cpuN.in_smm"; left out where the tree lacks it), and the current VMCS's
+        launch state from its region (Bochs' layout keeps it at byte 8)."""
         state: Dict[str, object] = dict(P.vmx_state_from_param(self._show(cpu, "VMX")))
+        try:
+            state["smm"] = bool(self._show(cpu, "in_smm"))
+        except TargetGone:
+            raise
+        except BackendError:
+            pass
         try:
             _, extras = self._current_vmcs(cpu)
         except NotAvailable:
@@ -333,13 +346,18 @@ class BochsBackend(Backend):
         return {e: fields[e] for e in encodings if e in fields}
 
     def read_msr(self, cpu: int, index: int) -> int:
-        """From the parameter tree where it holds the MSR, else by executing RDMSR."""
+        """From the parameter tree where it holds the MSR, else by executing RDMSR (once for
+        CONSTANT_MSRS, which no processor changes and all of Bochs' processors share)."""
         self._check_cpu(cpu)
         tree = P.msrs_from_param(self._show(cpu, "MSR"))
         if index in tree:
             return tree[index]
         if index in (0xC0000100, 0xC0000101):
             return self.read_register(cpu, "fs.base" if index == 0xC0000100 else "gs.base")
+        if index in CONSTANT_MSRS:
+            if index not in self._constant:
+                self._constant[index] = self.read_msr_by_rdmsr(cpu, index)
+            return self._constant[index]
         return self.read_msr_by_rdmsr(cpu, index)
 
     def read_msr_by_rdmsr(self, cpu: int, index: int) -> int:

@@ -17,7 +17,8 @@ from typing import Any, Callable, Dict, List, Optional
 
 from ..values import bits_of, hexs
 from .bits import describe_bits
-from .engine import SKIP, Context, Example, Tier, Violation, bad, good, rule
+from . import msrvalues
+from .engine import SKIP, Context, Example, Missing, Tier, Violation, bad, good, rule
 from .entry_tables import BASELINE, baseline_vmcs, controls_patch, field_patch, table
 from .vmcsctl import control_label, encoding, is_canonical, label, linear_width, on, qualified, raw, read, shown
 
@@ -266,7 +267,15 @@ def perf_global_ctrl(ctx: Context) -> object:
     if not on(ctx, "exit", "load_ia32_perf_global_ctrl"):
         return SKIP
     v = read(ctx, "HOST_IA32_PERF_GLOBAL_CTRL")
-    valid = _perf_valid_mask(ctx)
+    try:
+        valid = _perf_valid_mask(ctx)
+    except Missing:
+        # without CPUID leaf 0AH, bits no processor has (structs/msr_values.yaml) still decide
+        never = v & msrvalues.by_name("IA32_PERF_GLOBAL_CTRL").always_reserved
+        if not never:
+            raise
+        return Violation(f"{shown('HOST_IA32_PERF_GLOBAL_CTRL', v)} sets bit(s) "
+                         f"{', '.join(str(b) for b in bits_of(never))}, reserved on every processor")
     extra = v & ~valid
     out = []
     sure = extra & ~(1 << 48)

@@ -88,7 +88,13 @@ def c_x2apic(ctx: Context, e: Entry) -> Optional[Outcome]:
 
 
 def c_smm_only(ctx: Context, e: Entry) -> Optional[Outcome]:
-    if e.index in SMM_ONLY and not in_smm(ctx):
+    if e.index not in SMM_ONLY:
+        return None
+    try:
+        smm = in_smm(ctx)
+    except Missing as exc:      # this entry's verdict is unknown, not the whole list's
+        return Outcome(missing=exc)
+    if not smm:
         return Outcome(f"{e.label()} is {SMM_ONLY[e.index]}, writable only in SMM, and the VM entry did not "
                        "start in SMM")
     return None

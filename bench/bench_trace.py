@@ -1,0 +1,93 @@
+"""Whole-trace timings: minihv under Bochs on 1, 2 and 4 (or more) processors.
+
+    PYTHONPATH=. python bench/bench_trace.py [--cpus 1 2 4] [--runs 3]
+
+For each processor count, boots the test hypervisor (every core healthy, a
+planned stop before each VMX instruction) and runs the same trace as
+`vmxdbg trace --bochs`, timing it from outside:
+  boot        bochs-bin start to the first stop (cfg_stop: BIOS + image + long mode)
+  trace       the whole trace: boot, every stop on every core, Bochs' exit
+  per core    a full check of one core = its stops at VMXON, VMCLEAR, VMPTRLD and
+              VMLAUNCH: debugger round trips (the backend's `stats["commands"]`,
+              RDMSR/CPUID injections included) and wall time spent at those stops
+              (read state, predict, step, read the outcome), the mean over cores
+Each figure is the median over --runs runs. Needs bochs-bin and nasm.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from vmxdbg.backends.bochs import BochsBackend  # noqa: E402
+from vmxdbg.backends.bochs_process import BochsMachine  # noqa: E402
+from vmxdbg.minihv_demo import ASSUME, build_image, require_tools, vmx_code  # noqa: E402
+from vmxdbg.stepper import Stepper, find_vmx_instructions  # noqa: E402
+
+
+def one_run(cpus: int) -> Dict[str, float]:
+    """Boot, trace and time one machine; every stop must match its prediction."""
+    work = Path(tempfile.mkdtemp(prefix="vmxdbg-bench-trace-"))
+    try:
+        built = build_image(work, cpus, [])
+        t0 = time.perf_counter()
+        backend = BochsBackend(BochsMachine(floppy=str(built["image"]), cpus=cpus, magic_break=True))
+        try:
+            first = backend.go(timeout=60)
+            boot = time.perf_counter() - t0
+            assert first.kind == "magic", first
+            code = vmx_code(backend, built["symbols"])  # type: ignore[arg-type]
+            sites = [s for a, b in sorted(code.items()) for s in find_vmx_instructions(b, a)]
+            stepper = Stepper(backend, sites, physical=True, breakpoints=False, assume=ASSUME)
+            per_core: Dict[int, List[float]] = {}      # cpu -> [seconds, commands]
+            plain = stepper.handle_stop
+
+            def timed(event):  # type: ignore[no-untyped-def]
+                c0, s0 = backend.stats["commands"], time.perf_counter()
+                got = plain(event)
+                if got is not None:
+                    acc = per_core.setdefault(got.cpu, [0.0, 0.0])
+                    acc[0] += time.perf_counter() - s0
+                    acc[1] += backend.stats["commands"] - c0
+                return got
+            stepper.handle_stop = timed  # type: ignore[assignment]
+            results = stepper.run(timeout=60)
+            total = time.perf_counter() - t0
+        finally:
+            backend.close()
+        bad = [r for r in results if r.match is not True]
+        assert not bad and len(per_core) == cpus, (bad, sorted(per_core))
+        return {"boot": boot, "trace": total, "stops": len(results),
+                "core_s": statistics.mean(v[0] for v in per_core.values()),
+                "core_cmds": statistics.mean(v[1] for v in per_core.values()),
+                "injections": backend.stats["injections"] / cpus}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cpus", type=int, nargs="+", default=[1, 2, 4])
+    ap.add_argument("--runs", type=int, default=3)
+    args = ap.parse_args()
+    require_tools()
+    print(f"{'cpus':>4}  {'boot s':>7}  {'trace s':>7}  {'stops':>5}  {'per core: round trips':>21}  "
+          f"{'injections':>10}  {'ms':>6}")
+    for cpus in args.cpus:
+        runs = [one_run(cpus) for _ in range(args.runs)]
+        med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        print(f"{cpus:>4}  {med['boot']:7.2f}  {med['trace']:7.2f}  {med['stops']:5.0f}  {med['core_cmds']:21.0f}  "
+              f"{med['injections']:10.0f}  {med['core_s'] * 1000:6.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

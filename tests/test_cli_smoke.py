@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +12,13 @@ import vmxdbg
 EXAMPLES = Path(vmxdbg.__file__).resolve().parent / "examples"
 
 
+ROOT = str(Path(vmxdbg.__file__).resolve().parent.parent)
+
+
 def run(*args: str, cwd: str = "/"):
-    return subprocess.run([sys.executable, "-m", "vmxdbg", *args], capture_output=True, text=True, cwd=cwd)
+    """The CLI in a subprocess, importing the same vmxdbg as these tests."""
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-m", "vmxdbg", *args], capture_output=True, text=True, cwd=cwd, env=env)
 
 
 def test_help_everywhere():
@@ -67,3 +73,27 @@ def test_bad_inputs_exit_2_one_line(tmp_path):
 def test_unknown_cpu_is_bad_input():
     r = run("check", "--cpu", "7", str(EXAMPLES / "vmxon.vmxsnap.json"))
     assert r.returncode == 2 and "no such processor" in r.stderr
+
+
+def test_keys_equal_by_value_that_conflict_are_bad_input(tmp_path):
+    for section, a, b in (("msr", "0x3a", "0x03a"), ("vmcs", "0x0802", "0X802")):
+        tree = json.loads((EXAMPLES / "vmxon.vmxsnap.json").read_text())
+        tree["processors"]["0"].setdefault(section, {})
+        tree["processors"]["0"][section][a] = "0x5"
+        tree["processors"]["0"][section][b] = "0x1"
+        f = tmp_path / f"dup-{section}.json"
+        f.write_text(json.dumps(tree))
+        r = run("check", str(f))
+        assert r.returncode == 2 and "same entry as an earlier key" in r.stderr and b in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_bad_key_is_named_as_a_key():
+    import vmxdbg.snapshot as s
+    try:
+        s.snapshot_from_json({"format": "vmxdbg-snapshot", "version": 1,
+                              "processors": {"0": {"msr": {"0xqq": "0x1"}}}}, source="k.json")
+    except Exception as exc:  # noqa: BLE001
+        assert "MSR index" in str(exc) and "0xqq" in str(exc)
+    else:
+        raise AssertionError("a non-hex MSR index must be refused")

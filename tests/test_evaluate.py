@@ -59,3 +59,11 @@ def test_text_names_missing_inputs_and_how_to_read_them():
     assert "reg:cr4 (r cr4)" in text and "msr:0x3a (rdmsr 0x3a)" in text
     assert "[UNKNOWN]" not in text          # listed one by one only with -v
     assert "[UNKNOWN]" in render_text(check_snapshot(snap), snap, verbose=True)
+
+
+def test_host_cr3_too_wide_fails_without_asking_about_lam():
+    """Bits 60:39 set as well as 62:61: a failure whatever CPUID.(7,1) says about LAM."""
+    snap = snapshot_from_json(apply_patch(baseline_tree("vmentry"), {"vmcs/0x6c02": "0xfff0000000001000"}))
+    v = check_snapshot(snap).verdict(0, "vmlaunch")
+    assert v.outcome == "VMfailValid:8"
+    assert "HOST006" in {f.id for f in v.findings if f.status == "fail"}

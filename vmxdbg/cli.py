@@ -10,7 +10,7 @@ import argparse
 import importlib
 import pkgutil
 import sys
-from typing import List, Optional
+from typing import List, NoReturn, Optional
 
 from . import __version__
 from .errors import VmxdbgError
@@ -27,12 +27,19 @@ def _command_modules() -> list:
     return mods
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors are bad input too: one line on stderr, exit status 2."""
+
+    def error(self, message: str) -> "NoReturn":  # type: ignore[override]
+        self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="vmxdbg",
         description="Why VMXON or VM entry fails: every SDM rule checked on every processor.")
     parser.add_argument("--version", action="version", version=f"vmxdbg {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     for mod in _command_modules():
         p = sub.add_parser(mod.NAME, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP))
         mod.add_arguments(p)
@@ -44,7 +51,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
-        parser.print_help()
+        print("vmxdbg: name a command (`vmxdbg --help` lists them)", file=sys.stderr)
         return 2
     try:
         return int(args._run(args))

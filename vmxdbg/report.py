@@ -74,10 +74,10 @@ class Report:
     def any_failed(self) -> bool:
         """True when a verdict of an instruction some processor is about to run is
         not `ok` or has a failed finding (CLI exit status 1). VMLAUNCH's #UD on a
-        processor that has yet to run VMXON is a verdict, not a failure. A problem
-        between processors (advice that names processors) counts as failed too."""
-        return any(v.outcome != "ok" or any(f.status == "fail" or (f.cpus and f.status == "advice")
-                                            for f in v.findings)
+        processor that has yet to run VMXON is a verdict, not a failure; advice
+        (problems no instruction checks, such as a shared VMXON region) is shown,
+        and never changes the exit status."""
+        return any(v.outcome != "ok" or any(f.status == "fail" for f in v.findings)
                    for cpu in self.processors for v in self.relevant(cpu))
 
 

@@ -137,11 +137,17 @@ class _Reader:
     def fail(self, key: str, message: str) -> InputError:
         return InputError(message, source=self.source, key=key)
 
-    def int(self, value: Any, key: str) -> int:
+    def int(self, value: Any, key: str, what: str = "value") -> int:
         try:
-            return parse_int(value, what="value")
+            return parse_int(value, what=what)
         except InputError as exc:
             raise self.fail(key, exc.detail) from None
+
+    def put(self, table: Dict[Any, Any], index: Any, value: Any, key: str, raw_key: Any) -> None:
+        """Store table[index]; two keys naming the same index by value (0x3a, 0x03a) are refused."""
+        if index in table:
+            raise self.fail(f"{key}.{raw_key}", "names the same entry as an earlier key (keys are compared by value)")
+        table[index] = value
 
     def obj(self, value: Any, key: str) -> dict:
         if not isinstance(value, dict):
@@ -154,12 +160,13 @@ class _Reader:
         for leaf_key, regs in self.obj(raw.get("cpuid", {}), f"{key}.cpuid").items():
             k = f"{key}.cpuid.{leaf_key}"
             leaf_s, _, sub_s = str(leaf_key).partition(".")
-            leaf, sub = self.int(leaf_s, k), self.int(sub_s or "0", k)
+            leaf, sub = self.int(leaf_s, k, "CPUID leaf"), self.int(sub_s or "0", k, "CPUID subleaf")
             if not isinstance(regs, list) or len(regs) != 4:
                 raise self.fail(k, "expected [eax, ebx, ecx, edx]")
-            p.cpuid[(leaf, sub)] = tuple(self.int(v, k) for v in regs)  # type: ignore[assignment]
+            self.put(p.cpuid, (leaf, sub), tuple(self.int(v, k) for v in regs), f"{key}.cpuid", leaf_key)
         for idx, val in self.obj(raw.get("msr", {}), f"{key}.msr").items():
-            p.msr[self.int(idx, f"{key}.msr")] = self.int(val, f"{key}.msr.{idx}")
+            self.put(p.msr, self.int(idx, f"{key}.msr.{idx}", "MSR index"), self.int(val, f"{key}.msr.{idx}"),
+                     f"{key}.msr", idx)
         regs = self.obj(raw.get("registers", {}), f"{key}.registers")
         for name, val in regs.items():
             lname = str(name).lower()
@@ -201,7 +208,8 @@ class _Reader:
                 raise self.fail(f"{key}.vmcs_launch_state", "expected clear or launched")
             p.vmcs_launch_state = ls
         for enc, val in self.obj(raw.get("vmcs", {}), f"{key}.vmcs").items():
-            p.vmcs[self.int(enc, f"{key}.vmcs")] = self.int(val, f"{key}.vmcs.{enc}")
+            self.put(p.vmcs, self.int(enc, f"{key}.vmcs.{enc}", "VMCS field encoding"),
+                     self.int(val, f"{key}.vmcs.{enc}"), f"{key}.vmcs", enc)
         for name, val in self.obj(raw.get("operands", {}), f"{key}.operands").items():
             p.operands[str(name)] = self.int(val, f"{key}.operands.{name}")
         for name, val in self.obj(raw.get("linear", {}), f"{key}.linear").items():
@@ -239,9 +247,9 @@ def snapshot_from_json(data: Any, source: str = "<snapshot>") -> Snapshot:
         cpu = int(cpu_s) if _DECIMAL.fullmatch(str(cpu_s)) else r.int(cpu_s, "processors")
         if cpu > MAX_CPU:
             raise r.fail(f"processors.{_short(cpu_s)}", f"processor number out of range (at most {MAX_CPU})")
-        snap.processors[cpu] = r.processor(raw, f"processors.{cpu_s}")
+        r.put(snap.processors, cpu, r.processor(raw, f"processors.{cpu_s}"), "processors", cpu_s)
     for addr_s, hexbytes in r.obj(data.get("memory", {}), "memory").items():
-        addr = r.int(addr_s, "memory")
+        addr = r.int(addr_s, f"memory.{addr_s}", "physical address")
         if not isinstance(hexbytes, str):
             raise r.fail(f"memory.{addr_s}", "expected a string of hex bytes")
         try:

@@ -16,7 +16,6 @@ from ..render import render
 from ..rules import check_snapshot
 from ..snapshot import Snapshot
 from ..sources import load_any
-from ..values import parse_int
 
 NAME = "check"
 HELP = "check a snapshot, recording or kd log and explain every broken rule"
@@ -39,13 +38,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         add_live_check_arguments(parser)
 
 
+def trace_recording(path: Path, partial: bool) -> bool:
+    """A recording of `vmxdbg trace` (with the code it stepped through): checked stop
+    by stop, as the trace it is. Other recordings are checked in their last state."""
+    from ..recording import read_recording
+    from ..sources import kind_of
+    if kind_of(path) != "recording":
+        return False
+    rec = read_recording(path, partial=partial)
+    return rec.command == "trace" and isinstance(rec.params.get("code"), dict)
+
+
+def decimal_number(text: object, option: str, what: str) -> int:
+    """A decimal number a person typed for `option` (0n prefix allowed); InputError otherwise."""
+    s = str(text).strip().lower()
+    s = s[2:] if s.startswith("0n") else s
+    if not s.isdigit() or len(s) > 9:
+        raise InputError(f"{option} {text}: expected {what} (decimal)")
+    return int(s)
+
+
 def select_cpus(snapshot: Snapshot, cpus: object) -> list:
     """The processors asked for with --cpu (all by default); InputError for one that is not there."""
     if not cpus:
         return sorted(snapshot.processors)
     out = []
     for c in cpus:  # type: ignore[attr-defined]
-        n = parse_int(c if str(c).startswith(("0x", "0n")) else f"0n{c}", what="--cpu")
+        n = decimal_number(c, "--cpu", "a processor number")
         if n not in snapshot.processors:
             have = ", ".join(str(k) for k in sorted(snapshot.processors)) or "none"
             raise InputError(f"--cpu {c}: no such processor (the input has: {have})")
@@ -58,10 +77,14 @@ def run(args: argparse.Namespace) -> int:
     if backend is not None and args.file is None:
         snapshot = live_check_snapshot(args, backend)
         cpus = sorted(snapshot.processors)
+    elif trace_recording(args.file, args.partial):
+        from .trace import show_recorded_trace
+        return show_recorded_trace(args.file, args.partial, "json" if args.format == "json" else "text",
+                                   args.verbose)
     else:
         options = {"partial": args.partial}
         if args.at is not None:
-            options["at_line"] = parse_int(f"0n{args.at}" if str(args.at).isdigit() else args.at, what="--at")
+            options["at_line"] = decimal_number(args.at, "--at", "a line number")
         snapshot = load_any(args.file, options)
         for note in options.get("notes", []):
             print(f"vmxdbg: note: {note}", file=sys.stderr)

@@ -42,14 +42,24 @@ def exit_status(results: List[StepResult]) -> int:
     return 1 if bad else 0
 
 
+def show_recorded_trace(path: Path, partial: bool, fmt: str, verbose: bool) -> int:
+    """Replay a recorded trace and print it (shared by `trace --replay` and `check`)."""
+    rec = read_recording(path, partial=partial)
+    if rec.command != TRACE:
+        raise InputError(f"a recording of `{rec.command}`, not of a trace (use `vmxdbg check` on it)",
+                         source=str(path))
+    results = replay_trace(rec)
+    if fmt == "json":
+        sys.stdout.write(json.dumps(trace_report_json(results), indent=1) + "\n")
+    else:
+        sys.stdout.write(render_trace(results, verbose=verbose))
+    return exit_status(results)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.replay is not None:
-        rec = read_recording(args.replay, partial=args.partial)
-        if rec.command != TRACE:
-            raise InputError(f"a recording of `{rec.command}`, not of a trace (use `vmxdbg check` on it)",
-                             source=str(args.replay))
-        results = replay_trace(rec)
-    elif live_backend(args) is not None and not args.bochs:
+        return show_recorded_trace(args.replay, args.partial, args.format, args.verbose)
+    if live_backend(args) is not None and not args.bochs:
         results = live_trace(args, live_backend(args))  # type: ignore[arg-type]
     else:
         from ..minihv_demo import bochs_trace

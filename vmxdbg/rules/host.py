@@ -131,7 +131,10 @@ def cr3_width(ctx: Context) -> object:
     n = ctx.maxphyaddr()
     over = cr3 >> n << n
     lam = over & (3 << 61)
-    if lam and ctx.cpuid(7, 1)[0] >> 26 & 1:
+    if lam and not over & ~lam:     # only bits 62:61: allowed where LAM is supported
+        if ctx.cpuid(7, 1)[0] >> 26 & 1:
+            over &= ~lam
+    elif lam:                       # other bits fail anyway; name them without asking about LAM
         over &= ~lam
     if over:
         return Violation(f"{shown('HOST_CR3', cr3)} sets bit(s) {', '.join(str(b) for b in bits_of(over))} at or "

@@ -254,3 +254,13 @@ def test_layout_parts_of_the_wrong_type_are_definition_errors(tmp_path, extra, m
     p.write_text("layout:\n  name: x\n  revision_id: 0x7\n  sources: [test]\n" + extra + fields)
     with pytest.raises(DefinitionError, match=message):
         load_layout(p)
+
+
+@pytest.mark.parametrize("option", [["--at", "\u00b2"], ["--cpu", "\u0661"]], ids=["at", "cpu"])
+def test_check_options_refuse_unicode_digits_in_one_line(capsys, option):
+    from pathlib import Path
+    from vmxdbg.cli import main
+    log = Path(__file__).parent.parent / "recordings" / "kdlogs" / "xinali-hevd-cr4.log"
+    assert main(["check", str(log), *option]) == 2        # was a ValueError traceback
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"vmxdbg: {option[0]} ") and "decimal" in err[-1]

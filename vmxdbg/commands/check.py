@@ -53,7 +53,7 @@ def decimal_number(text: object, option: str, what: str) -> int:
     """A decimal number a person typed for `option` (0n prefix allowed); InputError otherwise."""
     s = str(text).strip().lower()
     s = s[2:] if s.startswith("0n") else s
-    if not s.isdigit() or len(s) > 9:
+    if not (s.isascii() and s.isdigit()) or len(s) > 9:   # isdigit() alone takes "²", which int() refuses
         raise InputError(f"{option} {text}: expected {what} (decimal)")
     return int(s)
 

@@ -3,7 +3,7 @@
 Boots the test hypervisor (tests/fixtures/minihv) under Bochs on 2 processors,
 runs to processor 0's VMLAUNCH (its magic stop), reads that processor's state
 as a live check does (collect), adds the current VMCS page as Bochs keeps it in
-memory (its own layout, revision 0x2b), and saves the snapshot. `vmxdbg vmcs
+memory (its own layout, revision 0x2b) and the VMXON region's page, and saves the snapshot. `vmxdbg vmcs
 ADDR --source` and `vmxdbg check` can then be tried on a real VM-entry state.
 
     python scripts/snapshot-bochs.py [OUT]
@@ -41,9 +41,10 @@ def main() -> int:
             snap = collect(b, cpus=[0], source=f"Bochs 2.7 (corei7_skylake_x), the test hypervisor on 2 "
                                                f"processors, stopped at processor 0's VMLAUNCH (0x{at:x}); "
                                                "made by scripts/snapshot-bochs.py")
-            ptr = snap.processors[0].vmcs_pointer
-            assert ptr is not None
+            ptr, vmxon = snap.processors[0].vmcs_pointer, snap.processors[0].vmxon_pointer
+            assert ptr is not None and vmxon is not None
             snap.memory.add(ptr, b.read_physical(ptr, 4096))
+            snap.memory.add(vmxon, b.read_physical(vmxon, 4096))
     apply_assumptions(snap, ASSUME)
     snap.processors[0].state.update(blocking_by_mov_ss=False, blocking_by_sti=False)
     snap.processors[0].provenance.update({"state:blocking_by_mov_ss": "the instruction before was xchg bx, bx",

@@ -3,7 +3,9 @@
 Each test runs tests/fixtures/bochs_driver.py in its own process and ends it
 for real: normally, by an error inside the session, by SIGINT, by SIGTERM,
 or by killing bochs-bin.  The driver records the backend's close_report,
-which holds Bochs' own `blist` taken just before quitting.
+which holds Bochs' own `blist` taken just before quitting, and records the
+session: every way of ending closes the recording (its trailer names the
+exception) or leaves a readable .partial, and what was recorded replays.
 """
 from __future__ import annotations
 
@@ -89,10 +91,31 @@ def check_clean(data: dict, bochs_died: bool = False) -> None:
     assert gone(data["pid"]), f"bochs-bin {data['pid']} is still there"
 
 
+def check_recording(tmp_path: Path, ended_by: Optional[str] = None) -> None:
+    """The session's recording is complete (its trailer names what ended it), or a readable .partial."""
+    from vmxdbg.backends.replay import ReplayBackend
+    from vmxdbg.recording import read_recording
+    path = tmp_path / "session.vmxrec.jsonl"
+    partial = tmp_path / "session.vmxrec.jsonl.partial"
+    assert path.exists() != partial.exists(), sorted(p.name for p in tmp_path.iterdir())
+    rec = read_recording(path if path.exists() else partial, partial=partial.exists())
+    ops = [r.op for r in rec.records]
+    assert ops[:3] == ["go", "set_breakpoint", "set_breakpoint"], ops
+    if path.exists():
+        assert rec.complete and rec.trailer.get("events") == len(rec.records)
+        if ended_by is None:
+            assert "exception" not in rec.trailer, rec.trailer
+        else:
+            assert rec.trailer.get("exception", "").startswith(ended_by), rec.trailer
+    replay = ReplayBackend(rec, strict=True)       # what was recorded replays
+    assert replay.go(60).kind == rec.records[0].event.kind
+
+
 def test_normal_end(tmp_path: Path) -> None:
     proc, status = start(tmp_path, "normal")
     assert finish(proc) == 0
     check_clean(read(status))
+    check_recording(tmp_path)
 
 
 def test_error_inside_the_session(tmp_path: Path) -> None:
@@ -101,6 +124,7 @@ def test_error_inside_the_session(tmp_path: Path) -> None:
     data = read(status)
     assert data["outcome"].startswith("NotAvailable: bochs physical 0xffffffff0000")
     check_clean(data)
+    check_recording(tmp_path, ended_by="NotAvailable")
 
 
 @pytest.mark.parametrize("signum, outcome", [(signal.SIGINT, "KeyboardInterrupt"),
@@ -115,6 +139,7 @@ def test_signal_while_the_guest_runs(tmp_path: Path, signum: int, outcome: str) 
     assert data["outcome"].startswith(outcome), data["outcome"]
     assert data["close_report"].get("resynced") is True, data["close_report"]   # SIGINT brought the prompt back
     check_clean(data)
+    check_recording(tmp_path, ended_by=outcome)
 
 
 def test_bochs_dies_while_the_guest_runs(tmp_path: Path) -> None:
@@ -126,3 +151,4 @@ def test_bochs_dies_while_the_guest_runs(tmp_path: Path) -> None:
     data = read(status)
     assert data["outcome"] == "go returned exited", data["outcome"]
     check_clean(data, bochs_died=True)
+    check_recording(tmp_path)

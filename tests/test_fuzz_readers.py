@@ -111,6 +111,7 @@ def test_mutations_are_reproducible_and_varied():
 def test_the_cli_judge_holds_exit_codes_and_stderr_to_the_contract():
     ok = fuzzkit.CliResult
     assert fuzzkit.judge_cli(ok(0, "table\n", "")) is None
+    assert fuzzkit.judge_cli(ok(1, "", "")) == "exit 1 without saying why"
     assert fuzzkit.judge_cli(ok(2, "", "vmxdbg: warning: x\nvmxdbg: f.log:3: bad\n"), ["f.log"]) is None
     assert "error lines" in fuzzkit.judge_cli(ok(2, "", "vmxdbg: a\nvmxdbg: b\n"))
     assert "traceback" in fuzzkit.judge_cli(ok(1, "", "Traceback (most recent call last):\n"))

@@ -279,7 +279,10 @@ def layout_from_data(data: Any, path: str = "<layout>") -> Layout:
         taken.append((off, n, what))
 
     extras = []
-    for i, e in enumerate(raw.get("extras") or []):
+    raw_extras = raw.get("extras") or []
+    if not isinstance(raw_extras, list):
+        raise f.fail("layout.extras", f"expected a list of extras, got {type(raw_extras).__name__}")
+    for i, e in enumerate(raw_extras):
         k = f"layout.extras[{i}]"
         e = f.mapping(e, k)
         ename = f.text(e.get("name"), f"{k}.name", _SNAKE)
@@ -308,7 +311,7 @@ def layout_from_data(data: Any, path: str = "<layout>") -> Layout:
             raise f.fail(f"{k}.name", f"{fname} is already fields[{names[fname]}]")
         names[fname] = i
         transform = item.get("transform")
-        if transform is not None and transform not in TRANSFORMS:
+        if transform is not None and (not isinstance(transform, str) or transform not in TRANSFORMS):
             raise f.fail(f"{k}.transform", f"{transform!r} is not one of {', '.join(TRANSFORMS)}")
         natural = DEFAULT_SIZE[field_width(enc)]
         default = TRANSFORMS[transform].size if transform else natural

@@ -131,3 +131,17 @@ def test_vmxe_share_override_knobs(tmp_path: Path) -> None:
                                     "done"], "cpu3")
     assert "vmlaunch ok" not in lines["cpu3"]
     assert any("[CPU3" in x and "VMCS link pointer" in x for x in log.splitlines())
+
+
+def test_guest_modes_enter_and_exit_with_vmcall(tmp_path: Path) -> None:
+    """guest=real / unrestricted-pm / v86: VM entry succeeds and the guest's VMCALL exits (reason 0x12)."""
+    modes = {1: "real", 2: "unrestricted-pm", 3: "v86"}
+    lines, _ = run_minihv(tmp_path, 4, {cpu: CoreKnobs(guest=mode) for cpu, mode in modes.items()})
+    assert_in_order(lines["cpu0"], HEALTHY, "cpu0")
+    for cpu in modes:
+        who = f"cpu{cpu}"
+        mode_line = [x for x in lines[who] if x.startswith("guest mode")]
+        assert mode_line and "secondary=0x82 " in mode_line[0] and mode_line[0].endswith("eptp=0x1801e"), lines[who]
+        assert_in_order(lines[who], ["vmptrld ok", "guest mode", "vmcs written", "vmlaunch ok",
+                                     "exit reason=0x12 ", "vmxoff ok", "done"], who)
+        assert "guest running" not in lines[who]         # the 64-bit guest did not run

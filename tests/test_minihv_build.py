@@ -115,3 +115,33 @@ def test_bochsrc_refuses_unsafe_paths_and_counts() -> None:
         minihv_build.bochsrc("/tmp/a.img", 9)
     with pytest.raises(VmxdbgError, match="spaces"):
         minihv_build.bochsrc("/tmp/a b.img", 2)
+
+
+def test_guest_mode_knob() -> None:
+    config = knobs.from_specs(["1:guest=real", "2:guest=unrestricted-pm,stops", "3:guest=v86"])
+    assert [config.core(c).guest for c in range(4)] == ["64", "real", "unrestricted-pm", "v86"]
+    page = knobs.encode(config)
+    bits = [struct.unpack_from("<I", page, 0x100 + 0x100 * c)[0] for c in range(4)]
+    assert bits == [0, knobs.L["K_GUEST_REAL"], knobs.L["K_GUEST_UPM"] | knobs.L["K_STOPS"], knobs.L["K_GUEST_V86"]]
+    modes = [b for b in knobs.GUEST_MODES.values() if b]
+    assert len(set(modes)) == 3 and not set(modes) & set(knobs.KNOB_BITS.values())
+    assert knobs.decode(page) == config
+    with pytest.raises(InputError, match="knob spec"):
+        knobs.from_specs(["1:guest=protected"])
+    with pytest.raises(InputError, match="guest mode 'pm'"):
+        knobs.encode(knobs.Config(cores={1: knobs.CoreKnobs(guest="pm")}))
+
+
+@needs_nasm
+def test_guest_mode_tables_and_ept_are_in_the_image(tmp_path: Path) -> None:
+    minihv_build.build(tmp_path)
+    labels = minihv_build.symbols(tmp_path)
+    for table in ("guest_common_table", "guest_real_table", "guest_upm_table", "guest_v86_table"):
+        assert table in labels
+    # the guest of these modes runs with CS base 0 in real and virtual-8086 mode: below 64 KiB
+    assert labels["guest_low"] < 0x10000 and "build_ept" in labels
+    # the EPT tables do not overlap the image, the paging tables, the IDT/TSS or the per-processor regions
+    ept = range(knobs.L["EPT_PML4_PHYS"], knobs.L["EPT_PD_PHYS"] + 0x1000)
+    for other in (knobs.L["PML4_PHYS"] + 0x5000, knobs.L["IDT_PHYS"], knobs.L["TSS_PHYS"], labels["image_end"] - 1,
+                  knobs.L["PERCPU_BASE"]):
+        assert other not in ept

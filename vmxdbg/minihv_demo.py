@@ -54,10 +54,11 @@ def require_tools() -> None:
             raise VmxdbgError(f"{tool} is not installed; {INSTALL_HINT}")
 
 
-def build_image(out_dir: Path, cpus: int, knobs: Sequence[str]) -> Dict[str, object]:
-    """Build minihv with the knobs (planned stops on every core, Bochs exits at the end)."""
+def build_image(out_dir: Path, cpus: int, knobs: Sequence[str], magic: bool = True) -> Dict[str, object]:
+    """Build minihv with the knobs (Bochs exits at the end); `magic`: a magic
+    breakpoint before each VMX instruction on every core."""
     build, knobmod = _load("build"), _load("knobs")
-    specs = [f"{cpu}:stops" for cpu in range(cpus)] + list(knobs)
+    specs = [f"{cpu}:stops" for cpu in range(cpus)] * magic + list(knobs)
     config = knobmod.from_specs(specs, shutdown=True, expect_cpus=cpus)
     for cpu in config.cores:
         if cpu >= cpus:
@@ -82,9 +83,15 @@ def vmx_code(backend: object, symbols: Dict[str, int], names: Sequence[str] = VM
 
 def bochs_trace(*, cpus: int = 2, knobs: Sequence[str] = (), record: Optional[Path] = None,
                 timeout: float = 60.0, argv: Optional[List[str]] = None,
-                keep: Optional[Path] = None, instructions: Sequence[str] = ()) -> List[StepResult]:
+                keep: Optional[Path] = None, instructions: Sequence[str] = (),
+                magic: bool = True) -> List[StepResult]:
     """Boot minihv on `cpus` processors under Bochs and trace its VMX instructions on every core
-    (`instructions`, e.g. ("vmlaunch",): only those; the others run without a check)."""
+    (`instructions`, e.g. ("vmlaunch",): only those; the others run without a check).
+
+    `magic=False` steps it as a hypervisor without magic breakpoints is stepped:
+    with code breakpoints, which Bochs can silently miss. Processors without a
+    knob must stop at every instruction in order; the backend reports a stop they
+    ran past as `missed` (a debugger miss, never a guest result)."""
     from .backends.bochs import BochsBackend
     from .backends.bochs_process import BochsMachine
     from .trace import run_trace
@@ -98,7 +105,7 @@ def bochs_trace(*, cpus: int = 2, knobs: Sequence[str] = (), record: Optional[Pa
         raise InputError(f"instructions {unknown}: the test hypervisor steps through {list(VMX_SYMBOLS)}")
     work = Path(tempfile.mkdtemp(prefix="vmxdbg-minihv-")) if keep is None else keep
     try:
-        built = build_image(work, cpus, knobs)
+        built = build_image(work, cpus, knobs, magic)
         backend = BochsBackend(BochsMachine(floppy=str(built["image"]), cpus=cpus, magic_break=True))
         try:
             symbols: Dict[str, int] = built["symbols"]  # type: ignore[assignment]
@@ -107,9 +114,13 @@ def bochs_trace(*, cpus: int = 2, knobs: Sequence[str] = (), record: Optional[Pa
                 raise VmxdbgError(f"Bochs did not reach the test hypervisor's first stop ({first.kind}: "
                                   f"{first.detail})")
             code = vmx_code(backend, symbols, names)
+            if not magic:
+                knobbed = {int(k.split(":", 1)[0]) for k in knobs if k.split(":", 1)[0].isdigit()}
+                backend.plan_stops(sorted(code), [c for c in range(cpus) if c not in knobbed])
             return run_trace(backend, code, physical=True, timeout=timeout, record=record,
-                             argv=argv, source=f"minihv on Bochs, {cpus} cpus, knobs {list(knobs)}",
-                             breakpoints=False, assume=ASSUME)
+                             argv=argv, source=f"minihv on Bochs, {cpus} cpus, knobs {list(knobs)}"
+                             + ("" if magic else ", code breakpoints"),
+                             breakpoints=not magic, assume=ASSUME)
         finally:
             backend.close()
     finally:

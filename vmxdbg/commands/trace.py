@@ -28,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--knob", action="append", default=[], metavar="CPU:NAME[=VALUE]",
                         help="break something on one core of the test hypervisor (repeatable)")
     parser.add_argument("--record", type=Path, metavar="FILE", help="record the live session to FILE")
+    parser.add_argument("--breakpoints", action="store_true",
+                        help="--bochs: stop with code breakpoints, not the test hypervisor's magic breakpoints "
+                             "(as for a hypervisor that has none; Bochs may miss one, and says so)")
     parser.add_argument("--partial", action="store_true", help="accept an unfinished (.partial) recording")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each stop")
     parser.add_argument("--format", choices=("text", "json"), default="text")
@@ -64,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         from ..minihv_demo import bochs_trace
         results = bochs_trace(cpus=args.cpus, knobs=args.knob, record=args.record, timeout=args.timeout,
+                              magic=not args.breakpoints,
                               argv=sys.argv[1:])
     if args.format == "json":
         sys.stdout.write(json.dumps(trace_report_json(results), indent=1) + "\n")

@@ -264,3 +264,16 @@ def test_check_options_refuse_unicode_digits_in_one_line(capsys, option):
     assert main(["check", str(log), *option]) == 2        # was a ValueError traceback
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith(f"vmxdbg: {option[0]} ") and "decimal" in err[-1]
+
+
+@pytest.mark.parametrize("width", [0, 31, 65, 255])
+def test_an_impossible_linear_address_width_leaves_canonical_checks_unknown(width):
+    from vmxdbg.rules import check_snapshot
+    from vmxdbg.rules.examples import baseline_tree
+    from vmxdbg.snapshot import snapshot_from_json
+    tree = baseline_tree("vmentry")
+    leaf = tree["processors"]["0"]["cpuid"]["0x80000008"]
+    leaf[0] = hex(int(leaf[0], 16) & ~0xFF00 | width << 8)
+    report = check_snapshot(snapshot_from_json(tree))        # was "negative shift count" (ValueError)
+    unknown = [f for v in report.processors[0] for f in v.findings if f.status == "unknown"]
+    assert any("cpuid:0x80000008" in f.inputs for f in unknown)

@@ -18,7 +18,7 @@ import functools
 from typing import Dict, Tuple, Union
 
 from ..values import hexs
-from .engine import Context
+from .engine import Context, Missing
 
 #: control -> (control holding its activation bit, that bit's name)
 ACTIVATED_BY: Dict[str, Tuple[str, str]] = {
@@ -144,8 +144,14 @@ def qualified(spec: str) -> Tuple[str, str]:
 
 
 def linear_width(ctx: Context) -> int:
-    """The processor's linear-address width N, CPUID.80000008H:EAX[15:8] (48 or 57)."""
-    return ctx.cpuid(0x80000008)[0] >> 8 & 0xFF
+    """The processor's linear-address width N, CPUID.80000008H:EAX[15:8] (48 or 57).
+
+    A width no 64-bit processor reports (below 32 or above 64: a corrupt
+    snapshot or recording) leaves the rule unknown, naming the CPUID leaf."""
+    n = ctx.cpuid(0x80000008)[0] >> 8 & 0xFF
+    if not 32 <= n <= 64:
+        raise Missing("cpuid:0x80000008", f"a linear-address width of {n} bits (EAX[15:8])")
+    return n
 
 
 def is_canonical(address: int, width: int) -> bool:

@@ -8,7 +8,7 @@ honest to compare with.
 from __future__ import annotations
 
 import copy
-from typing import Dict, FrozenSet, List, Optional, Tuple
+from typing import Dict, FrozenSet, List, Tuple
 
 from vmxdbg.backends.base import (CPUID, EXECUTION, MSR, PHYSICAL, REGISTERS, VIRTUAL, VMCS, VMX_STATE, Backend,
                                   StopEvent)

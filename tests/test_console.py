@@ -11,7 +11,7 @@ from recfakes import POINTERS, FakeLive, trace_session, two_cpu_snapshot, two_cp
 from vmxdbg import cli
 from vmxdbg.backends.recorder import Recorder
 from vmxdbg.backends.snapshot_backend import SnapshotBackend
-from vmxdbg.commands.kdcmds import KdState, complete, execute, format_dump, format_msr, format_reg
+from vmxdbg.commands.kdcmds import complete, execute, format_dump, format_msr, format_reg
 from vmxdbg.commands.replay import open_state
 from vmxdbg.console import Console
 from vmxdbg.errors import InputError, NotAvailable

@@ -67,3 +67,19 @@ def test_host_cr3_too_wide_fails_without_asking_about_lam():
     v = check_snapshot(snap).verdict(0, "vmlaunch")
     assert v.outcome == "VMfailValid:8"
     assert "HOST006" in {f.id for f in v.findings if f.status == "fail"}
+
+
+def test_cr4_vmxe_clear_means_the_processor_is_about_to_run_vmxon():
+    """Without state.vmx, CR4.VMXE = 0 proves VMX is off: only VMXON's verdict decides the exit status."""
+    from vmxdbg.render import summary_rows
+    from vmxdbg.rules.evaluate import next_instructions
+    tree = apply_patch(baseline_tree("vmxon"), {"state/vmx": None, "vmxon_pointer": None, "cpuid/0x1": None,
+                                                  "registers/cr4": "0x3506f8"})
+    snap = snapshot_from_json(tree)
+    assert next_instructions(snap.processors[0]) == ["vmxon"]
+    rep = check_snapshot(snap)
+    assert summary_rows(rep, snap)[0]["vmx"] == "yes"      # IA32_VMX_BASIC was read: VMX is there
+    assert rep.verdict(0, "vmxon").outcome == "#UD"
+    del tree["processors"]["0"]["msr"]["0x480"]
+    snap = snapshot_from_json(tree)
+    assert summary_rows(check_snapshot(snap), snap)[0]["vmx"] == "?"

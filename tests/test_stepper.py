@@ -1,7 +1,6 @@
 """The stepper on a scripted live target: predictions compared with outcomes, breakpoints cleaned up."""
 from __future__ import annotations
 
-import iced_x86 as ix
 import pytest
 
 from fake_live import CODE, PROGRAM, FakeLive

@@ -11,7 +11,7 @@ from vmxdbg.cli import main
 from vmxdbg.decode.layouts import find_layout
 from vmxdbg.regions import inspect, snapshot_reader
 from vmxdbg.rules import check_snapshot
-from vmxdbg.snapshot import load_snapshot, snapshot_from_json
+from vmxdbg.snapshot import load_snapshot
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "vmxdbg" / "examples" / "vmentry.vmxsnap.json"
 VMXON, VMCS = 0x1A2B3000, 0x1A2B4000

@@ -15,6 +15,16 @@ def _known(v: Optional[int]) -> str:
     return "?" if v is None else hexs(v)
 
 
+def vmx_column(p: Processor, leaf1: Optional[tuple]) -> str:
+    """CPUID.1:ECX.VMX, or the evidence a debugger gives without CPUID (a readable
+    IA32_VMX_BASIC, or CR4.VMXE = 1, proves VMX support: see Context.vmx_supported)."""
+    if leaf1 is not None:
+        return "yes" if leaf1[2] >> 5 & 1 else "no"
+    if 0x480 in p.msr or p.registers.get("cr4", 0) >> 13 & 1:
+        return "yes"
+    return "?"
+
+
 def summary_rows(report: Report, snapshot: Snapshot) -> List[Dict[str, str]]:
     """One row per processor: VMX support, feature control, CR0, CR4, VMXON pointer, outcomes."""
     rows = []
@@ -23,7 +33,7 @@ def summary_rows(report: Report, snapshot: Snapshot) -> List[Dict[str, str]]:
         leaf1 = p.cpuid.get((1, 0))
         row = {
             "cpu": str(cpu),
-            "vmx": "?" if leaf1 is None else ("yes" if leaf1[2] >> 5 & 1 else "no"),
+            "vmx": vmx_column(p, leaf1),
             "feature_control": _known(p.msr.get(0x3A)),
             "cr0": _known(p.registers.get("cr0")),
             "cr4": _known(p.registers.get("cr4")),

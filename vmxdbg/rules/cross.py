@@ -36,11 +36,11 @@ class CrossContext:
 # detects them, so they are reported as `advice` on every processor involved
 # (they never change a predicted outcome), and the summary names the processors.
 
-from typing import Callable, Iterable, Optional, Tuple  # noqa: E402
+from typing import Callable, Iterable, Tuple  # noqa: E402
 
 from ..snapshot import NO_VMCS  # noqa: E402
 from ..values import hexs  # noqa: E402
-from .engine import Missing, SKIP, Tier, bad, good, rule  # noqa: E402
+from .engine import Missing, Tier, bad, good, rule  # noqa: E402
 
 ED = "(SDM 325462-080US, 2023)"
 CAPABILITY_MSRS = tuple(range(0x480, 0x494))

@@ -151,6 +151,8 @@ def next_instructions(p: Processor) -> List[str]:
     outside VMX operation; VMCLEAR/VMPTRLD with a known operand and the VM entry
     its launch state allows in VMX root operation; everything when unknown."""
     vmx = p.state.get("vmx")
+    if vmx is None and "cr4" in p.registers and not p.registers["cr4"] >> 13 & 1:
+        vmx = "off"     # CR4.VMXE = 0 proves it (fixed to 1 in VMX operation, SDM Vol.3C 24.8)
     if vmx == "off" or (vmx is None and p.vmxon_pointer is not None):
         return ["vmxon"]
     if vmx == "root":

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 from ..values import hexs
-from .bits import address_too_wide, physical_width
 from .engine import ENTRY, SKIP, Context, Tier, Violation, bad, good, rule
 from .vmxon import RFLAGS_VM, in_compatibility_mode
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Optional
 
 from ..values import hexs
-from .bits import address_too_wide, fixed0_message, fixed1_message, physical_width, pointer_bits_beyond
+from .bits import fixed0_message, fixed1_message, pointer_bits_beyond
 from .engine import SKIP, Context, Missing, Tier, Violation, bad, good, rule
 
 ED = "(SDM 325462-080US, 2023)"

@@ -277,3 +277,16 @@ def test_an_impossible_linear_address_width_leaves_canonical_checks_unknown(widt
     report = check_snapshot(snapshot_from_json(tree))        # was "negative shift count" (ValueError)
     unknown = [f for v in report.processors[0] for f in v.findings if f.status == "unknown"]
     assert any("cpuid:0x80000008" in f.inputs for f in unknown)
+
+
+@pytest.mark.parametrize("verdict, key", [
+    ('{"instruction": "vmxon", "outcome": "ok", "findings": null}', r"\[processors\.0\[0\]\.findings\]"),
+    ('{"instruction": "vmxon", "outcome": "ok", "findings": [{"id": "X", "status": "fail", "inputs": 1.5}]}',
+     r"\[processors\.0\[0\]\.findings\[0\]\.inputs\]"),
+], ids=["findings-null", "inputs-a-number"])
+def test_report_parts_of_the_wrong_type_are_input_errors(tmp_path, verdict, key):
+    from vmxdbg.report import load_report
+    p = tmp_path / "r.expected.json"
+    p.write_text('{"format": "vmxdbg-report", "version": 1, "processors": {"0": [%s]}}' % verdict)
+    with pytest.raises(InputError, match=key + ": expected a list"):   # were TypeErrors
+        load_report(p)

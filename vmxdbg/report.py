@@ -113,11 +113,17 @@ def report_from_json(data: Any, source: str = "<report>") -> Report:
                     or not isinstance(v.get("outcome"), str):
                 raise fail(k, "a verdict needs instruction and outcome strings")
             findings = []
-            for j, f in enumerate(v.get("findings", [])):
+            raw_findings = v.get("findings", [])
+            if not isinstance(raw_findings, list):
+                raise fail(f"{k}.findings", "expected a list")
+            for j, f in enumerate(raw_findings):
                 if not isinstance(f, dict) or f.get("status") not in STATUSES or not isinstance(f.get("id"), str):
                     raise fail(f"{k}.findings[{j}]", "a finding needs an id and a status of fail, unknown or advice")
+                inputs = f.get("inputs", [])
+                if not isinstance(inputs, list):
+                    raise fail(f"{k}.findings[{j}].inputs", "expected a list")
                 findings.append(Finding(f["id"], f["status"], str(f.get("sdm", "")),
-                                        [str(x) for x in f.get("inputs", []) if isinstance(x, (str, int))],
+                                        [str(x) for x in inputs if isinstance(x, (str, int))],
                                         str(f.get("message", "")), str(f.get("fix", ""))))
             possible = v.get("possible", [v["outcome"]])
             if not isinstance(possible, list):

@@ -304,8 +304,9 @@ def _plausible(rnd: random.Random, value: Any) -> Any:
     """Another value of the same JSON type: a hex string stays a hex string, a number a number."""
     n = rnd.choice(INTERESTING) if rnd.random() < 0.7 else rnd.getrandbits(rnd.choice((8, 32, 64)))
     if isinstance(value, str) and value.startswith("0x"):
-        return hex(n ^ (int(value, 16) if rnd.random() < 0.3 and len(value) < 40 else 0)) \
-            if all(c in "0123456789abcdefABCDEFx" for c in value) else hex(n)
+        if rnd.random() < 0.3 and 2 < len(value) < 40 and all(c in "0123456789abcdefABCDEF" for c in value[2:]):
+            return hex(n ^ int(value, 16))
+        return hex(n)
     if isinstance(value, str) and value and all(c in "0123456789abcdef" for c in value) and len(value) % 2 == 0:
         b = bytearray(bytes.fromhex(value))     # hex bytes (memory, code): flip one
         if b:

@@ -290,3 +290,16 @@ def test_report_parts_of_the_wrong_type_are_input_errors(tmp_path, verdict, key)
     p.write_text('{"format": "vmxdbg-report", "version": 1, "processors": {"0": [%s]}}' % verdict)
     with pytest.raises(InputError, match=key + ": expected a list"):   # were TypeErrors
         load_report(p)
+
+
+def test_a_bit_range_of_thousands_of_digits_is_a_definition_error(tmp_path):
+    import shutil
+    from vmxdbg.decode.loader import default_directory, load_definitions
+    from vmxdbg.errors import DefinitionError
+    for f in default_directory().glob("*.yaml"):
+        shutil.copy(f, tmp_path / f.name)
+    text = (tmp_path / "registers.yaml").read_text()
+    (tmp_path / "registers.yaml").write_text(text.replace('bits: "0", doc: "Locked', 'bits: "1:' + "9" * 5000
+                                                           + '", doc: "Locked', 1))
+    with pytest.raises(DefinitionError, match=r"registers\.yaml \[.*bits\]: .* is not a bit range"):  # was ValueError
+        load_definitions(tmp_path)

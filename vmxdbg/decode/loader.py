@@ -27,7 +27,7 @@ CONTROL_WIDTHS = (32, 64)
 
 _UPPER = re.compile(r"^[A-Z][A-Z0-9_]*$")
 _SNAKE = re.compile(r"^[a-z][a-z0-9_]*$")
-_BITS = re.compile(r"^\s*(\d+)\s*(?::\s*(\d+)\s*)?$")
+_BITS = re.compile(r"^\s*(\d{1,4})\s*(?::\s*(\d{1,4})\s*)?$", re.ASCII)   # bounded: int() of 5000 digits raises
 
 
 def default_directory() -> Path:

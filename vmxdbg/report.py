@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
 from .errors import InputError
+from .jsonfile import read_json_file
 
 FORMAT = "vmxdbg-report"
 VERSION = 1
@@ -137,21 +138,5 @@ def load_report(path: Union[str, os.PathLike]) -> Report:
     """Read a report file (e.g. the NAME.expected.json next to a recording); InputError names
     the file and the line or key of any problem. Bounded: MAX_FILE_BYTES, JSON nesting."""
     p = Path(path)
-    try:
-        size = p.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise InputError(f"file is {size} bytes, more than the {MAX_FILE_BYTES} a report may have", source=str(p))
-        text = p.read_text(encoding="utf-8-sig")
-    except OSError as exc:
-        raise InputError(exc.strerror or str(exc), source=str(p)) from None
-    except UnicodeDecodeError:
-        raise InputError("not UTF-8 text", source=str(p)) from None
-    try:
-        data = json.loads(text)
-    except RecursionError:
-        raise InputError("JSON nested too deeply", source=str(p)) from None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"not JSON: {exc.msg}", source=str(p), line=exc.lineno) from None
-    except ValueError as exc:  # e.g. an integer of more digits than Python converts
-        raise InputError(f"not JSON: {exc}", source=str(p)) from None
+    data = read_json_file(p, "report", MAX_FILE_BYTES)
     return report_from_json(data, source=str(p))

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 from .errors import InputError, one_line
+from .jsonfile import read_json_file
 from .values import hexs, parse_int
 
 FORMAT = "vmxdbg-snapshot"
@@ -262,23 +263,7 @@ def snapshot_from_json(data: Any, source: str = "<snapshot>") -> Snapshot:
 def load_snapshot(path: Union[str, os.PathLike]) -> Snapshot:
     """Read a `*.vmxsnap.json` file; InputError names the file and key on any problem."""
     p = Path(path)
-    try:
-        size = p.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise InputError(f"file is {size} bytes, more than the {MAX_FILE_BYTES} a snapshot may have", source=str(p))
-        text = p.read_text(encoding="utf-8-sig")
-    except OSError as exc:
-        raise InputError(exc.strerror or str(exc), source=str(p)) from None
-    except UnicodeDecodeError:
-        raise InputError("not UTF-8 text", source=str(p)) from None
-    try:
-        data = json.loads(text)
-    except RecursionError:
-        raise InputError("JSON nested too deeply", source=str(p)) from None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"not JSON: {exc.msg}", source=str(p), line=exc.lineno) from None
-    except ValueError as exc:  # an integer of more digits than Python converts (3.11+)
-        raise InputError(f"not JSON vmxdbg reads: {str(exc).split(':')[0]}", source=str(p)) from None
+    data = read_json_file(p, "snapshot", MAX_FILE_BYTES)
     return snapshot_from_json(data, source=str(p))
 
 

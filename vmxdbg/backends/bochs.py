@@ -273,15 +273,6 @@ class BochsBackend(Backend):
             return group[part]
         raise NotAvailable("no such register in Bochs", backend=NAME, cpu=cpu, what=f"register {name}")
 
-    def read_registers(self, cpu: int, names: Iterable[str]) -> Dict[str, int]:
-        out: Dict[str, int] = {}
-        for n in names:
-            try:
-                out[n] = self.read_register(cpu, n)
-            except NotAvailable:
-                continue
-        return out
-
     def _cpl(self, cpu: int) -> int:
         if not self._creg(cpu)["cr0"] & 1:
             return 0

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import struct
 import threading
-from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
 
 from ..errors import BackendError, NotAvailable, TargetGone
 from .base import EXECUTION, MSR, PHYSICAL, REGISTERS, SEGMENT_NAMES, VIRTUAL, Backend, StopEvent
@@ -243,16 +243,6 @@ class WinDbgBackend(Backend):
         if seg in SEGMENT_NAMES and not part:
             return self._reg(cpu, seg)
         raise self._unsupported(f"register {name}", cpu)
-
-    def read_registers(self, cpu: int, names: Iterable[str]) -> Dict[str, int]:
-        """One processor switch, then each register once (cached for the stop)."""
-        out: Dict[str, int] = {}
-        for n in names:
-            try:
-                out[n] = self.read_register(cpu, n)
-            except NotAvailable:
-                continue
-        return out
 
     # ------------------------------------------------------------ MSRs, CPUID, memory
     def read_msr(self, cpu: int, index: int) -> int:

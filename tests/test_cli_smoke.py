@@ -97,3 +97,20 @@ def test_bad_key_is_named_as_a_key():
         assert "MSR index" in str(exc) and "0xqq" in str(exc)
     else:
         raise AssertionError("a non-hex MSR index must be refused")
+
+
+def test_outputs_never_replace_a_device(tmp_path):
+    """`-o /dev/null` (as root, a rename would turn the device into a regular file) is refused."""
+    import stat
+    r = run("snapshot", str(EXAMPLES / "vmxon.vmxsnap.json"), "-o", "/dev/null")
+    assert r.returncode == 2 and "not a regular file" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    from vmxdbg.backends.recorder import Recorder
+    from vmxdbg.backends.snapshot_backend import SnapshotBackend
+    from vmxdbg.errors import InputError
+    from vmxdbg.snapshot import load_snapshot
+    import pytest
+    with pytest.raises(InputError, match="not a regular file"):
+        Recorder(SnapshotBackend(load_snapshot(EXAMPLES / "vmxon.vmxsnap.json")), "/dev/null", command="check")
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    assert not os.path.exists("/dev/null.partial")

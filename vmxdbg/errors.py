@@ -74,3 +74,17 @@ class TargetGone(BackendError):
 
 class Divergence(VmxdbgError):
     """A replayed session asked for something other than what was recorded."""
+
+
+def refuse_special_output(path: "os.PathLike[str] | str", what: str) -> None:
+    """Output files are written to a temp name and renamed into place; renaming over a
+    device or a pipe (`-o /dev/null` as root) would replace it with a regular file, so an
+    existing path that is not a regular file is refused with one line."""
+    import os
+    import stat
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if not stat.S_ISREG(mode):
+        raise InputError(f"not a regular file: vmxdbg writes the {what} only to a file path", source=str(path))

@@ -35,7 +35,7 @@ from typing import Any, Callable, Dict, IO, Iterator, List, Optional, Tuple, Uni
 
 from . import __version__
 from .backends.base import StopEvent
-from .errors import InputError, one_line
+from .errors import InputError, one_line, refuse_special_output
 from .values import hexs, parse_int
 
 FORMAT = "vmxdbg-recording"
@@ -700,6 +700,7 @@ class RecordingWriter:
     def __init__(self, path: Union[str, os.PathLike], header: Dict[str, Any]) -> None:
         self.path = Path(path)
         self.partial_path = self.path.with_name(self.path.name + PARTIAL_SUFFIX)
+        refuse_special_output(self.path, "recording")
         self.events = 0
         self.closed = False
         try:

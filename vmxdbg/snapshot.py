@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
-from .errors import InputError, one_line
+from .errors import InputError, one_line, refuse_special_output
 from .jsonfile import read_json_file
 from .values import hexs, parse_int
 
@@ -314,6 +314,7 @@ def save_snapshot(snap: Snapshot, path: Union[str, os.PathLike]) -> None:
     """Write `snap` as JSON (atomically: a temp file renamed into place); InputError names
     the file when it cannot be written, and no temp file is left behind."""
     p = Path(path)
+    refuse_special_output(p, "snapshot")
     tmp = p.with_name(p.name + ".tmp")
     text = json.dumps(snapshot_to_json(snap), indent=1) + "\n"
     try:

@@ -5,6 +5,8 @@ Every error a user can cause derives from VmxdbgError; the CLI prints
 """
 from __future__ import annotations
 
+import os
+
 import re
 from typing import Optional
 
@@ -80,11 +82,11 @@ def refuse_special_output(path: "os.PathLike[str] | str", what: str) -> None:
     """Output files are written to a temp name and renamed into place; renaming over a
     device or a pipe (`-o /dev/null` as root) would replace it with a regular file, so an
     existing path that is not a regular file is refused with one line."""
-    import os
     import stat
     try:
         mode = os.stat(path).st_mode
     except OSError:
         return
     if not stat.S_ISREG(mode):
-        raise InputError(f"not a regular file: vmxdbg writes the {what} only to a file path", source=str(path))
+        raise InputError(f"cannot write the {what}: not a regular file (vmxdbg writes a temp file "
+                         "and renames it into place)", source=str(path))

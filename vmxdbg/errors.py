@@ -6,7 +6,6 @@ Every error a user can cause derives from VmxdbgError; the CLI prints
 from __future__ import annotations
 
 import os
-
 import re
 from typing import Optional
 

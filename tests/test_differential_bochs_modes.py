@@ -20,7 +20,6 @@ processor 0 (64-bit guest, no knobs) entered.
 """
 from __future__ import annotations
 
-import shutil
 import sys
 from pathlib import Path
 from typing import Dict, Sequence, Tuple
@@ -31,13 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures"))
 from minihv import knobs as minihv_knobs  # noqa: E402
 from test_differential_bochs import E33, V7, Mutation, _failing, _slug, ov, verdict_word  # noqa: E402
-
-pytestmark = [
-    pytest.mark.bochs,
-    pytest.mark.skipif(not shutil.which("bochs-bin"),
-                       reason="bochs-bin not installed (Debian: apt-get install bochs bochsbios vgabios)"),
-    pytest.mark.skipif(not shutil.which("nasm"), reason="nasm not installed (Debian: apt-get install nasm)"),
-]
+from test_differential_bochs import pytestmark  # noqa: E402,F401  (the same bochs mark and skips)
 
 # What minihv writes for these modes on Bochs 2.7's corei7_skylake_x ("vmcs written" and
 # "guest mode" lines): primary controls with bit 31, secondary = EPT | unrestricted guest,

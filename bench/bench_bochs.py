@@ -25,7 +25,7 @@ from typing import Callable, List
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
 sys.path.insert(0, str(ROOT))
-from minihv import build  # noqa: E402
+from vmxdbg.hypervisors.minihv import build  # noqa: E402
 
 from vmxdbg.backends.base import SEGMENT_NAMES  # noqa: E402
 from vmxdbg.backends.bochs import BochsBackend  # noqa: E402

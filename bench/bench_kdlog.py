@@ -90,7 +90,7 @@ _CHILD = """
 import json, resource, sys, time
 sys.path.insert(0, sys.argv[2])
 from pathlib import Path
-from vmxdbg.kdlog import parse_file
+from vmxdbg.inputs.kdlog import parse_file
 t = time.perf_counter()
 log = parse_file(Path(sys.argv[1]))
 dt = time.perf_counter() - t

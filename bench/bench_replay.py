@@ -31,14 +31,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from vmxdbg.backends.base import EXECUTION, Backend, StopEvent  # noqa: E402
-from vmxdbg.backends.recorder import Recorder  # noqa: E402
-from vmxdbg.backends.replay import ReplayBackend  # noqa: E402
+from vmxdbg.record.recorder import Recorder  # noqa: E402
+from vmxdbg.record.replay import ReplayBackend  # noqa: E402
 from vmxdbg.backends.snapshot_backend import SnapshotBackend  # noqa: E402
-from vmxdbg.collect import collect  # noqa: E402
-from vmxdbg.recorded import snapshot_of  # noqa: E402
-from vmxdbg.recording import read_recording  # noqa: E402
+from vmxdbg.state.collect import collect  # noqa: E402
+from vmxdbg.record.recorded import snapshot_of  # noqa: E402
+from vmxdbg.record.recording import read_recording  # noqa: E402
 from vmxdbg.rules import check_snapshot  # noqa: E402
-from vmxdbg.snapshot import snapshot_from_json  # noqa: E402
+from vmxdbg.state.snapshot import snapshot_from_json  # noqa: E402
 
 CPUS = 4
 POINTERS = {c: 0x1A2B3000 + 0x1000 * c for c in range(CPUS)}

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from vmxdbg.rules.engine import all_rules  # noqa: E402
 from vmxdbg.rules.evaluate import check_snapshot  # noqa: E402
 from vmxdbg.rules.examples import baseline_names, baseline_tree  # noqa: E402
-from vmxdbg.snapshot import snapshot_from_json  # noqa: E402
+from vmxdbg.state.snapshot import snapshot_from_json  # noqa: E402
 
 TARGET_MS = 1.0
 

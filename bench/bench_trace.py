@@ -29,8 +29,8 @@ sys.path.insert(0, str(ROOT))
 
 from vmxdbg.backends.bochs import BochsBackend  # noqa: E402
 from vmxdbg.backends.bochs_process import BochsMachine  # noqa: E402
-from vmxdbg.minihv_demo import ASSUME, build_image, require_tools, vmx_code  # noqa: E402
-from vmxdbg.stepper import Stepper, find_vmx_instructions  # noqa: E402
+from vmxdbg.hypervisors.minihv.demo import ASSUME, build_image, require_tools, vmx_code  # noqa: E402
+from vmxdbg.trace.stepper import Stepper, find_vmx_instructions  # noqa: E402
 
 
 def one_run(cpus: int) -> Dict[str, float]:

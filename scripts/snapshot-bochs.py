@@ -1,6 +1,6 @@
 """Make recordings/snapshots/bochs-vmlaunch-cpu0.vmxsnap.json from a real Bochs run.
 
-Boots the test hypervisor (tests/fixtures/minihv) under Bochs on 2 processors,
+Boots the test hypervisor (vmxdbg/hypervisors/minihv) under Bochs on 2 processors,
 runs to processor 0's VMLAUNCH (its magic stop), reads that processor's state
 as a live check does (collect), adds the current VMCS page as Bochs keeps it in
 memory (its own layout, revision 0x2b) and the VMXON region's page, and saves the snapshot. `vmxdbg vmcs
@@ -19,10 +19,10 @@ sys.path.insert(0, str(ROOT))
 
 from vmxdbg.backends.bochs import BochsBackend  # noqa: E402
 from vmxdbg.backends.bochs_process import BochsMachine  # noqa: E402
-from vmxdbg.collect import collect  # noqa: E402
-from vmxdbg.minihv_demo import ASSUME, build_image, require_tools  # noqa: E402
-from vmxdbg.snapshot import save_snapshot  # noqa: E402
-from vmxdbg.assume import apply_assumptions  # noqa: E402
+from vmxdbg.state.collect import collect  # noqa: E402
+from vmxdbg.hypervisors.minihv.demo import ASSUME, build_image, require_tools  # noqa: E402
+from vmxdbg.state.snapshot import save_snapshot  # noqa: E402
+from vmxdbg.state.assume import apply_assumptions  # noqa: E402
 
 
 def main() -> int:

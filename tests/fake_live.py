@@ -12,9 +12,9 @@ from typing import Dict, FrozenSet, List, Tuple
 
 from vmxdbg.backends.base import (CPUID, EXECUTION, MSR, PHYSICAL, REGISTERS, VIRTUAL, VMCS, VMX_STATE, Backend,
                                   StopEvent)
-from vmxdbg.errors import NotAvailable
+from vmxdbg.common.errors import NotAvailable
 from vmxdbg.rules.examples import baseline_tree
-from vmxdbg.snapshot import snapshot_from_json
+from vmxdbg.state.snapshot import Table, snapshot_from_json
 
 CODE = 0x401000
 # vmxon [rsp+8] ; vmlaunch ; hlt
@@ -33,7 +33,7 @@ class FakeLive(Backend):
         for i in range(cores):
             p = copy.deepcopy(base)
             p.registers.update({"rip": CODE, "rsp": STACK + i * 0x100})
-            p.tables["idtr"] = type(p.tables.get("gdtr") or __import__("vmxdbg.snapshot").snapshot.Table())(IDT, 0xfff)
+            p.tables["idtr"] = type(p.tables.get("gdtr") or Table())(IDT, 0xfff)
             p.state["vmx"] = "off"
             self.cpus[i] = p
         self.memory: Dict[int, int] = {}

@@ -46,7 +46,7 @@ for _p in (str(TESTS), str(ROOT)):   # this tree's vmxdbg, whatever is installed
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from vmxdbg.errors import VmxdbgError, one_line  # noqa: E402
+from vmxdbg.common.errors import VmxdbgError, one_line  # noqa: E402
 
 TIME_LIMIT = 5.0                  # seconds one input may take (a hang past this is a crash)
 MEMORY_LIMIT = 512 * 1024 * 1024  # bytes the peak RSS may grow by during one input
@@ -441,12 +441,12 @@ def _build_corpus() -> Corpus:
     from vmxdbg.decode.layouts import builtin_directory, known_layouts
     from vmxdbg.decode.loader import default_directory
     from vmxdbg.decode.probe import probe_dump_text, tag_for_width
-    from vmxdbg.recorded import record_check
-    from vmxdbg.recording import read_recording
-    from vmxdbg.report import dumps_report
+    from vmxdbg.record.recorded import record_check
+    from vmxdbg.record.recording import read_recording
+    from vmxdbg.report.model import dumps_report
     from vmxdbg.rules import check_snapshot
-    from vmxdbg.snapshot import load_snapshot
-    from vmxdbg.trace import run_trace, trace_report_json
+    from vmxdbg.state.snapshot import load_snapshot
+    from vmxdbg.trace.session import run_trace, trace_report_json
 
     c = Corpus()
     snaps = sorted((ROOT / "vmxdbg" / "examples").glob("*.vmxsnap.json")) + \
@@ -513,7 +513,7 @@ def _hexval(rnd: random.Random) -> Any:
 
 def gen_snapshot(rnd: random.Random) -> bytes:
     """A snapshot-shaped JSON document with random values in the right places and the wrong ones."""
-    from vmxdbg.snapshot import SEGMENTS, TABLES
+    from vmxdbg.state.snapshot import SEGMENTS, TABLES
     procs: Dict[str, Any] = {}
     for _ in range(rnd.randrange(0, 4)):
         regs: Dict[str, Any] = {n: _hexval(rnd) for n in rnd.sample(("cr0", "cr3", "cr4", "rflags", "efer",
@@ -543,7 +543,7 @@ def gen_snapshot(rnd: random.Random) -> bytes:
 
 def gen_recording(rnd: random.Random, partial: bool = False) -> bytes:
     """A recording: a header, random calls of every op with random answers, maybe a trailer."""
-    from vmxdbg.recording import OPS
+    from vmxdbg.record.recording import OPS
     header = {"format": "vmxdbg-recording", "version": 1, "backend": {"kind": "fuzz"},
               "capabilities": rnd.sample(["registers", "msr", "cpuid", "physical", "virtual", "vmcs", "vmx_state",
                                           "execution"], rnd.randrange(9)),
@@ -718,7 +718,7 @@ def _write(workdir: Path, name: str, data: bytes) -> Path:
 
 
 def _check_and_render(snap: Any) -> Any:
-    from vmxdbg.render import render
+    from vmxdbg.report.render import render
     from vmxdbg.rules import check_snapshot
     report = check_snapshot(snap)
     for fmt in ("text", "json", "dml"):
@@ -727,33 +727,33 @@ def _check_and_render(snap: Any) -> Any:
 
 
 def run_snapshot(data: bytes, workdir: Path) -> Any:
-    from vmxdbg.snapshot import load_snapshot
+    from vmxdbg.state.snapshot import load_snapshot
     return _check_and_render(load_snapshot(_write(workdir, "in.vmxsnap.json", data)))
 
 
 def run_report(data: bytes, workdir: Path) -> Any:
-    from vmxdbg.render import render
-    from vmxdbg.report import load_report
+    from vmxdbg.report.render import render
+    from vmxdbg.report.model import load_report
     rep = load_report(_write(workdir, "in.expected.json", data))
     render(rep, None, "json")
     return rep
 
 
 def run_recording(data: bytes, workdir: Path) -> Any:
-    from vmxdbg.recorded import snapshot_of
-    from vmxdbg.recording import read_recording
+    from vmxdbg.record.recorded import snapshot_of
+    from vmxdbg.record.recording import read_recording
     rec = read_recording(_write(workdir, "in.vmxrec.jsonl", data))
     rec.describe()
     return _check_and_render(snapshot_of(rec))
 
 
 def run_partial(data: bytes, workdir: Path) -> Any:
-    from vmxdbg.backends.replay import ReplayBackend
-    from vmxdbg.collect import collect
-    from vmxdbg.commands.kdcmds import KdState, execute
-    from vmxdbg.errors import BackendError
-    from vmxdbg.recorded import snapshot_of
-    from vmxdbg.recording import read_recording
+    from vmxdbg.record.replay import ReplayBackend
+    from vmxdbg.state.collect import collect
+    from vmxdbg.console.kdcmds import KdState, execute
+    from vmxdbg.common.errors import BackendError
+    from vmxdbg.record.recorded import snapshot_of
+    from vmxdbg.record.recording import read_recording
     rec = read_recording(_write(workdir, "in.vmxrec.jsonl.partial", data), partial=True)
     rec.describe()
     _check_and_render(snapshot_of(rec))
@@ -774,8 +774,8 @@ def run_partial(data: bytes, workdir: Path) -> Any:
 
 
 def run_trace(data: bytes, workdir: Path) -> Any:
-    from vmxdbg.recording import read_recording
-    from vmxdbg.trace import render_trace, replay_trace, trace_report_json
+    from vmxdbg.record.recording import read_recording
+    from vmxdbg.trace.session import render_trace, replay_trace, trace_report_json
     rec = read_recording(_write(workdir, "in.vmxrec.jsonl", data))
     results = replay_trace(rec)
     render_trace(results, verbose=True)
@@ -784,7 +784,7 @@ def run_trace(data: bytes, workdir: Path) -> Any:
 
 
 def run_kdlog(data: bytes, workdir: Path) -> Any:
-    from vmxdbg.kdlog import parse_file
+    from vmxdbg.inputs.kdlog import parse_file
     log = parse_file(_write(workdir, "in.log", data))
     for w in log.warnings:
         w.format(log.source)
@@ -792,15 +792,15 @@ def run_kdlog(data: bytes, workdir: Path) -> Any:
 
 
 def run_any(data: bytes, workdir: Path) -> Any:
-    from vmxdbg.sources import load_any
+    from vmxdbg.inputs.sources import load_any
     options: Dict[str, Any] = {"partial": True, "warn": lambda log: None}
     return _check_and_render(load_any(_write(workdir, "in.input", data), options))
 
 
 def run_vmcs(data: bytes, workdir: Path) -> Any:
     from vmxdbg.commands.vmcs import show_region
-    from vmxdbg.regions import snapshot_reader
-    from vmxdbg.snapshot import load_snapshot
+    from vmxdbg.decode.regions import snapshot_reader
+    from vmxdbg.state.snapshot import load_snapshot
     path = _write(workdir, "in.vmxsnap.json", data)
     snap = load_snapshot(path)
     addrs = sorted({p.vmcs_pointer for p in snap.processors.values() if p.vmcs_pointer is not None}
@@ -854,7 +854,7 @@ def run_dump(data: bytes, workdir: Path) -> Any:
 
 
 def run_value(data: bytes, workdir: Path) -> Any:
-    from vmxdbg.values import parse_int
+    from vmxdbg.common.numbers import parse_int
     return parse_int(data.decode("utf-8", "replace"), what="value")
 
 
@@ -863,10 +863,10 @@ _STATES: Dict[str, Any] = {}
 
 def _kd_states() -> List[Any]:
     """A snapshot-backed and a replay-backed (recorded stops) KdState, each made fresh."""
-    from vmxdbg.backends.replay import ReplayBackend
+    from vmxdbg.record.replay import ReplayBackend
     from vmxdbg.backends.snapshot_backend import SnapshotBackend
-    from vmxdbg.commands.kdcmds import KdState
-    from vmxdbg.snapshot import snapshot_from_json
+    from vmxdbg.console.kdcmds import KdState
+    from vmxdbg.state.snapshot import snapshot_from_json
     c = corpus()
     if "snap" not in _STATES:
         _STATES["snap"] = json.loads(c.snapshots[[i for i, s in enumerate(c.snapshots) if b'"vmcs"' in s][0]])
@@ -879,7 +879,7 @@ KD_SCRIPT_LINES = 20     # console lines per input: a session, not a load test
 
 
 def run_kdcmd(data: bytes, workdir: Path) -> Any:
-    from vmxdbg.commands.kdcmds import execute
+    from vmxdbg.console.kdcmds import execute
     out = []
     lines = data.decode("utf-8", "replace").split("\n")[:KD_SCRIPT_LINES]
     for state in _kd_states():

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Dict, FrozenSet, List, Tuple
 
 from vmxdbg.backends.base import (CPUID, EXECUTION, MSR, PHYSICAL, REGISTERS, Backend, StopEvent)
-from vmxdbg.errors import NotAvailable
-from vmxdbg.snapshot import Snapshot, snapshot_from_json
+from vmxdbg.common.errors import NotAvailable
+from vmxdbg.state.snapshot import Snapshot, snapshot_from_json
 
 BASELINE = Path(__file__).resolve().parent.parent / "vmxdbg" / "examples" / "vmxon.vmxsnap.json"
 

@@ -6,10 +6,10 @@ import json
 import pytest
 
 from vmxdbg import cli
-from vmxdbg.assume import apply_assumptions, parse_assumptions
-from vmxdbg.errors import InputError
+from vmxdbg.state.assume import apply_assumptions, parse_assumptions
+from vmxdbg.common.errors import InputError
 from vmxdbg.rules.examples import apply_patch, baseline_tree
-from vmxdbg.snapshot import snapshot_from_json
+from vmxdbg.state.snapshot import snapshot_from_json
 
 
 def test_parse_and_reject():

@@ -14,12 +14,11 @@ from typing import Dict, Iterator, Tuple
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures"))
-from minihv import build as minihv_build  # noqa: E402
-from minihv import knobs  # noqa: E402
+from vmxdbg.hypervisors.minihv import build as minihv_build  # noqa: E402
+from vmxdbg.hypervisors.minihv import knobs  # noqa: E402
 
 from vmxdbg.backends.base import SEGMENT_NAMES, StopEvent  # noqa: E402
-from vmxdbg.errors import BackendError, NotAvailable  # noqa: E402
+from vmxdbg.common.errors import BackendError, NotAvailable  # noqa: E402
 
 pytestmark = [
     pytest.mark.bochs,

@@ -93,8 +93,8 @@ def check_clean(data: dict, bochs_died: bool = False) -> None:
 
 def check_recording(tmp_path: Path, ended_by: Optional[str] = None) -> None:
     """The session's recording is complete (its trailer names what ended it), or a readable .partial."""
-    from vmxdbg.backends.replay import ReplayBackend
-    from vmxdbg.recording import read_recording
+    from vmxdbg.record.replay import ReplayBackend
+    from vmxdbg.record.recording import read_recording
     path = tmp_path / "session.vmxrec.jsonl"
     partial = tmp_path / "session.vmxrec.jsonl.partial"
     assert path.exists() != partial.exists(), sorted(p.name for p in tmp_path.iterdir())

@@ -89,7 +89,7 @@ def test_keys_equal_by_value_that_conflict_are_bad_input(tmp_path):
 
 
 def test_bad_key_is_named_as_a_key():
-    import vmxdbg.snapshot as s
+    import vmxdbg.state.snapshot as s
     try:
         s.snapshot_from_json({"format": "vmxdbg-snapshot", "version": 1,
                               "processors": {"0": {"msr": {"0xqq": "0x1"}}}}, source="k.json")
@@ -105,10 +105,10 @@ def test_outputs_never_replace_a_device(tmp_path):
     r = run("snapshot", str(EXAMPLES / "vmxon.vmxsnap.json"), "-o", "/dev/null")
     assert r.returncode == 2 and "not a regular file" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
-    from vmxdbg.backends.recorder import Recorder
+    from vmxdbg.record.recorder import Recorder
     from vmxdbg.backends.snapshot_backend import SnapshotBackend
-    from vmxdbg.errors import InputError
-    from vmxdbg.snapshot import load_snapshot
+    from vmxdbg.common.errors import InputError
+    from vmxdbg.state.snapshot import load_snapshot
     import pytest
     with pytest.raises(InputError, match="not a regular file"):
         Recorder(SnapshotBackend(load_snapshot(EXAMPLES / "vmxon.vmxsnap.json")), "/dev/null", command="check")

@@ -9,14 +9,14 @@ from prompt_toolkit.output import DummyOutput
 
 from recfakes import POINTERS, FakeLive, trace_session, two_cpu_snapshot, two_cpu_tree
 from vmxdbg import cli
-from vmxdbg.backends.recorder import Recorder
+from vmxdbg.record.recorder import Recorder
 from vmxdbg.backends.snapshot_backend import SnapshotBackend
-from vmxdbg.commands.kdcmds import complete, execute, format_dump, format_msr, format_reg
+from vmxdbg.console.kdcmds import complete, execute, format_dump, format_msr, format_reg
 from vmxdbg.commands.replay import open_state
-from vmxdbg.console import Console
-from vmxdbg.errors import InputError, NotAvailable
-from vmxdbg.recorded import record_check
-from vmxdbg.snapshot import save_snapshot
+from vmxdbg.console.prompt import Console
+from vmxdbg.common.errors import InputError, NotAvailable
+from vmxdbg.record.recorded import record_check
+from vmxdbg.state.snapshot import save_snapshot
 
 
 @pytest.fixture
@@ -93,7 +93,7 @@ def test_completion_of_commands_msr_and_field_names(trace_file):
 def test_completer_replaces_the_word_under_the_cursor(trace_file):
     from prompt_toolkit.completion import CompleteEvent
     from prompt_toolkit.document import Document
-    from vmxdbg.console import KdCompleter
+    from vmxdbg.console.prompt import KdCompleter
     path, _ = trace_file
     state, _ = open_state(path)
     got = list(KdCompleter(state).get_completions(Document("rdmsr IA32_VMX_BAS"), CompleteEvent()))

@@ -5,10 +5,10 @@ import copy
 
 import pytest
 
-from vmxdbg.render import cross_lines, render_text
+from vmxdbg.report.render import cross_lines, render_text
 from vmxdbg.rules.evaluate import check_snapshot
 from vmxdbg.rules.examples import baseline_tree
-from vmxdbg.snapshot import snapshot_from_json
+from vmxdbg.state.snapshot import snapshot_from_json
 
 
 def machine(n: int, baseline: str = "vmxon") -> dict:

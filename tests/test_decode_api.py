@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from vmxdbg.decode import defs
-from vmxdbg.errors import InputError
+from vmxdbg.common.errors import InputError
 
 
 def test_msr_lookup() -> None:

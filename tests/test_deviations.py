@@ -7,15 +7,15 @@ from pathlib import Path
 import pytest
 
 from fake_live import CODE, PROGRAM, FakeLive
-from vmxdbg import deviations as dev
-from vmxdbg.errors import DefinitionError
-from vmxdbg.recording import read_recording
+from vmxdbg.trace import deviations as dev
+from vmxdbg.common.errors import DefinitionError
+from vmxdbg.record.recording import read_recording
 from vmxdbg.rules.engine import all_rules
 from vmxdbg.rules.evaluate import check_snapshot
 from vmxdbg.rules.examples import apply_patch, baseline_tree
-from vmxdbg.snapshot import snapshot_from_json
-from vmxdbg.stepper import deviations, mismatches
-from vmxdbg.trace import render_trace, replay_trace, run_trace, trace_report_json
+from vmxdbg.state.snapshot import snapshot_from_json
+from vmxdbg.trace.stepper import deviations, mismatches
+from vmxdbg.trace.session import render_trace, replay_trace, run_trace, trace_report_json
 
 BOCHS = dev.known_for("bochs-2.7")
 BASE = baseline_tree("vmentry")
@@ -109,7 +109,7 @@ def test_a_trace_shows_a_known_deviation_quietly_and_keeps_it_in_the_report(tmp_
     plain = run_trace(_broken_feature_control(), {CODE: PROGRAM})
     assert len(mismatches(plain)) == 1 and not deviations(plain)
     rule = [f.id for f in mismatches(plain)[0].verdict.findings if f.status == "fail"][0]
-    monkeypatch.setattr("vmxdbg.stepper.known_for", lambda impl: {rule: _fake_deviation(rule)}
+    monkeypatch.setattr("vmxdbg.trace.stepper.known_for", lambda impl: {rule: _fake_deviation(rule)}
                         if impl == "fake-live" else {})
     path = tmp_path / "t.vmxrec.jsonl"
     results = run_trace(_broken_feature_control(), {CODE: PROGRAM}, record=path)

@@ -32,8 +32,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures"))
-from minihv import knobs as minihv_knobs  # noqa: E402
+from vmxdbg.hypervisors.minihv import knobs as minihv_knobs  # noqa: E402
 
 pytestmark = [
     pytest.mark.bochs,
@@ -234,7 +233,7 @@ _RUNS: Dict[int, object] = {}
 def run_batch(index: int):  # type: ignore[no-untyped-def]
     """The trace of one boot (cached): processor k + 1 runs BATCHES[index][k]; StepResults."""
     if index not in _RUNS:
-        from vmxdbg.minihv_demo import bochs_trace
+        from vmxdbg.hypervisors.minihv.demo import bochs_trace
         batch = BATCHES[index]
         specs = [s for cpu, m in enumerate(batch, 1) for s in m.specs(cpu)]
         _RUNS[index] = bochs_trace(cpus=len(batch) + 1, knobs=specs, timeout=30, instructions=("vmlaunch",))

@@ -1,7 +1,7 @@
 """Differential test of the guest modes: real-mode, unrestricted protected-mode and
 virtual-8086 guests, mutated, vmxdbg's prediction against what Bochs did.
 
-minihv's knob `guest=MODE` (tests/fixtures/minihv/README.md) gives one processor a
+minihv's knob `guest=MODE` (vmxdbg/hypervisors/minihv/README.md) gives one processor a
 guest in real-address mode (`real`), 32-bit protected mode with paging off
 (`unrestricted-pm`) or virtual-8086 mode (`v86`), with EPT (identity map, WB) and
 "unrestricted guest"; `override=ENC:VAL` then bends one thing before VMLAUNCH.
@@ -27,8 +27,7 @@ from typing import Dict, Sequence, Tuple
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures"))
-from minihv import knobs as minihv_knobs  # noqa: E402
+from vmxdbg.hypervisors.minihv import knobs as minihv_knobs  # noqa: E402
 from test_differential_bochs import E33, V7, Mutation, _failing, _slug, ov, verdict_word  # noqa: E402
 from test_differential_bochs import pytestmark  # noqa: E402,F401  (the same bochs mark and skips)
 
@@ -101,7 +100,7 @@ _RUNS: Dict[int, object] = {}
 def run_batch(index: int):  # type: ignore[no-untyped-def]
     """The trace of one boot (cached): processor k + 1 runs BATCHES[index][k]; StepResults."""
     if index not in _RUNS:
-        from vmxdbg.minihv_demo import bochs_trace
+        from vmxdbg.hypervisors.minihv.demo import bochs_trace
         batch = BATCHES[index]
         specs = [s for cpu, m in enumerate(batch, 1) for s in m.specs(cpu)]
         _RUNS[index] = bochs_trace(cpus=len(batch) + 1, knobs=specs, timeout=30, instructions=("vmlaunch",))

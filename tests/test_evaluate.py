@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from vmxdbg.rules.evaluate import check_snapshot
 from vmxdbg.rules.examples import apply_patch, baseline_tree
-from vmxdbg.snapshot import snapshot_from_json
+from vmxdbg.state.snapshot import snapshot_from_json
 
 
 def vmxon_verdict(patch):
@@ -52,7 +52,7 @@ def test_vmfail_with_unknown_current_vmcs_lists_both():
 
 
 def test_text_names_missing_inputs_and_how_to_read_them():
-    from vmxdbg.render import render_text
+    from vmxdbg.report.render import render_text
     snap = snapshot_from_json(apply_patch(baseline_tree("vmxon"), {"registers/cr4": None, "msr/0x3a": None}))
     text = render_text(check_snapshot(snap), snap)
     assert "cpu 0 vmxon: unknown" in text
@@ -71,7 +71,7 @@ def test_host_cr3_too_wide_fails_without_asking_about_lam():
 
 def test_cr4_vmxe_clear_means_the_processor_is_about_to_run_vmxon():
     """Without state.vmx, CR4.VMXE = 0 proves VMX is off: only VMXON's verdict decides the exit status."""
-    from vmxdbg.render import summary_rows
+    from vmxdbg.report.render import summary_rows
     from vmxdbg.rules.evaluate import next_instructions
     tree = apply_patch(baseline_tree("vmxon"), {"state/vmx": None, "vmxon_pointer": None, "cpuid/0x1": None,
                                                   "registers/cr4": "0x3506f8"})

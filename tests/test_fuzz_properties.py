@@ -17,10 +17,10 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import fuzzkit
-from vmxdbg.errors import InputError
-from vmxdbg.recording import OPS
-from vmxdbg.snapshot import SEGMENTS, TABLES, snapshot_from_json, snapshot_to_json
-from vmxdbg.values import hexs, parse_int, windbg_hex
+from vmxdbg.common.errors import InputError
+from vmxdbg.record.recording import OPS
+from vmxdbg.state.snapshot import SEGMENTS, TABLES, snapshot_from_json, snapshot_to_json
+from vmxdbg.common.numbers import hexs, parse_int, windbg_hex
 
 BUDGET = settings(max_examples=60, deadline=None, derandomize=True, database=None,
                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -73,7 +73,7 @@ def _judged(run, tmp_path, time_limit=1.0):
 
 
 def test_the_judge_catches_every_kind_of_crash(tmp_path):
-    from vmxdbg.errors import InputError
+    from vmxdbg.common.errors import InputError
 
     def hang(data, workdir):
         while True:

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from vmxdbg.errors import InputError
-from vmxdbg.values import parse_int
+from vmxdbg.common.errors import InputError
+from vmxdbg.common.numbers import parse_int
 
 #: Python 3.11 (and 3.10.7, 3.9.14) refuse to convert integers of more than 4300 digits
 INT_LIMIT = pytest.mark.skipif(not hasattr(sys, "get_int_max_str_digits"),
@@ -38,7 +38,7 @@ def _snapshot(tmp_path, text):
 
 @INT_LIMIT
 def test_snapshot_with_an_integer_too_long_for_python_is_an_input_error(tmp_path):
-    from vmxdbg.snapshot import load_snapshot
+    from vmxdbg.state.snapshot import load_snapshot
     p = _snapshot(tmp_path, '{"format": "vmxdbg-snapshot", "version": 1, "source": ' + "9" * 5000 + "}")
     with pytest.raises(InputError, match=r"s\.vmxsnap\.json: not JSON"):   # was a ValueError
         load_snapshot(p)
@@ -46,16 +46,16 @@ def test_snapshot_with_an_integer_too_long_for_python_is_an_input_error(tmp_path
 
 @pytest.mark.parametrize("cpu", ["\u00b2", "9" * 5000, "99999999999"], ids=["superscript", "5000-digits", "2^36"])
 def test_snapshot_processor_numbers_are_ascii_and_bounded(tmp_path, cpu):
-    from vmxdbg.snapshot import load_snapshot
+    from vmxdbg.state.snapshot import load_snapshot
     p = _snapshot(tmp_path, '{"format": "vmxdbg-snapshot", "version": 1, "processors": {"%s": {}}}' % cpu)
     with pytest.raises(InputError, match=r"s\.vmxsnap\.json \[processors"):
         load_snapshot(p)
 
 
 def test_snapshot_free_text_reaches_the_terminal_as_one_printable_line(tmp_path):
-    from vmxdbg.render import render_text
+    from vmxdbg.report.render import render_text
     from vmxdbg.rules import check_snapshot
-    from vmxdbg.snapshot import load_snapshot
+    from vmxdbg.state.snapshot import load_snapshot
     p = _snapshot(tmp_path, '{"format": "vmxdbg-snapshot", "version": 1, "source": "a\\u001b]0;owned\\u0007\\nb",'
                             ' "processors": {"0": {"registers": {"cr4": "0x0"},'
                             ' "provenance": {"reg:cr4": "log:1\\u001b[2J\\nFAKE LINE"}}}}')
@@ -66,7 +66,7 @@ def test_snapshot_free_text_reaches_the_terminal_as_one_printable_line(tmp_path)
 
 
 def test_error_messages_are_one_printable_line_with_a_bounded_key():
-    from vmxdbg.errors import BackendError
+    from vmxdbg.common.errors import BackendError
     err = InputError("bad\nvalue \x1b[31mred", source="f.json", line=3, key="k" * 5000)
     assert "\n" not in str(err) and "\x1b" not in str(err) and len(str(err)) < 300
     assert str(err).endswith("bad\\nvalue \\x1b[31mred")
@@ -75,7 +75,7 @@ def test_error_messages_are_one_printable_line_with_a_bounded_key():
 
 @pytest.mark.parametrize("cpu", ["\u00b2", "9" * 5000], ids=["superscript", "5000-digits"])
 def test_report_processor_numbers_are_ascii_and_bounded(tmp_path, cpu):
-    from vmxdbg.report import load_report
+    from vmxdbg.report.model import load_report
     p = tmp_path / "r.expected.json"
     p.write_text('{"format": "vmxdbg-report", "version": 1, "processors": {"%s": []}}' % cpu, encoding="utf-8")
     with pytest.raises(InputError, match=r"r\.expected\.json \[processors"):   # was a ValueError
@@ -83,7 +83,7 @@ def test_report_processor_numbers_are_ascii_and_bounded(tmp_path, cpu):
 
 
 def test_report_file_errors_name_the_file_and_line(tmp_path):
-    from vmxdbg.report import load_report
+    from vmxdbg.report.model import load_report
     p = tmp_path / "r.expected.json"
     p.write_text('{"format": "vmxdbg-report",\n "version": 1,\n "processors": {"0": [}}', encoding="utf-8")
     with pytest.raises(InputError, match=r"r\.expected\.json:3: not JSON"):
@@ -113,8 +113,8 @@ def _write_lines(path, lines):
 def test_a_recorded_backend_error_in_a_check_recording_names_the_recording(tmp_path):
     from recfakes import two_cpu_snapshot
     from vmxdbg.backends.snapshot_backend import SnapshotBackend
-    from vmxdbg.recorded import record_check
-    from vmxdbg.sources import load_any
+    from vmxdbg.record.recorded import record_check
+    from vmxdbg.inputs.sources import load_any
     path, lines = _recorded(tmp_path, "c.vmxrec.jsonl", lambda p: record_check(SnapshotBackend(two_cpu_snapshot()), p))
     first = next(x for x in lines if x.get("op") == "processors")
     del first["result"]
@@ -127,8 +127,8 @@ def test_a_recorded_backend_error_in_a_check_recording_names_the_recording(tmp_p
 
 def test_a_trace_recording_whose_backend_cannot_step_names_the_recording(tmp_path):
     from fake_live import CODE, PROGRAM, FakeLive
-    from vmxdbg.recording import read_recording
-    from vmxdbg.trace import replay_trace, run_trace
+    from vmxdbg.record.recording import read_recording
+    from vmxdbg.trace.session import replay_trace, run_trace
     path, lines = _recorded(tmp_path, "t.vmxrec.jsonl", lambda p: run_trace(FakeLive(cores=1), {CODE: PROGRAM}, record=p))
     lines[0]["capabilities"].remove("execution")
     _write_lines(path, lines)
@@ -148,7 +148,7 @@ BOMB = "".join(f"{c}: &{c} [" + ", ".join([f"*{p}" if p else "x"] * 9) + "]\n"
 ], ids=["huge-int", "billion-laughs", "python-tag", "nul"])
 def test_layout_files_that_are_not_safe_yaml_are_one_line_definition_errors(tmp_path, text, message):
     from vmxdbg.decode.layouts import load_layout
-    from vmxdbg.errors import DefinitionError
+    from vmxdbg.common.errors import DefinitionError
     p = tmp_path / "l.yaml"
     p.write_text(text)
     with pytest.raises(DefinitionError) as exc:
@@ -159,7 +159,7 @@ def test_layout_files_that_are_not_safe_yaml_are_one_line_definition_errors(tmp_
 
 def test_a_layout_file_is_read_bounded():
     from vmxdbg.decode.layouts import load_layout
-    from vmxdbg.errors import DefinitionError
+    from vmxdbg.common.errors import DefinitionError
     with pytest.raises(DefinitionError, match=r"^/dev/zero: more than the \d+ bytes"):   # was unbounded
         load_layout("/dev/zero")
 
@@ -167,7 +167,7 @@ def test_a_layout_file_is_read_bounded():
 def test_structs_definitions_refuse_alias_bombs_and_huge_integers(tmp_path):
     import shutil
     from vmxdbg.decode.loader import default_directory, load_definitions
-    from vmxdbg.errors import DefinitionError
+    from vmxdbg.common.errors import DefinitionError
     for f in default_directory().glob("*.yaml"):
         shutil.copy(f, tmp_path / f.name)
     (tmp_path / "controls.yaml").write_text(BOMB + "controls: {x: *h}\n")
@@ -181,8 +181,8 @@ def test_structs_definitions_refuse_alias_bombs_and_huge_integers(tmp_path):
 
 def test_a_huge_console_line_is_refused_in_one_short_line():
     from vmxdbg.backends.snapshot_backend import SnapshotBackend
-    from vmxdbg.commands.kdcmds import KdState, execute
-    from vmxdbg.snapshot import Snapshot
+    from vmxdbg.console.kdcmds import KdState, execute
+    from vmxdbg.state.snapshot import Snapshot
     state = KdState(SnapshotBackend(Snapshot()))
     for line in ("r cr" + "\x00" * (1 << 20), "g" + "x" * (1 << 20)):   # was echoed whole, seconds per line
         with pytest.raises(InputError, match="at most 4096 are read") as exc:
@@ -204,8 +204,8 @@ def test_snapshot_output_that_cannot_be_written_is_one_line_naming_it(tmp_path, 
 def test_a_trace_recording_can_be_checked_in_the_state_it_ends_in(tmp_path):
     from fake_live import CODE, PROGRAM, FakeLive
     from vmxdbg.rules import check_snapshot
-    from vmxdbg.sources import load_any
-    from vmxdbg.trace import run_trace
+    from vmxdbg.inputs.sources import load_any
+    from vmxdbg.trace.session import run_trace
     path = tmp_path / "t.vmxrec.jsonl"
     fake = FakeLive(cores=2)
     run_trace(fake, {CODE: PROGRAM}, record=path)
@@ -215,7 +215,7 @@ def test_a_trace_recording_can_be_checked_in_the_state_it_ends_in(tmp_path):
 
 
 def test_kd_log_warnings_reach_the_terminal_as_one_printable_line():
-    from vmxdbg.kdlog import parse_text
+    from vmxdbg.inputs.kdlog import parse_text
     log = parse_text("0: kd> r cr4\ncr4=\x1b]0;owned\x07\x1b[2J\n", "f.log")
     shown = [w.format(log.source) for w in log.warnings]
     assert shown and all("\x1b" not in w and "\x07" not in w for w in shown)   # were printed raw
@@ -225,9 +225,9 @@ def test_kd_log_warnings_reach_the_terminal_as_one_printable_line():
 def test_recorded_event_details_and_target_lines_are_shown_printable(tmp_path):
     from fake_live import CODE, PROGRAM, FakeLive
     from vmxdbg.backends.base import StopEvent
-    from vmxdbg.commands.kdcmds import describe_stop
-    from vmxdbg.recording import read_recording
-    from vmxdbg.trace import render_trace, replay_trace, run_trace
+    from vmxdbg.console.kdcmds import describe_stop
+    from vmxdbg.record.recording import read_recording
+    from vmxdbg.trace.session import render_trace, replay_trace, run_trace
     assert describe_stop(1, 2, StopEvent("step", cpu=0, detail="\x1b[2Jx\ny")) == "stop 1/2: step on cpu 0 (\\x1b[2Jx\\ny)"
     path, lines = _recorded(tmp_path, "t.vmxrec.jsonl", lambda p: run_trace(FakeLive(cores=1), {CODE: PROGRAM}, record=p))
     lines[0]["backend"]["kind"] = "\x1b]0;x\x07"
@@ -248,7 +248,7 @@ def test_recorded_event_details_and_target_lines_are_shown_printable(tmp_path):
 ], ids=["extras-not-a-list", "transform-a-list"])
 def test_layout_parts_of_the_wrong_type_are_definition_errors(tmp_path, extra, message):
     from vmxdbg.decode.layouts import load_layout
-    from vmxdbg.errors import DefinitionError
+    from vmxdbg.common.errors import DefinitionError
     p = tmp_path / "l.yaml"
     fields = "" if "fields" in extra else "  fields:\n  - {encoding: 0x6800, name: GUEST_CR0, offset: 8}\n"
     p.write_text("layout:\n  name: x\n  revision_id: 0x7\n  sources: [test]\n" + extra + fields)
@@ -270,7 +270,7 @@ def test_check_options_refuse_unicode_digits_in_one_line(capsys, option):
 def test_an_impossible_linear_address_width_leaves_canonical_checks_unknown(width):
     from vmxdbg.rules import check_snapshot
     from vmxdbg.rules.examples import baseline_tree
-    from vmxdbg.snapshot import snapshot_from_json
+    from vmxdbg.state.snapshot import snapshot_from_json
     tree = baseline_tree("vmentry")
     leaf = tree["processors"]["0"]["cpuid"]["0x80000008"]
     leaf[0] = hex(int(leaf[0], 16) & ~0xFF00 | width << 8)
@@ -285,7 +285,7 @@ def test_an_impossible_linear_address_width_leaves_canonical_checks_unknown(widt
      r"\[processors\.0\[0\]\.findings\[0\]\.inputs\]"),
 ], ids=["findings-null", "inputs-a-number"])
 def test_report_parts_of_the_wrong_type_are_input_errors(tmp_path, verdict, key):
-    from vmxdbg.report import load_report
+    from vmxdbg.report.model import load_report
     p = tmp_path / "r.expected.json"
     p.write_text('{"format": "vmxdbg-report", "version": 1, "processors": {"0": [%s]}}' % verdict)
     with pytest.raises(InputError, match=key + ": expected a list"):   # were TypeErrors
@@ -295,7 +295,7 @@ def test_report_parts_of_the_wrong_type_are_input_errors(tmp_path, verdict, key)
 def test_a_bit_range_of_thousands_of_digits_is_a_definition_error(tmp_path):
     import shutil
     from vmxdbg.decode.loader import default_directory, load_definitions
-    from vmxdbg.errors import DefinitionError
+    from vmxdbg.common.errors import DefinitionError
     for f in default_directory().glob("*.yaml"):
         shutil.copy(f, tmp_path / f.name)
     text = (tmp_path / "registers.yaml").read_text()

@@ -41,15 +41,13 @@ ALLOWED = {
                                               "every caller's loader is checked to be safe below",
     ("vmxdbg/backends/bochs_process.py", "subprocess.Popen"): "starts the Bochs emulator for a live session: argv "
                                                               "is built by vmxdbg, a list, never a shell",
+    ("vmxdbg/hypervisors/minihv/build.py", "subprocess.run"): "runs nasm on the bundled minihv.asm to build the "
+                                                              "test hypervisor: argv is built by vmxdbg, a list, never a shell",
     ("vmxdbg/cli.py", "import_module"): "the modules of vmxdbg.commands, found by pkgutil in the package",
     ("vmxdbg/rules/__init__.py", "import_module"): "the rule modules of vmxdbg.rules, found by pkgutil",
-    ("vmxdbg/sources.py", "import_module"): "module names from the constant KINDS table, not from the input",
-    ("vmxdbg/recorded.py", "import_module"): "module names from the constant RUNNERS table; the recording's "
+    ("vmxdbg/inputs/sources.py", "import_module"): "module names from the constant KINDS table, not from the input",
+    ("vmxdbg/record/recorded.py", "import_module"): "module names from the constant RUNNERS table; the recording's "
                                              "command only picks a key of it",
-    ("vmxdbg/minihv_demo.py", "import_module"): "`trace --bochs` builds the bundled test hypervisor with its own "
-                                                "modules (names fixed in the code: build, knobs); no input names them",
-    ("vmxdbg/minihv_demo.py", "spec_from_file_location"): "the same: tests/fixtures/minihv/__init__.py of the checkout",
-    ("vmxdbg/minihv_demo.py", "exec_module"): "the same package, from the source checkout",
 }
 
 
@@ -212,7 +210,7 @@ def _hostile_files(d: Path, canary: Path) -> dict:
 
     from recfakes import two_cpu_snapshot
     from vmxdbg.backends.snapshot_backend import SnapshotBackend
-    from vmxdbg.recorded import record_check
+    from vmxdbg.record.recorded import record_check
     rec = d / "hostile.vmxrec.jsonl"
     record_check(SnapshotBackend(two_cpu_snapshot()), rec, source=tricks[1], argv=tricks)
     lines = [json.loads(x) for x in rec.read_text().splitlines()]
@@ -228,7 +226,7 @@ def _hostile_files(d: Path, canary: Path) -> dict:
     files["rec"] = rec
 
     from fake_live import CODE, PROGRAM, FakeLive
-    from vmxdbg.trace import run_trace
+    from vmxdbg.trace.session import run_trace
     trace = d / "hostile-trace.vmxrec.jsonl"
     run_trace(FakeLive(cores=1), {CODE: PROGRAM}, record=trace, argv=tricks, source=tricks[2])
     tl = [json.loads(x) for x in trace.read_text().splitlines()]
@@ -318,7 +316,7 @@ def test_hostile_inputs_end_in_a_result_or_one_line_naming_the_file(hostile_run)
 
 
 def test_snapshot_output_is_the_named_file_and_nothing_else(hostile_run):
-    from vmxdbg.snapshot import load_snapshot
+    from vmxdbg.state.snapshot import load_snapshot
     out = hostile_run["out"]
     assert out.is_file() and not Path(str(out) + ".tmp").exists()
     snap = load_snapshot(out)

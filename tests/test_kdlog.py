@@ -5,8 +5,8 @@ import textwrap
 
 import pytest
 
-from vmxdbg.kdlog import parse_text
-from vmxdbg.kdlog.descriptors import vmcs_attributes
+from vmxdbg.inputs.kdlog import parse_text
+from vmxdbg.inputs.kdlog.descriptors import vmcs_attributes
 
 
 def parse(text: str, **kw):
@@ -461,8 +461,8 @@ def test_a_later_dump_replaces_earlier_bytes_and_partial_overlaps_merge():
 
 
 def test_state_is_bounded_whatever_the_log(monkeypatch):
-    import vmxdbg.kdlog.pages as pages
-    import vmxdbg.kdlog.state as state
+    import vmxdbg.inputs.kdlog.pages as pages
+    import vmxdbg.inputs.kdlog.state as state
     monkeypatch.setattr(pages, "MAX_PAGES", 4)
     monkeypatch.setattr(state, "MAX_MSRS", 3)
     dumps = "".join(f"kd> !dd {0x10000 * i:x} L1\n#{0x10000 * i:8x} 00000001\n" for i in range(1, 9))

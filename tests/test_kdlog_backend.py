@@ -5,7 +5,7 @@ import pytest
 
 from vmxdbg.backends.base import PHYSICAL, VIRTUAL
 from vmxdbg.backends.kdlog import KdLogBackend
-from vmxdbg.errors import NotAvailable
+from vmxdbg.common.errors import NotAvailable
 
 LOG = """0: kd> rdmsr 480
 msr[480] = 00da0400`00000004

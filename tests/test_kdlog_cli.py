@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 
 from vmxdbg.cli import main
-from vmxdbg.snapshot import load_snapshot
-from vmxdbg.sources import kind_of
+from vmxdbg.state.snapshot import load_snapshot
+from vmxdbg.inputs.sources import kind_of
 
 LOG = """Opened log file 'c:\\logs\\vmx.log'
 0: kd> rdmsr 3a

@@ -10,9 +10,9 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vmxdbg.kdlog import parse_stream
-from vmxdbg.kdlog.reader import iter_lines
-from vmxdbg.kdlog.state import MAX_CONTEXTS, MAX_WARNINGS
+from vmxdbg.inputs.kdlog import parse_stream
+from vmxdbg.inputs.kdlog.reader import iter_lines
+from vmxdbg.inputs.kdlog.state import MAX_CONTEXTS, MAX_WARNINGS
 
 KDLOGS = Path(__file__).resolve().parent.parent / "recordings" / "kdlogs"
 REAL = [p.read_bytes() for p in sorted(KDLOGS.glob("*.log"))]

@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from vmxdbg.kdlog.reader import Line, detect_encoding, iter_lines
+from vmxdbg.inputs.kdlog.reader import Line, detect_encoding, iter_lines
 
 TEXT = "0: kd> rdmsr 3a\nmsr[3a] = 00000000`00000005\n1: kd> r cr4\ncr4=00000000003506f8\n"
 

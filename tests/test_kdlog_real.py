@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from vmxdbg.kdlog import parse_file
-from vmxdbg.sources import kind_of
+from vmxdbg.inputs.kdlog import parse_file
+from vmxdbg.inputs.sources import kind_of
 
 KDLOGS = Path(__file__).resolve().parent.parent / "recordings" / "kdlogs"
 LOGS = sorted(KDLOGS.glob("*.log"))

@@ -10,7 +10,7 @@ from vmxdbg.decode import defs
 from vmxdbg.decode.layouts import find_layout, known_layouts, load_layout
 from vmxdbg.decode.probe import (field_table, learn, parse_dump, probe_dump_text, probe_encodings, t16, tag,
                                   tag_for_width)
-from vmxdbg.errors import InputError
+from vmxdbg.common.errors import InputError
 
 ALL_FIELDS = [(f.encoding, f.name) for f in defs.vmcs_fields()]
 
@@ -107,7 +107,7 @@ def test_cli_layout_learn_bad_dump_is_one_line(tmp_path: Path, capsys: pytest.Ca
 
 
 def test_minihv_probe_field_table_is_generated_from_the_definitions() -> None:
-    inc = Path(__file__).resolve().parent / "fixtures" / "minihv" / "probe_fields.inc"
+    inc = Path(__file__).resolve().parent.parent / "vmxdbg" / "hypervisors" / "minihv" / "probe_fields.inc"
     assert inc.read_text() == field_table("nasm"), "regenerate: vmxdbg layout fields --nasm > " + str(inc)
     encs = probe_encodings()
     assert encs[-1] == 0x4400 and sorted(encs) == sorted(e for e, _ in ALL_FIELDS)

@@ -18,9 +18,8 @@ from vmxdbg.decode.layouts import find_layout, load_layout
 from vmxdbg.decode.probe import learn, parse_blocks, probe_encodings, tag_for_width
 from vmxdbg.decode import defs
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures"))
-from minihv import build as minihv_build  # noqa: E402
-from minihv.knobs import Config, CoreKnobs  # noqa: E402
+from vmxdbg.hypervisors.minihv import build as minihv_build  # noqa: E402
+from vmxdbg.hypervisors.minihv.knobs import Config, CoreKnobs  # noqa: E402
 
 BOCHS = shutil.which("bochs-bin")
 NASM = shutil.which("nasm")

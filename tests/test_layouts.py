@@ -10,7 +10,7 @@ import yaml
 from vmxdbg.decode import defs
 from vmxdbg.decode.layouts import (DEFAULT_SIZE, TRANSFORMS, field_width, find_layout, known_layouts,
                                    layout_for_revision, layout_from_data, load_layout, dump_layout)
-from vmxdbg.errors import DefinitionError, InputError
+from vmxdbg.common.errors import DefinitionError, InputError
 
 BUILTIN = {0x2B: "bochs", 0x11E57ED0: "kvm-vmcs12"}
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from vmxdbg import memtype as mt
+from vmxdbg.state import memtype as mt
 
 
 @pytest.mark.parametrize("pat,mtrr,want", [

@@ -15,9 +15,8 @@ from typing import Dict, List, Sequence, Tuple
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures"))
-from minihv import build as minihv_build  # noqa: E402
-from minihv.knobs import Config, CoreKnobs  # noqa: E402
+from vmxdbg.hypervisors.minihv import build as minihv_build  # noqa: E402
+from vmxdbg.hypervisors.minihv.knobs import Config, CoreKnobs  # noqa: E402
 
 BOCHS = shutil.which("bochs-bin")
 NASM = shutil.which("nasm")

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures"))
-from minihv import build as minihv_build  # noqa: E402
-from minihv import knobs  # noqa: E402
+from vmxdbg.hypervisors.minihv import build as minihv_build  # noqa: E402
+from vmxdbg.hypervisors.minihv import knobs  # noqa: E402
 
-from vmxdbg.errors import InputError, VmxdbgError  # noqa: E402
+from vmxdbg.common.errors import InputError, VmxdbgError  # noqa: E402
 
 needs_nasm = pytest.mark.skipif(not shutil.which("nasm"), reason="nasm not installed (apt-get install nasm)")
 

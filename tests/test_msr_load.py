@@ -5,12 +5,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vmxdbg.errors import DefinitionError
+from vmxdbg.common.errors import DefinitionError
 from vmxdbg.rules.engine import Context
 from vmxdbg.rules.evaluate import check_snapshot
 from vmxdbg.rules.examples import apply_patch, baseline_tree
 from vmxdbg.rules.msrvalues import load_table, reserved_bits, rule_for
-from vmxdbg.snapshot import snapshot_from_json
+from vmxdbg.state.snapshot import snapshot_from_json
 
 AREA = 0x1A2B9000
 STAR = (0xC0000081, 0x0023001000000000)

@@ -7,16 +7,16 @@ import pytest
 
 from recfakes import POINTERS, two_cpu_snapshot, two_cpu_tree
 from vmxdbg.backends.snapshot_backend import SnapshotBackend
-from vmxdbg.recorded import record_check
-from vmxdbg.report import dumps_report
+from vmxdbg.record.recorded import record_check
+from vmxdbg.report.model import dumps_report
 from vmxdbg.rules import check_snapshot
-from vmxdbg.snapshot import snapshot_from_json
+from vmxdbg.state.snapshot import snapshot_from_json
 
 pytest_plugins = ["pytester"]
 
 # pytester's in-process runs drop the modules first imported inside them; import
 # every rule module (and the replay layers) here, so that all runs share them.
-import vmxdbg.cassette  # noqa: E402,F401
+import vmxdbg.record.cassette  # noqa: E402,F401
 import vmxdbg.pytest_plugin  # noqa: E402,F401
 from vmxdbg.rules.engine import all_rules  # noqa: E402
 
@@ -112,7 +112,7 @@ CALLS = []
 
 def pytest_vmxdbg_live_backend(header, path):
     from vmxdbg.backends.snapshot_backend import SnapshotBackend
-    from vmxdbg.snapshot import snapshot_from_json
+    from vmxdbg.state.snapshot import snapshot_from_json
     import json
     tree = {json.dumps(two_cpu_tree())!r}
     CALLS.append(header.get("command"))

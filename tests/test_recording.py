@@ -7,11 +7,11 @@ import pytest
 
 from recfakes import POINTERS, FakeLive, trace_session, two_cpu_snapshot
 from vmxdbg import cli
-from vmxdbg.backends.recorder import Recorder
+from vmxdbg.record.recorder import Recorder
 from vmxdbg.backends.snapshot_backend import SnapshotBackend
-from vmxdbg.errors import InputError, NotAvailable
-from vmxdbg.recorded import record_check
-from vmxdbg.recording import MAX_LINE_BYTES, looks_like_recording, read_recording
+from vmxdbg.common.errors import InputError, NotAvailable
+from vmxdbg.record.recorded import record_check
+from vmxdbg.record.recording import MAX_LINE_BYTES, looks_like_recording, read_recording
 
 
 @pytest.fixture
@@ -91,7 +91,7 @@ def test_trace_events_recorded(tmp_path):
 
 
 def test_answer_too_large_is_refused_and_recorded(tmp_path, monkeypatch):
-    import vmxdbg.recording as fmt
+    import vmxdbg.record.recording as fmt
     monkeypatch.setattr(fmt, "MAX_LINE_BYTES", 2000)
     path = tmp_path / "t.vmxrec.jsonl"
     with Recorder(FakeLive(), path, command="trace", probe=False) as rec:

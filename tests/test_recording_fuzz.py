@@ -7,11 +7,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from recfakes import POINTERS, FakeLive, trace_session, two_cpu_snapshot
-from vmxdbg.backends.recorder import Recorder
+from vmxdbg.record.recorder import Recorder
 from vmxdbg.backends.snapshot_backend import SnapshotBackend
-from vmxdbg.errors import VmxdbgError
-from vmxdbg.recorded import record_check, snapshot_of
-from vmxdbg.recording import read_recording
+from vmxdbg.common.errors import VmxdbgError
+from vmxdbg.record.recorded import record_check, snapshot_of
+from vmxdbg.record.recording import read_recording
 from vmxdbg.rules import check_snapshot
 
 

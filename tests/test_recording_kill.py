@@ -14,9 +14,9 @@ import pytest
 
 from vmxdbg import cli
 from vmxdbg.backends.base import MSR, PHYSICAL, Backend
-from vmxdbg.backends.recorder import Recorder
-from vmxdbg.backends.replay import PastEnd, ReplayBackend
-from vmxdbg.recording import read_recording
+from vmxdbg.record.recorder import Recorder
+from vmxdbg.record.replay import PastEnd, ReplayBackend
+from vmxdbg.record.recording import read_recording
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork() and SIGKILL")
 
@@ -108,7 +108,7 @@ import sys, time
 sys.path.insert(0, {tests!r})
 from recfakes import POINTERS, two_cpu_snapshot
 from vmxdbg.backends.snapshot_backend import SnapshotBackend
-from vmxdbg.recorded import record_check
+from vmxdbg.record.recorded import record_check
 
 class Slow(SnapshotBackend):
     def read_msr(self, cpu, index):

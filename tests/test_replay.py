@@ -7,17 +7,17 @@ import pytest
 
 from recfakes import POINTERS, FakeLive, trace_session, two_cpu_snapshot
 from vmxdbg import cli
-from vmxdbg.backends.recorder import Recorder
-from vmxdbg.backends.replay import ReplayBackend, ReplayDivergence
+from vmxdbg.record.recorder import Recorder
+from vmxdbg.record.replay import ReplayBackend, ReplayDivergence
 from vmxdbg.backends.snapshot_backend import SnapshotBackend
-from vmxdbg.cassette import NoLiveTarget, open_cassette
-from vmxdbg.collect import collect
-from vmxdbg.errors import Divergence, NotAvailable
-from vmxdbg.recorded import record_check
-from vmxdbg.recording import read_recording
-from vmxdbg.report import report_to_json
+from vmxdbg.record.cassette import NoLiveTarget, open_cassette
+from vmxdbg.state.collect import collect
+from vmxdbg.common.errors import Divergence, NotAvailable
+from vmxdbg.record.recorded import record_check
+from vmxdbg.record.recording import read_recording
+from vmxdbg.report.model import report_to_json
 from vmxdbg.rules import check_snapshot
-from vmxdbg.snapshot import snapshot_to_json
+from vmxdbg.state.snapshot import snapshot_to_json
 
 
 @pytest.fixture

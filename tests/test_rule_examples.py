@@ -20,7 +20,7 @@ def test_example(rule, index, example):
 def test_baselines_are_clean(name):
     """A baseline breaks no rule of the instructions it is about to run (its `baseline_for`)."""
     from vmxdbg.rules.examples import baseline_tree
-    from vmxdbg.snapshot import snapshot_from_json
+    from vmxdbg.state.snapshot import snapshot_from_json
     tree = baseline_tree(name)
     assert tree.get("baseline_for"), f"{name} must say which instructions it is a clean baseline for"
     snap = snapshot_from_json(tree)

@@ -12,12 +12,12 @@ from typing import Any, Dict, Optional
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from vmxdbg.errors import DefinitionError
+from vmxdbg.common.errors import DefinitionError
 from vmxdbg.rules import entry_tables
 from vmxdbg.rules.engine import Context, all_rules, get_rule
 from vmxdbg.rules.evaluate import check_snapshot, run_rule
 from vmxdbg.rules.examples import apply_patch, baseline_tree
-from vmxdbg.snapshot import snapshot_from_json
+from vmxdbg.state.snapshot import snapshot_from_json
 
 BASE = baseline_tree("vmentry")
 

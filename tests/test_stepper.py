@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from fake_live import CODE, PROGRAM, FakeLive
-from vmxdbg.stepper import Stepper, find_vmx_instructions, mismatches, operand_address, results_report
+from vmxdbg.trace.stepper import Stepper, find_vmx_instructions, mismatches, operand_address, results_report
 
 
 def test_finds_vmx_instructions_and_operands():

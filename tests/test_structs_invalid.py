@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from vmxdbg.decode.loader import FILES, default_directory, load_definitions
-from vmxdbg.errors import DefinitionError
+from vmxdbg.common.errors import DefinitionError
 
 
 @pytest.fixture

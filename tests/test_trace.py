@@ -6,9 +6,9 @@ import json
 import pytest
 
 from fake_live import CODE, PROGRAM, FakeLive
-from vmxdbg.errors import Divergence, InputError
-from vmxdbg.recording import read_recording
-from vmxdbg.trace import render_trace, replay_trace, run_trace, trace_report_json
+from vmxdbg.common.errors import Divergence, InputError
+from vmxdbg.record.recording import read_recording
+from vmxdbg.trace.session import render_trace, replay_trace, run_trace, trace_report_json
 
 
 def test_record_then_replay_gives_the_same_trace(tmp_path):

@@ -11,7 +11,7 @@ pytestmark = [pytest.mark.bochs,
 
 
 def test_four_cores_one_broken_every_prediction_right():
-    from vmxdbg.minihv_demo import bochs_trace
+    from vmxdbg.hypervisors.minihv.demo import bochs_trace
     results = bochs_trace(cpus=4, knobs=["2:vmxe_clear"], timeout=30)
     by_cpu = {}
     for r in results:
@@ -27,7 +27,7 @@ def test_four_cores_one_broken_every_prediction_right():
 
 def test_code_breakpoints_work_and_a_missed_stop_is_reported_as_such():
     """Without magic breakpoints Bochs may run past a code breakpoint: never a guest result."""
-    from vmxdbg.minihv_demo import bochs_trace
+    from vmxdbg.hypervisors.minihv.demo import bochs_trace
     results = bochs_trace(cpus=2, knobs=["1:wrong_revision"], timeout=30, magic=False)
     assert not [r for r in results if r.match is False], "a prediction disagreed with Bochs"
     cpu1 = [r for r in results if r.cpu == 1]

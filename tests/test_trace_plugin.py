@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import vmxdbg.pytest_plugin  # noqa: F401
-import vmxdbg.trace  # noqa: F401  (pytester in-process runs cannot import iced-x86 a second time)
+import vmxdbg.trace.session  # noqa: F401  (pytester in-process runs cannot import iced-x86 a second time)
 from vmxdbg.pytest_plugin import stop_differences
 from vmxdbg.rules.engine import all_rules
 

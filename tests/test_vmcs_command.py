@@ -9,9 +9,9 @@ import pytest
 
 from vmxdbg.cli import main
 from vmxdbg.decode.layouts import find_layout
-from vmxdbg.regions import inspect, snapshot_reader
+from vmxdbg.decode.regions import inspect, snapshot_reader
 from vmxdbg.rules import check_snapshot
-from vmxdbg.snapshot import load_snapshot
+from vmxdbg.state.snapshot import load_snapshot
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "vmxdbg" / "examples" / "vmentry.vmxsnap.json"
 VMXON, VMCS = 0x1A2B3000, 0x1A2B4000

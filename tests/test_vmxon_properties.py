@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from vmxdbg.rules.evaluate import check_snapshot
 from vmxdbg.rules.examples import apply_patch, baseline_tree
-from vmxdbg.snapshot import snapshot_from_json
+from vmxdbg.state.snapshot import snapshot_from_json
 
 u64 = st.integers(min_value=0, max_value=2**64 - 1)
 u32 = st.integers(min_value=0, max_value=2**32 - 1)

@@ -11,8 +11,8 @@ from windbg_fixtures import fake_target, target_with
 
 from vmxdbg.backends.base import CPUID, EXECUTION, MSR, PHYSICAL, REGISTERS, VMCS, VMX_STATE
 from vmxdbg.backends.windbg import WinDbgBackend, decode_descriptor
-from vmxdbg.collect import collect
-from vmxdbg.errors import BackendError, NotAvailable
+from vmxdbg.state.collect import collect
+from vmxdbg.common.errors import BackendError, NotAvailable
 
 ROOT = Path(__file__).resolve().parent.parent
 SWITCH = re.compile(r"^~\d+s$")

@@ -17,9 +17,9 @@ from windbg_fixtures import (FAKE_DIR, broken_pair, fake_target, make_recording,
 
 from vmxdbg import bang, cli
 from vmxdbg.backends.windbg import WinDbgBackend
-from vmxdbg.collect import collect
+from vmxdbg.state.collect import collect
 from vmxdbg.commands import windbg_setup
-from vmxdbg.render import render_text
+from vmxdbg.report.render import render_text
 from vmxdbg.rules import check_snapshot
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,7 +117,7 @@ def test_decode_reads_an_msr_from_the_current_processor():
 def test_vmcs_at_a_physical_address_is_read_in_one_call(tmp_path):
     from test_vmcs_command import VMCS, region_snapshot
 
-    from vmxdbg.snapshot import load_snapshot
+    from vmxdbg.state.snapshot import load_snapshot
     snap = load_snapshot(region_snapshot(tmp_path, "bochs"))
     pk = __import__("pykd")
     t = pk.attach(fake_target.FakeTarget.from_snapshot(snap))

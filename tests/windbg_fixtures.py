@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, List, Tuple  # noqa: F401
 
 import vmxdbg
-from vmxdbg.snapshot import Snapshot, load_snapshot
+from vmxdbg.state.snapshot import Snapshot, load_snapshot
 
 FAKE_DIR = Path(__file__).resolve().parent / "fake_pykd"
 EXAMPLES = Path(vmxdbg.__file__).resolve().parent / "examples"

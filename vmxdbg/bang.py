@@ -3,7 +3,7 @@
 Started by pykd's `!py` (`!py -3.9 -g -m vmxdbg.bang ARGS`), usually behind the
 WinDbg alias `!vmxcheck` (docs/windbg.md). ARGS name one of the CLI's
 commands, run by that command's own module with the live target attached
-(vmxdbg/live.py): there is one implementation of each command.
+(vmxdbg/commands/live.py): there is one implementation of each command.
 
     !vmxcheck                    check            every processor
     !vmxcheck cpu N [...]        check --cpu N -v one processor, in detail
@@ -27,9 +27,10 @@ import io
 import sys
 from typing import Any, List, Optional, Sequence
 
-from . import __version__, live
+from . import __version__
+from .commands import live
 from .backends.base import Backend
-from .errors import InputError, VmxdbgError
+from .common.errors import InputError, VmxdbgError
 
 PROG = "!vmxcheck"
 MODULE = "vmxdbg.bang"

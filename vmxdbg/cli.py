@@ -13,7 +13,7 @@ import sys
 from typing import List, NoReturn, Optional
 
 from . import __version__
-from .errors import VmxdbgError
+from .common.errors import VmxdbgError
 
 
 def _command_modules() -> list:

@@ -32,9 +32,9 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 import pytest
 
 from .backends.base import Backend
-from .backends.replay import ReplayBackend
-from .errors import VmxdbgError
-from .report import Report, dumps_report, report_from_json
+from .record.replay import ReplayBackend
+from .common.errors import VmxdbgError
+from .report.model import Report, dumps_report, report_from_json
 
 RECORD_MODES = ("none", "once", "new_episodes", "all")
 SUFFIX = ".vmxrec.jsonl"
@@ -178,16 +178,16 @@ class RecordingItem(pytest.Item):
     """Replays one recording and compares its verdicts with NAME.expected.json."""
 
     def _header(self) -> Dict[str, Any]:
-        from .recording import read_recording
+        from .record.recording import read_recording
         try:
             return read_recording(self.path).header
         except VmxdbgError:
             return {}
 
     def _snapshot(self):  # type: ignore[no-untyped-def]
-        from .cassette import open_cassette
-        from .recorded import replay_session, runner
-        from .recording import read_recording
+        from .record.cassette import open_cassette
+        from .record.recorded import replay_session, runner
+        from .record.recording import read_recording
         mode = self.config.getoption("vmxdbg_record_mode")
         if mode == "none":
             snap, replay = replay_session(read_recording(self.path))
@@ -209,8 +209,8 @@ class RecordingItem(pytest.Item):
 
     def _trace_report(self) -> Dict[str, Any]:
         """A recorded trace replayed by the stepper: its report (one verdict per stop)."""
-        from .recording import read_recording
-        from .trace import replay_trace, trace_report_json
+        from .record.recording import read_recording
+        from .trace.session import replay_trace, trace_report_json
         if self.config.getoption("vmxdbg_record_mode") != "none":
             pytest.skip("traces are recorded with `vmxdbg trace --bochs --record FILE`, not by the plugin")
         return trace_report_json(replay_trace(read_recording(self.path)))

@@ -19,7 +19,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
-from vmxdbg.snapshot import Memory, Snapshot
+from vmxdbg.state.snapshot import Memory, Snapshot
 
 # dbgeng register names of an AMD64 kernel target that the fake knows
 AMD64_REGISTERS = (

@@ -27,7 +27,7 @@ import abc
 from dataclasses import dataclass, field
 from typing import Dict, FrozenSet, Iterable, List, Optional, Tuple
 
-from ..errors import NotAvailable
+from ..common.errors import NotAvailable
 
 # capability names
 REGISTERS = "registers"

@@ -33,7 +33,7 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Sequence, Set, Tuple
 
-from ..errors import BackendError, NotAvailable, TargetGone
+from ..common.errors import BackendError, NotAvailable, TargetGone
 from . import bochs_parse as P
 from .base import CPUID, EXECUTION, MSR, PHYSICAL, REGISTERS, SEGMENT_NAMES, TABLE_NAMES, VIRTUAL, VMCS, VMX_STATE, \
     Backend, StopEvent

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-from ..errors import BackendError
+from ..common.errors import BackendError
 
 
 class BochsParseError(BackendError):

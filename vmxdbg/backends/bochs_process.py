@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from ..errors import BackendError, TargetGone
+from ..common.errors import BackendError, TargetGone
 
 BACKEND = "bochs"
 PROMPT = re.compile(rb"<bochs:(\d+)> $")

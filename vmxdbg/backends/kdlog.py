@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, FrozenSet, Optional
 
-from ..errors import NotAvailable
-from ..kdlog import KdLog, parse_file
-from ..values import hexs
+from ..common.errors import NotAvailable
+from ..inputs.kdlog import KdLog, parse_file
+from ..common.numbers import hexs
 from .base import VIRTUAL
 from .snapshot_backend import SnapshotBackend
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import Dict, FrozenSet, List, Tuple
 
-from ..errors import NotAvailable
-from ..snapshot import Snapshot
+from ..common.errors import NotAvailable
+from ..state.snapshot import Snapshot
 from .base import CPUID, MSR, PHYSICAL, REGISTERS, VMCS, VMX_STATE, Backend
 
 

@@ -36,7 +36,7 @@ import struct
 import threading
 from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
 
-from ..errors import BackendError, NotAvailable, TargetGone
+from ..common.errors import BackendError, NotAvailable, TargetGone
 from .base import EXECUTION, MSR, PHYSICAL, REGISTERS, SEGMENT_NAMES, VIRTUAL, Backend, StopEvent
 
 NAME = "windbg"

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Dict, List, Tuple
 
 from ..decode.caps import Section, capability_report
-from ..sources import load_any
-from ..values import windbg_hex
+from ..inputs.sources import load_any
+from ..common.numbers import windbg_hex
 from .check import select_cpus
 
 NAME = "caps"

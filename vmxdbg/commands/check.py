@@ -1,6 +1,6 @@
 """`vmxdbg check FILE`: predict VMXON / VM entry on every processor and explain each broken rule.
 
-On a live target (a host attached a backend, see vmxdbg/live.py) FILE is left
+On a live target (a host attached a backend, see vmxdbg/commands/live.py) FILE is left
 out and the state is read from the target now.
 """
 from __future__ import annotations
@@ -9,13 +9,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..assume import apply_assumptions, parse_assumptions
-from ..errors import InputError
-from ..live import add_live_check_arguments, is_live, live_backend, live_check_snapshot
-from ..render import render
+from ..state.assume import apply_assumptions, parse_assumptions
+from ..common.errors import InputError
+from .live import add_live_check_arguments, is_live, live_backend, live_check_snapshot
+from ..report.render import render
 from ..rules import check_snapshot
-from ..snapshot import Snapshot
-from ..sources import load_any
+from ..state.snapshot import Snapshot
+from ..inputs.sources import load_any
 
 NAME = "check"
 HELP = "check a snapshot, recording or kd log and explain every broken rule"
@@ -41,8 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def trace_recording(path: Path, partial: bool) -> bool:
     """A recording of `vmxdbg trace` (with the code it stepped through): checked stop
     by stop, as the trace it is. Other recordings are checked in their last state."""
-    from ..recording import read_recording
-    from ..sources import kind_of
+    from ..record.recording import read_recording
+    from ..inputs.sources import kind_of
     if kind_of(path) != "recording":
         return False
     rec = read_recording(path, partial=partial)

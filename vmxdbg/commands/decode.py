@@ -17,9 +17,9 @@ from typing import List, Optional, Sequence
 
 from ..decode import defs
 from ..decode.model import ControlDef, RegisterDef, bit_range
-from ..errors import InputError
-from ..live import current_cpu, is_live, live_backend, parse_cpu
-from ..values import parse_int, windbg_hex
+from ..common.errors import InputError
+from .live import current_cpu, is_live, live_backend, parse_cpu
+from ..common.numbers import parse_int, windbg_hex
 
 NAME = "decode"
 HELP = "decode an MSR, register, VMX control or VMCS field by name"

@@ -19,7 +19,7 @@ from typing import List
 from ..decode import defs
 from ..decode.layouts import PATH_ENV, Layout, dump_layout, known_layouts, layout_for_revision
 from ..decode.probe import Learned, field_table, learn, read_dump
-from ..errors import InputError
+from ..common.errors import InputError
 
 NAME = "layout"
 HELP = "list the known VMCS memory layouts, or learn one from a layout-probe dump"

@@ -5,14 +5,14 @@ import argparse
 from pathlib import Path
 from typing import Tuple
 
-from ..backends.replay import ReplayBackend
+from ..record.replay import ReplayBackend
 from ..backends.snapshot_backend import SnapshotBackend
-from ..console import Console
-from ..errors import InputError
-from ..recorded import collect_args
-from ..recording import read_recording
-from ..sources import kind_of, load_any
-from .kdcmds import KdState
+from ..console.prompt import Console
+from ..common.errors import InputError
+from ..record.recorded import collect_args
+from ..record.recording import read_recording
+from ..inputs.sources import kind_of, load_any
+from ..console.kdcmds import KdState
 
 NAME = "replay"
 HELP = "browse a recording, snapshot or kd log at a kd-style prompt (r, rdmsr, !dq, !vmxcheck, t/p/g and back)"

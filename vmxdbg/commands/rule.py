@@ -11,7 +11,7 @@ import sys
 import textwrap
 from typing import List
 
-from ..errors import InputError
+from ..common.errors import InputError
 from ..rules.engine import Rule, all_rules
 
 NAME = "rule"

@@ -5,9 +5,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..snapshot import save_snapshot
-from ..sources import load_any
-from ..values import parse_int
+from ..state.snapshot import save_snapshot
+from ..inputs.sources import load_any
+from ..common.numbers import parse_int
 
 NAME = "snapshot"
 HELP = "export what was understood of a kd log, recording or snapshot as a *.vmxsnap.json"

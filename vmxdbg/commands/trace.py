@@ -7,16 +7,16 @@ import sys
 from pathlib import Path
 from typing import List
 
-from ..errors import InputError
-from ..live import add_live_trace_arguments, is_live, live_backend, live_trace
-from ..recording import read_recording
-from ..stepper import StepResult
-from ..trace import TRACE, render_trace, replay_trace, trace_report_json
+from ..common.errors import InputError
+from .live import add_live_trace_arguments, is_live, live_backend, live_trace
+from ..record.recording import read_recording
+from ..trace.stepper import StepResult
+from ..trace.session import TRACE, render_trace, replay_trace, trace_report_json
 
 NAME = "trace"
 HELP = "step every core through its VMX instructions (live Bochs, or a recorded trace) and compare predictions"
-DESCRIPTION = (HELP + ". With --bochs, boots the bundled test hypervisor (tests/fixtures/minihv) under Bochs; "
-               "--knob CPU:NAME breaks one thing on one core (names: see tests/fixtures/minihv/README.md).")
+DESCRIPTION = (HELP + ". With --bochs, boots the bundled test hypervisor (vmxdbg/hypervisors/minihv) under Bochs; "
+               "--knob CPU:NAME breaks one thing on one core (names: see vmxdbg/hypervisors/minihv/README.md).")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     if live_backend(args) is not None and not args.bochs:
         results = live_trace(args, live_backend(args))  # type: ignore[arg-type]
     else:
-        from ..minihv_demo import bochs_trace
+        from ..hypervisors.minihv.demo import bochs_trace
         results = bochs_trace(cpus=args.cpus, knobs=args.knob, record=args.record, timeout=args.timeout,
                               magic=not args.breakpoints,
                               argv=sys.argv[1:])

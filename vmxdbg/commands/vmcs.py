@@ -6,7 +6,7 @@ name, grouped by field type as the SDM groups them (control, read-only data,
 guest state, host state), controls with their bit names; then the VM-entry
 checks run on the processor that uses it (or --cpu) with these field values.
 `--as vmxon` reads the address as a VMXON region instead. On a live target
-(`!vmxcheck vmcs ADDR`, vmxdbg/live.py) --source is left out: the region is
+(`!vmxcheck vmcs ADDR`, vmxdbg/commands/live.py) --source is left out: the region is
 read from the target's physical memory and the processors' state collected now.
 """
 from __future__ import annotations
@@ -20,16 +20,16 @@ from typing import Dict, List, Optional, Tuple
 
 from ..decode import defs
 from ..decode.layouts import PATH_ENV, find_layout, known_layouts
-from ..collect import collect
-from ..errors import InputError
-from ..live import chosen_cpus, is_live, live_backend, page_reader
-from ..regions import Reader, Region, inspect, snapshot_reader
-from ..render import render_text
-from ..report import Report, report_to_json
+from ..state.collect import collect
+from ..common.errors import InputError
+from .live import chosen_cpus, is_live, live_backend, page_reader
+from ..decode.regions import Reader, Region, inspect, snapshot_reader
+from ..report.render import render_text
+from ..report.model import Report, report_to_json
 from ..rules import check_snapshot
-from ..snapshot import Snapshot
-from ..sources import load_any
-from ..values import hexs, parse_int
+from ..state.snapshot import Snapshot
+from ..inputs.sources import load_any
+from ..common.numbers import hexs, parse_int
 
 NAME = "vmcs"
 HELP = "decode a VMCS (or VMXON) region from memory by its revision id, then run the VM-entry checks on it"

@@ -15,8 +15,8 @@ from __future__ import annotations
 import functools
 from typing import Dict, List, Optional, Union
 
-from ..errors import InputError
-from ..values import parse_int
+from ..common.errors import InputError
+from ..common.numbers import parse_int
 from .loader import Definitions, load_definitions
 from .model import ControlDef, RegionDef, RegisterDef, VmcsField
 

@@ -25,8 +25,8 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 import yaml
 from construct import Bytes, ExprAdapter, Int16ul, Int32ul, Int64ul, Struct
 
-from ..errors import DefinitionError, InputError
-from ..values import parse_int
+from ..common.errors import DefinitionError, InputError
+from ..common.numbers import parse_int
 from .loader import default_directory, load_yaml, read_yaml_text
 
 LAYOUT_DIR_NAME = "vmcs_layouts"

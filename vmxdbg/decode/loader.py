@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import yaml
 
-from ..errors import DefinitionError
+from ..common.errors import DefinitionError
 from .model import TYPES, WIDTHS, ControlDef, FieldDef, RegionDef, RegionPart, RegisterDef, VmcsField
 
 FILES = ("registers.yaml", "controls.yaml", "vmcs_fields.yaml", "regions.yaml")

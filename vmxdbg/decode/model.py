@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from ..errors import InputError
+from ..common.errors import InputError
 
 try:  # Python 3.8+: functools.cached_property writes the instance __dict__ directly
     from functools import cached_property

@@ -1,6 +1,6 @@
 """The layout probe's tags and dumps, and learning a VMCS layout from a dump.
 
-The probe (docs/vmcs-layouts.md; tests/fixtures/minihv/layout_probe.inc) runs
+The probe (docs/vmcs-layouts.md; vmxdbg/hypervisors/minihv/layout_probe.inc) runs
 once on the machine whose layout is unknown: it VMWRITEs `tag(E)` to every
 field E, VMCLEARs the VMCS and dumps the region. Each tag names its field in
 every part of it:
@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
-from ..errors import InputError
+from ..common.errors import InputError
 from .layouts import DEFAULT_SIZE, MAX_REGION, TRANSFORMS, Layout, Slot, field_width
 
 MAGIC = "vmxprobe "

@@ -6,15 +6,15 @@ the VMXON region and the structures the VMCS points to (SDM Vol.3D A.1,
 check it; a region mapped with another type (the seed tutorial allocates it
 MmNonCached) works on some processors and corrupts state on others. The
 effective type is worked out from the MTRRs, IA32_PAT and the paging entry
-that maps the region (vmxdbg/memtype.py); each input that is missing makes
+that maps the region (vmxdbg/state/memtype.py); each input that is missing makes
 the advice `unknown`, naming it.
 """
 from __future__ import annotations
 
 from typing import Optional
 
-from .. import memtype
-from ..values import hexs
+from ..state import memtype
+from ..common.numbers import hexs
 from .engine import SKIP, Context, Missing, Tier, Violation, bad, good, rule
 
 ED = "(SDM 325462-080US, 2023)"

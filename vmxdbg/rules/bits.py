@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional
 
-from ..values import bits_of, hexs
+from ..common.numbers import bits_of, hexs
 
 
 def bit_names(register: str) -> Dict[int, str]:

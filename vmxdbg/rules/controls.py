@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from ..values import bits_of, hexs
+from ..common.numbers import bits_of, hexs
 from .bits import physical_width
 from .engine import SKIP, Context, Example, Tier, Violation, bad, good, rule
 from .entry_tables import BASELINE, controls_patch, field_patch, table

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List
 
-from ..snapshot import Snapshot
+from ..state.snapshot import Snapshot
 from .engine import Context, Violation
 
 
@@ -38,8 +38,8 @@ class CrossContext:
 
 from typing import Callable, Iterable, Tuple  # noqa: E402
 
-from ..snapshot import NO_VMCS  # noqa: E402
-from ..values import hexs  # noqa: E402
+from ..state.snapshot import NO_VMCS  # noqa: E402
+from ..common.numbers import hexs  # noqa: E402
 from .engine import Missing, Tier, bad, good, rule  # noqa: E402
 
 ED = "(SDM 325462-080US, 2023)"

@@ -17,8 +17,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
-from ..snapshot import NO_VMCS, Processor, Segment, Snapshot, Table
-from ..values import hexs
+from ..state.snapshot import NO_VMCS, Processor, Segment, Snapshot, Table
+from ..common.numbers import hexs
 
 INSTRUCTIONS = ("vmxon", "vmclear", "vmptrld", "vmlaunch", "vmresume")
 ENTRY = ("vmlaunch", "vmresume")

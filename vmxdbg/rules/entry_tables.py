@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Tuple
 
 import yaml
 
-from ..errors import DefinitionError
+from ..common.errors import DefinitionError
 from .vmcsctl import ACTIVATED_BY, bit, control_def, encoding, qualified
 
 FILE = "vmentry_checks.yaml"

@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from ..report import Finding, Report, Verdict
-from ..snapshot import Processor, Snapshot
+from ..report.model import Finding, Report, Verdict
+from ..state.snapshot import Processor, Snapshot
 from .engine import ENTRY, INSTRUCTIONS, SKIP, Context, Missing, Rule, Tier, Violation, all_rules
 
 

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List
 
-from ..snapshot import snapshot_from_json
+from ..state.snapshot import snapshot_from_json
 from .engine import Example, Rule
 from .evaluate import run_rule
 from .engine import Context

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional, Sequence
 
 from ..decode import defs
-from ..values import hexs
+from ..common.numbers import hexs
 from . import msrvalues
 from .bits import describe_bits
 from .engine import ENTRY, SKIP, CheckResult, Context, Example, Missing, Tier, Violation, bad, good, rule

@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..decode import defs
 from ..decode.loader import _File, default_directory
-from ..values import hexs
+from ..common.numbers import hexs
 from .engine import ENTRY, SKIP, CheckResult, Context, Tier, Violation, bad, good, rule
 from .entrystate import field_label, ia32e_guest, intel64, show, unrestricted, v86_guest
 from .vmcsctl import is_canonical as canonical, linear_width

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Optional
 
-from ..values import bits_of, hexs
+from ..common.numbers import bits_of, hexs
 from .bits import describe_bits
 from . import msrvalues
 from .engine import SKIP, Context, Example, Missing, Tier, Violation, bad, good, rule

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Optional, Tuple
 
-from ..values import hexs
+from ..common.numbers import hexs
 from .engine import ENTRY, SKIP, Context, Tier, Violation, bad, good, rule
 from .vmxon import RFLAGS_VM, in_compatibility_mode
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 from ..decode.loader import _File, default_directory
-from ..errors import DefinitionError
-from ..values import hexs
+from ..common.errors import DefinitionError
+from ..common.numbers import hexs
 from .engine import Context, Missing
 from .vmcsctl import is_canonical as canonical, linear_width
 

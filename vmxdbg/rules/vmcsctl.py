@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 from typing import Dict, Tuple, Union
 
-from ..values import hexs
+from ..common.numbers import hexs
 from .engine import Context, Missing
 
 #: control -> (control holding its activation bit, that bit's name)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from ..values import hexs
+from ..common.numbers import hexs
 from .bits import fixed0_message, fixed1_message, pointer_bits_beyond
 from .engine import SKIP, Context, Missing, Tier, Violation, bad, good, rule
 

@@ -12,8 +12,8 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent.parent / "fixtures"))
-from minihv import build, knobs  # noqa: E402
+sys.path.insert(0, str(HERE.parent.parent.parent))
+from vmxdbg.hypervisors.minihv import build, knobs  # noqa: E402
 
 from vmxdbg.backends.bochs_process import BochsMachine, BochsProcess  # noqa: E402
 

@@ -1,0 +1,217 @@
+"""The kd log parser: follows the prompt, hands each command's output to its reader.
+
+A prompt (`0: kd> `, `kd> `, `lkd> `) starts a command; its number is the
+processor (a prompt without one is processor 0, or the last `~Ns`). Output
+until the next prompt belongs to that command. Commands vmxdbg does not know
+are skipped with their output. The register context is "not live" after
+`.cxr ADDR`, `.trap ADDR`, `.thread ADDR` or `.ecxr`, until `.cxr`/`.trap`/
+`.thread` without an address or until the target runs (`g`, `p`, `t` ...);
+the `CONTEXT:`/`TRAP_FRAME:` dumps of `!analyze -v` and `.frame /r` output are
+never live. Such register values are kept as NonLiveContexts only.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import BinaryIO, Iterable, List, Optional, Tuple
+
+from ...common.errors import InputError
+from .cpuid import CpuidOutput
+from .descriptors import DgOutput
+from .expressions import EvaluateOutput, FormatsOutput
+from .memory import DumpOutput, dump_kind
+from .msr import RdmsrOutput
+from .output import CommandOutput
+from .reader import MAX_LINE, Line, iter_lines
+from .registers import RegisterOutput, apply_register, parse_register_command
+from .state import KdLog, KdWarning, LogState
+
+MAX_CPU = 4096
+PROMPT = re.compile(r"^\s*(?:(\d{1,5}):\s?)?(l?kd)>\s?(.*)$")
+_SWITCH = re.compile(r"^~\s*(\d{1,5})\s*s$", re.I)
+_EXECUTION = re.compile(r"^(?:g|gu|gh|gn|p|t|pa|ta|pc|tc|pt|tt|ph|th|wt)(?:\s|$)", re.I)
+_CONTEXT = re.compile(r"^\.(cxr|trap|thread|ecxr)(?:\s+(.*))?$", re.I)
+_REGISTER = re.compile(r"^r(?:M\s*\S+)?(?:\s|@|$)")
+_DG = re.compile(r"^dg(?:\s|$)")
+_FORMATS = re.compile(r"^\.formats(?:\s|$)")
+_EVALUATE = re.compile(r"^\?(?:\s|$)")
+_CPUID = re.compile(r"^!cpuid(?:\s|$)")
+_FRAME_R = re.compile(r"^\.frame\b.*/r")
+_ANALYZE = re.compile(r"^!analyze(?:\s|$)")
+
+# command family -> reader class; the family of a command is found by `family()`
+READERS = {
+    "rdmsr": RdmsrOutput,
+    "dump": DumpOutput,
+    "dg": DgOutput,
+    "formats": FormatsOutput,
+    "evaluate": EvaluateOutput,
+    "cpuid": CpuidOutput,
+}
+
+
+def family(command: str) -> str:
+    """The family of one command (no `;`): a READERS key, or registers / execution /
+    context / switch / analyze / other."""
+    c = command.strip()
+    low = c.lower()
+    if low.startswith("rdmsr"):
+        return "rdmsr"
+    if _REGISTER.match(c):
+        return "registers"
+    if dump_kind(c) is not None:
+        return "dump"
+    if _DG.match(low):
+        return "dg"
+    if _FORMATS.match(low):
+        return "formats"
+    if _EVALUATE.match(low):
+        return "evaluate"
+    if _CPUID.match(low):
+        return "cpuid"
+    if _EXECUTION.match(c):
+        return "execution"
+    if _CONTEXT.match(c):
+        return "context"
+    if _FRAME_R.match(low):
+        return "frame"
+    if _SWITCH.match(c):
+        return "switch"
+    if _ANALYZE.match(low):
+        return "analyze"
+    return "other"
+
+
+class KdParser:
+    """Feed it lines (`feed`), then `finish()` for the KdLog."""
+
+    def __init__(self, source: str) -> None:
+        self.state = LogState(source)
+        self.cpu = 0          # processor of the current prompt
+        self.default_cpu = 0  # processor of a prompt without a number (after ~Ns)
+        self.live = True      # register context: the processor's own (not .cxr/.trap/.thread)
+        self.live_kind = ""   # which command made it not live
+        self.reader: Optional[CommandOutput] = None
+        self.lines = 0
+
+    # ------------------------------------------------------------------ lines
+    def feed(self, line: Line) -> None:
+        self.lines = line.number
+        if line.truncated:
+            self.state.warn(line.number, f"line longer than {MAX_LINE} characters; cut there and not used")
+            return
+        if not line.ended and line.text.strip():
+            self.state.frozen_line = line.number
+        m = PROMPT.match(line.text) if "kd>" in line.text else None
+        if m is not None:
+            self._prompt(m, line.number)
+        elif self.reader is not None:
+            self.reader.feed(line)
+
+    def _prompt(self, m: "re.Match[str]", number: int) -> None:
+        self._end_output()
+        if m.group(1) is not None:
+            cpu = int(m.group(1))
+            if cpu >= MAX_CPU:
+                self.state.warn(number, f"processor number {cpu} is out of range; prompt ignored")
+                return
+            self.cpu = cpu
+        else:
+            self.cpu = self.default_cpu
+        self.state.processor(self.cpu)
+        commands = [c.strip() for c in m.group(3).split(";") if c.strip()]
+        families = [family(c) for c in commands]
+        writes: List[Tuple[str, int]] = []
+        for c, fam in zip(commands, families):
+            writes += self._side_effects(c, fam, number)
+        if commands:
+            readable = [f for f in families if f not in ("other", "switch")]
+            if len(set(readable)) == 1:
+                fam = readable[0]
+                self.reader = self._reader(fam, commands[families.index(fam)], number)
+        if writes:
+            if isinstance(self.reader, RegisterOutput):
+                self.reader.writes = writes  # applied unless the debugger answers with an error
+            else:
+                for name, value in writes:
+                    apply_register(self.state, self.cpu, name, value, number)
+
+    def _reader(self, fam: str, command: str, number: int) -> Optional[CommandOutput]:
+        cpu = self.cpu
+        if fam in READERS:
+            return READERS[fam](self.state, cpu, command, number, self.live)
+        if fam in ("registers", "execution", "context"):
+            return RegisterOutput(self.state, cpu, command, number, self.live, self.live_kind)
+        if fam == "frame":
+            return RegisterOutput(self.state, cpu, command, number, False, ".frame /r")
+        if fam == "analyze":
+            return RegisterOutput(self.state, cpu, command, number, False, "!analyze")
+        return None
+
+    def _side_effects(self, command: str, fam: str, number: int) -> List[Tuple[str, int]]:
+        """What a command changes by itself (processor, register context); returns
+        the register writes it asks for (`r cr4=426f8`)."""
+        if fam == "switch":
+            m = _SWITCH.match(command)
+            assert m is not None
+            n = int(m.group(1))
+            if n < MAX_CPU:
+                self.default_cpu = n
+                self.state.processor(n)
+        elif fam == "execution":
+            self.live, self.live_kind = True, ""
+        elif fam == "context":
+            m = _CONTEXT.match(command)
+            assert m is not None
+            if m.group(1).lower() == "ecxr" or (m.group(2) or "").strip():
+                self.live, self.live_kind = False, "." + m.group(1).lower()
+            else:
+                self.live, self.live_kind = True, ""
+        elif fam == "registers" and self.live:
+            args = re.sub(r"^r(?:M\s*\S+)?", "", command, count=1)
+            return parse_register_command(args)[0]
+        return []
+
+    def _end_output(self) -> None:
+        if self.reader is not None:
+            self.reader.end()
+            self.reader = None
+
+    def finish(self) -> KdLog:
+        self._end_output()
+        return self.state.finish(self.lines)
+
+
+def parse_lines(lines: Iterable[Line], source: str, at_line: Optional[int] = None) -> KdLog:
+    """Parse numbered lines (stopping after `at_line` when given)."""
+    parser = KdParser(source)
+    for line in lines:
+        if at_line is not None and line.number > at_line:
+            break
+        parser.feed(line)
+    return parser.finish()
+
+
+def parse_stream(stream: BinaryIO, source: str, at_line: Optional[int] = None) -> KdLog:
+    """Parse a binary stream (any supported encoding and line ends)."""
+    return parse_lines(iter_lines(stream), source, at_line)
+
+
+def parse_text(text: str, source: str = "<text>", at_line: Optional[int] = None) -> KdLog:
+    """Parse a log given as text (tests, pasted logs)."""
+    import io
+    return parse_stream(io.BytesIO(text.encode("utf-8")), source, at_line)
+
+
+def parse_file(path: Path, at_line: Optional[int] = None) -> KdLog:
+    """Parse a kd log file; InputError names the file when it cannot be read or --at is wrong."""
+    if at_line is not None and at_line < 1:
+        raise InputError(f"--at {at_line}: line numbers start at 1", source=str(path))
+    try:
+        with open(path, "rb") as f:
+            log = parse_stream(f, str(path), at_line)
+    except OSError as exc:
+        raise InputError(exc.strerror or str(exc), source=str(path)) from None
+    if at_line is not None and at_line > log.lines:
+        log.warnings.append(KdWarning(log.lines, f"--at {at_line} is past the end of the log ({log.lines} lines)"))
+    return log

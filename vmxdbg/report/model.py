@@ -1,0 +1,142 @@
+"""Findings, verdicts and the report format (`vmxdbg check --format json`).
+
+The JSON form is fixed by DESIGN.md; `report_to_json` and `report_from_json`
+are its only writer and reader.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+from ..common.errors import InputError
+from ..common.jsonfile import read_json_file
+
+FORMAT = "vmxdbg-report"
+VERSION = 1
+MAX_FILE_BYTES = 64 * 1024 * 1024
+STATUSES = ("fail", "unknown", "advice")
+_CPU = re.compile(r"[0-9]{1,10}")   # a processor number: ASCII digits (isdigit() takes "²" too)
+
+
+@dataclass
+class Finding:
+    id: str
+    status: str            # fail | unknown | advice
+    sdm: str
+    inputs: List[str]
+    message: str
+    fix: str
+    title: str = ""
+    outcome: str = ""      # what this finding alone would make the instruction do
+    certain: bool = True
+    cpus: List[int] = field(default_factory=list)  # cross-processor findings: who is involved
+    advisory: bool = False  # from an advice rule: never changes an outcome, even when unknown
+    missing: str = ""       # unknown findings: the input key that was missing
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "status": self.status, "sdm": self.sdm, "inputs": list(self.inputs),
+                "message": self.message, "fix": self.fix}
+
+
+@dataclass
+class Verdict:
+    instruction: str
+    outcome: str
+    possible: List[str]
+    findings: List[Finding]
+
+    def to_json(self) -> dict:
+        return {"instruction": self.instruction, "outcome": self.outcome,
+                "possible": list(self.possible), "findings": [f.to_json() for f in self.findings]}
+
+
+@dataclass
+class Report:
+    processors: Dict[int, List[Verdict]] = field(default_factory=dict)
+    source: str = ""
+    #: per processor, the instructions its state says it runs next (all when unknown)
+    next: Dict[int, List[str]] = field(default_factory=dict)
+
+    def relevant(self, cpu: int) -> List[Verdict]:
+        """The verdicts of the instructions this processor is about to run."""
+        wanted = self.next.get(cpu)
+        return [v for v in self.processors.get(cpu, []) if wanted is None or v.instruction in wanted]
+
+    def verdict(self, cpu: int, instruction: str) -> Optional[Verdict]:
+        for v in self.processors.get(cpu, []):
+            if v.instruction == instruction:
+                return v
+        return None
+
+    def any_failed(self) -> bool:
+        """True when a verdict of an instruction some processor is about to run is
+        not `ok` or has a failed finding (CLI exit status 1). VMLAUNCH's #UD on a
+        processor that has yet to run VMXON is a verdict, not a failure; advice
+        (problems no instruction checks, such as a shared VMXON region) is shown,
+        and never changes the exit status."""
+        return any(v.outcome != "ok" or any(f.status == "fail" for f in v.findings)
+                   for cpu in self.processors for v in self.relevant(cpu))
+
+
+def report_to_json(report: Report) -> dict:
+    return {"format": FORMAT, "version": VERSION,
+            "processors": {str(cpu): [v.to_json() for v in vs]
+                           for cpu, vs in sorted(report.processors.items())}}
+
+
+def dumps_report(report: Report) -> str:
+    return json.dumps(report_to_json(report), indent=1)
+
+
+def report_from_json(data: Any, source: str = "<report>") -> Report:
+    """Read a report back (expected reports next to recordings use this)."""
+    def fail(key: str, msg: str) -> InputError:
+        return InputError(msg, source=source, key=key)
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise fail("format", f"not a vmxdbg report (expected format {FORMAT!r})")
+    if str(data.get("version", "")).split(".")[0] != str(VERSION):
+        raise fail("version", f"version {data.get('version')!r} is not supported (this vmxdbg reads {VERSION})")
+    procs = data.get("processors")
+    if not isinstance(procs, dict):
+        raise fail("processors", "expected an object")
+    rep = Report(source=source)
+    for cpu_s, verdicts in procs.items():
+        if not _CPU.fullmatch(str(cpu_s)) or not isinstance(verdicts, list):
+            raise fail(f"processors.{cpu_s}", "expected a processor number and a list of verdicts")
+        out = []
+        for i, v in enumerate(verdicts):
+            k = f"processors.{cpu_s}[{i}]"
+            if not isinstance(v, dict) or not isinstance(v.get("instruction"), str) \
+                    or not isinstance(v.get("outcome"), str):
+                raise fail(k, "a verdict needs instruction and outcome strings")
+            findings = []
+            raw_findings = v.get("findings", [])
+            if not isinstance(raw_findings, list):
+                raise fail(f"{k}.findings", "expected a list")
+            for j, f in enumerate(raw_findings):
+                if not isinstance(f, dict) or f.get("status") not in STATUSES or not isinstance(f.get("id"), str):
+                    raise fail(f"{k}.findings[{j}]", "a finding needs an id and a status of fail, unknown or advice")
+                inputs = f.get("inputs", [])
+                if not isinstance(inputs, list):
+                    raise fail(f"{k}.findings[{j}].inputs", "expected a list")
+                findings.append(Finding(f["id"], f["status"], str(f.get("sdm", "")),
+                                        [str(x) for x in inputs if isinstance(x, (str, int))],
+                                        str(f.get("message", "")), str(f.get("fix", ""))))
+            possible = v.get("possible", [v["outcome"]])
+            if not isinstance(possible, list):
+                raise fail(f"{k}.possible", "expected a list")
+            out.append(Verdict(v["instruction"], v["outcome"], [str(x) for x in possible], findings))
+        rep.processors[int(cpu_s)] = out
+    return rep
+
+
+def load_report(path: Union[str, os.PathLike]) -> Report:
+    """Read a report file (e.g. the NAME.expected.json next to a recording); InputError names
+    the file and the line or key of any problem. Bounded: MAX_FILE_BYTES, JSON nesting."""
+    p = Path(path)
+    data = read_json_file(p, "report", MAX_FILE_BYTES)
+    return report_from_json(data, source=str(p))

@@ -1,0 +1,55 @@
+"""What a person asserts about processor state that no debugger shows (`--assume`).
+
+A kernel debugger cannot see whether a processor is already in VMX operation,
+whether A20M is asserted or whether GETSEC[SENTER] ran. Such inputs stay
+unknown unless the person running vmxdbg states them; an assumption only fills
+a value the input lacks (it never overrides one that was read), and its
+provenance says it was assumed, so a finding that used it shows that.
+"""
+from __future__ import annotations
+
+from typing import Dict, Iterable, Union
+
+from ..common.errors import InputError
+from .snapshot import BOOL_STATES, VMX_MODES, Processor, Snapshot
+
+Value = Union[bool, int, str]
+KEYS = ("vmx", "cpl") + BOOL_STATES
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def parse_assumptions(specs: Iterable[str]) -> Dict[str, Value]:
+    """`vmx=off`, `a20m=0`, `cpl=0` ... -> {key: value}; InputError names a bad one."""
+    out: Dict[str, Value] = {}
+    for spec in specs:
+        key, sep, raw = str(spec).partition("=")
+        key, raw = key.strip().lower(), raw.strip().lower()
+        if not sep or key not in KEYS:
+            raise InputError(f"--assume {spec!r}: expected KEY=VALUE with KEY one of {', '.join(KEYS)}")
+        if key == "vmx":
+            if raw not in VMX_MODES:
+                raise InputError(f"--assume {spec!r}: vmx is one of {', '.join(VMX_MODES)}")
+            out[key] = raw
+        elif key == "cpl":
+            if raw not in ("0", "1", "2", "3"):
+                raise InputError(f"--assume {spec!r}: cpl is 0, 1, 2 or 3")
+            out[key] = int(raw)
+        elif raw in _TRUE or raw in _FALSE:
+            out[key] = raw in _TRUE
+        else:
+            raise InputError(f"--assume {spec!r}: {key} is true or false (1/0)")
+    return out
+
+
+def apply_to_processor(p: Processor, assumptions: Dict[str, Value]) -> None:
+    for key, value in assumptions.items():
+        if key not in p.state:
+            p.state[key] = value
+            p.provenance[f"state:{key}"] = f"assumed (--assume {key}={str(value).lower()})"
+
+
+def apply_assumptions(snapshot: Snapshot, assumptions: Dict[str, Value]) -> Snapshot:
+    """Fill each processor's missing state keys with the assumptions; returns the snapshot."""
+    for p in snapshot.processors.values():
+        apply_to_processor(p, assumptions)
+    return snapshot

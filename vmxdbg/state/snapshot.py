@@ -1,0 +1,345 @@
+"""What is known about each processor, and its JSON form (`*.vmxsnap.json`).
+
+The format is fixed by DESIGN.md: integers are hex strings (JSON ints are
+accepted), unknown keys are ignored, an unknown major version is refused.
+Anything absent is unknown; nothing here ever fills in a default value.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
+
+from ..common.errors import InputError, one_line, refuse_special_output
+from ..common.jsonfile import read_json_file
+from ..common.numbers import hexs, parse_int
+
+FORMAT = "vmxdbg-snapshot"
+VERSION = 1
+MAX_FILE_BYTES = 256 * 1024 * 1024
+
+SEGMENTS = ("es", "cs", "ss", "ds", "fs", "gs", "ldtr", "tr")
+TABLES = ("gdtr", "idtr")
+SEGMENT_PARTS = ("selector", "base", "limit", "attributes")
+TABLE_PARTS = ("base", "limit")
+BOOL_STATES = ("a20m", "smm", "smx", "blocking_by_mov_ss", "blocking_by_sti")
+VMX_MODES = ("off", "root", "non-root")
+LAUNCH_STATES = ("clear", "launched")
+NO_VMCS = 0xFFFFFFFFFFFFFFFF
+MAX_CPU = 0xFFFFFFFF
+MAX_TEXT = 4096                  # characters kept of a free-text value (source, provenance)
+_DECIMAL = re.compile(r"[0-9]{1,10}")   # a processor number as a JSON key (ASCII, bounded)
+
+
+@dataclass
+class Segment:
+    """A segment register; a part that is None is unknown."""
+
+    selector: Optional[int] = None
+    base: Optional[int] = None
+    limit: Optional[int] = None
+    attributes: Optional[int] = None  # VMCS access-rights format, bit 16 = unusable
+
+
+@dataclass
+class Table:
+    """GDTR or IDTR; a part that is None is unknown."""
+
+    base: Optional[int] = None
+    limit: Optional[int] = None
+
+
+@dataclass
+class Processor:
+    """Everything known about one logical processor. Absent means unknown."""
+
+    cpuid: Dict[Tuple[int, int], Tuple[int, int, int, int]] = field(default_factory=dict)
+    msr: Dict[int, int] = field(default_factory=dict)
+    registers: Dict[str, int] = field(default_factory=dict)
+    segments: Dict[str, Segment] = field(default_factory=dict)
+    tables: Dict[str, Table] = field(default_factory=dict)
+    state: Dict[str, Any] = field(default_factory=dict)
+    vmxon_pointer: Optional[int] = None
+    vmcs_pointer: Optional[int] = None
+    vmcs_launch_state: Optional[str] = None
+    vmcs: Dict[int, int] = field(default_factory=dict)
+    operands: Dict[str, int] = field(default_factory=dict)  # vmclear/vmptrld operands
+    linear: Dict[str, int] = field(default_factory=dict)    # linear addresses: vmxon_region, vmcs_region
+    provenance: Dict[str, str] = field(default_factory=dict)  # input key -> where it came from
+
+
+class Memory:
+    """Sparse physical memory: known byte ranges, everything else unknown."""
+
+    def __init__(self) -> None:
+        self._ranges: Dict[int, bytes] = {}
+        #: a live source asked for bytes not yet known: (address, size) -> bytes or None
+        self.fallback: Optional[Callable[[int, int], Optional[bytes]]] = None
+
+    def add(self, address: int, data: bytes) -> None:
+        """Record bytes at `address`; new data overrides old where they overlap."""
+        if not data:
+            return
+        start, end = address, address + len(data)
+        touching = [(a, b) for a, b in self._ranges.items() if a <= end and a + len(b) >= start]
+        for a, b in touching:
+            start, end = min(start, a), max(end, a + len(b))
+        merged = bytearray(end - start)
+        for a, b in touching:
+            merged[a - start:a - start + len(b)] = b
+            del self._ranges[a]
+        merged[address - start:address - start + len(data)] = data
+        self._ranges[start] = bytes(merged)
+
+    def read(self, address: int, size: int) -> Optional[bytes]:
+        """The bytes at [address, address+size) if all are known, else None."""
+        for a, b in self._ranges.items():
+            if a <= address and address + size <= a + len(b):
+                return b[address - a:address - a + size]
+        if self.fallback is not None:
+            data = self.fallback(address, size)
+            if data is not None and len(data) == size:
+                self.add(address, data)
+                return data
+        return None
+
+    def ranges(self) -> Iterator[Tuple[int, bytes]]:
+        for a in sorted(self._ranges):
+            yield a, self._ranges[a]
+
+    def __bool__(self) -> bool:
+        return bool(self._ranges)
+
+
+@dataclass
+class Snapshot:
+    """Processors by number, plus known physical memory."""
+
+    processors: Dict[int, Processor] = field(default_factory=dict)
+    memory: Memory = field(default_factory=Memory)
+    source: str = ""
+
+    def processor(self, cpu: int) -> Processor:
+        return self.processors.setdefault(cpu, Processor())
+
+
+# ---------------------------------------------------------------- JSON reading
+
+class _Reader:
+    """Validates the JSON tree, naming the key path of anything wrong."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, key: str, message: str) -> InputError:
+        return InputError(message, source=self.source, key=key)
+
+    def int(self, value: Any, key: str, what: str = "value") -> int:
+        try:
+            return parse_int(value, what=what)
+        except InputError as exc:
+            raise self.fail(key, exc.detail) from None
+
+    def put(self, table: Dict[Any, Any], index: Any, value: Any, key: str, raw_key: Any) -> None:
+        """Store table[index]; two keys naming the same index by value (0x3a, 0x03a) are refused."""
+        if index in table:
+            raise self.fail(f"{key}.{raw_key}", "names the same entry as an earlier key (keys are compared by value)")
+        table[index] = value
+
+    def obj(self, value: Any, key: str) -> dict:
+        if not isinstance(value, dict):
+            raise self.fail(key, f"expected an object, got {type(value).__name__}")
+        return value
+
+    def processor(self, raw: Any, key: str) -> Processor:
+        raw = self.obj(raw, key)
+        p = Processor()
+        for leaf_key, regs in self.obj(raw.get("cpuid", {}), f"{key}.cpuid").items():
+            k = f"{key}.cpuid.{leaf_key}"
+            leaf_s, _, sub_s = str(leaf_key).partition(".")
+            leaf, sub = self.int(leaf_s, k, "CPUID leaf"), self.int(sub_s or "0", k, "CPUID subleaf")
+            if not isinstance(regs, list) or len(regs) != 4:
+                raise self.fail(k, "expected [eax, ebx, ecx, edx]")
+            self.put(p.cpuid, (leaf, sub), tuple(self.int(v, k) for v in regs), f"{key}.cpuid", leaf_key)
+        for idx, val in self.obj(raw.get("msr", {}), f"{key}.msr").items():
+            self.put(p.msr, self.int(idx, f"{key}.msr.{idx}", "MSR index"), self.int(val, f"{key}.msr.{idx}"),
+                     f"{key}.msr", idx)
+        regs = self.obj(raw.get("registers", {}), f"{key}.registers")
+        for name, val in regs.items():
+            lname = str(name).lower()
+            k = f"{key}.registers.{name}"
+            if lname in SEGMENTS:
+                parts = self.obj(val, k)
+                p.segments[lname] = Segment(**{part: self.int(parts[part], f"{k}.{part}")
+                                              for part in SEGMENT_PARTS if parts.get(part) is not None})
+            elif lname in TABLES:
+                parts = self.obj(val, k)
+                p.tables[lname] = Table(**{part: self.int(parts[part], f"{k}.{part}")
+                                          for part in TABLE_PARTS if parts.get(part) is not None})
+            elif val is not None:
+                p.registers[lname] = self.int(val, k)
+        state = self.obj(raw.get("state", {}), f"{key}.state")
+        for name, val in state.items():
+            k = f"{key}.state.{name}"
+            if val is None:
+                continue
+            if name == "cpl":
+                cpl = self.int(val, k)
+                if cpl > 3:
+                    raise self.fail(k, f"CPL must be 0-3, got {cpl}")
+                p.state["cpl"] = cpl
+            elif name in BOOL_STATES:
+                if not isinstance(val, bool):
+                    raise self.fail(k, "expected true or false")
+                p.state[name] = val
+            elif name == "vmx":
+                if val not in VMX_MODES:
+                    raise self.fail(k, f"expected one of {', '.join(VMX_MODES)}")
+                p.state["vmx"] = val
+        for name in ("vmxon_pointer", "vmcs_pointer"):
+            if raw.get(name) is not None:
+                setattr(p, name, self.int(raw[name], f"{key}.{name}"))
+        ls = raw.get("vmcs_launch_state")
+        if ls is not None:
+            if ls not in LAUNCH_STATES:
+                raise self.fail(f"{key}.vmcs_launch_state", "expected clear or launched")
+            p.vmcs_launch_state = ls
+        for enc, val in self.obj(raw.get("vmcs", {}), f"{key}.vmcs").items():
+            self.put(p.vmcs, self.int(enc, f"{key}.vmcs.{enc}", "VMCS field encoding"),
+                     self.int(val, f"{key}.vmcs.{enc}"), f"{key}.vmcs", enc)
+        for name, val in self.obj(raw.get("operands", {}), f"{key}.operands").items():
+            p.operands[str(name)] = self.int(val, f"{key}.operands.{name}")
+        for name, val in self.obj(raw.get("linear", {}), f"{key}.linear").items():
+            p.linear[str(name)] = self.int(val, f"{key}.linear.{name}")
+        prov = raw.get("provenance", {})
+        if isinstance(prov, dict):
+            p.provenance = {_text(k2): _text(v) for k2, v in prov.items()}
+        return p
+
+
+def _text(value: Any) -> str:
+    """Free text from a file as it may be printed: one line of printable characters, bounded."""
+    return one_line(str(value) if not isinstance(value, str) else value)[:MAX_TEXT]
+
+
+def _short(value: Any, n: int = 24) -> str:
+    s = str(value)
+    return s if len(s) <= n else s[:n - 3] + "..."
+
+
+def snapshot_from_json(data: Any, source: str = "<snapshot>") -> Snapshot:
+    """Build a Snapshot from parsed JSON; InputError names the key of any problem."""
+    r = _Reader(source)
+    data = r.obj(data, "(top)")
+    if data.get("format") != FORMAT:
+        raise r.fail("format", f"not a vmxdbg snapshot (format is {data.get('format')!r}, expected {FORMAT!r})")
+    version = data.get("version")
+    if isinstance(version, bool) or not isinstance(version, (int, str)):
+        raise r.fail("version", "missing or not a number")
+    major = str(version).split(".")[0]
+    if major != str(VERSION):
+        raise r.fail("version", f"version {version} is not supported (this vmxdbg reads version {VERSION})")
+    snap = Snapshot(source=_text(data.get("source", "")))
+    for cpu_s, raw in r.obj(data.get("processors", {}), "processors").items():
+        cpu = int(cpu_s) if _DECIMAL.fullmatch(str(cpu_s)) else r.int(cpu_s, "processors")
+        if cpu > MAX_CPU:
+            raise r.fail(f"processors.{_short(cpu_s)}", f"processor number out of range (at most {MAX_CPU})")
+        r.put(snap.processors, cpu, r.processor(raw, f"processors.{cpu_s}"), "processors", cpu_s)
+    for addr_s, hexbytes in r.obj(data.get("memory", {}), "memory").items():
+        addr = r.int(addr_s, f"memory.{addr_s}", "physical address")
+        if not isinstance(hexbytes, str):
+            raise r.fail(f"memory.{addr_s}", "expected a string of hex bytes")
+        try:
+            snap.memory.add(addr, bytes.fromhex(hexbytes.replace(" ", "")))
+        except ValueError:
+            raise r.fail(f"memory.{addr_s}", "not a string of hex bytes") from None
+    return snap
+
+
+def load_snapshot(path: Union[str, os.PathLike]) -> Snapshot:
+    """Read a `*.vmxsnap.json` file; InputError names the file and key on any problem."""
+    p = Path(path)
+    data = read_json_file(p, "snapshot", MAX_FILE_BYTES)
+    return snapshot_from_json(data, source=str(p))
+
+
+# ---------------------------------------------------------------- JSON writing
+
+def _processor_json(p: Processor) -> dict:
+    out: Dict[str, Any] = {}
+    if p.cpuid:
+        out["cpuid"] = {(hexs(leaf) if sub == 0 else f"{hexs(leaf)}.{sub:x}"): [hexs(v) for v in regs]
+                        for (leaf, sub), regs in sorted(p.cpuid.items())}
+    if p.msr:
+        out["msr"] = {hexs(k): hexs(v) for k, v in sorted(p.msr.items())}
+    regs: Dict[str, Any] = {k: hexs(v) for k, v in sorted(p.registers.items())}
+    for name, seg in p.segments.items():
+        regs[name] = {part: hexs(getattr(seg, part)) for part in SEGMENT_PARTS if getattr(seg, part) is not None}
+    for name, tab in p.tables.items():
+        regs[name] = {part: hexs(getattr(tab, part)) for part in TABLE_PARTS if getattr(tab, part) is not None}
+    if regs:
+        out["registers"] = regs
+    if p.state:
+        out["state"] = dict(p.state)
+    for name in ("vmxon_pointer", "vmcs_pointer"):
+        if getattr(p, name) is not None:
+            out[name] = hexs(getattr(p, name))
+    if p.vmcs_launch_state is not None:
+        out["vmcs_launch_state"] = p.vmcs_launch_state
+    if p.vmcs:
+        out["vmcs"] = {f"0x{k:04x}": hexs(v) for k, v in sorted(p.vmcs.items())}
+    if p.operands:
+        out["operands"] = {k: hexs(v) for k, v in sorted(p.operands.items())}
+    if p.linear:
+        out["linear"] = {k: hexs(v) for k, v in sorted(p.linear.items())}
+    if p.provenance:
+        out["provenance"] = dict(sorted(p.provenance.items()))
+    return out
+
+
+def snapshot_to_json(snap: Snapshot) -> dict:
+    """The JSON tree of DESIGN.md's snapshot format."""
+    return {
+        "format": FORMAT, "version": VERSION, "source": snap.source,
+        "processors": {str(cpu): _processor_json(p) for cpu, p in sorted(snap.processors.items())},
+        "memory": {hexs(a): b.hex() for a, b in snap.memory.ranges()},
+    }
+
+
+def save_snapshot(snap: Snapshot, path: Union[str, os.PathLike]) -> None:
+    """Write `snap` as JSON (atomically: a temp file renamed into place); InputError names
+    the file when it cannot be written, and no temp file is left behind."""
+    p = Path(path)
+    refuse_special_output(p, "snapshot")
+    tmp = p.with_name(p.name + ".tmp")
+    text = json.dumps(snapshot_to_json(snap), indent=1) + "\n"
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, p)
+    except OSError as exc:   # no such directory, a directory of that name, no permission, disk full
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise InputError(f"cannot write the snapshot: {exc.strerror or exc}", source=str(p)) from None
+
+
+def looks_like_snapshot(head: bytes) -> bool:
+    """Cheap content probe used to recognise a snapshot file."""
+    return b'"vmxdbg-snapshot"' in head[:4096]
+
+
+def input_keys(p: Processor) -> List[str]:
+    """Every input key (DESIGN.md vocabulary) this processor has a value for."""
+    keys = [f"msr:{hexs(i)}" for i in p.msr] + [f"reg:{r}" for r in p.registers]
+    keys += [f"reg:{s}" for s in p.segments] + [f"reg:{t}" for t in p.tables]
+    keys += [f"vmcs:0x{e:04x}" for e in p.vmcs] + [f"state:{s}" for s in p.state]
+    keys += [f"cpuid:{hexs(leaf)}" for leaf, _ in p.cpuid]
+    return keys
+
+
+def load_for_check(path: Path, options: Dict[str, Any]) -> Snapshot:
+    """sources.py loader: a snapshot file needs no options."""
+    return load_snapshot(path)

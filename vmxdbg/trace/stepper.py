@@ -1,0 +1,316 @@
+"""Step a hypervisor through its VMX instructions, core by core, on a live backend.
+
+For each VMXON / VMCLEAR / VMPTRLD / VMLAUNCH / VMRESUME found in a code range
+(decoded with iced-x86): stop there on every core, read that core's state,
+predict the outcome with the rule engine, single-step that core only, read
+what the processor actually did, and compare. A mismatch is a bug in vmxdbg
+or in the target's VMX implementation, and is shown loudly.
+
+What "actually happened" is read the architectural way, so any backend works:
+RIP after the step; RFLAGS.CF / ZF (VMfailInvalid / VMfailValid); the
+VM-instruction error field (0x4400); for VM entry, the processor's VMX mode
+and the exit-reason field (0x4402) with bit 31 (entry failure) and the exit
+qualification (0x6400); for an exception, RIP compared with the IDT gates of
+#UD (6) and #GP (13).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import iced_x86 as ix
+
+from ..backends.base import EXECUTION, Backend, StopEvent
+from ..state.assume import apply_to_processor
+from ..state.collect import collect_processor
+from .deviations import Deviation, explain, implementation_of, known_for
+from ..common.errors import BackendError, NotAvailable, VmxdbgError
+from ..report.model import Report, Verdict
+from ..rules.engine import all_rules
+from ..rules.evaluate import _cross_findings, verdict_for
+from ..state.snapshot import Processor, Snapshot
+
+MNEMONICS = {ix.Mnemonic.VMXON: "vmxon", ix.Mnemonic.VMCLEAR: "vmclear", ix.Mnemonic.VMPTRLD: "vmptrld",
+             ix.Mnemonic.VMLAUNCH: "vmlaunch", ix.Mnemonic.VMRESUME: "vmresume"}
+_REG_NAMES = {getattr(ix.Register, n): n.lower() for n in dir(ix.Register) if n.isupper()}
+_WIDE = {f"e{r}": f"r{r}" for r in ("ax", "bx", "cx", "dx", "si", "di", "sp", "bp")}
+_WIDE.update({f"r{i}d": f"r{i}" for i in range(8, 16)})
+VM_INSTRUCTION_ERROR, EXIT_REASON, EXIT_QUALIFICATION = 0x4400, 0x4402, 0x6400
+CF, ZF = 1, 1 << 6
+
+
+@dataclass
+class VmxSite:
+    """One VMX instruction in the code: its address, length and decoded form."""
+
+    address: int
+    length: int
+    instruction: str
+    decoded: ix.Instruction
+
+    @property
+    def has_memory_operand(self) -> bool:
+        return self.decoded.op_count > 0 and self.decoded.op0_kind == ix.OpKind.MEMORY
+
+
+@dataclass
+class StepResult:
+    """One stop: what was predicted, what the processor did, and whether they agree."""
+
+    cpu: int
+    instruction: str
+    address: int
+    verdict: Optional[Verdict]
+    actual: str
+    match: Optional[bool]            # None: nothing to compare (a missed stop, an unknown)
+    operand: Optional[int] = None
+    log: List[str] = field(default_factory=list)
+    note: str = ""
+    #: known deviations of the target from the SDM that explain a match of False (vmxdbg.trace.deviations)
+    deviations: List[Deviation] = field(default_factory=list)
+
+
+def find_vmx_instructions(code: bytes, base: int, bitness: int = 64) -> List[VmxSite]:
+    """Every VMX instruction vmxdbg steps through in `code` loaded at `base`."""
+    sites = []
+    for ins in ix.Decoder(bitness, code, ip=base):
+        name = MNEMONICS.get(ins.mnemonic)
+        if name:
+            sites.append(VmxSite(ins.ip, ins.len, name, ins))
+    return sites
+
+
+def operand_address(site: VmxSite, read: Callable[[str], int]) -> int:
+    """Linear address of the instruction's memory operand, from the registers `read` gives."""
+    ins = site.decoded
+
+    def reg(r: int) -> int:
+        if r == ix.Register.NONE:
+            return 0
+        name = _REG_NAMES[r]
+        return read(_WIDE.get(name, name)) & (0xFFFFFFFF if name in _WIDE else 0xFFFFFFFFFFFFFFFF)
+
+    if ins.memory_base == ix.Register.RIP or ins.memory_base == ix.Register.EIP:
+        ea = ins.memory_displacement
+    else:
+        ea = reg(ins.memory_base) + reg(ins.memory_index) * ins.memory_index_scale + ins.memory_displacement
+    seg = _REG_NAMES.get(ins.memory_segment, "")
+    if seg in ("fs", "gs"):
+        ea += read(f"{seg}.base")
+    return ea & 0xFFFFFFFFFFFFFFFF
+
+
+class Stepper:
+    """Drives a live backend through the VMX instructions at `sites`."""
+
+    def __init__(self, backend: Backend, sites: Sequence[VmxSite], *, physical: bool = False,
+                 breakpoints: bool = True, assume: Optional[Dict[str, object]] = None,
+                 log: Optional[Callable[[str], None]] = None) -> None:
+        """`breakpoints=False`: the target stops by itself at each site (a magic
+        breakpoint right before it); every stop whose RIP is a site is handled.
+        `assume`: state no debugger shows, filled where the target did not give it
+        (vmxdbg.state.assume)."""
+        if EXECUTION not in backend.capabilities():
+            raise NotAvailable("stepping needs a live target", backend=backend.name)
+        self.backend = backend
+        self.sites = {s.address: s for s in sites}
+        self.physical = physical
+        self.use_breakpoints = breakpoints
+        self.assume = dict(assume or {})
+        self.results: List[StepResult] = []
+        self.state: Dict[int, Processor] = {}   # each processor as read at its last stop
+        self._log = log or (lambda line: None)
+        self._breakpoints: List[int] = []
+        self.implementation = implementation_of(backend.describe())
+        self.known_deviations = known_for(self.implementation)
+
+    # ---------------------------------------------------------------- running
+    def run(self, *, timeout: float = 60.0, max_stops: int = 1000,
+            until: Optional[Callable[[StopEvent], bool]] = None) -> List[StepResult]:
+        """Run until the target exits, `until(event)` says so, or `max_stops`;
+        every breakpoint set here is removed on every way out."""
+        try:
+            for address in (self.sites if self.use_breakpoints else ()):
+                self._breakpoints.append(self.backend.set_breakpoint(address, physical=self.physical))
+            for _ in range(max_stops):
+                event = self.backend.go(timeout=timeout)
+                if event.kind in ("exited", "timeout"):
+                    self._log(f"target {event.kind}: {event.detail}".rstrip(": "))
+                    break
+                if event.kind == "missed":
+                    self.results.append(StepResult(event.cpu if event.cpu is not None else -1, "?",
+                                                   event.address or 0, None, "missed stop", None,
+                                                   log=list(event.log), note=event.detail or
+                                                   "the debugger did not stop where a breakpoint was set"))
+                    continue
+                if event.cpu is not None:
+                    self.handle_stop(event)
+                if until is not None and until(event):
+                    break
+        finally:
+            self.remove_breakpoints()
+        share_cross_findings(self.results)
+        return self.results
+
+    def remove_breakpoints(self) -> None:
+        """Remove every breakpoint this stepper set (errors while removing are collected, not raised twice)."""
+        errors = []
+        while self._breakpoints:
+            bp = self._breakpoints.pop()
+            try:
+                self.backend.remove_breakpoint(bp)
+            except BackendError as exc:
+                errors.append(str(exc))
+        if errors:
+            self._log("could not remove breakpoints: " + "; ".join(errors))
+
+    # ------------------------------------------------------------ one stop
+    def handle_stop(self, event: StopEvent) -> Optional[StepResult]:
+        """Predict, step and compare at a stop on a VMX instruction; other stops are ignored."""
+        cpu = event.cpu
+        assert cpu is not None
+        rip = self.backend.read_register(cpu, "rip")
+        site = self.sites.get(rip)
+        if site is None:
+            return None
+        snap, operand = self.read_state(cpu, site, magic=event.kind == "magic")
+        verdict = self.predict(snap, cpu, site.instruction)
+        step = self.backend.step(cpu)
+        actual = self.actual_outcome(cpu, site, snap.processors[cpu])
+        match = None if verdict.outcome == "unknown" and actual not in verdict.possible else actual in verdict.possible
+        result = StepResult(cpu, site.instruction, site.address, verdict, actual, match, operand,
+                            log=list(event.log) + list(step.log))
+        if match is False:
+            result.deviations = explain(snap, cpu, verdict, actual, self.known_deviations)
+        self.results.append(result)
+        return result
+
+    def read_state(self, cpu: int, site: VmxSite, magic: bool = False) -> Tuple[Snapshot, Optional[int]]:
+        """A snapshot with this processor read now and the others as last seen.
+
+        At a magic-breakpoint stop the instruction just executed was `xchg bx, bx`,
+        which blocks no events: no blocking by MOV SS or by STI."""
+        snap = Snapshot(source=f"{self.backend.name} stop on cpu {cpu} at {site.address:#x}")
+        for other, p in self.state.items():
+            if other != cpu:
+                snap.processors[other] = copy.deepcopy(p)
+        operand = None
+        if site.has_memory_operand:
+            ea = operand_address(site, lambda name: self.backend.read_register(cpu, name))
+            operand = int.from_bytes(self.backend.read_virtual(cpu, ea, 8), "little")
+        kwargs: Dict[str, object] = {}
+        if site.instruction == "vmxon":
+            kwargs["vmxon_pointer"] = operand
+        elif site.instruction in ("vmclear", "vmptrld") and operand is not None:
+            kwargs["operands"] = {site.instruction: operand}
+        p = collect_processor(self.backend, cpu, snap, **kwargs)  # type: ignore[arg-type]
+        if magic:
+            for key in ("blocking_by_mov_ss", "blocking_by_sti"):
+                if key not in p.state:
+                    p.state[key] = False
+                    p.provenance[f"state:{key}"] = "the instruction before was the magic breakpoint xchg bx, bx"
+        apply_to_processor(p, self.assume)  # type: ignore[arg-type]
+        self.state[cpu] = copy.deepcopy(p)
+        return snap, operand
+
+    @staticmethod
+    def predict(snap: Snapshot, cpu: int, instruction: str) -> Verdict:
+        rules = all_rules()
+        cross = _cross_findings(snap, [r for r in rules if r.cross])
+        return verdict_for(snap, cpu, instruction, rules, cross)
+
+    def actual_outcome(self, cpu: int, site: VmxSite, before: Processor) -> str:
+        """What the processor did, read after the single step."""
+        b = self.backend
+        rip = b.read_register(cpu, "rip")
+        rflags = b.read_register(cpu, "rflags")
+        if rip == site.address + site.length:
+            if rflags & CF:
+                return "VMfailInvalid"
+            if rflags & ZF:
+                try:
+                    return f"VMfailValid:{b.read_vmcs(cpu, VM_INSTRUCTION_ERROR)}"
+                except NotAvailable:
+                    return "VMfailValid:?"
+            return "ok"
+        if site.instruction in ("vmlaunch", "vmresume"):
+            mode = self._vmx_mode(cpu)
+            if mode == "non-root":
+                return "ok"
+            try:
+                reason = b.read_vmcs(cpu, EXIT_REASON)
+            except NotAvailable:
+                reason = None
+            if reason is not None and reason >> 31 & 1:
+                try:
+                    qual = b.read_vmcs(cpu, EXIT_QUALIFICATION)
+                except NotAvailable:
+                    qual = None
+                return f"entry-fail:{reason & 0xFFFF}:{'?' if qual is None else qual}"
+        vector = self._exception_at(cpu, rip, before)
+        return vector or f"jumped to {rip:#x}"
+
+    def _vmx_mode(self, cpu: int) -> Optional[str]:
+        try:
+            return str(self.backend.vmx_state(cpu).get("vmx"))
+        except NotAvailable:
+            return None
+
+    def _exception_at(self, cpu: int, rip: int, before: Processor) -> Optional[str]:
+        """'#UD' or '#GP' when RIP is that vector's IDT handler (64-bit gates)."""
+        idt = before.tables.get("idtr")
+        if idt is None or idt.base is None:
+            return None
+        for vector, name in ((6, "#UD"), (13, "#GP")):
+            try:
+                gate = self.backend.read_virtual(cpu, idt.base + vector * 16, 16)
+            except BackendError:
+                return None
+            handler = (int.from_bytes(gate[0:2], "little") | int.from_bytes(gate[6:8], "little") << 16
+                       | int.from_bytes(gate[8:12], "little") << 32)
+            if handler == rip:
+                return name
+        return None
+
+
+def share_cross_findings(results: Sequence[StepResult]) -> None:
+    """A finding between processors, seen at one processor's stop, is also shown on
+    the same instruction of every other processor it names (once)."""
+    for r in results:
+        if r.verdict is None:
+            continue
+        for f in r.verdict.findings:
+            if len(f.cpus) < 2:
+                continue
+            for other in results:
+                if other is r or other.verdict is None or other.cpu not in f.cpus or \
+                        other.instruction != r.instruction:
+                    continue
+                if all(g.id != f.id for g in other.verdict.findings):
+                    other.verdict.findings.append(copy.copy(f))
+
+
+def results_report(results: Iterable[StepResult]) -> Report:
+    """The trace as a report: per processor, one verdict per stop in order
+    (DESIGN.md's report format; `actual` and `address` are extra keys)."""
+    rep = Report(source="trace")
+    for r in results:
+        if r.verdict is None:
+            continue
+        rep.processors.setdefault(r.cpu, []).append(r.verdict)
+    return rep
+
+
+def mismatches(results: Iterable[StepResult]) -> List[StepResult]:
+    """Stops where the processor did something not predicted that no known deviation explains."""
+    return [r for r in results if r.match is False and not r.deviations]
+
+
+def deviations(results: Iterable[StepResult]) -> List[StepResult]:
+    """Stops a known deviation of the target from the SDM explains (shown as `deviation`)."""
+    return [r for r in results if r.match is False and r.deviations]
+
+
+__all__ = ["VmxSite", "StepResult", "Stepper", "find_vmx_instructions", "operand_address",
+           "results_report", "mismatches", "deviations", "VmxdbgError"]

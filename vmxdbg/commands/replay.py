@@ -5,13 +5,12 @@ import argparse
 from pathlib import Path
 from typing import Tuple
 
-from ..record.replay import ReplayBackend
-from ..backends.snapshot_backend import SnapshotBackend
+from ..backends.registry import for_file
 from ..console.prompt import Console
 from ..common.errors import InputError
 from ..record.recorded import collect_args
-from ..record.recording import read_recording
-from ..inputs.sources import kind_of, load_any
+from ..inputs.kdlog import KdLog, print_warnings
+from ..record.recording import Recording
 from ..console.kdcmds import KdState
 
 NAME = "replay"
@@ -28,17 +27,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def open_state(path: Path, partial: bool = False) -> Tuple[KdState, str]:
-    """A KdState over the file and a banner line describing it."""
-    kind = kind_of(path)
-    if kind == "recording":
-        rec = read_recording(path, partial=partial)
-        backend = ReplayBackend(rec, strict=False)
-        state = KdState(backend, vmxon_pointers=collect_args(rec.params, rec.path).get("vmxon_pointers", {}), source=str(path))
-        stops = backend.stop_count()
+    """A KdState over the file (the backend its content calls for) and a banner line describing it."""
+    backend, source = for_file(path, partial=partial)
+    if isinstance(source, Recording):
+        vmxon = collect_args(source.params, source.path).get("vmxon_pointers", {})
+        state = KdState(backend, vmxon_pointers=vmxon, source=str(path))
+        stops = backend.stop_count()  # type: ignore[attr-defined]
         moves = f"; {stops} recorded stops (t/p/g forward, t-/p-/g- back, !stops)" if stops else ""
-        return state, f"{rec.describe()}{moves}"
-    snap = load_any(path, {"partial": partial})
-    state = KdState(SnapshotBackend(snap), snapshot_of=lambda _state: snap, source=str(path))
+        return state, f"{source.describe()}{moves}"
+    if isinstance(source, KdLog):
+        print_warnings(source)
+    snap = source.snapshot if isinstance(source, KdLog) else source
+    state = KdState(backend, snapshot_of=lambda _state: snap, source=str(path))
+    kind = "kd log" if isinstance(source, KdLog) else "snapshot"
     return state, f"{path}: {kind}, {len(snap.processors)} processor(s), no recorded execution"
 
 

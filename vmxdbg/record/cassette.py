@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Deque, Dict, FrozenSet, Iterator, List, Optional, Tuple, Union
 
 from ..backends.base import Backend, StopEvent
+from .forwarding import forwards_ops
 from .recorder import Recorder
 from .replay import ReplayBackend, recorded_error
 from ..common.errors import VmxdbgError
@@ -38,6 +39,7 @@ class NoLiveTarget(VmxdbgError):
     """A record mode needs a live target and none was given."""
 
 
+@forwards_ops
 class _Episodes(Backend):
     """Answers from a recording (each recorded call used once), else from a live target."""
 
@@ -79,49 +81,8 @@ class _Episodes(Backend):
     def describe(self) -> Dict[str, str]:
         return {str(k): str(v) for k, v in self.recording.backend.items()}
 
-    def processors(self) -> List[int]:
-        return list(self._ask("processors", None, (), lambda b: b.processors()))
-
-    def read_register(self, cpu: int, name: str) -> int:
-        return self._ask("read_register", cpu, (name,), lambda b: b.read_register(cpu, name))
-
-    def read_registers(self, cpu: int, names: Any) -> Dict[str, int]:
-        names = tuple(names)
-        return dict(self._ask("read_registers", cpu, (names,), lambda b: b.read_registers(cpu, names)))
-
-    def read_msr(self, cpu: int, index: int) -> int:
-        return self._ask("read_msr", cpu, (index,), lambda b: b.read_msr(cpu, index))
-
-    def cpuid(self, cpu: int, leaf: int, subleaf: int = 0) -> Tuple[int, int, int, int]:
-        return self._ask("cpuid", cpu, (leaf, subleaf), lambda b: b.cpuid(cpu, leaf, subleaf))
-
-    def read_physical(self, address: int, size: int) -> bytes:
-        return self._ask("read_physical", None, (address, size), lambda b: b.read_physical(address, size))
-
-    def read_virtual(self, cpu: int, address: int, size: int) -> bytes:
-        return self._ask("read_virtual", cpu, (address, size), lambda b: b.read_virtual(cpu, address, size))
-
-    def read_vmcs(self, cpu: int, encoding: int) -> int:
-        return self._ask("read_vmcs", cpu, (encoding,), lambda b: b.read_vmcs(cpu, encoding))
-
-    def vmx_state(self, cpu: int) -> Dict[str, object]:
-        return dict(self._ask("vmx_state", cpu, (), lambda b: b.vmx_state(cpu)))
-
-    def set_breakpoint(self, address: int, physical: bool = False) -> int:
-        return self._ask("set_breakpoint", None, (address, bool(physical)),
-                         lambda b: b.set_breakpoint(address, physical))
-
-    def remove_breakpoint(self, bp: int) -> None:
-        self._ask("remove_breakpoint", None, (bp,), lambda b: b.remove_breakpoint(bp))
-
-    def go(self, timeout: float = 30.0) -> StopEvent:
-        return self._ask("go", None, (float(timeout),), lambda b: b.go(timeout))
-
-    def step(self, cpu: int) -> StopEvent:
-        return self._ask("step", cpu, (), lambda b: b.step(cpu))
-
-    def stop(self) -> None:
-        self._ask("stop", None, (), lambda b: b.stop())
+    def _forward(self, op: str, cpu: Optional[int], args: Tuple[Any, ...], call: Callable[[Backend], Any]) -> Any:
+        return self._ask(op, cpu, args, call)
 
     def close(self) -> None:
         if self._live is not None:

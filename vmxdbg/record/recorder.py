@@ -21,6 +21,7 @@ import os
 from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Tuple, Union
 
 from ..common.errors import BackendError, NotAvailable
+from .forwarding import forwards_ops
 from .recording import (RecordTooLarge, RecordingWriter, encode_call, encode_error, encode_event, encode_result,
                          new_header)
 from ..common.numbers import hexs
@@ -68,6 +69,7 @@ def probe_target(backend: Backend) -> Dict[str, Any]:
     return out
 
 
+@forwards_ops
 class Recorder(Backend):
     """Forwards every call to `backend` and records it (see the module doc)."""
 
@@ -131,52 +133,8 @@ class Recorder(Backend):
     def describe(self) -> Dict[str, str]:
         return self.inner.describe()
 
-    # ------------------------------------------------------------ queries
-    def processors(self) -> List[int]:
-        return self._call("processors", None, (), self.inner.processors)
-
-    def read_register(self, cpu: int, name: str) -> int:
-        return self._call("read_register", cpu, (name,), lambda: self.inner.read_register(cpu, name))
-
-    def read_registers(self, cpu: int, names: Iterable[str]) -> Dict[str, int]:
-        names = tuple(names)
-        return self._call("read_registers", cpu, (names,), lambda: self.inner.read_registers(cpu, names))
-
-    def read_msr(self, cpu: int, index: int) -> int:
-        return self._call("read_msr", cpu, (index,), lambda: self.inner.read_msr(cpu, index))
-
-    def cpuid(self, cpu: int, leaf: int, subleaf: int = 0) -> Tuple[int, int, int, int]:
-        return self._call("cpuid", cpu, (leaf, subleaf), lambda: self.inner.cpuid(cpu, leaf, subleaf))
-
-    def read_physical(self, address: int, size: int) -> bytes:
-        return self._call("read_physical", None, (address, size), lambda: self.inner.read_physical(address, size))
-
-    def read_virtual(self, cpu: int, address: int, size: int) -> bytes:
-        return self._call("read_virtual", cpu, (address, size),
-                          lambda: self.inner.read_virtual(cpu, address, size))
-
-    def read_vmcs(self, cpu: int, encoding: int) -> int:
-        return self._call("read_vmcs", cpu, (encoding,), lambda: self.inner.read_vmcs(cpu, encoding))
-
-    def vmx_state(self, cpu: int) -> Dict[str, object]:
-        return self._call("vmx_state", cpu, (), lambda: self.inner.vmx_state(cpu))
-
-    # ------------------------------------------------------------ execution
-    def set_breakpoint(self, address: int, physical: bool = False) -> int:
-        return self._call("set_breakpoint", None, (address, physical),
-                          lambda: self.inner.set_breakpoint(address, physical))
-
-    def remove_breakpoint(self, bp: int) -> None:
-        return self._call("remove_breakpoint", None, (bp,), lambda: self.inner.remove_breakpoint(bp))
-
-    def go(self, timeout: float = 30.0) -> StopEvent:
-        return self._call("go", None, (float(timeout),), lambda: self.inner.go(timeout))
-
-    def step(self, cpu: int) -> StopEvent:
-        return self._call("step", cpu, (), lambda: self.inner.step(cpu))
-
-    def stop(self) -> None:
-        return self._call("stop", None, (), self.inner.stop)
+    def _forward(self, op: str, cpu: Optional[int], args: Tuple[Any, ...], call: Callable[[Backend], Any]) -> Any:
+        return self._call(op, cpu, args, lambda: call(self.inner))
 
     # ------------------------------------------------------------ lifetime
     def close(self, exception: Optional[BaseException] = None) -> None:

@@ -23,6 +23,7 @@ import bisect
 from typing import Any, Dict, FrozenSet, Iterable, List, Optional, Tuple, Union
 
 from ..common.errors import BackendError, Divergence, NotAvailable, TargetGone
+from .forwarding import forwards_ops
 from .recording import EVENT_OPS, CallKey, Record, Recording, call_text, gc_paused, read_recording, record_text
 from ..state.snapshot import Memory
 from ..backends.base import Backend, StopEvent
@@ -62,6 +63,7 @@ def recorded_error(err: Dict[str, Any], default_backend: str) -> BackendError:
                what=err.get("what"))
 
 
+@forwards_ops
 class ReplayBackend(Backend):
     """A Backend answering from a Recording (see the module doc)."""
 
@@ -192,6 +194,9 @@ class ReplayBackend(Backend):
         raise NotAvailable("not in the recording" + (f" up to stop {self.position}" if self.stops else ""),
                            backend=self.name, cpu=key[1], what=call_text(*key))
 
+    def _forward(self, op: str, cpu: Optional[int], args: Tuple[Any, ...], call: Any) -> Any:
+        return self._answer(op, cpu, args)
+
     def _answer(self, op: str, cpu: Optional[int], args: Tuple[Any, ...]) -> Any:
         key = (op, cpu, args)
         r = self._strict(key) if self.strict else self._keyed(key)
@@ -282,9 +287,6 @@ class ReplayBackend(Backend):
             return sorted(cpus)
         return sorted({r.cpu for r in self._records if r.cpu is not None})
 
-    def read_register(self, cpu: int, name: str) -> int:
-        return self._answer("read_register", cpu, (name,))
-
     def read_registers(self, cpu: int, names: Iterable[str]) -> Dict[str, int]:
         names = tuple(names)
         if self.strict:
@@ -293,12 +295,6 @@ class ReplayBackend(Backend):
             except PastEnd:
                 return {}   # the contract: what cannot be read is left out
         return super().read_registers(cpu, names)
-
-    def read_msr(self, cpu: int, index: int) -> int:
-        return self._answer("read_msr", cpu, (index,))
-
-    def cpuid(self, cpu: int, leaf: int, subleaf: int = 0) -> Tuple[int, int, int, int]:
-        return self._answer("cpuid", cpu, (leaf, subleaf))
 
     def read_physical(self, address: int, size: int) -> bytes:
         if self.strict:
@@ -309,18 +305,6 @@ class ReplayBackend(Backend):
         if self.strict:
             return self._answer("read_virtual", cpu, (address, size))
         return self._memory(cpu, address, size)
-
-    def read_vmcs(self, cpu: int, encoding: int) -> int:
-        return self._answer("read_vmcs", cpu, (encoding,))
-
-    def vmx_state(self, cpu: int) -> Dict[str, object]:
-        return dict(self._answer("vmx_state", cpu, ()))
-
-    def set_breakpoint(self, address: int, physical: bool = False) -> int:
-        return self._answer("set_breakpoint", None, (address, bool(physical)))
-
-    def remove_breakpoint(self, bp: int) -> None:
-        self._answer("remove_breakpoint", None, (bp,))
 
     def go(self, timeout: float = 30.0) -> StopEvent:
         if self.strict:

@@ -72,7 +72,7 @@ def bochs_trace(*, cpus: int = 2, knobs: Sequence[str] = (), record: Optional[Pa
     with code breakpoints, which Bochs can silently miss. Processors without a
     knob must stop at every instruction in order; the backend reports a stop they
     ran past as `missed` (a debugger miss, never a guest result)."""
-    from ...backends.bochs import BochsBackend
+    from ...backends.registry import backend_class
     from ...backends.bochs_process import BochsMachine
     from ...trace.session import run_trace
 
@@ -86,7 +86,7 @@ def bochs_trace(*, cpus: int = 2, knobs: Sequence[str] = (), record: Optional[Pa
     work = Path(tempfile.mkdtemp(prefix="vmxdbg-minihv-")) if keep is None else keep
     try:
         built = build_image(work, cpus, knobs, magic)
-        backend = BochsBackend(BochsMachine(floppy=str(built["image"]), cpus=cpus, magic_break=True))
+        backend = backend_class("bochs")(BochsMachine(floppy=str(built["image"]), cpus=cpus, magic_break=True))
         try:
             symbols: Dict[str, int] = built["symbols"]  # type: ignore[assignment]
             first = backend.go(timeout=timeout)      # the image's cfg_stop: code and knobs are in memory

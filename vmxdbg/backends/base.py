@@ -20,6 +20,25 @@ Execution control (capability "execution"): breakpoints by linear or
 physical address, `go()` until a stop or a timeout, `step(cpu)` one
 instruction on one processor, `stop()`. A backend that sets breakpoints removes
 them on every exit path (close(), errors, Ctrl-C).
+
+What a failure means:
+- NotAvailable: this backend cannot answer this question here (no CPUID on a
+  kernel debugger, a VMCS field outside the recording, an MSR the target
+  refuses). The caller treats the input as unknown; it is never zero.
+- TargetGone: the target stopped answering (Bochs exited, the KD link
+  dropped); nothing more can be asked of it.
+- Divergence: a replay was asked a call the recording does not hold next.
+- Any other BackendError: the question was asked and failed (a read past
+  RAM); its message names backend, processor and address.
+
+Optional methods, with defaults here, that some backends override:
+- `read_registers`, `read_vmcs_fields`: batched reads (fewer round trips);
+- `current_processor()`: the processor the debugger has selected (WinDbg);
+- `evaluate(expression)`: a debugger expression such as `mydrv!InitVmx+0x10`;
+- `stop_count()` / `seek(k)`: the recorded stops of a replay, to move
+  through them (the replay console's t-/p-/g-).
+Recordings hold exactly the operations of `vmxdbg.record.recording.OPS`;
+the recorder, the cassette and the replay backend are written from that list.
 """
 from __future__ import annotations
 
@@ -161,6 +180,23 @@ class Backend(abc.ABC):
 
     def close(self) -> None:
         """Release the target: remove breakpoints, restore what was changed."""
+
+    # ------------------------------------------------------ optional helpers
+    def current_processor(self) -> Optional[int]:
+        """The processor the debugger has selected, where the backend knows it (else None)."""
+        return None
+
+    def evaluate(self, expression: str) -> int:
+        """The value of a debugger expression (a symbol, `module!name+0x10`)."""
+        raise self._unsupported(f"expression {expression!r}")
+
+    def stop_count(self) -> int:
+        """How many recorded stops this backend can move between (0: none, a live target)."""
+        return 0
+
+    def seek(self, k: int) -> Optional[StopEvent]:
+        """Move to just after the k-th recorded stop (0 = the start); returns its event."""
+        raise self._unsupported("moving between recorded stops")
 
     def __enter__(self) -> "Backend":
         return self

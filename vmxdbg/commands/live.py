@@ -99,8 +99,7 @@ def live_check_snapshot(args: argparse.Namespace, backend: Backend) -> Snapshot:
 
 def current_cpu(backend: Backend) -> int:
     """The processor the debugger has selected, where the backend knows it; else the first one."""
-    fn = getattr(backend, "current_processor", None)
-    cpu = fn() if callable(fn) else None
+    cpu = backend.current_processor()
     return cpu if cpu is not None else backend.processors()[0]
 
 
@@ -144,10 +143,11 @@ def address_of(backend: Backend, text: str, what: str = "address") -> int:
     try:
         return parse_int(text, what=what)
     except InputError:
-        evaluate = getattr(backend, "evaluate", None)
-        if not callable(evaluate):
-            raise
-        return int(evaluate(text))
+        try:
+            return int(backend.evaluate(text))
+        except NotAvailable:
+            raise InputError(f"{what} {text!r} is not a number, and {backend.name} does not evaluate "
+                             "debugger expressions") from None
 
 
 def add_live_trace_arguments(parser: argparse.ArgumentParser) -> None:

@@ -107,7 +107,7 @@ class KdState:
     @property
     def stops(self) -> bool:
         """True when the backend has recorded stops to move between."""
-        return bool(getattr(self.backend, "stop_count", lambda: 0)())
+        return bool(self.backend.stop_count())
 
 
 # ------------------------------------------------------------------ formatting

@@ -263,7 +263,7 @@ def test_check_options_refuse_unicode_digits_in_one_line(capsys, option):
     log = Path(__file__).parent.parent / "recordings" / "kdlogs" / "xinali-hevd-cr4.log"
     assert main(["check", str(log), *option]) == 2        # was a ValueError traceback
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith(f"vmxdbg: {option[0]} ") and "decimal" in err[-1]
+    assert err[-1].startswith(f"vmxdbg: {option[0]}") and "decimal" in err[-1]
 
 
 @pytest.mark.parametrize("width", [0, 31, 65, 255])

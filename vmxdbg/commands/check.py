@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..state.assume import apply_assumptions, parse_assumptions
 from ..common.errors import InputError
+from ..common.numbers import parse_count
 from .live import add_live_check_arguments, is_live, live_backend, live_check_snapshot
 from ..report.render import render
 from ..rules import check_snapshot
@@ -49,22 +50,13 @@ def trace_recording(path: Path, partial: bool) -> bool:
     return rec.command == "trace" and isinstance(rec.params.get("code"), dict)
 
 
-def decimal_number(text: object, option: str, what: str) -> int:
-    """A decimal number a person typed for `option` (0n prefix allowed); InputError otherwise."""
-    s = str(text).strip().lower()
-    s = s[2:] if s.startswith("0n") else s
-    if not (s.isascii() and s.isdigit()) or len(s) > 9:   # isdigit() alone takes "²", which int() refuses
-        raise InputError(f"{option} {text}: expected {what} (decimal)")
-    return int(s)
-
-
 def select_cpus(snapshot: Snapshot, cpus: object) -> list:
     """The processors asked for with --cpu (all by default); InputError for one that is not there."""
     if not cpus:
         return sorted(snapshot.processors)
     out = []
     for c in cpus:  # type: ignore[attr-defined]
-        n = decimal_number(c, "--cpu", "a processor number")
+        n = parse_count(str(c), what="--cpu")
         if n not in snapshot.processors:
             have = ", ".join(str(k) for k in sorted(snapshot.processors)) or "none"
             raise InputError(f"--cpu {c}: no such processor (the input has: {have})")
@@ -84,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         options = {"partial": args.partial}
         if args.at is not None:
-            options["at_line"] = decimal_number(args.at, "--at", "a line number")
+            options["at_line"] = parse_count(args.at, what="--at")
         snapshot = load_any(args.file, options)
         for note in options.get("notes", []):
             print(f"vmxdbg: note: {note}", file=sys.stderr)

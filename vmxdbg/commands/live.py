@@ -21,7 +21,7 @@ from ..backends.base import Backend
 from ..state.collect import collect
 from ..common.errors import BackendError, InputError, NotAvailable
 from ..state.snapshot import Snapshot
-from ..common.numbers import parse_int
+from ..common.numbers import parse_count, parse_int
 
 KEY = "backend"
 
@@ -43,8 +43,7 @@ def live_backend(args: argparse.Namespace) -> Optional[Backend]:
 
 def parse_cpu(text: object, processors: Sequence[int], option: str = "--cpu") -> int:
     """A processor number as typed (decimal unless 0x/0n), checked against the target's processors."""
-    s = str(text)
-    n = parse_int(s if s.startswith(("0x", "0n")) else f"0n{s}", what=option)
+    n = parse_count(str(text), what=option)
     if n not in processors:
         have = ", ".join(str(c) for c in processors) or "none"
         raise InputError(f"{option} {text}: no such processor (the target has: {have})")

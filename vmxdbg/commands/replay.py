@@ -7,7 +7,7 @@ from typing import Tuple
 
 from ..backends.registry import for_file
 from ..console.prompt import Console
-from ..common.errors import InputError
+from .live import parse_cpu
 from ..record.recorded import collect_args
 from ..inputs.kdlog import KdLog, print_warnings
 from ..record.recording import Recording
@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--partial", action="store_true", help="accept a recording that did not complete")
     parser.add_argument("-c", dest="commands", metavar="CMDS", default=None,
                         help="run these commands (separated by ;) and exit, as cdb -c does")
-    parser.add_argument("--cpu", type=int, default=None, metavar="N", help="start on processor N")
+    parser.add_argument("--cpu", default=None, metavar="N", help="start on processor N")
     parser.add_argument("--history", metavar="FILE", default=None, help="keep the command history in FILE")
 
 
@@ -46,10 +46,7 @@ def open_state(path: Path, partial: bool = False) -> Tuple[KdState, str]:
 def run(args: argparse.Namespace) -> int:
     state, banner = open_state(args.file, args.partial)
     if args.cpu is not None:
-        cpus = state.backend.processors()
-        if args.cpu not in cpus:
-            raise InputError(f"--cpu {args.cpu}: no such processor (the input has: {', '.join(map(str, cpus))})")
-        state.cpu = args.cpu
+        state.cpu = parse_cpu(args.cpu, state.backend.processors())
     if args.commands is not None:
         return Console(state).run_script(c for c in args.commands.split(";") if c.strip())
     console = Console(state, history_file=args.history, banner=f"{banner}\ntype help for the commands, q to quit")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..state.snapshot import save_snapshot
 from ..inputs.sources import load_any
-from ..common.numbers import parse_int
+from ..common.numbers import parse_count
 
 NAME = "snapshot"
 HELP = "export what was understood of a kd log, recording or snapshot as a *.vmxsnap.json"
@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     options = {"partial": args.partial}
     if args.at is not None:
-        options["at_line"] = parse_int(f"0n{args.at}" if str(args.at).isdigit() else args.at, what="--at")
+        options["at_line"] = parse_count(args.at, what="--at")
     snapshot = load_any(args.file, options)
     save_snapshot(snapshot, args.output)
     cpus = ", ".join(str(c) for c in sorted(snapshot.processors)) or "none"

@@ -29,7 +29,7 @@ from ..report.model import Report, report_to_json
 from ..rules import check_snapshot
 from ..state.snapshot import Snapshot
 from ..inputs.sources import load_any
-from ..common.numbers import hexs, parse_int
+from ..common.numbers import hexs, parse_count, parse_int
 
 NAME = "vmcs"
 HELP = "decode a VMCS (or VMXON) region from memory by its revision id, then run the VM-entry checks on it"
@@ -156,7 +156,7 @@ def checked_snapshot(snapshot: Snapshot, region: Region, cpu: int) -> Snapshot:
 def pick_cpu(snapshot: Snapshot, region: Region, asked: Optional[str]) -> Optional[int]:
     """--cpu, else the processor whose current VMCS (or VMPTRLD operand) this is, else the only one."""
     if asked is not None:
-        n = parse_int(asked if str(asked).startswith(("0x", "0n")) else f"0n{asked}", what="--cpu")
+        n = parse_count(asked, what="--cpu")
         if n not in snapshot.processors:
             have = ", ".join(str(k) for k in sorted(snapshot.processors)) or "none"
             raise InputError(f"--cpu {asked}: no such processor (the input has: {have})")

@@ -1,9 +1,15 @@
 """Integers as people type them and as WinDbg prints them.
 
-Accepted: `0x1F`, `1f` (bare hex, as `rdmsr` and `r` print it),
-`00da0400`00000004` (backtick between the 32-bit halves), `0n123` (decimal),
-`0y101` (binary), and JSON ints. Everything parsed is hex unless marked decimal,
-the WinDbg default radix.
+Two kinds of number, one parser each, used by every option, console command
+and file reader:
+
+- a value (`parse_int`): an address, a register, an MSR or a field. Accepted:
+  `0x1F`, `1f` (bare hex, as `rdmsr` and `r` print it), `00da0400`00000004`
+  (backtick between the 32-bit halves), `0n123` (decimal), `0y101` (binary),
+  and JSON ints. Bare digits are hex, WinDbg's default radix.
+- a count (`parse_count`): a processor number, a line number, a stop number.
+  Bare digits are decimal, as in WinDbg's `~1s` and an editor's line numbers;
+  `0x10` is hex and `0n16` decimal, as for values.
 """
 from __future__ import annotations
 
@@ -41,6 +47,18 @@ def parse_int(text: Union[str, int], *, what: str = "value") -> int:
         if m:
             return int(m.group(1), 16)
     raise InputError(f"{what}: {_shown(text)} is not a hex number (forms: 0x1f, 1f, 00000000`0000001f, 0n31)")
+
+
+def parse_count(text: Union[str, int], *, what: str = "number") -> int:
+    """A processor, line or stop number as typed: decimal unless it says 0x (or 0n, 0y)."""
+    if isinstance(text, str) and _DEC.fullmatch(text.strip()):
+        digits = text.strip()
+        if len(digits) > 10:
+            raise InputError(f"{what}: {_shown(text)} is too large")
+        return int(digits, 10)
+    if isinstance(text, str) and not text.strip().lower().startswith(("0x", "0n", "0y")):
+        raise InputError(f"{what}: {_shown(text)} is not a number (decimal, or 0x1f for hex)")
+    return parse_int(text, what=what)
 
 
 def _shown(text: str, limit: int = 40) -> str:

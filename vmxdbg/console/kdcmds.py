@@ -25,7 +25,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from ..backends.base import SEGMENT_NAMES, TABLE_NAMES, Backend, StopEvent
 from ..common.errors import BackendError, InputError, NotAvailable, VmxdbgError, one_line
 from ..state.snapshot import Snapshot
-from ..common.numbers import parse_int, windbg_hex
+from ..common.numbers import parse_count, parse_int, windbg_hex
 
 GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rip", "rsp", "rbp",
         "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
@@ -316,7 +316,7 @@ def cmd_vmxcheck(state: KdState, args: List[str]) -> List[str]:
         return rule_doc(rest[1])
     cpus: Optional[List[int]] = None
     if rest[:1] == ["cpu"] and len(rest) == 2:
-        cpus = [_int(f"0n{rest[1]}" if rest[1].isdigit() else rest[1], "processor")]
+        cpus = [parse_count(rest[1], what="processor")]
     elif rest:
         raise InputError("usage: !vmxcheck [-v] [cpu N] [rule ID]")
     snap = state.snapshot()
@@ -391,7 +391,7 @@ def _not_a_step(state: KdState, ev: StopEvent) -> bool:
 def cmd_tt(state: KdState, args: List[str]) -> List[str]:
     if len(args) != 1:
         raise InputError("usage: !tt N (a stop number; 0 is the start)")
-    k = _int(f"0n{args[0]}" if args[0].isdigit() else args[0], "stop")
+    k = parse_count(args[0], what="stop")
     total = state.backend.stop_count()  # type: ignore[attr-defined]
     if k > total:
         raise InputError(f"!tt {args[0]}: the recording has stops 0 to {total}")

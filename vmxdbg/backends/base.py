@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from typing import Dict, FrozenSet, Iterable, List, Optional, Tuple
 
 from ..common.errors import NotAvailable
+from ..common.statekeys import SEGMENTS, TABLES
 
 # capability names
 REGISTERS = "registers"
@@ -58,8 +59,8 @@ VMCS = "vmcs"
 VMX_STATE = "vmx-state"
 EXECUTION = "execution"
 
-SEGMENT_NAMES = ("es", "cs", "ss", "ds", "fs", "gs", "ldtr", "tr")
-TABLE_NAMES = ("gdtr", "idtr")
+SEGMENT_NAMES = SEGMENTS
+TABLE_NAMES = TABLES
 
 
 @dataclass

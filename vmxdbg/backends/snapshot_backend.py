@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Dict, FrozenSet, List, Tuple
 
+from ..common.statekeys import LAUNCH_STATE, VMX_POINTERS
 from ..common.errors import NotAvailable
 from ..state.snapshot import Snapshot
 from .base import CPUID, MSR, PHYSICAL, REGISTERS, VMCS, VMX_STATE, Backend
@@ -75,7 +76,7 @@ class SnapshotBackend(Backend):
         out: Dict[str, object] = {}
         if "vmx" in p.state:
             out["vmx"] = p.state["vmx"]
-        for k in ("vmxon_pointer", "vmcs_pointer", "vmcs_launch_state"):
+        for k in VMX_POINTERS + (LAUNCH_STATE,):
             if getattr(p, k) is not None:
                 out[k] = getattr(p, k)
         return out

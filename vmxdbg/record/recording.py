@@ -35,6 +35,7 @@ from typing import Any, Callable, Dict, IO, Iterator, List, Optional, Tuple, Uni
 
 from .. import __version__
 from ..backends.base import StopEvent
+from ..common.statekeys import BOOL_STATES
 from ..common.errors import InputError, one_line, refuse_special_output
 from ..common.numbers import hexs, parse_int
 
@@ -146,7 +147,7 @@ def _dec_int_map(v: Any, key: str) -> Dict[str, int]:
     return {str(k): _dec_int(x, f"{key}.{k}") for k, x in _dec_obj(v, key).items()}
 
 
-_STATE_FLAGS = ("a20m", "smm", "smx", "blocking_by_mov_ss", "blocking_by_sti")
+_STATE_FLAGS = BOOL_STATES
 
 
 def _enc_vmx_state(v: Dict[str, object]) -> Dict[str, Any]:

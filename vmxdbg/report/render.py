@@ -4,6 +4,7 @@ from __future__ import annotations
 import html
 from typing import Dict, List, Optional, Sequence
 
+from ..common.statekeys import STATES
 from .model import Finding, Report, Verdict, dumps_report
 from ..state.snapshot import Processor, Snapshot
 from ..common.numbers import hexs
@@ -128,7 +129,7 @@ def cross_lines(report: Report) -> List[str]:
 
 
 MAX_MISSING = 8
-ASSUMABLE = ("vmx", "cpl", "a20m", "smm", "smx", "blocking_by_mov_ss", "blocking_by_sti")
+ASSUMABLE = STATES
 
 
 def how_to_read(key: str) -> str:

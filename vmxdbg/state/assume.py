@@ -11,10 +11,11 @@ from __future__ import annotations
 from typing import Dict, Iterable, Union
 
 from ..common.errors import InputError
-from .snapshot import BOOL_STATES, VMX_MODES, Processor, Snapshot
+from ..common.statekeys import BOOL_STATES, STATES, VMX_MODES
+from .snapshot import Processor, Snapshot
 
 Value = Union[bool, int, str]
-KEYS = ("vmx", "cpl") + BOOL_STATES
+KEYS = STATES
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Dict, Iterable, List, Optional
 
 from ..backends.base import CPUID, MSR, PHYSICAL, REGISTERS, SEGMENT_NAMES, TABLE_NAMES, VMCS, VMX_STATE, Backend
+from ..common.statekeys import LAUNCH_STATE, STATES
 from ..common.errors import NotAvailable
 from .memtype import FIXED_4K, FIXED_16K, FIXED_64K, MTRR_DEF_TYPE, MTRRCAP
 from .snapshot import NO_VMCS, Processor, Segment, Snapshot, Table
@@ -123,10 +124,10 @@ def collect_processor(backend: Backend, cpu: int, snap: Snapshot,
             p.registers["efer"] = p.msr[0xC0000080]
     if VMX_STATE in caps:
         st = _try(backend.vmx_state, cpu) or {}
-        for key in ("vmx", "cpl", "a20m", "smm", "smx", "blocking_by_mov_ss", "blocking_by_sti"):
+        for key in STATES:
             if st.get(key) is not None:
                 p.state[key] = st[key]
-        for k in ("vmcs_pointer", "vmcs_launch_state"):
+        for k in ("vmcs_pointer", LAUNCH_STATE):
             if st.get(k) is not None:
                 setattr(p, k, st[k])
         if st.get("vmx") in ("root", "non-root") and st.get("vmxon_pointer") is not None and vmxon_pointer is None:

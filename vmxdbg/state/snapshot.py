@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
+from ..common.statekeys import (BOOL_STATES, LAUNCH_STATES, NO_VMCS, SEGMENT_PARTS, SEGMENTS,  # noqa: F401
+                                  TABLE_PARTS, TABLES, VMX_MODES)
 from ..common.errors import InputError, one_line, refuse_special_output
 from ..common.jsonfile import read_json_file
 from ..common.numbers import hexs, parse_int
@@ -22,14 +24,6 @@ FORMAT = "vmxdbg-snapshot"
 VERSION = 1
 MAX_FILE_BYTES = 256 * 1024 * 1024
 
-SEGMENTS = ("es", "cs", "ss", "ds", "fs", "gs", "ldtr", "tr")
-TABLES = ("gdtr", "idtr")
-SEGMENT_PARTS = ("selector", "base", "limit", "attributes")
-TABLE_PARTS = ("base", "limit")
-BOOL_STATES = ("a20m", "smm", "smx", "blocking_by_mov_ss", "blocking_by_sti")
-VMX_MODES = ("off", "root", "non-root")
-LAUNCH_STATES = ("clear", "launched")
-NO_VMCS = 0xFFFFFFFFFFFFFFFF
 MAX_CPU = 0xFFFFFFFF
 MAX_TEXT = 4096                  # characters kept of a free-text value (source, provenance)
 _DECIMAL = re.compile(r"[0-9]{1,10}")   # a processor number as a JSON key (ASCII, bounded)

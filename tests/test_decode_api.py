@@ -95,3 +95,10 @@ def test_controls_api() -> None:
 
 def test_loaded_once() -> None:
     assert defs.definitions() is defs.definitions()
+
+
+def test_a_region_header_is_read_by_name_from_structs():
+    from vmxdbg.decode.header import basic_revision, first_dword, revision_id, shadow_bit
+    dword = first_dword(bytes.fromhex("2b000080") + b"\0" * 4)
+    assert dword == 0x8000002B and revision_id(dword) == 0x2B and shadow_bit(dword)
+    assert not shadow_bit(0x2B) and basic_revision(0x00DA040000000004) == 4

@@ -307,6 +307,7 @@ class BochsBackend(Backend):
     def _current_vmcs(self, cpu: int) -> Tuple[Dict[int, int], Dict[str, int]]:
         """The current VMCS's fields and extras, read from its region in Bochs' own
         memory layout (structs/vmcs_layouts/bochs.yaml) in one read per stop."""
+        from ..decode.header import first_dword, revision_id
         from ..decode.layouts import layout_for_revision
 
         def fetch() -> Tuple[Dict[int, int], Dict[str, int]]:
@@ -314,7 +315,7 @@ class BochsBackend(Backend):
             ptr = st.get("vmcs_pointer")
             if st.get("vmx") == "off" or not isinstance(ptr, int) or ptr == 0xFFFFFFFFFFFFFFFF:
                 raise NotAvailable("no current VMCS", backend=NAME, cpu=cpu, what="VMCS fields")
-            revision = int.from_bytes(self.read_physical(ptr, 4), "little") & 0x7FFFFFFF
+            revision = revision_id(first_dword(self.read_physical(ptr, 4)))
             layout = layout_for_revision(revision)
             if layout is None:
                 raise NotAvailable(f"no VMCS layout for revision id 0x{revision:x}", backend=NAME, cpu=cpu,

@@ -25,6 +25,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 import yaml
 from construct import Bytes, ExprAdapter, Int16ul, Int32ul, Int64ul, Struct
 
+from . import header
 from ..common.errors import DefinitionError, InputError
 from ..common.numbers import parse_int
 from .loader import default_directory, load_yaml, read_yaml_text
@@ -385,7 +386,8 @@ def known_layouts() -> List[Layout]:
 
 def layout_for_revision(revision_id: int) -> Optional[Layout]:
     """The layout of VMCS revision `revision_id` (bits 30:0), or None when none is known."""
-    return next((lay for lay in known_layouts() if lay.revision_id == revision_id & 0x7FFFFFFF), None)
+    wanted = header.revision_id(revision_id)
+    return next((lay for lay in known_layouts() if lay.revision_id == wanted), None)
 
 
 def find_layout(name_or_path: str) -> Layout:

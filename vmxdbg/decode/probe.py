@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from ..common.errors import InputError
+from .header import first_dword, revision_id
 from .layouts import DEFAULT_SIZE, MAX_REGION, TRANSFORMS, Layout, Slot, field_width
 
 MAGIC = "vmxprobe "
@@ -92,7 +93,7 @@ def parse_dump(raw: bytes, source: str = "<dump>", stream: Optional[str] = None)
                          f"'{MAGIC.strip()}' lines)", source=source)
     if len(raw) > MAX_REGION:
         raise InputError(f"{len(raw)} bytes: a VMCS region has at most {MAX_REGION}", source=source)
-    return Dump(bytes(raw), int.from_bytes(raw[:4], "little") & 0x7FFFFFFF, None, source)
+    return Dump(bytes(raw), revision_id(first_dword(raw)), None, source)
 
 
 def parse_blocks(text: str, source: str) -> List[Dump]:
@@ -153,7 +154,7 @@ def _finish(cur: Dict[str, object], source: str) -> Dump:
         gap = have.index(0)
         raise InputError(f"probe block has no bytes at region offset 0x{gap:x}", source=source,
                          line=cur["line"])  # type: ignore[arg-type]
-    return Dump(bytes(buf), int(cur["revision"]) & 0x7FFFFFFF, dict(cur["failed"]), source,  # type: ignore[arg-type]
+    return Dump(bytes(buf), revision_id(int(cur["revision"])), dict(cur["failed"]), source,  # type: ignore[arg-type]
                 begin_line=int(cur["line"]))  # type: ignore[call-overload]
 
 

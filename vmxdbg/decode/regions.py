@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
+from .header import basic_revision, first_dword, revision_id, shadow_bit
 from .layouts import Layout, layout_for_revision
 from ..common.errors import BackendError
 from ..state.snapshot import NO_VMCS, Snapshot
@@ -87,11 +88,11 @@ class Region:
 
     @property
     def revision_id(self) -> Optional[int]:
-        return None if self.dword0 is None else self.dword0 & 0x7FFFFFFF
+        return None if self.dword0 is None else revision_id(self.dword0)
 
     @property
     def bit31(self) -> Optional[bool]:
-        return None if self.dword0 is None else bool(self.dword0 >> 31)
+        return None if self.dword0 is None else shadow_bit(self.dword0)
 
     def launch_state(self) -> Optional[str]:
         """"clear"/"launched" from the layout's launch_state extra, when the layout has one."""
@@ -127,7 +128,7 @@ def _expected_revision(snapshot: Optional[Snapshot], refs: List[Reference]) -> O
     for cpu in cpus:
         basic = snapshot.processors[cpu].msr.get(IA32_VMX_BASIC)
         if basic is not None:
-            return basic & 0x7FFFFFFF
+            return basic_revision(basic)
     return None
 
 
@@ -181,7 +182,7 @@ def inspect(address: int, read: Reader, *, asked: str = "vmcs", snapshot: Option
         r.notes.append(Note("info", f"the memory at 0x{address:x} is not known (not in the snapshot, or the "
                                     "backend cannot read it): nothing can be decoded"))
         return r
-    r.dword0 = int.from_bytes(head[:4], "little")
+    r.dword0 = first_dword(head)
     if len(head) >= 8:
         r.abort = int.from_bytes(head[4:8], "little")
     rev = r.revision_id

@@ -47,6 +47,7 @@ def describe(r: Rule) -> str:
              + (f"; status {r.status}" if r.status != "fail" else "")]
     if r.catalog:
         lines.append(f"  catalog: {', '.join(r.catalog)}")
+    lines.append(f"  defined in: {r.where}")
     lines += _para("What it checks:", r.checks) + _para("When it is broken:", r.broken) + _para("Fix:", r.fix)
     return "\n".join(lines) + "\n"
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 from ..common.numbers import bits_of, hexs
 from .bits import physical_width
 from .engine import SKIP, Context, Example, Tier, Violation, bad, good, rule
-from .entry_tables import BASELINE, controls_patch, field_patch, table
+from .entry_tables import BASELINE, controls_patch, field_patch, table, table_row
 from .vmcsctl import (ACTIVATED_BY, bit, control_def, control_label, is_active, label, on, qualified, raw, read,
                       shown, words)
 
@@ -125,7 +125,7 @@ def _register_allowed(row: Dict[str, Any]) -> None:
     activation = ""
     if control in ACTIVATED_BY:
         activation = f" Checked only when {control_label(*ACTIVATED_BY[control])} is 1; otherwise skipped."
-    ctl(id=row["id"], slug=f"ctl-allowed-{control.replace('_', '-')}",
+    ctl(id=row["id"], defined_in=table_row("allowed_settings", row), slug=f"ctl-allowed-{control.replace('_', '-')}",
         title=f"{label(cd.vmcs)}: every bit must be an allowed setting",
         sdm=f"{sdm(row['sdm'])}; Vol.3D Appendix A {ED}", catalog=row["catalog"],
         checks=(f"Each bit of {label(cd.vmcs)} against {msr_name(cd.capability_msr)}{true_note}: "
@@ -165,7 +165,7 @@ def _register_address(row: Dict[str, Any]) -> None:
     field, guard, align = row["field"], row["guard"], row["align"]
     g = qualified(guard)
     good_addr = 0x1A2B8000 if align >= 4096 else 0x1A2B8040
-    ctl(id=row["id"], slug=f"ctl-address-{field.lower().replace('_', '-')}",
+    ctl(id=row["id"], defined_in=table_row("control_addresses", row), slug=f"ctl-address-{field.lower().replace('_', '-')}",
         title=f"{label(field)} must be {align}-byte aligned and within the physical-address width",
         sdm=sdm(row.get("sdm", "27.2.1.1 VM-Execution Control Fields")), catalog=row["catalog"],
         checks=(f"If {control_label(*g)} is 1: bits {align.bit_length() - 2}:0 of {label(field)} are 0 and no "
@@ -198,7 +198,7 @@ def dependency(ctx: Context, if_: str, then: str, must: int) -> object:
 def _register_dependency(row: Dict[str, Any]) -> None:
     if_, then, must = row["if"], row["then"], row["must"]
     ic, tc = qualified(if_), qualified(then)
-    ctl(id=row["id"], slug=f"ctl-{ic[1].replace('_', '-')}-{'needs' if must else 'excludes'}-{tc[1].replace('_', '-')}",
+    ctl(id=row["id"], defined_in=table_row("control_dependencies", row), slug=f"ctl-{ic[1].replace('_', '-')}-{'needs' if must else 'excludes'}-{tc[1].replace('_', '-')}",
         title=f'"{words(ic[1])}" {"requires" if must else "excludes"} "{words(tc[1])}"',
         sdm=sdm(row.get("sdm", "27.2.1.1 VM-Execution Control Fields")), catalog=row["catalog"],
         checks=f"If {control_label(*ic)} is 1, {control_label(*tc)} must be {must}.",
@@ -517,7 +517,7 @@ _AREAS = (
 )
 
 for _id, _slug, _count, _addr, _sdm, _cat in _AREAS:
-    ctl(id=_id, slug=f"ctl-{_slug}-area", title=f"{label(_addr)}: aligned, and the whole area within the address width",
+    ctl(id=_id, defined_in="vmxdbg/rules/controls.py, _AREAS and msr_area()", slug=f"ctl-{_slug}-area", title=f"{label(_addr)}: aligned, and the whole area within the address width",
         sdm=_sdm, catalog=_cat,
         checks=(f"If {label(_count)} is not 0: bits 3:0 of {label(_addr)} are 0, and neither the address nor the "
                 "area's last byte (address + 16 * count - 1) sets a bit at or above the physical-address width."),

@@ -57,6 +57,7 @@ def render_rules() -> str:
                       f"outcome when broken: `{r.outcome}`" + (f"; status `{r.status}`" if r.status != "fail" else "")]
             if r.catalog:
                 lines.append(f"- Catalog: {', '.join(r.catalog)}")
+            lines.append(f"- Defined in: `{r.where}`")
             lines += ["", f"*What it checks.* {r.checks}", "", f"*When it is broken.* {r.broken}", "",
                       f"*How to fix it.* {r.fix}", "", "*Examples.*", ""] + _examples(r) + [""]
     return "\n".join(lines)

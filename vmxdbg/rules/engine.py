@@ -120,6 +120,13 @@ class Rule:
     status: str = "fail"  # "advice" rules never change the outcome
     cross: bool = False   # a cross-processor rule: check(ctx) sees every processor
     order: int = 0
+    defined_in: str = ""  # a structs/ table row, for a rule made from one (else see `where`)
+
+    @property
+    def where(self) -> str:
+        """Where the rule is defined: its structs/ table row, or its check's module and function."""
+        fn = self.check
+        return self.defined_in or f"{fn.__module__.replace('.', '/')}.py, {fn.__name__}()"
 
 
 _RULES: Dict[str, Rule] = {}
@@ -129,9 +136,10 @@ _ID = re.compile(r"^[A-Z]+[0-9]{3,4}$")
 
 def rule(*, id: str, slug: str, title: str, sdm: str, instructions: Iterable[str], tier: int,
          outcome: str, checks: str, broken: str, fix: str, examples: Sequence[Example],
-         catalog: Iterable[str] = (), status: str = "fail", cross: bool = False
-         ) -> Callable[[Callable[["Context"], CheckResult]], Callable[["Context"], CheckResult]]:
-    """Register a rule. Duplicate ids or slugs fail at import."""
+         catalog: Iterable[str] = (), status: str = "fail", cross: bool = False,
+         defined_in: Optional[str] = None) -> Callable[[Callable[["Context"], CheckResult]], Callable[["Context"], CheckResult]]:
+    """Register a rule. Duplicate ids or slugs fail at import. `defined_in` names the
+    structs/ table row a generated rule comes from (default: the check's module and function)."""
     def deco(fn: Callable[["Context"], CheckResult]) -> Callable[["Context"], CheckResult]:
         if not _ID.match(id):
             raise ValueError(f"rule id {id!r} must look like VMXON001")
@@ -149,7 +157,7 @@ def rule(*, id: str, slug: str, title: str, sdm: str, instructions: Iterable[str
             raise ValueError(f"rule {id}: needs a failing and a passing example")
         _RULES[id] = Rule(id, slug, title, sdm, insns, tier, outcome, fn, checks.strip(),
                           broken.strip(), fix.strip(), list(examples), tuple(catalog), status,
-                          cross, len(_RULES))
+                          cross, len(_RULES), defined_in or "")
         _SLUGS[slug] = id
         return fn
     return deco

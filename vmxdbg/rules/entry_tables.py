@@ -29,6 +29,11 @@ _SECTIONS: Dict[str, Tuple[Tuple[str, ...], Tuple[str, ...]]] = {
 }
 
 
+def table_row(section: str, row: Dict[str, Any]) -> str:
+    """Where a rule made from a row of this table is defined (for its documentation)."""
+    return f"structs/{FILE}, {section}, id {row['id']}"
+
+
 def _path() -> Path:
     from ..decode.loader import default_directory
     return default_directory() / FILE
@@ -128,4 +133,4 @@ def field_patch(field: str, value: int) -> Dict[str, str]:
     return {f"vmcs/0x{encoding(field):04x}": hex(value)}
 
 
-__all__ = ["table", "baseline_vmcs", "controls_patch", "field_patch", "BASELINE"]
+__all__ = ["table", "table_row", "baseline_vmcs", "controls_patch", "field_patch", "BASELINE"]

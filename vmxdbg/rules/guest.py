@@ -343,6 +343,8 @@ def _register_canonical(rid: str, field_name: str, msr: str, catalog: str) -> No
             return SKIP
         return _canonical_field(ctx, field_name)
 
+    check.__name__ = f"canonical_{rid.lower()}"
+
 
 _register_canonical("GUEST113", "GUEST_SYSENTER_ESP", "IA32_SYSENTER_ESP", "GUEST.SYSENTER_ESP.CANONICAL")
 _register_canonical("GUEST114", "GUEST_SYSENTER_EIP", "IA32_SYSENTER_EIP", "GUEST.SYSENTER_EIP.CANONICAL")
@@ -512,6 +514,8 @@ def _register_cet_canonical(rid: str, field_name: str, slug: str, title: str, ca
             return SKIP
         return _canonical_field(ctx, field_name)
 
+    check.__name__ = f"cet_canonical_{rid.lower()}"
+
 
 _register_cet_canonical("GUEST124", "GUEST_S_CET", "guest-s-cet-canonical", "Guest IA32_S_CET must be canonical",
                         "GUEST.CET.S_CET_CANONICAL")
@@ -612,6 +616,8 @@ def _register_fred_stack(rid: str, fields: Sequence[str], msr_name: str, first_m
             for p in msrvalues.wrmsr_problems(ctx, r, first_msr + i, ctx.vmcs(f)):
                 out.append(Violation(f"{field_label(f)}: {p}"))
         return out or None
+
+    check.__name__ = f"fred_stack_{rid.lower()}"
 
 
 _register_fred_stack("GUEST130", ("GUEST_IA32_FRED_RSP1", "GUEST_IA32_FRED_RSP2", "GUEST_IA32_FRED_RSP3"),
@@ -983,6 +989,8 @@ def _register_activity_injection(rid: str, state: int, slug: str, title: str, ca
             return Violation(f"{_event_text(ctx)} (type {ev[0]}, vector {ev[1]}) cannot be injected in the "
                              f"{ACTIVITY_NAMES[state]} state; allowed: {allowed}")
         return None
+
+    check.__name__ = f"activity_injection_{rid.lower()}"
 
 
 _register_activity_injection("GUEST504", HLT, "guest-activity-hlt-injection", "Events injected into HLT must be ones HLT allows",

@@ -431,7 +431,7 @@ def _register(row: Row) -> None:
     seg = row.reg.name.upper()
     fields = ", ".join(field_label(getattr(row.reg, p)) for p in ("selector", "base", "limit", "ar"))
 
-    @rule(id=row.id, slug=f"guest-{row.reg.name}-{row.kind.name.replace('_', '-')}", title=_fill(row.kind.title, row),
+    @rule(id=row.id, defined_in=f"structs/{FILE}, rows, id {row.id}", slug=f"guest-{row.reg.name}-{row.kind.name.replace('_', '-')}", title=_fill(row.kind.title, row),
           sdm=f"{SDM}, {row.kind.item}", instructions=ENTRY, tier=Tier.GUEST, outcome=OUTCOME,
           catalog=(row.catalog,),
           checks=f"{_fill(row.kind.checks, row)} Applies {_condition(row)}. Fields: {fields}.",

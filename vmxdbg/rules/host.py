@@ -19,7 +19,7 @@ from ..common.numbers import bits_of, hexs
 from .bits import describe_bits
 from . import msrvalues
 from .engine import SKIP, Context, Example, Missing, Tier, Violation, bad, good, rule
-from .entry_tables import BASELINE, baseline_vmcs, controls_patch, field_patch, table
+from .entry_tables import BASELINE, baseline_vmcs, controls_patch, field_patch, table, table_row
 from .vmcsctl import control_label, encoding, is_canonical, label, linear_width, on, qualified, raw, read, shown
 
 ED = "(SDM 325462-080US, 2023)"
@@ -94,7 +94,7 @@ _FIXED = (
 )
 
 for _id, _slug, _field, _reg, _msr, _name, _one, _cat, _bad, _good in _FIXED:
-    host(id=_id, slug=_slug,
+    host(id=_id, defined_in="vmxdbg/rules/host.py, _FIXED and _fixed()", slug=_slug,
          title=f"{label(_field)}: bits {'set' if _one else 'clear'} in {_name} must be {'1' if _one else '0'}",
          sdm=f"{CRS}; Vol.3C 24.8 Restrictions on VMX Operation; Vol.3D A.7-A.8 {ED}", catalog=(_cat,),
          checks=(f"({label(_field)} & {_name}) == {_name}" if _one else f"({label(_field)} & ~{_name}) == 0")
@@ -154,7 +154,7 @@ def _register_canonical(row: Dict[str, Any]) -> None:
     field, guard = row["field"], row.get("guard")
     gp = controls_patch((guard, 1)) if guard else {}
     when = f"If {control_label(*qualified(guard))} is 1: " if guard else ""
-    host(id=row["id"], slug=f"host-canonical-{field.lower().replace('_', '-')}",
+    host(id=row["id"], defined_in=table_row("host_canonical", row), slug=f"host-canonical-{field.lower().replace('_', '-')}",
          title=f"{label(field)} must be canonical",
          sdm=f"Vol.3C {row['sdm']} {ED}" if "(SDM" not in row["sdm"] else f"Vol.3C {row['sdm']}",
          catalog=row["catalog"],
@@ -186,7 +186,7 @@ def selector_rpl_ti(ctx: Context, field: str) -> object:
 def _register_selector(row: Dict[str, Any]) -> None:
     field = row["field"]
     b = base(field)
-    host(id=row["id"], slug=f"host-selector-{field.lower().replace('_', '-')}",
+    host(id=row["id"], defined_in=table_row("host_selectors", row), slug=f"host-selector-{field.lower().replace('_', '-')}",
          title=f"{label(field)}: RPL and TI must be 0", sdm=SEGS, catalog=row["catalog"],
          checks=f"Bits 2:0 of {label(field)} (TI and RPL) are 0.",
          fix="Mask the selector with ~7 (e.g. a Windows DS of 0x2b becomes 0x28).",

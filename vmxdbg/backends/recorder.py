@@ -161,6 +161,10 @@ class Recorder(Backend):
     def vmx_state(self, cpu: int) -> Dict[str, object]:
         return self._call("vmx_state", cpu, (), lambda: self.inner.vmx_state(cpu))
 
+    def known_vmx_root(self, cpu: int, why: str) -> None:
+        """Passed on, not recorded: a hint that answers nothing (a replay needs no answer)."""
+        self.inner.known_vmx_root(cpu, why)
+
     # ------------------------------------------------------------ execution
     def set_breakpoint(self, address: int, physical: bool = False) -> int:
         return self._call("set_breakpoint", None, (address, physical),

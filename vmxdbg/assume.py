@@ -14,7 +14,8 @@ from .errors import InputError
 from .snapshot import BOOL_STATES, VMX_MODES, Processor, Snapshot
 
 Value = Union[bool, int, str]
-KEYS = ("vmx", "cpl") + BOOL_STATES
+KEYS = ("vmx", "cpl", "launch") + BOOL_STATES
+LAUNCH_STATES = ("clear", "launched")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
@@ -30,6 +31,10 @@ def parse_assumptions(specs: Iterable[str]) -> Dict[str, Value]:
             if raw not in VMX_MODES:
                 raise InputError(f"--assume {spec!r}: vmx is one of {', '.join(VMX_MODES)}")
             out[key] = raw
+        elif key == "launch":    # the current VMCS's launch state (kept in the region, invisible to a debugger)
+            if raw not in LAUNCH_STATES:
+                raise InputError(f"--assume {spec!r}: launch is clear or launched")
+            out[key] = raw
         elif key == "cpl":
             if raw not in ("0", "1", "2", "3"):
                 raise InputError(f"--assume {spec!r}: cpl is 0, 1, 2 or 3")
@@ -43,6 +48,11 @@ def parse_assumptions(specs: Iterable[str]) -> Dict[str, Value]:
 
 def apply_to_processor(p: Processor, assumptions: Dict[str, Value]) -> None:
     for key, value in assumptions.items():
+        if key == "launch":
+            if p.vmcs_launch_state is None:
+                p.vmcs_launch_state = str(value)
+                p.provenance["state:vmcs_launch_state"] = f"assumed (--assume launch={value})"
+            continue
         if key not in p.state:
             p.state[key] = value
             p.provenance[f"state:{key}"] = f"assumed (--assume {key}={str(value).lower()})"

@@ -175,6 +175,8 @@ def main(argv: Optional[Sequence[str]] = None, pykd_module: Any = None) -> int:
             print("vmxdbg: interrupted; breakpoints removed", file=sys.stderr)
             code = 130
         finally:
+            for note in target.notes:
+                print(f"vmxdbg: note: {note}", file=sys.stderr)
             try:
                 target.close()
             except VmxdbgError as exc:

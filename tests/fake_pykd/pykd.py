@@ -15,6 +15,7 @@ import fake_cpu
 from fake_target import FakeTarget
 
 version = __version__ = "0.3.4.15 (fake)"
+STAND_IN = "the pykd stand-in of vmxdbg's tests (tests/fake_pykd), not a real WinDbg session"
 TARGET: Optional[FakeTarget] = None
 
 
@@ -149,6 +150,9 @@ def setReg(name: Any, value: int) -> None:
     p = t.processors[t.current]
     key = str(name).lower()
     t.writes.append(("setReg", (t.current, key, value)))
+    if t.last_event is not None and t.last_event[1] != t.current:
+        # "you cannot change anything in the non-current processors" (WinDbg, Multiprocessor Syntax)
+        raise DbgException(f"cannot set a register of processor {t.current}: the target stopped on {t.last_event[1]}")
     if key not in p.regs:
         raise DbgException(f"invalid register name {name}")
     p.regs[key] = int(value) & 0xFFFFFFFFFFFFFFFF

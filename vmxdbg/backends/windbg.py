@@ -128,6 +128,7 @@ class WinDbgBackend(Backend):
         self._bps: Dict[int, Tuple[Any, int]] = {}       # our id -> (pykd breakpoint, address)
         self._next_bp = 1
         self.writes = 0                     # target writes made (writeBytes, setReg)
+        self.notes: List[str] = []          # what the person should know that is no error (printed at the end)
         self._injector: Any = None          # windbg_inject.Injector once enable_injection() ran
         self._vmx_root: Dict[int, str] = {}              # cpu -> why it is known to be in VMX root operation
         self._batches: Dict[int, Any] = {}               # cpu -> stub.BatchResult of this stop
@@ -202,8 +203,12 @@ class WinDbgBackend(Backend):
         return frozenset(caps)
 
     def describe(self) -> Dict[str, str]:
-        return {"kind": self.name, "version": str(getattr(self.pykd, "version", "?")),
-                "debugger": "WinDbg (dbgeng) through pykd"}
+        out = {"kind": self.name, "version": str(getattr(self.pykd, "version", "?")),
+               "debugger": "WinDbg (dbgeng) through pykd"}
+        stand_in = getattr(self.pykd, "STAND_IN", None)    # only the tests' stand-in has it
+        if stand_in:
+            out["made_through"] = str(stand_in)
+        return out
 
     # ------------------------------------------------------------ processors
     def processors(self) -> List[int]:
@@ -443,8 +448,8 @@ class WinDbgBackend(Backend):
         self.reads += 1
         return int(self.pykd.reg(name))
 
-    def _queue_stop(self, run: Dict[str, Any]) -> None:
-        self._queued.append(self._stop_event(run))
+    def _queue_missed(self, run: Dict[str, Any], why: str) -> None:
+        self._queued.append(StopEvent(kind="missed", cpu=run["cpu"], address=run["rip"], detail=why))
 
     def read_physical(self, address: int, size: int) -> bytes:
         """Whole 4-KByte pages, each read once per stop: the rules ask for a region a few bytes at a

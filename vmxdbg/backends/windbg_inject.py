@@ -35,6 +35,7 @@ SCN_EXECUTE = 0x20000000
 PAGE = 0x1000
 STUB_ALIGN = 16
 RUN_TIMEOUT = 10.0
+MAX_RUNS = 8
 EFER, VMX_MISC, VMX_VMCS_ENUM = 0xC0000080, 0x485, 0x48A
 
 
@@ -168,18 +169,26 @@ class Injector:
         old_out = stack[out_lo - low:out_lo - low + batch.out_size]
         known = b._cache_of(cpu)
         self._journal = {"cpu": cpu, "site": site, "code": old_code, "out": (out_lo, old_out), "regs": regs,
-                         "written": False, "ended": False}
+                         "written": False, "ended": False, "set": []}
         try:
             self._write(cpu, site, batch.code)
             self._journal["written"] = True
+            self._journal["set"] = ["rip", "efl"]
             b._set_reg(cpu, "rip", site)
             b._set_reg(cpu, "efl", regs["efl"] & ~(TF | IF | DF | AC))
-            self.runs += 1
-            event = b._run(RUN_TIMEOUT)
+            self._journal["set"] = list(SAVED)       # the stub may change any of them
+            event = self._run_to_end(cpu, site, batch)
             self._check_end(cpu, site, batch, event)
             self._journal["ended"] = True
             raw = b.pykd_load(out_lo, batch.out_size)
             result = stub.parse_batch(batch, raw)
+            unsupported = [f for f, why in result.failed.items() if why == "VMfailValid"]
+            if unsupported and not restore_error:
+                was = result.fields.get(stub.VM_INSTRUCTION_ERROR)
+                b.notes.append(f"cpu {cpu}: VMREAD of {len(unsupported)} field(s) this processor does not support "
+                               f"left 12 in the VM-instruction error field (it was "
+                               f"{'?' if was is None else was}); IA32_VMX_MISC[29] is 0, so VMWRITE cannot put "
+                               "it back")
         finally:
             self.restore()
             b._keep_cache(cpu, known)
@@ -195,17 +204,31 @@ class Injector:
         if b.pykd_load(address, len(data)) != data:
             raise self._refuse(cpu, f"the bytes written at 0x{address:x} do not read back (HVCI/VBS?)")
 
+    def _run_to_end(self, cpu: int, site: int, batch: stub.Batch) -> Dict[str, Any]:
+        """Resume until the stub's processor stops. KD resumes every processor; one that stops first
+        (a breakpoint) cannot be left waiting, and a debugger may change only the processor that
+        stopped, so the target is resumed again (that processor runs on past its breakpoint: its
+        stop is kept as a "missed" stop for the next go()) until `cpu` stops, at most MAX_RUNS times."""
+        event: Dict[str, Any] = {}
+        for _ in range(MAX_RUNS):
+            self.runs += 1
+            event = self.b._run(RUN_TIMEOUT)
+            if event["cpu"] == cpu or event["fired"]:
+                return event
+            self.b._queue_missed(event, f"processor {event['cpu']} stopped there while vmxdbg's stub ran on "
+                                        f"processor {cpu}; it ran on past it when the stub was resumed")
+        return event
+
     def _check_end(self, cpu: int, site: int, batch: stub.Batch, event: Dict[str, Any]) -> None:
-        """The run must end at the stub's INT3 on `cpu`; otherwise say what happened (and keep the
-        other processor's stop for the next go())."""
+        """The run must end at the stub's INT3 on `cpu`; otherwise say what happened."""
         at = site + batch.int3_at
         if event["cpu"] == cpu and event["rip"] in (at, at + 1) and not event["breakpoint"]:
             return
         where = f"0x{event['rip']:x}" if event["rip"] is not None else "?"
         if event["cpu"] != cpu:
-            self.b._queue_stop(event)
-            raise self._refuse(cpu, f"processor {event['cpu']} stopped at {where} before the stub finished "
-                                    "(its stop is kept for the next go); state restored")
+            raise BackendError(f"--inject: processor {cpu} did not finish the stub at 0x{site:x} (the target "
+                               f"stopped on processor {event['cpu']} at {where}); its registers can be put back "
+                               "only when it is the processor the target stops on", backend=self.b.name, cpu=cpu)
         if event["fired"]:
             raise self._refuse(cpu, f"the stub did not finish within {RUN_TIMEOUT:g} s; state restored")
         if event["breakpoint"] and site <= (event["rip"] or 0) < site + len(batch.code):
@@ -224,9 +247,15 @@ class Injector:
         if b._gone():
             raise TargetGone(f"the target is gone during --inject: the stub at 0x{j['site']:x} and the registers "
                              f"of processor {cpu} could not be put back", backend=b.name, cpu=cpu)
+        stopped = b.event_processor()
+        if j["set"] and stopped is not None and stopped != cpu:
+            # a debugger changes only the processor that stopped (WinDbg's multiprocessor syntax)
+            raise BackendError(f"--inject: the stub at 0x{j['site']:x} is still in place and processor {cpu}'s "
+                               f"registers are not put back: the target stopped on processor {stopped}; resume "
+                               "it (g): the stub ends in INT3 on that processor", backend=b.name, cpu=cpu)
         bad = []
         b._select_now(cpu)
-        for name in SAVED:
+        for name in j["set"]:
             b._set_reg(cpu, name, j["regs"][name])
         out_lo, old_out = j["out"]
         if j["written"]:
@@ -240,7 +269,7 @@ class Injector:
             b.pykd_write(out_lo, old_out)
             if b.pykd_load(out_lo, len(old_out)) != old_out:
                 bad.append(f"stack at 0x{out_lo:x}")
-        for name in SAVED:
+        for name in j["set"]:
             if b.pykd_reg(name) != j["regs"][name]:
                 bad.append(name)
         if bad:

@@ -258,15 +258,15 @@ class Stepper:
                     return "VMfailValid:?"
             return "ok"
         if site.instruction in ("vmlaunch", "vmresume"):
-            host_rip = before.vmcs.get(0x6C16)      # HOST_RIP: a failed VM entry lands there, in root
-            guest_rip = before.vmcs.get(0x681E)     # GUEST_RIP: a VM entry that succeeded starts there
-            if host_rip is not None and rip == host_rip:
-                b.known_vmx_root(cpu, "the VM entry ended at HOST_RIP")
-            elif guest_rip is not None and rip == guest_rip and guest_rip != host_rip:
-                return "ok"    # the processor runs the guest (Vol.3C 27.3.2.1: RIP from the guest-state area)
             mode = self._vmx_mode(cpu)
             if mode == "non-root":
                 return "ok"
+            host_rip = before.vmcs.get(0x6C16)      # HOST_RIP: a failed VM entry lands there, in root
+            guest_rip = before.vmcs.get(0x681E)     # GUEST_RIP: a VM entry that succeeded starts there
+            if mode is None and guest_rip is not None and rip == guest_rip != host_rip:
+                return "ok"    # the processor runs the guest (Vol.3C 27.3.2.1: RIP from the guest-state area)
+            if host_rip is not None and rip == host_rip:
+                b.known_vmx_root(cpu, "the VM entry ended at HOST_RIP")
             try:
                 reason = b.read_vmcs(cpu, EXIT_REASON)
             except NotAvailable:

@@ -292,3 +292,45 @@ def test_the_shipped_recording_was_made_through_the_stand_in_and_read_by_injecti
     ops = {r.get("op") for r in lines[1:]}
     assert {"cpuid", "read_vmcs", "vmx_state"} <= ops
     assert "stand-in" in (ROOT / "recordings" / "windbg" / "README.md").read_text()
+
+
+def test_recording_again_through_the_stand_in_gives_the_committed_report(tmp_path, capsys):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("record_standin", ROOT / "scripts" / "record-windbg-standin.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    path = tmp_path / "again.vmxrec.jsonl"
+    assert mod.main([str(path)]) == 0
+    committed = ROOT / "recordings" / "windbg" / "vmlaunch-inject-vmentry.expected.json"
+    assert json.loads((tmp_path / "again.expected.json").read_text()) == json.loads(committed.read_text())
+
+
+def test_the_trace_says_vmx_root_only_where_it_is_known():
+    from vmxdbg.backends.base import EXECUTION, Backend
+    from vmxdbg.stepper import StepResult, Stepper, find_vmx_instructions
+
+    class Hints(Backend):
+        def __init__(self):
+            self.hints = []
+
+        def capabilities(self):
+            return frozenset({EXECUTION})
+
+        def processors(self):
+            return [0, 1]
+
+        def known_vmx_root(self, cpu, why):
+            self.hints.append((cpu, why))
+    from windbg_fixtures import DRIVER_CODE
+    sites = {s.instruction: s for s in find_vmx_instructions(DRIVER_CODE, 0x1000)}
+    b = Hints()
+    st = Stepper(b, list(sites.values()))
+    st.hint_vmx_root(0, sites["vmxon"])                  # before VMXON: nothing is known
+    assert b.hints == []
+    st.results.append(StepResult(1, "vmxon", 0x1000, None, "#UD", None))
+    st.hint_vmx_root(1, sites["vmlaunch"])               # its VMXON failed: not at its VMLAUNCH either
+    st.hint_vmx_root(0, sites["vmlaunch"])
+    assert b.hints == [(0, "it stopped at VMLAUNCH")]
+    st.in_root.add(1)
+    st.hint_vmx_root(1, sites["vmclear"])
+    assert b.hints[-1] == (1, "its VMXON succeeded earlier in this trace")

@@ -4,28 +4,27 @@ from __future__ import annotations
 
 import copy
 import json
-import sys
 from pathlib import Path
 
 import pytest
-from windbg_fixtures import (DRIVER_BASE, VMLAUNCH_AT, fake_pykd, fake_target, inject_target, output_text,
+from windbg_fixtures import (DRIVER_BASE, fake_pykd, fake_target, inject_target, output_text,
                              target_with)
 
 from vmxdbg import bang, cli
 from vmxdbg.backends import stub
 from vmxdbg.backends.windbg import WinDbgBackend
 from vmxdbg.collect import CPUID_LEAVES, collect, collect_processor
-from vmxdbg.errors import BackendError, NotAvailable, TargetGone
+from vmxdbg.errors import NotAvailable, TargetGone
 from vmxdbg.render import Dml
 from vmxdbg.snapshot import Snapshot
 
 ROOT = Path(__file__).resolve().parent.parent
-# One processor stopped at VMLAUNCH, VMX root known, a full collect (docs/windbg.md):
-#   reads : 46 as without --inject, plus 30 for the injection
-#           (11 registers saved: the 5 of them collect does not read anyway cost 8 more reads ...
-#            see the docs' table; the total is pinned here)
-#   writes: 1 stub + 2 registers (RIP, RFLAGS) + 1 stub back + 1 stack back + 11 registers back
-#   runs  : 1 (one go() runs CPUID x6, VMPTRST and 201 VMREADs)
+# One processor stopped at VMLAUNCH, VMX root known, a full collect (docs/windbg.md, "Cost"):
+#   reads : the 46 of a collect without --inject, 2 MTRR MSRs a known CPUID.1 brings in, 9 registers
+#           the stub changes that a collect does not read, the event's RIP, 7 loadBytes (PE header,
+#           padding, stack, stub read back, records, code and stack read back), 11 registers read back
+#   writes: 3 writeBytes (stub, padding back, stack back) + 13 setReg (RIP, RFLAGS; 11 back)
+#   runs  : 1 go() runs CPUID x6, VMPTRST and the VMREADs
 INJECT_READS, INJECT_WRITES, INJECT_RUNS = 76, 16, 1
 
 
@@ -334,3 +333,17 @@ def test_the_trace_says_vmx_root_only_where_it_is_known():
     st.in_root.add(1)
     st.hint_vmx_root(1, sites["vmclear"])
     assert b.hints[-1] == (1, "its VMXON succeeded earlier in this trace")
+
+
+def test_a_stub_that_does_not_finish_is_broken_into_and_put_back(monkeypatch):
+    import fake_cpu
+    from vmxdbg.backends import windbg_inject
+    pk, t = inject_target(1)
+    monkeypatch.setattr(windbg_inject, "RUN_TIMEOUT", 0.05)
+    monkeypatch.setattr(fake_cpu, "run", lambda target, cpu, limit=0: ("left", ""))   # it keeps running
+    regs, _ = _state(t)
+    text = t.virtual.read(DRIVER_BASE + 0x1000, 0x1000)
+    with pytest.raises(NotAvailable, match="did not finish"):
+        _backend(pk).cpuid(0, 1)
+    assert t.calls["breakin"] == 1
+    assert [p.regs for p in t.processors] == regs and t.virtual.read(DRIVER_BASE + 0x1000, 0x1000) == text

@@ -27,7 +27,7 @@ faulting instruction, with the registers as they were before it.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import iced_x86 as ix
 

@@ -347,3 +347,13 @@ def test_a_stub_that_does_not_finish_is_broken_into_and_put_back(monkeypatch):
         _backend(pk).cpuid(0, 1)
     assert t.calls["breakin"] == 1
     assert [p.regs for p in t.processors] == regs and t.virtual.read(DRIVER_BASE + 0x1000, 0x1000) == text
+
+
+def test_a_refusal_is_said_once_at_the_end_of_the_command():
+    pk, t = inject_target(2)
+    t.processors[0].regs["cs"] |= 3
+    assert bang.main(["--inject", "--text"], pk) == 1
+    notes = [line for line in output_text(t).splitlines() if "--inject did not run" in line]
+    assert notes == ["vmxdbg: note: cpu 0: --inject did not run: CPL 3 (the stub needs CPL 0)",
+                     "vmxdbg: note: cpu 1: --inject did not run: the target stopped on processor 0; running "
+                     "code on another would let that one run on past its stop"]

@@ -76,6 +76,11 @@ class Injector:
 
     # ---------------------------------------------------------------- refusals
     def _refuse(self, cpu: int, why: str) -> NotAvailable:
+        """The refusal, also kept as a note: a check turns the NotAvailable into `unknown`, and the
+        person should still learn why --inject did not run (printed once at the end)."""
+        note = f"cpu {cpu}: --inject did not run: {why}"
+        if note not in self.b.notes:
+            self.b.notes.append(note)
         return NotAvailable(f"--inject cannot run here: {why}", backend=self.b.name, cpu=cpu,
                             what="CPUID/VMREAD by injection")
 

@@ -270,7 +270,7 @@ def test_windbg_script_loads_pykd_defines_the_alias_and_forwards(tmp_path):
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout)
-    assert got["name"] == "vmxcheck" and got["lines"] == ["line 1", "line 2"]
+    assert got["name"] == "vmxtext" and got["lines"] == ["line 1", "line 2"]
     assert got["executed"] == [".load pykd", "as !vmxcheck !py -3.9 -g -m vmxdbg.bang",
                                "!py -3.9 -g -m vmxdbg.bang --text cpu 1"]
 

@@ -52,6 +52,35 @@ def output_text(t: Any) -> str:
     return "".join(text for text, _ in t.output)
 
 
+DRIVER_BASE = 0xFFFFF80061200000
+STACK_TOP = 0xFFFFF80071208000
+# hvdrv's .text: a VMXON/VMCLEAR/VMPTRLD/VMLAUNCH sequence (as the bundled minihv runs it), then RET
+DRIVER_CODE = bytes.fromhex(
+    "f30fc7742408"      # vmxon [rsp+8]
+    "660fc7742410"      # vmclear [rsp+16]
+    "0fc7742410"        # vmptrld [rsp+16]
+    "0f01c2"            # vmlaunch
+    "c3")               # ret
+VMLAUNCH_AT = DRIVER_BASE + 0x1000 + 6 + 6 + 5
+TEXT_SIZE = 0x9A0       # virtual size of .text: the page's last 0x660 bytes are padding
+
+
+def inject_target(n: int = 1, example: str = "vmentry", text_size: int = TEXT_SIZE) -> Tuple[Any, Any]:
+    """`n` processors of the example, stopped at hvdrv's VMLAUNCH (processor 0's breakpoint event),
+    with hvdrv loaded (a PE image: .text executable, .data writable) and a mapped kernel stack."""
+    pk, t = target_with(n, example)
+    text = DRIVER_CODE + bytes(text_size - len(DRIVER_CODE))
+    t.add_module("hvdrv", DRIVER_BASE, [(".text", 0x1000, text, text_size, 0x60000020),
+                                         (".data", 0x2000, bytes(0x10), 0x10, 0xC0000040)])
+    for cpu, p in enumerate(t.processors):
+        top = STACK_TOP + cpu * 0x10000
+        t.virtual.add(top - 0x8000, bytes(range(256)) * 0x80)     # stack contents worth restoring
+        p.regs["rsp"] = top - 0x1F8
+        p.regs["rip"] = VMLAUNCH_AT
+    t.last_event = ("Breakpoint", 0)
+    return pk, t
+
+
 RECORDING_ARGS = ["record", "{path}", "--vmxon", "0x1a2b3000"]
 
 

@@ -17,7 +17,10 @@ prefers DML (`.prefer_dml 1`, the default of current WinDbg) and the command
 can give it, else plain text; `--text` / `--dml` anywhere override. An error is
 one line, never a traceback. When the command ends, fails or is interrupted
 (Ctrl+Break), every breakpoint it set is removed and the processor that was
-current before is selected again.
+current before is selected again. Ctrl+Break reaches Python as KeyboardInterrupt,
+or under the pykd-ext bootstrapper as SystemExit("CTRL+BREAK"); both end the
+command the same way. A session that is not a live kernel target (a dump, a
+user-mode process) gets one line and nothing else.
 """
 from __future__ import annotations
 
@@ -140,13 +143,17 @@ def main(argv: Optional[Sequence[str]] = None, pykd_module: Any = None) -> int:
 
     `pykd_module` stands in for `import pykd` (the tests' stand-in).
     """
-    from .backends.windbg import WinDbgBackend
+    from .backends.windbg import WinDbgBackend, is_ctrl_break, session_problem
     words = list(sys.argv[1:] if argv is None else argv)
     target = WinDbgBackend(pykd_module)
     try:
         pk = target.pykd
     except VmxdbgError as exc:     # not inside WinDbg: say so on the console we have
         print(f"vmxdbg: {exc}", file=sys.stderr)
+        return 2
+    problem = session_problem(pk)
+    if problem is not None:          # a dump or a user-mode session: one line, nothing else touched
+        pk.dprint(f"vmxdbg: {problem}\n", False)
         return 2
     dml = prefers_dml(pk)
     if "--text" in words or "--dml" in words:
@@ -163,7 +170,14 @@ def main(argv: Optional[Sequence[str]] = None, pykd_module: Any = None) -> int:
         except KeyboardInterrupt:
             print("vmxdbg: interrupted; breakpoints removed", file=sys.stderr)
             code = 130
+        except SystemExit as exc:    # pykd-ext's Ctrl+Break is SystemExit("CTRL+BREAK")
+            if not is_ctrl_break(exc):
+                raise
+            print("vmxdbg: interrupted; breakpoints removed", file=sys.stderr)
+            code = 130
         finally:
+            for note in target.notes:
+                print(f"vmxdbg: note: {note}", file=sys.stderr)
             try:
                 target.close()
             except VmxdbgError as exc:

@@ -17,7 +17,7 @@ import struct
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Set, Tuple
 
 from vmxdbg.state.snapshot import Memory, Snapshot
 
@@ -37,6 +37,13 @@ RAM_TOP = 16 << 30      # physical memory below this reads as zeros where nothin
 class FakeProcessor:
     regs: Dict[str, int] = field(default_factory=dict)
     msrs: Dict[int, int] = field(default_factory=dict)
+    # what only executing an instruction reveals (fake_cpu.py)
+    cpuid: Dict[Tuple[int, int], Tuple[int, int, int, int]] = field(default_factory=dict)
+    vmx: str = "off"                               # "off", "root", "non-root"
+    vmcs_pointer: Optional[int] = None             # the current VMCS (None: none)
+    vmcs: Dict[int, int] = field(default_factory=dict)
+    supported_fields: Set[int] = field(default_factory=set)   # VMCS fields this processor has
+    non_root_answer: str = "#UD"                   # what the outer hypervisor makes of a VMX instruction
 
 
 @dataclass
@@ -46,7 +53,8 @@ class Stop:
     cpu: int
     address: int
     effect: Optional[Callable[["FakeTarget", int], None]] = None   # applied when reached
-    interrupt: bool = False   # the person presses Ctrl+Break instead (KeyboardInterrupt)
+    interrupt: bool = False   # the person presses Ctrl+Break instead (pykd-ext: SystemExit("CTRL+BREAK"))
+    preempt: bool = False     # reached before any written code runs (another processor is faster)
 
 
 def encode_descriptor(base: int, limit: int, attributes: int) -> bytes:
@@ -100,6 +108,15 @@ class FakeTarget:
         self.breakin_event = threading.Event()
         self.status = "break"
         self.symbols: Dict[str, int] = {}             # what expr() resolves
+        self.session = "kernel"                      # "kernel", "dump" (a crash dump), "user"
+        self.gone = False                            # the target disconnected: every call fails
+        self.written: List[Tuple[int, int]] = []     # (address, length) written with writeBytes
+        self.writes: List[Tuple[str, object]] = []   # (call, what) every write to the target
+        self.cpu_readonly: Set[int] = set()          # pages the processor may not write (code)
+        self.debugger_readonly: Set[int] = set()     # pages the debugger cannot write (HVCI)
+        self.modules: List[Tuple[str, int, int]] = []   # (name, base, size)
+        self.faults: List[Tuple[int, str]] = []       # (cpu, exception) raised by executed code
+        self.breakin_raises = True                   # pykd-ext turns our own breakin into CTRL+BREAK
 
     # ---------------------------------------------------------------- build
     @classmethod
@@ -114,6 +131,17 @@ class FakeTarget:
             if p is None:
                 continue
             fp.msrs.update(p.msr)
+            fp.cpuid.update(p.cpuid)
+            basic = [leaf for leaf, _ in p.cpuid if leaf < 0x80000000]
+            extended = [leaf for leaf, _ in p.cpuid if leaf >= 0x80000000]
+            if basic:      # a CPUID table has its leaf 0 and 0x80000000 (max leaf, vendor)
+                fp.cpuid.setdefault((0, 0), (max(basic), 0x756E6547, 0x6C65746E, 0x49656E69))
+            if extended:
+                fp.cpuid.setdefault((0x80000000, 0), (max(extended), 0, 0, 0))
+            fp.vmx = str(p.state.get("vmx", "off"))
+            fp.vmcs_pointer = p.vmcs_pointer if p.vmcs_pointer not in (None, 0xFFFFFFFFFFFFFFFF) else None
+            fp.vmcs.update(p.vmcs)
+            fp.supported_fields = set(p.vmcs) | {0x4400}
             for name, value in p.registers.items():
                 if name == "rflags":
                     fp.regs["efl"] = value
@@ -157,6 +185,53 @@ class FakeTarget:
         for addr, data in snap.memory.ranges():
             target.physical.add(addr, data)
         return target
+
+    # ------------------------------------------------------------ memory the processor executes and writes
+    @staticmethod
+    def pages(address: int, size: int) -> Iterable[int]:
+        return range(address & ~0xFFF, address + max(size, 1), 0x1000)
+
+    def is_written(self, address: int) -> bool:
+        return any(a <= address < a + n for a, n in self.written)
+
+    def read_code(self, address: int) -> Optional[bytes]:
+        for n in range(15, 0, -1):
+            data = self.virtual.read(address, n)
+            if data is not None:
+                return data
+        return None
+
+    def cpu_may_write(self, address: int, size: int) -> bool:
+        return self.virtual.read(address, size) is not None and \
+            not any(p in self.cpu_readonly for p in self.pages(address, size))
+
+    def add_module(self, name: str, base: int, sections: Iterable[Tuple[str, int, bytes, int, int]]) -> None:
+        """A PE image at `base`: headers, then each section (name, rva, bytes, virtual size,
+        characteristics) mapped to the end of its last page (the tail reads as zeros).
+        Executable sections' pages are not writable by the processor."""
+        sections = list(sections)
+        pe = 0x80
+        head = bytearray(0x1000)
+        head[0:2] = b"MZ"
+        struct.pack_into("<I", head, 0x3C, pe)
+        head[pe:pe + 4] = b"PE\0\0"
+        struct.pack_into("<HH", head, pe + 4, 0x8664, len(sections))
+        opt = 0xF0
+        struct.pack_into("<H", head, pe + 20, opt)
+        end = 0x1000
+        for i, (sname, rva, data, vsize, chars) in enumerate(sections):
+            at = pe + 24 + opt + 40 * i
+            head[at:at + 8] = sname.encode()[:8].ljust(8, b"\0")
+            struct.pack_into("<IIII", head, at + 8, vsize, rva, len(data), 0)
+            struct.pack_into("<I", head, at + 36, chars)
+            span = (vsize + 0xFFF) & ~0xFFF
+            self.virtual.add(base + rva, bytes(data[:vsize]).ljust(span, b"\0"))
+            if chars & 0x20000000:
+                self.cpu_readonly.update(self.pages(base + rva, span))
+            end = max(end, rva + span)
+        self.virtual.add(base, bytes(head))
+        self.cpu_readonly.update(self.pages(base, 0x1000))
+        self.modules.append((name, base, end))
 
     # ------------------------------------------------------------ accounting
     def count(self, name: str) -> None:

@@ -11,9 +11,11 @@ import re
 import time
 from typing import Any, List, Optional
 
+import fake_cpu
 from fake_target import FakeTarget
 
 version = __version__ = "0.3.4.15 (fake)"
+STAND_IN = "the pykd stand-in of vmxdbg's tests (tests/fake_pykd), not a real WinDbg session"
 TARGET: Optional[FakeTarget] = None
 
 
@@ -28,6 +30,9 @@ def _t(name: str) -> FakeTarget:
     if TARGET is None:
         raise DbgException("fake pykd: no target attached")
     TARGET.count(name)
+    if TARGET.gone and name not in ("getExecutionStatus", "dprint", "dprintln", "getDebugOptions"):
+        # dbgeng's calls fail once the kernel connection is lost; kdlib throws DbgException
+        raise DbgException("IDebugControl::WaitForEvent failed (no debuggee)")
     return TARGET
 
 
@@ -107,8 +112,13 @@ def getDebugOptions() -> int:
 
 
 def isKernelDebugging() -> bool:
-    _t("isKernelDebugging")
-    return True
+    """kdlib: GetDebuggeeType's class is DEBUG_CLASS_KERNEL (also for a kernel dump)."""
+    return _t("isKernelDebugging").session in ("kernel", "dump")
+
+
+def isDumpAnalyzing() -> bool:
+    """kdlib: GetDebuggeeType's qualifier is a dump (>= DEBUG_DUMP_SMALL)."""
+    return _t("isDumpAnalyzing").session == "dump"
 
 
 def is64bitSystem() -> bool:
@@ -129,8 +139,23 @@ def reg(name: Any) -> int:
     key = str(name).lower()
     t.read("reg", key)
     if key not in p.regs:
-        raise CPUException(f"invalid register name {name}")
+        # kdlib throws CPUException, which pykd does not translate: Python sees DbgException
+        raise DbgException(f"invalid register name {name}")
     return p.regs[key]
+
+
+def setReg(name: Any, value: int) -> None:
+    """Set a CPU register value by its name (current processor)."""
+    t = _t("setReg")
+    p = t.processors[t.current]
+    key = str(name).lower()
+    t.writes.append(("setReg", (t.current, key, value)))
+    if t.last_event is not None and t.last_event[1] != t.current:
+        # "you cannot change anything in the non-current processors" (WinDbg, Multiprocessor Syntax)
+        raise DbgException(f"cannot set a register of processor {t.current}: the target stopped on {t.last_event[1]}")
+    if key not in p.regs:
+        raise DbgException(f"invalid register name {name}")
+    p.regs[key] = int(value) & 0xFFFFFFFFFFFFFFFF
 
 
 def rdmsr(msrIndex: int) -> int:
@@ -139,7 +164,7 @@ def rdmsr(msrIndex: int) -> int:
     t.read("rdmsr", msrIndex)
     p = t.processors[t.current]
     if msrIndex not in p.msrs:
-        raise CPUException("failed to read MSR")
+        raise DbgException("failed to read MSR")   # kdlib's CPUException, untranslated by pykd
     return p.msrs[msrIndex]
 
 
@@ -168,6 +193,44 @@ def loadDWords(offset: int, count: int, phyAddr: bool = False) -> List[int]:
 
 def loadQWords(offset: int, count: int, phyAddr: bool = False) -> List[int]:
     return _load("loadQWords", offset, count, phyAddr, 8)
+
+
+def writeBytes(offset: int, values: Any, phyAddr: bool = False) -> None:
+    """Write a list of bytes to the target's memory (virtual by default)."""
+    t = _t("writeBytes")
+    data = bytes(int(v) & 0xFF for v in values)
+    t.writes.append(("writeBytes", (offset, len(data), bool(phyAddr))))
+    mem = t.physical if phyAddr else t.virtual
+    if mem.read(offset, len(data)) is None or \
+            (not phyAddr and any(pg in t.debugger_readonly for pg in t.pages(offset, len(data)))):
+        raise MemoryException(f"Memory exception at 0x{offset:x} target {'physical' if phyAddr else 'virtual'} address")
+    mem.add(offset, data)
+    if not phyAddr:
+        t.written.append((offset, len(data)))
+
+
+class module:
+    """An executable module, found by an address inside it (pykd's module(offset))."""
+
+    def __init__(self, offset: Any) -> None:
+        t = _t("module")
+        for name, base, size in t.modules:
+            if base <= int(offset) < base + size:
+                self._name, self._base, self._size = name, base, size
+                return
+        raise DbgException(f"module not found at 0x{int(offset):x}")
+
+    def begin(self) -> int:
+        return self._base
+
+    def end(self) -> int:
+        return self._base + self._size
+
+    def size(self) -> int:
+        return self._size
+
+    def name(self) -> str:
+        return self._name
 
 
 # --------------------------------------------------------------- processors ("threads")
@@ -267,6 +330,26 @@ def setBp(offset: int, *args: Any) -> breakpoint:
     return breakpoint(offset, args[0], args[1], args[2] if len(args) > 2 else None)
 
 
+def getBp(index: int) -> Any:
+    """The breakpoint with this index (of getNumberBreakpoints())."""
+    t = _t("getBp")
+    ids = sorted(t.breakpoints)
+    if not 0 <= index < len(ids):
+        raise IndexError("Index out of range")
+    return _Listed(ids[index], t.breakpoints[ids[index]])
+
+
+class _Listed:
+    def __init__(self, id_: int, offset: int) -> None:
+        self._id, self._offset = id_, offset
+
+    def getId(self) -> int:
+        return self._id
+
+    def getOffset(self) -> int:
+        return self._offset
+
+
 def getNumberBreakpoints() -> int:
     return len(_t("getNumberBreakpoints").breakpoints)
 
@@ -284,32 +367,68 @@ def removeAllBp() -> None:
 
 
 # --------------------------------------------------------------- execution
+def _interrupted(t: FakeTarget) -> None:
+    """Ctrl+Break under pykd-ext: its watch thread adds a pending call that raises
+    SystemExit("CTRL+BREAK") (pykd-ext sources/windbgext.cpp, InterruptWatch::quit)."""
+    t.status = "break"
+    raise SystemExit("CTRL+BREAK")
+
+
+def _stop_on(t: FakeTarget, kind: str, cpu: int) -> Any:
+    t.current = cpu
+    t.last_event = (kind, cpu)
+    t.status = "break"
+    return executionStatus.Break
+
+
 def go() -> Any:
-    """Run until a breakpoint (or breakin); no timeout, as pykd's."""
+    """Run until a breakpoint (or breakin); no timeout, as pykd's.
+
+    Processors whose RIP is in code written with writeBytes execute it (fake_cpu.py) until an
+    INT3, an exception or a breakpoint; the scripted driver runs on the others."""
     t = _t("go")
     t.status = "go"
     active = set(t.breakpoints.values())
-    while t.stops:
+    while t.stops and t.stops[0].preempt:
         stop = t.stops.pop(0)
         if stop.interrupt:
-            t.status = "break"
-            raise KeyboardInterrupt
+            _interrupted(t)
         if stop.effect is not None:
             stop.effect(t, stop.cpu)
         if stop.address in active:
-            t.current = stop.cpu
             t.processors[stop.cpu].regs["rip"] = stop.address
-            t.last_event = ("Breakpoint", stop.cpu)
-            t.status = "break"
-            return executionStatus.Break
+            return _stop_on(t, "Breakpoint", stop.cpu)
+    for cpu, p in enumerate(t.processors):
+        if t.is_written(p.regs.get("rip", 0)):
+            kind, detail = fake_cpu.run(t, cpu)
+            if kind == "int3":
+                return _stop_on(t, "Exception", cpu)      # a break instruction exception
+            if kind == "fault":
+                t.faults.append((cpu, detail))
+                return _stop_on(t, "Exception", cpu)      # first-chance exception at the instruction
+            if kind == "breakpoint":
+                return _stop_on(t, "Breakpoint", cpu)
+            if kind == "running":
+                raise AssertionError(f"fake pykd: cpu {cpu} {detail}")
+    while t.stops:
+        stop = t.stops.pop(0)
+        if stop.interrupt:
+            _interrupted(t)
+        if stop.effect is not None:
+            stop.effect(t, stop.cpu)
+        if stop.address in active:
+            t.processors[stop.cpu].regs["rip"] = stop.address
+            return _stop_on(t, "Breakpoint", stop.cpu)
     # nothing left to reach: the target runs until someone breaks in
     deadline = time.monotonic() + t.running_forever_limit
     while not t.breakin_event.wait(0.01):
         if time.monotonic() > deadline:
             raise AssertionError("fake pykd: go() would run forever (no breakin)")
     t.breakin_event.clear()
-    t.last_event = ("Exception", t.current)
-    t.status = "break"
+    _stop_on(t, "Exception", t.current)
+    if t.breakin_raises:
+        # pykd-ext's watch thread sees the interrupt breakin() requested (GetInterrupt) and raises
+        raise SystemExit("CTRL+BREAK")
     return executionStatus.Break
 
 
@@ -321,24 +440,32 @@ def breakin() -> None:
         t.breakin_event.set()
 
 
+def _one_step(t: FakeTarget) -> None:
+    cpu = t.current
+    if t.is_written(t.processors[cpu].regs.get("rip", 0)):
+        try:
+            fake_cpu.Cpu(t, cpu).step()
+        except fake_cpu.CpuFault as exc:
+            t.faults.append((cpu, str(exc)))
+    elif t.on_step is not None:
+        t.on_step(t, cpu)
+    t.last_event = ("Exception", cpu)
+
+
 def trace() -> Any:
     """Execute a single instruction on the current processor."""
-    t = _t("trace")
-    if t.on_step is not None:
-        t.on_step(t, t.current)
-    t.last_event = ("Exception", t.current)
+    _one_step(_t("trace"))
     return executionStatus.Break
 
 
 def step() -> Any:
     """Step over (a call is run to its return); the fake treats it as trace()."""
-    t = _t("step")
-    if t.on_step is not None:
-        t.on_step(t, t.current)
-    t.last_event = ("Exception", t.current)
+    _one_step(_t("step"))
     return executionStatus.Break
 
 
 def getExecutionStatus() -> Any:
     t = _t("getExecutionStatus")
+    if t.gone:
+        return executionStatus.NoDebuggee
     return executionStatus.Break if t.status == "break" else executionStatus.Go

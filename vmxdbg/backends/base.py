@@ -158,6 +158,11 @@ class Backend(abc.ABC):
         """What the backend knows of the processor's VMX state (see module doc)."""
         raise self._unsupported("VMX state", cpu)
 
+    def known_vmx_root(self, cpu: int, why: str) -> None:
+        """A hint from the caller: `cpu` is in VMX root operation until it runs again (it stopped
+        at VMLAUNCH/VMRESUME, its VMXON succeeded, or the person said so). A backend that executes
+        VMX instructions on the target (WinDbg --inject) runs them only after this; others ignore it."""
+
     # ------------------------------------------------------ execution control
     def set_breakpoint(self, address: int, physical: bool = False) -> int:
         """Set a code breakpoint on every processor; returns its id."""

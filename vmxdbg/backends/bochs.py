@@ -35,6 +35,7 @@ from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Seq
 
 from ..common.errors import BackendError, NotAvailable, TargetGone
 from . import bochs_parse as P
+from . import stub
 from .base import CPUID, EXECUTION, MSR, PHYSICAL, REGISTERS, SEGMENT_NAMES, TABLE_NAMES, VIRTUAL, VMCS, VMX_STATE, \
     Backend, StopEvent
 from .bochs_process import BochsMachine, BochsProcess
@@ -60,7 +61,7 @@ RFLAGS_RF = 1 << 16
 #   +4  48 83 C4 08  ADD RSP, 8   } only after an exception: pop the error code
 #   +8  48 CF        IRETQ        } and return to +2 with RSP/RFLAGS/CS/SS as before
 #   +10 0F 08        INVD: drop the traces that hold these bytes
-STUB_INSN = {"rdmsr": b"\x0f\x32", "cpuid": b"\x0f\xa2"}
+STUB_INSN = {"rdmsr": stub.RDMSR, "cpuid": stub.CPUID}
 STUB_TAIL = b"\x48\x83\xc4\x08\x48\xcf\x0f\x08"
 STUB_LEN = 12
 #: MSRs a processor never changes, read by RDMSR once and kept across stops: the read-only VMX

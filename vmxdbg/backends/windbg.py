@@ -24,7 +24,15 @@ per stop, however many pieces of it the rules ask for.
 
 What a debugger cannot see is NotAvailable, never guessed: CPUID (the
 debugger cannot execute it on the target), the VMX state and the current VMCS
-(no VMREAD from outside), physical-address breakpoints. Segment base, limit
+(no VMREAD from outside), physical-address breakpoints. With injection on
+(`enable_injection()`, `--inject`), CPUID, VMPTRST and VMREAD are executed on
+the processor the target stopped on (windbg_inject.py), VMX instructions only
+where it is known to be in VMX root operation (`known_vmx_root`).
+
+pykd translates only memory, symbol and type errors into their own classes; a
+failed `reg` or `rdmsr` reaches Python as plain DbgException (kdlib's
+CPUException is not translated, pykd/dbgexcept.h), and is NotAvailable here
+unless the target is gone (getExecutionStatus() says NoDebuggee). Segment base, limit
 and attributes are decoded from the descriptor the selector names in the GDT
 (one read of the GDT per processor per stop); FS/GS bases in IA-32e mode come
 from IA32_FS_BASE/IA32_GS_BASE. The processor's hidden copy can differ from
@@ -34,10 +42,33 @@ from __future__ import annotations
 
 import struct
 import threading
-from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Tuple
 
 from ..common.errors import BackendError, NotAvailable, TargetGone
-from .base import EXECUTION, MSR, PHYSICAL, REGISTERS, SEGMENT_NAMES, VIRTUAL, Backend, StopEvent
+from .base import CPUID, EXECUTION, MSR, PHYSICAL, REGISTERS, SEGMENT_NAMES, VIRTUAL, VMCS, VMX_STATE, Backend, \
+    StopEvent
+
+CTRL_BREAK = "CTRL+BREAK"   # pykd-ext raises SystemExit("CTRL+BREAK") on Ctrl+Break (sources/windbgext.cpp)
+
+
+def is_ctrl_break(exc: BaseException) -> bool:
+    """True for pykd-ext's Ctrl+Break (a SystemExit whose code is "CTRL+BREAK")."""
+    return isinstance(exc, SystemExit) and str(exc.code) == CTRL_BREAK
+
+
+def session_problem(pykd: Any) -> Optional[str]:
+    """Why this debugger session cannot be checked, or None: vmxdbg needs a live kernel target."""
+    exc = getattr(pykd, "DbgException", Exception)
+    try:
+        kernel = bool(pykd.isKernelDebugging())
+        dump = bool(pykd.isDumpAnalyzing())
+    except exc as e:   # type: ignore[misc]
+        return f"the debugger has no target ({e}); attach to a kernel target and break in"
+    if dump:
+        return "this is a dump, not a live target: !vmxcheck reads and steps a live kernel target"
+    if not kernel:
+        return "this is a user-mode session: !vmxcheck needs a kernel debugging session (kd/WinDbg -k)"
+    return None
 
 NAME = "windbg"
 PAGE = 0x1000
@@ -96,6 +127,13 @@ class WinDbgBackend(Backend):
         self._memory: Dict[Tuple[str, int, int], Any] = {}
         self._bps: Dict[int, Tuple[Any, int]] = {}       # our id -> (pykd breakpoint, address)
         self._next_bp = 1
+        self.writes = 0                     # target writes made (writeBytes, setReg)
+        self.notes: List[str] = []          # what the person should know that is no error (printed at the end)
+        self._injector: Any = None          # windbg_inject.Injector once enable_injection() ran
+        self._vmx_root: Dict[int, str] = {}              # cpu -> why it is known to be in VMX root operation
+        self._batches: Dict[int, Any] = {}               # cpu -> stub.BatchResult of this stop
+        self._event_cpu_now: Optional[int] = None
+        self._queued: List[StopEvent] = []
 
     # ------------------------------------------------------------ plumbing
     @property
@@ -115,9 +153,27 @@ class WinDbgBackend(Backend):
         if isinstance(exc, self._exc("MemoryException")):
             return NotAvailable(f"not readable ({text})", backend=self.name, cpu=cpu, what=what)
         lowered = text.lower()
-        if "no debuggee" in lowered or "not connected" in lowered:
+        if "no debuggee" in lowered or "not connected" in lowered or self._gone():
             return TargetGone(text, backend=self.name, cpu=cpu, what=what)
+        if what.startswith(("register ", "MSR ")):
+            # kdlib's CPUException arrives as plain DbgException: this value is not readable here
+            return NotAvailable(f"the debugger could not read it ({text})", backend=self.name, cpu=cpu, what=what)
         return BackendError(text, backend=self.name, cpu=cpu, what=what)
+
+    def _gone(self) -> bool:
+        """True when the debugger has no target any more (getExecutionStatus is NoDebuggee, or fails)."""
+        pk = self.pykd
+        try:
+            status = int(pk.getExecutionStatus())
+        except self._exc("DbgException"):   # type: ignore[misc]
+            return True
+        except AttributeError:
+            return False
+        return status == int(getattr(getattr(pk, "executionStatus", None), "NoDebuggee", -1))
+
+    def _raise_if_gone(self, cpu: Optional[int], what: str) -> None:
+        if self._gone():
+            raise TargetGone("the target is gone (no debuggee)", backend=self.name, cpu=cpu, what=what)
 
     def _read(self, cache: Dict[Any, Any], key: Any, cpu: Optional[int], what: str,
               fn: Callable[[], Any]) -> Any:
@@ -141,11 +197,18 @@ class WinDbgBackend(Backend):
         self._memory.clear()
 
     def capabilities(self) -> FrozenSet[str]:
-        return frozenset({REGISTERS, MSR, PHYSICAL, VIRTUAL, EXECUTION})
+        caps = {REGISTERS, MSR, PHYSICAL, VIRTUAL, EXECUTION}
+        if self._injector is not None:
+            caps |= {CPUID, VMX_STATE, VMCS}
+        return frozenset(caps)
 
     def describe(self) -> Dict[str, str]:
-        return {"kind": self.name, "version": str(getattr(self.pykd, "version", "?")),
-                "debugger": "WinDbg (dbgeng) through pykd"}
+        out = {"kind": self.name, "version": str(getattr(self.pykd, "version", "?")),
+               "debugger": "WinDbg (dbgeng) through pykd"}
+        stand_in = getattr(self.pykd, "STAND_IN", None)    # only the tests' stand-in has it
+        if stand_in:
+            out["made_through"] = str(stand_in)
+        return out
 
     # ------------------------------------------------------------ processors
     def processors(self) -> List[int]:
@@ -254,8 +317,139 @@ class WinDbgBackend(Backend):
         return self._read(self._msrs, (cpu, index), cpu, f"MSR 0x{index:x}", fn)
 
     def cpuid(self, cpu: int, leaf: int, subleaf: int = 0) -> Tuple[int, int, int, int]:
-        raise NotAvailable("a kernel debugger cannot execute CPUID on the target (pykd has no call for it)",
-                           backend=self.name, cpu=cpu, what=f"CPUID 0x{leaf:x}.{subleaf:x}")
+        what = f"CPUID 0x{leaf:x}.{subleaf:x}"
+        if self._injector is None:
+            raise NotAvailable("a kernel debugger cannot execute CPUID on the target (pykd has no call for it; "
+                               "--inject runs it on the stopped processor)", backend=self.name, cpu=cpu, what=what)
+        self._check_cpu(cpu, what)
+        batch = self._batch(cpu, extra_leaf=(leaf, subleaf))
+        if (leaf, subleaf) not in batch.cpuid:
+            batch = self._run_batch(cpu, [(leaf, subleaf)], [])
+        return batch.cpuid[(leaf, subleaf)]
+
+    # ------------------------------------------------------------ injection (--inject)
+    def enable_injection(self) -> None:
+        """Let CPUID, VMPTRST and VMREAD be executed on the stopped processor (docs/windbg.md)."""
+        if self._injector is None:
+            from .windbg_inject import Injector
+            self._injector = Injector(self)
+
+    @property
+    def runs(self) -> int:
+        """Times the target was resumed to run an injected stub."""
+        return self._injector.runs if self._injector is not None else 0
+
+    def known_vmx_root(self, cpu: int, why: str) -> None:
+        """`cpu` is in VMX root operation until it runs again (a VMX instruction stop, --assume vmx=root)."""
+        self._vmx_root[cpu] = why
+
+    def _batch(self, cpu: int, extra_leaf: Optional[Tuple[int, int]] = None) -> Any:
+        """This stop's batch for `cpu`: the CPUID leaves a check reads and, in VMX root operation,
+        the current VMCS's fields, all in one run."""
+        if cpu not in self._batches:
+            from ..state.collect import CPUID_LEAVES, vmcs_encodings
+            leaves = list(CPUID_LEAVES)
+            if extra_leaf is not None and extra_leaf not in leaves:
+                leaves.append(extra_leaf)
+            fields = vmcs_encodings() if cpu in self._vmx_root else []
+            self._run_batch(cpu, leaves, fields)
+        return self._batches[cpu]
+
+    def _run_batch(self, cpu: int, leaves: List[Tuple[int, int]], fields: List[int]) -> Any:
+        result = self._injector.run(cpu, leaves, fields)
+        old = self._batches.get(cpu)
+        if old is not None:    # a later, smaller batch adds to what this stop already knows
+            old.cpuid.update(result.cpuid)
+            old.fields.update(result.fields)
+            old.failed.update(result.failed)
+            return old
+        self._batches[cpu] = result
+        return result
+
+    def vmx_state(self, cpu: int) -> Dict[str, object]:
+        if self._injector is None or cpu not in self._vmx_root:
+            raise NotAvailable("a debugger cannot see whether a processor is in VMX operation"
+                               + ("" if self._injector is None else " (--inject runs VMX instructions only where "
+                                  "it is known: at a VMX instruction stop, or --assume vmx=root)"),
+                               backend=self.name, cpu=cpu, what="VMX state")
+        batch = self._batch(cpu)
+        state: Dict[str, object] = {"vmx": "root"}
+        if batch.vmcs_pointer is not None:
+            state["vmcs_pointer"] = batch.vmcs_pointer
+        return state
+
+    def read_vmcs(self, cpu: int, encoding: int) -> int:
+        what = f"VMCS field 0x{encoding:04x}"
+        if self._injector is None or cpu not in self._vmx_root:
+            raise NotAvailable("VMREAD runs only on the processor itself, in VMX root operation (--inject at a "
+                               "VMX instruction stop)", backend=self.name, cpu=cpu, what=what)
+        batch = self._batches.get(cpu)
+        if batch is None or (encoding not in batch.fields and encoding not in batch.failed):
+            batch = self._run_batch(cpu, [], [encoding])
+        if encoding in batch.fields:
+            return batch.fields[encoding]
+        why = batch.failed.get(encoding, "")
+        detail = {"VMfailInvalid": "VMREAD gave VMfailInvalid: no current VMCS",
+                  "VMfailValid": "VMREAD gave VMfailValid: this processor does not support the field"}
+        raise NotAvailable(detail.get(why, "not read: the field's index is above IA32_VMX_VMCS_ENUM"),
+                           backend=self.name, cpu=cpu, what=what)
+
+    def read_vmcs_fields(self, cpu: int, encodings: Iterable[int]) -> Dict[int, int]:
+        if self._injector is None or cpu not in self._vmx_root:
+            return {}
+        batch = self._batch(cpu)
+        return {e: batch.fields[e] for e in encodings if e in batch.fields}
+
+    # helpers the injector uses (each counts as a target read or write)
+    def event_processor(self) -> Optional[int]:
+        """The processor the target stopped on (its last event), once per stop."""
+        if self._event_cpu_now is None:
+            try:
+                self._event_cpu_now = self._event_cpu()
+            except self._exc("DbgException"):   # type: ignore[misc]
+                self._raise_if_gone(None, "last event")
+                return None
+        return self._event_cpu_now
+
+    def _cache_of(self, cpu: int) -> Dict[str, Dict[Any, Any]]:
+        return {"regs": {k: v for k, v in self._regs.items() if k[0] == cpu},
+                "msrs": {k: v for k, v in self._msrs.items() if k[0] == cpu},
+                "gdt": {cpu: self._gdts[cpu]} if cpu in self._gdts else {}}
+
+    def _keep_cache(self, cpu: int, known: Dict[str, Dict[Any, Any]]) -> None:
+        """After a run: the other processors ran, `cpu` is as it was (its values were put back)."""
+        self.invalidate()
+        self._regs.update(known["regs"])
+        self._msrs.update(known["msrs"])
+        self._gdts.update(known["gdt"])
+
+    def _select_now(self, cpu: int) -> None:
+        self._current = None
+        self.select(cpu)
+
+    def _set_reg(self, cpu: int, name: str, value: int) -> None:
+        self.select(cpu)
+        self.writes += 1
+        try:
+            self.pykd.setReg(name, value)
+        except self._exc("DbgException") as exc:   # type: ignore[misc]
+            raise self._fail(exc, cpu, f"setting register {name}") from None
+        self._regs[(cpu, name)] = value
+
+    def pykd_write(self, address: int, data: bytes) -> None:
+        self.writes += 1
+        self.pykd.writeBytes(address, list(data))
+
+    def pykd_load(self, address: int, size: int) -> bytes:
+        self.reads += 1
+        return bytes(self.pykd.loadBytes(address, size, False))
+
+    def pykd_reg(self, name: str) -> int:
+        self.reads += 1
+        return int(self.pykd.reg(name))
+
+    def _queue_missed(self, run: Dict[str, Any], why: str) -> None:
+        self._queued.append(StopEvent(kind="missed", cpu=run["cpu"], address=run["rip"], detail=why))
 
     def read_physical(self, address: int, size: int) -> bytes:
         """Whole 4-KByte pages, each read once per stop: the rules ask for a region a few bytes at a
@@ -351,8 +545,10 @@ class WinDbgBackend(Backend):
             self._current = self._cpu_of_thread(tid)
         return self._current
 
-    def go(self, timeout: float = 30.0) -> StopEvent:
-        """Run every processor until a stop; after `timeout` seconds break in (pykd's go() has no timeout)."""
+    def _run(self, timeout: float) -> Dict[str, Any]:
+        """Resume every processor until a stop; after `timeout` seconds break in (pykd's go() has no
+        timeout). pykd-ext may turn that breakin into SystemExit("CTRL+BREAK"): after the timer fired
+        it is ours; before, it is the person's Ctrl+Break, raised on."""
         pk = self.pykd
         fired = threading.Event()
 
@@ -363,29 +559,56 @@ class WinDbgBackend(Backend):
         timer.daemon = True
         self.invalidate()
         self._current = None
+        self._event_cpu_now = None
         timer.start()
         try:
             status = pk.go()
+        except SystemExit as exc:
+            if not (fired.is_set() and is_ctrl_break(exc)):
+                raise
+            status = None
         except self._exc("DbgException") as exc:   # type: ignore[misc]
             raise self._fail(exc, None, "go") from None
         finally:
             timer.cancel()
-        if int(status) == int(getattr(getattr(pk, "executionStatus", None), "NoDebuggee", -1)):
+        if status is not None and int(status) == int(getattr(getattr(pk, "executionStatus", None),
+                                                               "NoDebuggee", -1)):
             raise TargetGone("the target is gone (no debuggee)", backend=self.name)
-        event = pk.getLastEvent()
-        cpu = self._event_cpu()
+        try:
+            event = pk.getLastEvent()
+            cpu = self._event_cpu()
+        except self._exc("DbgException") as exc:   # type: ignore[misc]
+            raise self._fail(exc, None, "the event that stopped the target") from None
         self._current = cpu
-        if fired.is_set() and int(event.type) != int(pk.eventType.Breakpoint):
-            return StopEvent(kind="timeout", cpu=cpu, detail=f"still running after {timeout:g} s; broke in")
+        self._event_cpu_now = cpu
         address = self.read_register(cpu, "rip") if cpu is not None else None
-        ours = next((k for k, (_, a) in self._bps.items() if a == address), None)
+        is_bp = int(event.type) == int(pk.eventType.Breakpoint)
+        return {"cpu": cpu, "rip": address, "breakpoint": is_bp, "fired": fired.is_set() and not is_bp,
+                "timeout": timeout}
+
+    def _stop_event(self, run: Dict[str, Any]) -> StopEvent:
+        if run["fired"]:
+            return StopEvent(kind="timeout", cpu=run["cpu"],
+                             detail=f"still running after {run['timeout']:g} s; broke in")
+        ours = next((k for k, (_, a) in self._bps.items() if a == run["rip"]), None)
         detail = "" if ours is not None else "a stop vmxdbg did not ask for"
-        return StopEvent(kind="breakpoint", cpu=cpu, address=address, breakpoint=ours, detail=detail)
+        return StopEvent(kind="breakpoint", cpu=run["cpu"], address=run["rip"], breakpoint=ours, detail=detail)
+
+    def go(self, timeout: float = 30.0) -> StopEvent:
+        """Run every processor until a stop; after `timeout` seconds break in (pykd's go() has no timeout)."""
+        self._vmx_root.clear()
+        self._batches.clear()
+        if self._queued:       # a processor that stopped while an injected stub ran
+            return self._queued.pop(0)
+        return self._stop_event(self._run(timeout))
 
     def step(self, cpu: int) -> StopEvent:
         """One instruction on `cpu` (`trace()`). KD resumes the other processors while it steps."""
         self.select(cpu)
         self.invalidate()
+        self._vmx_root.clear()
+        self._batches.clear()
+        self._event_cpu_now = cpu
         try:
             self.pykd.trace()
         except self._exc("DbgException") as exc:   # type: ignore[misc]
@@ -402,6 +625,11 @@ class WinDbgBackend(Backend):
         Tries all of them; raises one BackendError naming those it could not remove.
         """
         failed = []
+        if self._injector is not None and self._injector.pending:
+            try:
+                self._injector.restore()
+            except BackendError as exc:
+                failed.append(f"(injection: {exc})")
         for bp in list(self._bps):
             address = self._bps[bp][1]
             try:

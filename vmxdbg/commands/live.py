@@ -57,6 +57,24 @@ def add_live_check_arguments(parser: argparse.ArgumentParser) -> None:
                              "on every processor or on CPU")
     parser.add_argument("--record", default=None, metavar="FILE",
                         help="record the session to FILE (.vmxrec.jsonl) for `vmxdbg check FILE` later")
+    add_inject_argument(parser)
+
+
+def add_inject_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--inject", action="store_true",
+                        help="execute CPUID, and in VMX root operation VMPTRST/VMREAD, on the processor the "
+                             "target stopped on (writes a stub into padding of the driver's code and puts "
+                             "everything back; docs/windbg.md)")
+
+
+def enable_injection(args: argparse.Namespace, backend: Backend) -> None:
+    """--inject: turn on the backend's injection (a backend without it refuses in one line)."""
+    if not getattr(args, "inject", False):
+        return
+    enable = getattr(backend, "enable_injection", None)
+    if not callable(enable):
+        raise InputError(f"--inject: the {backend.name} backend cannot execute instructions on the target")
+    enable()
 
 
 def vmxon_pointers(values: Optional[Iterable[str]], cpus: Sequence[int]) -> Dict[int, int]:
@@ -83,6 +101,11 @@ def live_check_snapshot(args: argparse.Namespace, backend: Backend) -> Snapshot:
     """What `check` checks on a live target: collected (and recorded, with --record) now."""
     cpus = chosen_cpus(backend, getattr(args, "cpu", None))
     pointers = vmxon_pointers(getattr(args, "vmxon", None), cpus)
+    enable_injection(args, backend)
+    from ..state.assume import parse_assumptions
+    if getattr(args, "inject", False) and parse_assumptions(getattr(args, "assume", None) or []).get("vmx") == "root":
+        for c in cpus:      # the person says so: VMPTRST/VMREAD may run there
+            backend.known_vmx_root(c, "--assume vmx=root")
     record = getattr(args, "record", None)
     if record:
         try:
@@ -154,6 +177,9 @@ def add_live_trace_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--code", nargs=2, metavar=("ADDR", "LEN"), default=None,
                         help="live: the code to find VMX instructions in: linear address (or a debugger "
                              "expression such as mydrv!InitVmx) and length in bytes")
+    parser.add_argument("--assume", action="append", default=[], metavar="KEY=VALUE",
+                        help="state no debugger shows, e.g. vmx=root (fills only what is unknown)")
+    add_inject_argument(parser)
 
 
 def live_trace(args: argparse.Namespace, backend: Backend) -> list:
@@ -167,6 +193,11 @@ def live_trace(args: argparse.Namespace, backend: Backend) -> list:
     if not 0 < length <= 0x100000:
         raise InputError(f"--code length 0x{length:x}: expected 1 byte to 1 MiB")
     code = backend.read_virtual(current_cpu(backend), address, length)
-    argv = ["trace", "--code", f"0x{address:x}", f"0x{length:x}"]
+    enable_injection(args, backend)
+    from ..state.assume import parse_assumptions
+    assume = parse_assumptions(getattr(args, "assume", None) or [])
+    argv = ["trace", "--code", f"0x{address:x}", f"0x{length:x}"] + (["--inject"] if args.inject else []) + \
+        [f"--assume={k}={str(v).lower()}" for k, v in assume.items()]
     return run_trace(backend, {address: code}, physical=False, timeout=args.timeout,
-                     record=getattr(args, "record", None), argv=argv, source=f"{backend.name} live")
+                     record=getattr(args, "record", None), argv=argv, source=f"{backend.name} live",
+                     assume=assume or None)

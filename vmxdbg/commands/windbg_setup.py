@@ -37,6 +37,29 @@ def setup_lines(version: str) -> List[str]:
     return [".load pykd", f"as !vmxcheck {alias_command(version)}", "!vmxcheck"]
 
 
+SCRIPT_COPY = "C:\\vmxdbg\\vmxcheck.js"
+
+
+def quoted(path: str) -> str:
+    """A path as pykd-ext's !py reads it: its tokenizer honours "..." (sources/arglist.cpp)."""
+    return f'"{path}"'
+
+
+def launcher_line(script: str) -> str:
+    return f"!py -g {quoted(script)} ARGS"
+
+
+def scriptload_lines(script: str) -> List[str]:
+    """`.scriptload` takes the rest of the line as the path and cannot take one with spaces: a path
+    with spaces is copied to SCRIPT_COPY first (commands for cmd.exe, then the WinDbg line)."""
+    if " " not in script:
+        return [f".scriptload {script}"]
+    folder = SCRIPT_COPY.rsplit("\\", 1)[0]
+    return [f"(.scriptload cannot take a path with spaces; in cmd.exe: mkdir {folder} & "
+            f"copy {quoted(script)} {SCRIPT_COPY}, then in WinDbg:)",
+            f".scriptload {SCRIPT_COPY}"]
+
+
 def run(args: argparse.Namespace) -> int:
     v = sys.version_info
     version = args.python or f"{v.major}.{v.minor}"
@@ -52,10 +75,10 @@ def run(args: argparse.Namespace) -> int:
     out += ["", "In WinDbg, attached to the target and broken in (the bootstrapper pykd.dll in the extension "
             "folder, docs/windbg.md):", ""]
     out += [f"    {line}" for line in setup_lines(version)]
-    out += ["", "or, for the first two lines, load the script that runs them:", "",
-            f"    .scriptload {WINDBG_DIR / 'vmxcheck.js'}", "",
-            "or without the alias (pykd.pyd loaded directly, no bootstrapper):", "",
-            f"    !py -g {WINDBG_DIR / 'vmxcheck.py'} ARGS", ""]
+    out += ["", "or, for the first two lines, load the script that runs them:", ""]
+    out += [f"    {line}" for line in scriptload_lines(str(WINDBG_DIR / "vmxcheck.js"))]
+    out += ["", "or without the alias (pykd.pyd loaded directly, no bootstrapper):", "",
+            f"    {launcher_line(str(WINDBG_DIR / 'vmxcheck.py'))}", ""]
     if version != "3.9":
         out.append(f"(vmxcheck.js names Python 3.9: change its PYTHON line to \"-{version}\")")
     sys.stdout.write("\n".join(out) + "\n")

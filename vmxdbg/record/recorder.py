@@ -136,6 +136,10 @@ class Recorder(Backend):
     def _forward(self, op: str, cpu: Optional[int], args: Tuple[Any, ...], call: Callable[[Backend], Any]) -> Any:
         return self._call(op, cpu, args, lambda: call(self.inner))
 
+    def known_vmx_root(self, cpu: int, why: str) -> None:
+        """Passed on, not recorded: a hint that answers nothing (a replay needs no answer)."""
+        self.inner.known_vmx_root(cpu, why)
+
     # ------------------------------------------------------------ lifetime
     def close(self, exception: Optional[BaseException] = None) -> None:
         """Finish the recording (trailer, rename); then close the wrapped backend if owned."""

@@ -11,11 +11,11 @@ from __future__ import annotations
 from typing import Dict, Iterable, Union
 
 from ..common.errors import InputError
-from ..common.statekeys import BOOL_STATES, STATES, VMX_MODES
+from ..common.statekeys import BOOL_STATES, LAUNCH_STATES, STATES, VMX_MODES
 from .snapshot import Processor, Snapshot
 
 Value = Union[bool, int, str]
-KEYS = STATES
+KEYS = STATES + ("launch",)
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
@@ -31,6 +31,10 @@ def parse_assumptions(specs: Iterable[str]) -> Dict[str, Value]:
             if raw not in VMX_MODES:
                 raise InputError(f"--assume {spec!r}: vmx is one of {', '.join(VMX_MODES)}")
             out[key] = raw
+        elif key == "launch":    # the current VMCS's launch state (kept in the region, invisible to a debugger)
+            if raw not in LAUNCH_STATES:
+                raise InputError(f"--assume {spec!r}: launch is clear or launched")
+            out[key] = raw
         elif key == "cpl":
             if raw not in ("0", "1", "2", "3"):
                 raise InputError(f"--assume {spec!r}: cpl is 0, 1, 2 or 3")
@@ -44,6 +48,11 @@ def parse_assumptions(specs: Iterable[str]) -> Dict[str, Value]:
 
 def apply_to_processor(p: Processor, assumptions: Dict[str, Value]) -> None:
     for key, value in assumptions.items():
+        if key == "launch":
+            if p.vmcs_launch_state is None:
+                p.vmcs_launch_state = str(value)
+                p.provenance["state:vmcs_launch_state"] = f"assumed (--assume launch={value})"
+            continue
         if key not in p.state:
             p.state[key] = value
             p.provenance[f"state:{key}"] = f"assumed (--assume {key}={str(value).lower()})"

@@ -28,11 +28,15 @@ TRACE = "trace"
 
 def trace_params(code: Dict[int, bytes], *, physical: bool, bitness: int, max_stops: int,
                  breakpoints: bool = True, assume: Optional[Dict[str, Any]] = None,
-                 source: str = "") -> Dict[str, Any]:
-    """Header params of a trace: the code the sites were decoded from, by address."""
-    return {"code": {hexs(a): b.hex() for a, b in sorted(code.items())}, "bitness": bitness,
-            "physical": physical, "breakpoints": breakpoints, "assume": dict(assume or {}),
-            "max_stops": max_stops, "source": source}
+                 source: str = "", timeout: Optional[float] = None) -> Dict[str, Any]:
+    """Header params of a trace: the code the sites were decoded from, by address (and the
+    timeout per stop, which the recorded go() calls carry)."""
+    params = {"code": {hexs(a): b.hex() for a, b in sorted(code.items())}, "bitness": bitness,
+              "physical": physical, "breakpoints": breakpoints, "assume": dict(assume or {}),
+              "max_stops": max_stops, "source": source}
+    if timeout is not None:
+        params["timeout"] = float(timeout)
+    return params
 
 
 def sites_from_params(rec: Recording) -> Dict[str, Any]:
@@ -63,7 +67,10 @@ def sites_from_params(rec: Recording) -> Dict[str, Any]:
         assumed = parse_assumptions(f"{k}={str(v).lower()}" for k, v in assume.items())
     except InputError as exc:
         raise bad("assume", exc.detail) from None
-    return {"sites": sites, "physical": bool(p.get("physical", False)),
+    timeout = p.get("timeout", 60.0)
+    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not timeout > 0:
+        raise bad("timeout", "expected a positive number of seconds")
+    return {"sites": sites, "physical": bool(p.get("physical", False)), "timeout": float(timeout),
             "breakpoints": bool(p.get("breakpoints", True)), "assume": assumed, "max_stops": max_stops}
 
 
@@ -82,7 +89,7 @@ def run_trace(backend: Backend, code: Dict[int, bytes], *, bitness: int = 64, ph
         return Stepper(backend, sites, physical=physical, breakpoints=breakpoints, assume=assume).run(
             timeout=timeout, max_stops=max_stops)
     params = trace_params(code, physical=physical, bitness=bitness, max_stops=max_stops,
-                          breakpoints=breakpoints, assume=assume, source=source)
+                          breakpoints=breakpoints, assume=assume, source=source, timeout=timeout)
     with Recorder(backend, record, command=TRACE, argv=argv or [TRACE], params=params) as rec:
         return Stepper(rec, sites, physical=physical, breakpoints=breakpoints, assume=assume).run(
             timeout=timeout, max_stops=max_stops)
@@ -95,7 +102,7 @@ def replay_trace(rec: Recording) -> List[StepResult]:
     replay = ReplayBackend(rec, strict=True)
     try:
         return Stepper(replay, args["sites"], physical=args["physical"], breakpoints=args["breakpoints"],
-                       assume=args["assume"]).run(max_stops=args["max_stops"])
+                       assume=args["assume"]).run(max_stops=args["max_stops"], timeout=args["timeout"])
     except BackendError as exc:   # a recorded error the stepper does not handle, or a call past the end
         raise InputError(f"replaying it: {exc}", source=rec.path) from None
 

@@ -119,6 +119,7 @@ class Stepper:
         self.use_breakpoints = breakpoints
         self.assume = dict(assume or {})
         self.results: List[StepResult] = []
+        self.in_root: set = set()               # processors whose VMXON this trace saw succeed
         self.state: Dict[int, Processor] = {}   # each processor as read at its last stop
         self._log = log or (lambda line: None)
         self._breakpoints: List[int] = []
@@ -174,10 +175,13 @@ class Stepper:
         site = self.sites.get(rip)
         if site is None:
             return None
+        self.hint_vmx_root(cpu, site)
         snap, operand = self.read_state(cpu, site, magic=event.kind == "magic")
         verdict = self.predict(snap, cpu, site.instruction)
         step = self.backend.step(cpu)
         actual = self.actual_outcome(cpu, site, snap.processors[cpu])
+        if site.instruction == "vmxon":
+            (self.in_root.add if actual == "ok" else self.in_root.discard)(cpu)
         match = None if verdict.outcome == "unknown" and actual not in verdict.possible else actual in verdict.possible
         result = StepResult(cpu, site.instruction, site.address, verdict, actual, match, operand,
                             log=list(event.log) + list(step.log))
@@ -214,6 +218,24 @@ class Stepper:
         self.state[cpu] = copy.deepcopy(p)
         return snap, operand
 
+    def hint_vmx_root(self, cpu: int, site: VmxSite) -> None:
+        """Tell the backend where the processor is surely in VMX root operation (a backend that runs
+        VMX instructions on the target, WinDbg --inject, runs them only there): after a VMXON this
+        trace saw succeed, at VMLAUNCH/VMRESUME (unless this trace saw its VMXON fail), or when the
+        person assumed vmx=root."""
+        why = None
+        if self.assume.get("vmx") == "root":
+            why = "--assume vmx=root"
+        elif cpu in self.in_root:
+            why = "its VMXON succeeded earlier in this trace"
+        elif site.instruction in ("vmlaunch", "vmresume") and cpu not in self._vmxon_failed():
+            why = f"it stopped at {site.instruction.upper()}"
+        if why is not None:
+            self.backend.known_vmx_root(cpu, why)
+
+    def _vmxon_failed(self) -> set:
+        return {r.cpu for r in self.results if r.instruction == "vmxon" and r.actual != "ok"} - self.in_root
+
     @staticmethod
     def predict(snap: Snapshot, cpu: int, instruction: str) -> Verdict:
         rules = all_rules()
@@ -228,7 +250,8 @@ class Stepper:
         if rip == site.address + site.length:
             if rflags & CF:
                 return "VMfailInvalid"
-            if rflags & ZF:
+            if rflags & ZF:     # VMfailValid: the processor is in VMX operation, with a current VMCS
+                b.known_vmx_root(cpu, f"{site.instruction.upper()} gave VMfailValid")
                 try:
                     return f"VMfailValid:{b.read_vmcs(cpu, VM_INSTRUCTION_ERROR)}"
                 except NotAvailable:
@@ -238,6 +261,12 @@ class Stepper:
             mode = self._vmx_mode(cpu)
             if mode == "non-root":
                 return "ok"
+            host_rip = before.vmcs.get(0x6C16)      # HOST_RIP: a failed VM entry lands there, in root
+            guest_rip = before.vmcs.get(0x681E)     # GUEST_RIP: a VM entry that succeeded starts there
+            if mode is None and guest_rip is not None and rip == guest_rip != host_rip:
+                return "ok"    # the processor runs the guest (Vol.3C 27.3.2.1: RIP from the guest-state area)
+            if host_rip is not None and rip == host_rip:
+                b.known_vmx_root(cpu, "the VM entry ended at HOST_RIP")
             try:
                 reason = b.read_vmcs(cpu, EXIT_REASON)
             except NotAvailable:

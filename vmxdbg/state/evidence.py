@@ -212,10 +212,8 @@ class Evidence:
     def flag(self, leaf: int, sub: int, reg: int, bit: int) -> Optional[Inference]:
         """An inference about a CPUID flag whose leaf was not read, or None."""
         fl = flag_at(leaf, sub, reg, bit)
-        got = self.flags.get(fl.slot)
-        if got is not None:
-            return got
-        return self._beyond_max_subleaf(fl)
+        beyond = self._beyond_max_subleaf(fl)   # rests on a leaf that was read: first
+        return beyond if beyond is not None else self.flags.get(fl.slot)
 
     def maxphyaddr_floor(self) -> int:
         return self.maxphyaddr_min.value if self.maxphyaddr_min is not None else MAXPHYADDR_FLOOR
@@ -275,7 +273,8 @@ class Evidence:
         if got is None:
             return
         efer, key = got
-        for b, (name, feature) in sorted(tables().efer.items()):
+        # LMA first: IA-32e mode being active is the plainest proof of Intel 64
+        for b, (name, feature) in sorted(tables().efer.items(), key=lambda kv: (kv[1][0] != "LMA", kv[0])):
             if efer >> b & 1:
                 fl = flag(feature)
                 self._add_flag(Inference(fl.slot, 1, fl.text(1), f"IA32_EFER.{name} = 1 (IA32_EFER = {hexs(efer)})",

@@ -70,6 +70,9 @@ def main(argv: List[str]) -> int:
         rows.append((str(path.relative_to(args.root)), *got))
         tot = [a + b for a, b in zip(tot, got)]
     width = max(len(r[0]) for r in rows)
+    import vmxdbg
+    print(f"# vmxdbg from {Path(vmxdbg.__file__).resolve().parent.parent}; CPUID "
+          f"{'kept' if args.with_cpuid else 'removed'}; assumed: {', '.join(args.assume) or 'nothing'}")
     print(f"{'input':{width}}  cpus  vmxon definite  entry definite")
     for name, n, vx, e, ed in rows:
         print(f"{name:{width}}  {n:4}  {vx:6}/{n:<7}  {ed:6}/{e:<7}")

@@ -267,3 +267,18 @@ def test_snapshot_command_marks_inferred_values_apart_from_read_ones(tmp_path):
     assert "cpuid" not in p
     assert any(i["conclusion"] == "CPUID.80000001H:EDX.LM[29] = 1" for i in p["inferred"])
     assert load_snapshot(out).processors[0].cpuid == {}
+
+
+def test_the_kernels_record_of_a_hypervisor_can_be_given_as_state():
+    s = snap("vmxon", {"state/vmx": None})
+    apply_assumptions(s, {"hypervisor": True})
+    rep = check_snapshot(s)
+    assert rep.verdict(0, "vmxon").outcome == "vmexit:27"
+    assert "assumed (--assume hypervisor=true)" in rep.evidence[0]["hypervisor"]["evidence"]
+
+
+def test_text_lists_each_inference_once_per_processor_with_its_sdm_section():
+    s = snap()
+    text = render_text(check_snapshot(s), s)
+    line = "cpu 0: CPUID.80000001H:EDX.LM[29] = 1, inferred from IA32_EFER.LMA = 1 (IA32_EFER = 0xd01) (SDM: Vol.4"
+    assert text.count(line) == 1

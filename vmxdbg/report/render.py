@@ -208,7 +208,7 @@ def evidence_lines(report: Report, cpu: int) -> List[str]:
     for c in ev.get("contradictions") or []:
         out.append(f"cpu {cpu}: inputs disagree: {c['message']}")
     for i in ev.get("inferences") or []:
-        out.append(f"cpu {cpu} inferred: {i['conclusion']}, from {i['evidence']} [{i['sdm']}]")
+        out.append(f"cpu {cpu}: {i['conclusion']}, inferred from {i['evidence']} (SDM: {i['sdm']})")
     assume = ev.get("assume") or []
     if assume:
         out.append(f"cpu {cpu}: only --assume can decide {', '.join(assume)} (no debugger shows it): "

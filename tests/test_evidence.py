@@ -282,3 +282,12 @@ def test_text_lists_each_inference_once_per_processor_with_its_sdm_section():
     text = render_text(check_snapshot(s), s)
     line = "cpu 0: CPUID.80000001H:EDX.LM[29] = 1, inferred from IA32_EFER.LMA = 1 (IA32_EFER = 0xd01) (SDM: Vol.4"
     assert text.count(line) == 1
+
+
+def test_a_log_showing_only_rdmsr_482_shows_vmx_support():
+    from vmxdbg.report.render import summary_rows
+    s = snapshot_from_json({"format": "vmxdbg-snapshot", "version": 1,
+                            "processors": {"0": {"msr": {"0x482": "0xfff9fffe0401e172"}}}})
+    assert summary_rows(check_snapshot(s), s)[0]["vmx"] == "yes"
+    bare = snapshot_from_json({"format": "vmxdbg-snapshot", "version": 1, "processors": {"0": {"msr": {"0x3a": "0x5"}}}})
+    assert summary_rows(check_snapshot(bare), bare)[0]["vmx"] == "?"

@@ -205,7 +205,7 @@ class Context:
         self.used: List[str] = []
         self.inferences: List[Inference] = []
         self.regardless: List[str] = []
-        self.overrides: Dict[str, Any] = dict(overrides or {})
+        self.overrides: Dict[str, Any] = overrides if overrides is not None else {}
         self._evidence = evidence
 
     @property

@@ -15,7 +15,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from ..report.model import Finding, Report, Verdict
 from ..state.snapshot import Processor, Snapshot
-from ..state.evidence import Evidence, evidence_of
+from ..state.evidence import Evidence, Inference, evidence_of
 from .engine import ENTRY, INSTRUCTIONS, SKIP, Absent, Context, Missing, Rule, Tier, Violation, all_rules
 
 
@@ -155,7 +155,7 @@ def verdict_for(snapshot: Snapshot, cpu: int, instruction: str, rules: Sequence[
     """The verdict of one instruction on one processor."""
     if evidence is None:
         evidence = evidence_of(snapshot.processors[cpu])
-    inferred: Dict[str, None] = {}
+    inferred: Dict[Inference, None] = {}
     by_tier = _rules_by_tier(tuple(rules), instruction)
     cross_here = (cross or {}).get((cpu, instruction), [])
     tiers = sorted(set(by_tier) | {t for t, _ in cross_here})
@@ -170,9 +170,9 @@ def verdict_for(snapshot: Snapshot, cpu: int, instruction: str, rules: Sequence[
             rctx = Context(snapshot, cpu, instruction, evidence)
             got, _ = run_rule(r, rctx)
             tier_findings.extend(got)
-            if not decided:
+            if not decided and rctx.inferences:
                 for i in rctx.inferences:
-                    inferred.setdefault(i.text(), None)
+                    inferred.setdefault(i, None)
         tier_findings.extend(f for t, f in cross_here if t == tier)
         alternatives: Dict[int, List[str]] = {}
         for f in tier_findings:
@@ -199,8 +199,8 @@ def verdict_for(snapshot: Snapshot, cpu: int, instruction: str, rules: Sequence[
     final = set(decided) if decided else {"ok"}
     outcome = "unknown" if any(o not in final for o in unknown_outcomes) else possible[0]
     for i in status_ctx.inferences:
-        inferred.setdefault(i.text(), None)
-    return Verdict(instruction, outcome, possible, findings, list(inferred))
+        inferred.setdefault(i, None)
+    return Verdict(instruction, outcome, possible, findings, [i.text() for i in inferred])
 
 
 def next_instructions(p: Processor, evidence: Optional[Evidence] = None) -> List[str]:

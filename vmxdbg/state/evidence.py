@@ -159,6 +159,7 @@ class Inference:
     evidence: str              # "IA32_EFER.LMA = 1 (IA32_EFER = 0xd01)"
     inputs: Tuple[str, ...]    # the input keys the evidence was read from
     sdm: str
+    flag: Optional[Flag] = field(default=None, compare=False)   # the CPUID flag concluded, if one
 
     def text(self) -> str:
         return f"{self.conclusion}, inferred from {self.evidence}"
@@ -167,6 +168,11 @@ class Inference:
         value = self.value if isinstance(self.value, (bool, int, str)) or self.value is None else str(self.value)
         return {"conclusion": self.conclusion, "key": self.slot, "value": value, "evidence": self.evidence,
                 "inputs": list(self.inputs), "sdm": self.sdm}
+
+
+def _fi(fl: Flag, value: int, evidence: str, inputs: Tuple[str, ...], sdm: str) -> Inference:
+    """An inference that CPUID flag `fl` has `value`."""
+    return Inference(fl.slot, value, fl.text(value), evidence, inputs, sdm, fl)
 
 
 @dataclass(frozen=True)
@@ -256,7 +262,7 @@ class Evidence:
         r = defs.msr_or_none(read[0])
         name = f"{r.name} (MSR {hexs(read[0])})" if r else f"MSR {hexs(read[0])}"
         fl = flag("VMX")
-        self._add_flag(Inference(fl.slot, 1, fl.text(1), f"{name} having been read",
+        self._add_flag(_fi(fl, 1, f"{name} having been read",
                                  (f"msr:{hexs(read[0])}",),
                                  f"Vol.3D Appendix A {ED}: the VMX capability MSRs do not exist on processors "
                                  "without VMX; RDMSR of one raises #GP(0) there"))
@@ -277,7 +283,7 @@ class Evidence:
         for b, (name, feature) in sorted(tables().efer.items(), key=lambda kv: (kv[1][0] != "LMA", kv[0])):
             if efer >> b & 1:
                 fl = flag(feature)
-                self._add_flag(Inference(fl.slot, 1, fl.text(1), f"IA32_EFER.{name} = 1 (IA32_EFER = {hexs(efer)})",
+                self._add_flag(_fi(fl, 1, f"IA32_EFER.{name} = 1 (IA32_EFER = {hexs(efer)})",
                                          (key,), f"Vol.4 Table 2-2 IA32_EFER; Vol.3A 2.2.1 {ED}: the bit is reserved, "
                                          f"and cannot be 1, on a processor without {feature}"))
 
@@ -288,7 +294,7 @@ class Evidence:
         for b, (name, features) in sorted(tables().cr4.items()):
             if cr4 >> b & 1 and len(features) == 1:
                 fl = flag(features[0])
-                self._add_flag(Inference(fl.slot, 1, fl.text(1), f"CR4.{name} = 1 (CR4 = {hexs(cr4)})", ("reg:cr4",),
+                self._add_flag(_fi(fl, 1, f"CR4.{name} = 1 (CR4 = {hexs(cr4)})", ("reg:cr4",),
                                          f"Vol.3A 2.5 Control Registers {ED}: a CR4 bit of a feature the processor "
                                          "lacks is reserved; MOV to CR4 setting it raises #GP(0)"))
 
@@ -301,7 +307,7 @@ class Evidence:
                 continue
             for feature in features:
                 fl = flag(feature)
-                self._add_flag(Inference(fl.slot, 0, fl.text(0),
+                self._add_flag(_fi(fl, 0,
                                          f"IA32_VMX_CR4_FIXED1 = {hexs(fixed1)} (CR4.{name}, bit {b}, may not be 1)",
                                          ("msr:0x489",),
                                          f"Vol.3D A.8; Vol.3C 24.8 {ED}: that CR4 bit is fixed to 0 in VMX operation, "
@@ -315,7 +321,7 @@ class Evidence:
         if vendor not in SVM_VENDORS:
             return  # GenuineIntel, and VIA/Zhaoxin (CentaurHauls, "  Shanghai  ") implement VMX
         fl = flag("VMX")
-        self._add_flag(Inference(fl.slot, 0, fl.text(0), f"the CPUID.0 vendor string {vendor!r}", ("cpuid:0x0",),
+        self._add_flag(_fi(fl, 0, f"the CPUID.0 vendor string {vendor!r}", ("cpuid:0x0",),
                                  f"Vol.3C 24.6 Discovering Support for VMX {ED}; AMD64 APM Vol.2 15.4: "
                                  "AMD-architecture processors implement SVM, not VMX"))
 
@@ -425,7 +431,7 @@ class Evidence:
         sub0 = self.p.cpuid.get((fl.leaf, 0))
         if sub0 is None or fl.sub <= sub0[0]:
             return None
-        return Inference(fl.slot, 0, fl.text(0),
+        return _fi(fl, 0,
                          f"CPUID.(EAX={fl.leaf:02X}H,ECX=0):EAX = {sub0[0]} (the highest sub-leaf)",
                          (f"cpuid:{hexs(fl.leaf)}",),
                          f"Vol.2A CPUID {ED}: a sub-leaf above the highest one returns 0 in EAX, EBX, ECX and EDX")
@@ -452,18 +458,15 @@ class Evidence:
 
     def _contradict_reads(self) -> None:
         """A CPUID leaf that was read wins over an inference; a disagreement is reported."""
-        for slot, inf in list(self.flags.items()):
-            m = re.match(r"^cpuid:(0x[0-9a-f]+)(?:\.([0-9a-f]+))?\.(eax|ebx|ecx|edx)\[(\d+)\]$", slot)
-            if not m:
+        if not self.p.cpuid:
+            return
+        for inf in list(self.flags.values()):
+            fl = inf.flag
+            regs = self.p.cpuid.get((fl.leaf, fl.sub)) if fl is not None else None
+            if fl is None or regs is None:
                 continue
-            leaf, sub = int(m.group(1), 16), int(m.group(2) or "0", 16)
-            regs = self.p.cpuid.get((leaf, sub))
-            if regs is None:
-                continue
-            reg, bit = REGS.index(m.group(3)), int(m.group(4))
-            value = regs[reg] >> bit & 1
+            value = regs[fl.reg] >> fl.bit & 1
             if value != inf.value:
-                fl = flag_at(leaf, sub, reg, bit)
                 self.contradictions.append(Contradiction(f"{fl.text(value)} ({_source(self.p, fl.leaf_key)})", inf))
 
     # ------------------------------------------------------------- reporting
@@ -475,8 +478,7 @@ class Evidence:
         return out
 
     def _read(self, inf: Inference) -> bool:
-        m = re.match(r"^cpuid:(0x[0-9a-f]+)(?:\.([0-9a-f]+))?\.", inf.slot)
-        return bool(m) and (int(m.group(1), 16), int(m.group(2) or "0", 16)) in self.p.cpuid
+        return inf.flag is not None and (inf.flag.leaf, inf.flag.sub) in self.p.cpuid
 
 
 def evidence_of(p: Processor) -> Evidence:

@@ -291,3 +291,22 @@ def test_a_log_showing_only_rdmsr_482_shows_vmx_support():
     assert summary_rows(check_snapshot(s), s)[0]["vmx"] == "yes"
     bare = snapshot_from_json({"format": "vmxdbg-snapshot", "version": 1, "processors": {"0": {"msr": {"0x3a": "0x5"}}}})
     assert summary_rows(check_snapshot(bare), bare)[0]["vmx"] == "?"
+
+
+def test_linear_width_from_la57_read_or_proved():
+    import pytest
+    from vmxdbg.rules.engine import Missing
+    la57_allowed = hex(0x3727ff | 1 << 12)
+    ctx = Context(snap(patch={"registers/cr4": hex(0x3726f8 | 1 << 12), "msr/0x489": la57_allowed}), 0)
+    assert ctx.linear_width() == 57
+    assert any(i.text().startswith("the linear-address width is 57 bits") for i in ctx.inferences)
+    assert Context(snap(), 0).linear_width() == 48          # IA32_VMX_CR4_FIXED1: CR4.LA57 may not be 1
+    with pytest.raises(Missing) as exc:
+        Context(snap(patch={"msr/0x489": la57_allowed}), 0).linear_width()
+    assert exc.value.choices == (48, 57)
+
+
+def test_mtrr_physmask_bounds_maxphyaddr():
+    s = snap("vmxon", {"msr/0x201": "0xffffff800800"})     # IA32_MTRR_PHYSMASK0: bits 47:12 set
+    ev = evidence_of(s.processors[0])
+    assert ev.maxphyaddr_min.value == 48 and "IA32_MTRR_PHYSMASK0" in ev.maxphyaddr_min.evidence

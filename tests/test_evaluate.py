@@ -82,4 +82,8 @@ def test_cr4_vmxe_clear_means_the_processor_is_about_to_run_vmxon():
     assert rep.verdict(0, "vmxon").outcome == "#UD"
     del tree["processors"]["0"]["msr"]["0x480"]
     snap = snapshot_from_json(tree)
+    assert summary_rows(check_snapshot(snap), snap)[0]["vmx"] == "yes"   # IA32_VMX_CR0_FIXED0 etc. prove it too
+    for k in [k for k in tree["processors"]["0"]["msr"] if 0x480 <= int(k, 16) <= 0x493]:
+        del tree["processors"]["0"]["msr"][k]
+    snap = snapshot_from_json(tree)
     assert summary_rows(check_snapshot(snap), snap)[0]["vmx"] == "?"

@@ -34,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--partial", action="store_true", help="accept a recording that did not complete (.partial)")
     parser.add_argument("-v", "--verbose", action="store_true", help="also list every unknown rule")
     parser.add_argument("--assume", action="append", default=[], metavar="KEY=VALUE",
-                        help="state no debugger shows, e.g. vmx=off, a20m=0, smx=0 (fills only what is unknown)")
+                        help="state no debugger shows, e.g. vmx=off, a20m=0, smx=0, hypervisor=1 (fills only what is unknown; "
+                        "a value that contradicts what the state proves is reported)")
     if live:
         add_live_check_arguments(parser)
 

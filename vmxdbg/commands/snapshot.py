@@ -5,6 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..state.evidence import evidence_of
 from ..state.snapshot import save_snapshot
 from ..inputs.sources import load_any
 from ..common.numbers import parse_count
@@ -25,7 +26,11 @@ def run(args: argparse.Namespace) -> int:
     if args.at is not None:
         options["at_line"] = parse_count(args.at, what="--at")
     snapshot = load_any(args.file, options)
-    save_snapshot(snapshot, args.output)
+    inferred = {cpu: [i.to_json() for i in evidence_of(p).all_inferences()]
+                for cpu, p in snapshot.processors.items()}
+    save_snapshot(snapshot, args.output, inferred)
     cpus = ", ".join(str(c) for c in sorted(snapshot.processors)) or "none"
-    sys.stderr.write(f"vmxdbg: wrote {args.output} (processors: {cpus})\n")
+    n = sum(len(v) for v in inferred.values())
+    note = f"; {n} value(s) inferred from the state, under each processor's \"inferred\" key, not read" if n else ""
+    sys.stderr.write(f"vmxdbg: wrote {args.output} (processors: {cpus}{note})\n")
     return 0

@@ -13,8 +13,8 @@ SEGMENT_PARTS = ("selector", "base", "limit", "attributes")
 TABLES = ("gdtr", "idtr")
 TABLE_PARTS = ("base", "limit")
 
-#: processor state a debugger rarely shows, as booleans
-BOOL_STATES = ("a20m", "smm", "smx", "blocking_by_mov_ss", "blocking_by_sti")
+#: processor state a debugger rarely shows, as booleans ("hypervisor": runs under another VMM)
+BOOL_STATES = ("a20m", "smm", "smx", "blocking_by_mov_ss", "blocking_by_sti", "hypervisor")
 #: every key of a processor's "state" (what `--assume` may state)
 STATES = ("vmx", "cpl") + BOOL_STATES
 #: values of state "vmx"

@@ -36,10 +36,17 @@ class Finding:
     cpus: List[int] = field(default_factory=list)  # cross-processor findings: who is involved
     advisory: bool = False  # from an advice rule: never changes an outcome, even when unknown
     missing: str = ""       # unknown findings: the input key that was missing
+    inferred: List[str] = field(default_factory=list)    # inferences it rests on ("X, inferred from Y")
+    regardless: List[str] = field(default_factory=list)  # missing inputs that could not change it
 
     def to_json(self) -> dict:
-        return {"id": self.id, "status": self.status, "sdm": self.sdm, "inputs": list(self.inputs),
-                "message": self.message, "fix": self.fix}
+        out = {"id": self.id, "status": self.status, "sdm": self.sdm, "inputs": list(self.inputs),
+               "message": self.message, "fix": self.fix}
+        if self.inferred:
+            out["inferred"] = list(self.inferred)
+        if self.regardless:
+            out["regardless"] = list(self.regardless)
+        return out
 
 
 @dataclass
@@ -48,10 +55,15 @@ class Verdict:
     outcome: str
     possible: List[str]
     findings: List[Finding]
+    #: every inference the verdict rests on, including those of rules that held
+    inferred: List[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
-        return {"instruction": self.instruction, "outcome": self.outcome,
-                "possible": list(self.possible), "findings": [f.to_json() for f in self.findings]}
+        out = {"instruction": self.instruction, "outcome": self.outcome,
+               "possible": list(self.possible), "findings": [f.to_json() for f in self.findings]}
+        if self.inferred:
+            out["inferred"] = list(self.inferred)
+        return out
 
 
 @dataclass
@@ -60,6 +72,9 @@ class Report:
     source: str = ""
     #: per processor, the instructions its state says it runs next (all when unknown)
     next: Dict[int, List[str]] = field(default_factory=dict)
+    #: per processor, what its state proves (state/evidence.py): inferences, contradictions,
+    #: the hypervisor it runs under, what only --assume can decide
+    evidence: Dict[int, Dict[str, Any]] = field(default_factory=dict)
 
     def relevant(self, cpu: int) -> List[Verdict]:
         """The verdicts of the instructions this processor is about to run."""
@@ -78,14 +93,20 @@ class Report:
         processor that has yet to run VMXON is a verdict, not a failure; advice
         (problems no instruction checks, such as a shared VMXON region) is shown,
         and never changes the exit status."""
+        if any(e.get("contradictions") for e in self.evidence.values()):
+            return True   # inputs that disagree are never settled silently
         return any(v.outcome != "ok" or any(f.status == "fail" for f in v.findings)
                    for cpu in self.processors for v in self.relevant(cpu))
 
 
 def report_to_json(report: Report) -> dict:
-    return {"format": FORMAT, "version": VERSION,
-            "processors": {str(cpu): [v.to_json() for v in vs]
-                           for cpu, vs in sorted(report.processors.items())}}
+    out = {"format": FORMAT, "version": VERSION,
+           "processors": {str(cpu): [v.to_json() for v in vs]
+                          for cpu, vs in sorted(report.processors.items())}}
+    evidence = {str(cpu): e for cpu, e in sorted(report.evidence.items()) if any(e.values())}
+    if evidence:
+        out["evidence"] = evidence
+    return out
 
 
 def dumps_report(report: Report) -> str:

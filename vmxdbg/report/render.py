@@ -6,6 +6,7 @@ from typing import Dict, List, Optional, Sequence
 
 from ..common.statekeys import STATES
 from .model import Finding, Report, Verdict, dumps_report
+from ..state.evidence import evidence_of
 from ..state.snapshot import Processor, Snapshot
 from ..common.numbers import hexs
 
@@ -17,12 +18,14 @@ def _known(v: Optional[int]) -> str:
 
 
 def vmx_column(p: Processor, leaf1: Optional[tuple]) -> str:
-    """CPUID.1:ECX.VMX, or the evidence a debugger gives without CPUID (a readable
-    IA32_VMX_BASIC, or CR4.VMXE = 1, proves VMX support: see Context.vmx_supported)."""
+    """CPUID.1:ECX.VMX, or what the state proves of it without CPUID (a readable VMX
+    capability MSR or CR4.VMXE = 1 proves VMX, an AMD vendor string its absence:
+    state/evidence.py; the inference is listed under the processor's verdicts)."""
     if leaf1 is not None:
         return "yes" if leaf1[2] >> 5 & 1 else "no"
-    if 0x480 in p.msr or p.registers.get("cr4", 0) >> 13 & 1:
-        return "yes"
+    inf = evidence_of(p).flag(1, 0, 2, 5)
+    if inf is not None:
+        return "yes" if inf.value else "no"
     return "?"
 
 
@@ -152,11 +155,16 @@ def how_to_read(key: str) -> str:
         "not visible to a debugger: give it in the snapshot"
 
 
+def _assumable(key: str) -> bool:
+    return key.startswith("state:") and key[6:] in ASSUMABLE
+
+
 def missing_lines(v: Verdict) -> List[str]:
-    """One line naming each missing input that leaves this verdict unknown, and how to read it."""
+    """One line naming each missing input that leaves this verdict unknown, and how to read it.
+    State only --assume can give is named once per processor instead (evidence_lines)."""
     keys: Dict[str, None] = {}
     for f in v.findings:
-        if f.status == "unknown" and not f.advisory and f.missing:
+        if f.status == "unknown" and not f.advisory and f.missing and not _assumable(f.missing):
             keys.setdefault(f.missing, None)
     if not keys:
         return []
@@ -179,8 +187,34 @@ def _finding_lines(f: Finding, provenance: Optional[Dict[str, str]] = None, m: M
     for key in f.inputs:
         if provenance and key in provenance:
             out.append(m.esc(f"      {key} from {provenance[key]}"))
+    for text in f.inferred:
+        out.append(m.esc(f"      inferred: {text}"))
+    for text in f.regardless:
+        out.append(m.esc(f"      regardless: {text}"))
     if f.fix and f.status != "unknown":
         out.append(m.esc(f"      fix: {f.fix}"))
+    return out
+
+
+def evidence_lines(report: Report, cpu: int) -> List[str]:
+    """What one processor's state proves, once per processor: the hypervisor underneath,
+    inputs that contradict each other, the inferences its verdicts rest on, and the
+    state only --assume can decide."""
+    ev = report.evidence.get(cpu) or {}
+    out: List[str] = []
+    hv = ev.get("hypervisor")
+    if hv:
+        out.append(f"cpu {cpu}: runs under a hypervisor ({hv['evidence']}): VMXON and VM entry cause a VM exit "
+                   "to it, which emulates them (nested virtualization) or raises #UD where it hides VMX. "
+                   "A driver that works on bare metal fails here for that reason.")
+    for c in ev.get("contradictions") or []:
+        out.append(f"cpu {cpu}: inputs disagree: {c['message']}")
+    for i in ev.get("inferences") or []:
+        out.append(f"cpu {cpu}: {i['conclusion']}, inferred from {i['evidence']} (SDM: {i['sdm']})")
+    assume = ev.get("assume") or []
+    if assume:
+        out.append(f"cpu {cpu}: only --assume can decide {', '.join(assume)} (no debugger shows it): "
+                   + " ".join(f"--assume {k}=..." for k in assume))
     return out
 
 
@@ -195,6 +229,10 @@ def _document(report: Report, snapshot: Snapshot, verbose: bool, m: Markup) -> s
     for cpu, verdicts in sorted(report.processors.items()):
         prov = snapshot.processors[cpu].provenance if cpu in snapshot.processors else {}
         relevant = {v.instruction for v in report.relevant(cpu)}
+        ev_lines = evidence_lines(report, cpu)
+        if ev_lines:
+            lines.append("")
+            lines.extend(m.esc(line) for line in ev_lines)
         for v in verdicts:
             if v.instruction not in relevant and not verbose:
                 continue

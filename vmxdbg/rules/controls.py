@@ -690,7 +690,7 @@ def inject_error_code_not_allowed(ctx: Context, info: int) -> object:
 
 def _error_code_vectors(ctx: Context, vector: int) -> bool:
     if vector == CP_VECTOR:  # #CP pushes an error code on processors with CET
-        return bool(ctx.cpuid(7)[2] >> 7 & 1)
+        return bool(ctx.cpuid_bit(7, 0, 2, 7))
     return vector in ERROR_CODE_VECTORS
 
 

@@ -207,7 +207,7 @@ def capabilities_differ(ctx: CrossContext) -> List[CrossViolation]:
       examples=[bad({"/processors/1/cpuid/0x1": ["0x906ea", "0x100800", "0x7ffafb9f", "0xbfebfbff"]},
                     "vmxon-2cpu"), good({}, "vmxon-2cpu")])
 def cpuid_vmx_differs(ctx: CrossContext) -> List[CrossViolation]:
-    return _differs(ctx, lambda c: c.cpuid(1)[2] >> 5 & 1, "CPUID.1:ECX.VMX",
+    return _differs(ctx, lambda c: int(c.vmx_supported()), "CPUID.1:ECX.VMX",
                     lambda v: "VMX" if v else "no VMX")
 
 

@@ -17,7 +17,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
-from ..state.snapshot import NO_VMCS, Processor, Segment, Snapshot, Table
+from ..state.evidence import Evidence, Inference, evidence_of, flag_at
+from ..state.snapshot import BOOL_STATES, NO_VMCS, VMX_MODES, Processor, Segment, Snapshot, Table
 from ..common.numbers import hexs
 
 INSTRUCTIONS = ("vmxon", "vmclear", "vmptrld", "vmlaunch", "vmresume")
@@ -52,11 +53,26 @@ class Tier:
 class Missing(Exception):
     """An input the snapshot does not have; `key` uses DESIGN.md's vocabulary.
     `outcome`, when set, is what the rule would give if the input broke it (e.g.
-    "entry-fail:34:3" for the third MSR-load entry); else the rule's outcome."""
+    "entry-fail:34:3" for the third MSR-load entry); else the rule's outcome.
+    `choices`, when set, are every value the input can have (a flag: 0 and 1);
+    the engine then tries each, through `slot`, and a rule that gives the same
+    result for all of them is decided without the input."""
 
-    def __init__(self, key: str, what: str = "", outcome: Optional[str] = None) -> None:
+    def __init__(self, key: str, what: str = "", outcome: Optional[str] = None, *,
+                 slot: Optional[str] = None, choices: Optional[Sequence[Any]] = None) -> None:
         super().__init__(key)
         self.key, self.what, self.outcome = key, what, outcome
+        self.slot = slot or key
+        self.choices = tuple(choices) if choices is not None else None
+
+
+class Absent(Exception):
+    """A VMCS field that does not exist on this processor (evidence: its only controls may
+    not be 1). A rule that needs it cannot apply: no outcome can come from it."""
+
+    def __init__(self, inference: "Inference") -> None:
+        super().__init__(inference.conclusion)
+        self.inference = inference
 
 
 class _Skip:
@@ -177,19 +193,58 @@ def get_rule(rule_id: str) -> Rule:
 
 # ---------------------------------------------------------------- the context
 
-class Context:
-    """Read access to one processor's inputs; records what each check read."""
+_UNSET = object()
 
-    def __init__(self, snapshot: Snapshot, cpu: int, instruction: Optional[str] = None) -> None:
+
+class Context:
+    """Read access to one processor's inputs; records what each check read.
+
+    An input that was not read is looked up in the processor's Evidence (what the
+    state proves, vmxdbg/state/evidence.py); each inference used is recorded in
+    `inferences` so the finding can show it. `overrides` pins an input the engine
+    is trying every value of (see Missing.choices)."""
+
+    def __init__(self, snapshot: Snapshot, cpu: int, instruction: Optional[str] = None,
+                 evidence: Optional[Evidence] = None, overrides: Optional[Dict[str, Any]] = None) -> None:
         self.snapshot = snapshot
         self.cpu = cpu
         self.instruction = instruction  # the instruction being judged, when one is
         self.p: Processor = snapshot.processors[cpu]
         self.used: List[str] = []
+        self.inferences: List[Inference] = []
+        self.regardless: List[str] = []
+        self.overrides: Dict[str, Any] = overrides if overrides is not None else {}
+        self._evidence = evidence
+
+    @property
+    def evidence(self) -> Evidence:
+        if self._evidence is None:
+            self._evidence = evidence_of(self.p)
+        return self._evidence
+
+    def branch(self, slot: str, value: Any) -> "Context":
+        """A Context like this one with input `slot` pinned to `value`."""
+        return Context(self.snapshot, self.cpu, self.instruction, self._evidence, {**self.overrides, slot: value})
+
+    def absorb(self, other: "Context") -> None:
+        """Take over what a branch read and inferred."""
+        for k in other.used:
+            self._use(k)
+        for i in other.inferences:
+            self._infer(i)
+        for r in other.regardless:
+            if r not in self.regardless:
+                self.regardless.append(r)
 
     def _use(self, key: str) -> None:
         if key not in self.used:
             self.used.append(key)
+
+    def _infer(self, inference: Inference) -> None:
+        for k in inference.inputs:
+            self._use(k)
+        if inference not in self.inferences:
+            self.inferences.append(inference)
 
     def missing(self, key: str, what: str = "") -> Missing:
         self._use(key)
@@ -232,33 +287,73 @@ class Context:
         return v
 
     def cpuid(self, leaf: int, subleaf: int = 0) -> Tuple[int, int, int, int]:
+        """A whole CPUID leaf as read. Rules that need one flag use cpuid_bit, which
+        evidence can decide; this is for values no state proves (counts, widths)."""
         key = f"cpuid:{hexs(leaf)}" + (f".{subleaf:x}" if subleaf else "")
         self._use(key)
         if (leaf, subleaf) not in self.p.cpuid:
             raise Missing(key)
         return self.p.cpuid[(leaf, subleaf)]
 
+    def cpuid_bit(self, leaf: int, subleaf: int, reg: int, bit: int) -> int:
+        """CPUID.(EAX=leaf,ECX=subleaf):reg[bit] (reg 0..3 = EAX..EDX): as read, else as the
+        state proves it (an inference, recorded), else Missing with both values as choices."""
+        fl = flag_at(leaf, subleaf, reg, bit)
+        if fl.slot in self.overrides:
+            self._use(fl.leaf_key)
+            return int(self.overrides[fl.slot])
+        if (leaf, subleaf) in self.p.cpuid:
+            return self.cpuid(leaf, subleaf)[reg] >> bit & 1
+        inf = self.evidence.flag(leaf, subleaf, reg, bit)
+        if inf is not None:
+            self._infer(inf)
+            return int(inf.value)
+        self._use(fl.leaf_key)
+        raise Missing(fl.leaf_key, fl.text(0)[:-4], slot=fl.slot, choices=(0, 1))
+
     def state(self, name: str) -> Any:
+        """A state no debugger reads directly: as given (snapshot or --assume), else as the
+        state proves it, else Missing (with every value it can have as choices)."""
         key = f"state:{name}"
         self._use(key)
-        if name not in self.p.state:
-            raise Missing(key)
-        return self.p.state[name]
+        if key in self.overrides:
+            return self.overrides[key]
+        if name in self.p.state:
+            return self.p.state[name]
+        inf = self.evidence.states.get(name)
+        if inf is not None:
+            self._infer(inf)
+            return inf.value
+        choices: Optional[Tuple[Any, ...]] = None
+        if name in BOOL_STATES:
+            choices = (False, True)
+        elif name == "vmx":
+            choices = VMX_MODES
+        elif name == "cpl":
+            choices = (0, 1, 2, 3)
+        raise Missing(key, slot=key, choices=choices)
 
     def vmcs(self, field_: Union[int, str]) -> int:
         enc = _encoding(field_)
         key = f"vmcs:0x{enc:04x}"
         self._use(key)
         if enc not in self.p.vmcs:
+            absent = self.evidence.absent_field(enc)
+            if absent is not None:
+                self._infer(absent)
+                raise Absent(absent)
             raise Missing(key, _field_name(enc))
         return self.p.vmcs[enc]
 
     def mem(self, address: int, size: int) -> bytes:
         key = f"mem:{hexs(address)}"
         self._use(key)
+        if size == 1 and key in self.overrides:
+            return bytes([self.overrides[key]])
         data = self.snapshot.memory.read(address, size)
         if data is None:
-            raise Missing(key, f"{size} bytes of physical memory")
+            raise Missing(key, f"{size} bytes of physical memory", slot=key,
+                          choices=range(256) if size == 1 else None)
         return data
 
     def vmxon_pointer(self) -> int:
@@ -296,11 +391,8 @@ class Context:
 
     # derived inputs ---------------------------------------------------------
     def vmx_mode(self) -> str:
-        """'off', 'root' or 'non-root'. Without `state.vmx`, CR4.VMXE = 0 proves
-        'off' (CR4.VMXE is fixed to 1 in VMX operation, SDM Vol.3C 24.8); CR4.VMXE = 1
-        leaves it unknown."""
-        if "vmx" not in self.p.state and "cr4" in self.p.registers and not self.reg("cr4") >> 13 & 1:
-            return "off"
+        """'off', 'root' or 'non-root': state.vmx as given, else as the state proves it
+        (CR4.VMXE = 0: off; a hypervisor underneath: non-root; see evidence.py)."""
         return str(self.state("vmx"))
 
     def has_current_vmcs(self) -> bool:
@@ -308,38 +400,73 @@ class Context:
 
     def physical_address_fits(self, address: int) -> bool:
         """Whether `address` fits the width VMX structures may use: 32 bits when
-        IA32_VMX_BASIC[48] = 1, else MAXPHYADDR. Without CPUID 80000008H the SDM's
-        bounds still decide most addresses: MAXPHYADDR is at least 32 and at most 52
-        (Vol.3A 4.1.4); only an address between them is unknown."""
+        IA32_VMX_BASIC[48] = 1, else MAXPHYADDR. Without CPUID 80000008H the bounds
+        still decide most addresses: MAXPHYADDR is at most 52 (Vol.3A 4.1.4) and at
+        least 32, or the width of an address the state shows in use (evidence)."""
         if self.msr(0x480) >> 48 & 1:
             return address >> 32 == 0
-        if (0x80000008, 0) in self.p.cpuid or address >> 52 == 0 and address >> 32 != 0:
+        if (0x80000008, 0) in self.p.cpuid or "maxphyaddr" in self.overrides:
             return address >> self.maxphyaddr() == 0
-        return address >> 32 == 0
+        if address >> 52:
+            return False
+        floor = self.evidence.maxphyaddr_floor()
+        if address >> floor == 0:
+            if address >> 32 and self.evidence.maxphyaddr_min is not None:
+                self._infer(self.evidence.maxphyaddr_min)
+            return True
+        return address >> self.maxphyaddr() == 0
 
     def vmx_supported(self) -> bool:
-        """CPUID.1:ECX.VMX, or evidence of it where CPUID cannot be read (a kernel
-        debugger cannot execute CPUID): IA32_VMX_BASIC was read (RDMSR of it #GPs
-        without VMX, Vol.3D A.1), or CR4.VMXE = 1 (setting it #GPs without VMX)."""
-        if (1, 0) in self.p.cpuid:
-            return bool(self.cpuid(1)[2] >> 5 & 1)
-        if 0x480 in self.p.msr:
-            self._use("msr:0x480")
-            return True
-        if "cr4" in self.p.registers and self.reg("cr4") >> 13 & 1:
-            return True
-        raise self.missing("cpuid:0x1")
+        """CPUID.1:ECX.VMX, or what the state proves of it (a VMX capability MSR read,
+        CR4.VMXE = 1, an AMD vendor string: see evidence.py)."""
+        return bool(self.cpuid_bit(1, 0, 2, 5))
 
     def maxphyaddr(self) -> int:
-        """CPUID.80000008H:EAX[7:0] (SDM Vol.3A 4.1.4)."""
-        return self.cpuid(0x80000008)[0] & 0xFF
+        """CPUID.80000008H:EAX[7:0] (SDM Vol.3A 4.1.4); without it every width from the
+        evidence's lower bound to 52 is a choice the engine can try."""
+        if "maxphyaddr" in self.overrides:
+            self._use("cpuid:0x80000008")
+            return int(self.overrides["maxphyaddr"])
+        if (0x80000008, 0) in self.p.cpuid:
+            return self.cpuid(0x80000008)[0] & 0xFF
+        self._use("cpuid:0x80000008")
+        floor = self.evidence.maxphyaddr_floor()
+        if self.evidence.maxphyaddr_min is not None:
+            self._infer(self.evidence.maxphyaddr_min)
+        raise Missing("cpuid:0x80000008", "MAXPHYADDR", slot="maxphyaddr", choices=range(floor, 53))
+
+    def linear_width(self) -> int:
+        """The linear-address width, CPUID.80000008H:EAX[15:8]. Without the leaf: 57 where
+        the processor supports 5-level paging (CPUID.(7,0):ECX.LA57, read or proved by
+        CR4.LA57 = 1) and 48 where it does not (Vol.3A 4.1.4: "generally"); else both
+        are choices. A width no 64-bit processor reports leaves the rule unknown."""
+        if "linear_width" in self.overrides:
+            self._use("cpuid:0x80000008")
+            return int(self.overrides["linear_width"])
+        if (0x80000008, 0) in self.p.cpuid:
+            n = self.cpuid(0x80000008)[0] >> 8 & 0xFF
+            if not 32 <= n <= 64:
+                raise Missing("cpuid:0x80000008", f"a linear-address width of {n} bits (EAX[15:8])")
+            return n
+        try:
+            la57 = self.cpuid_bit(7, 0, 2, 16)
+        except Missing:
+            self._use("cpuid:0x80000008")
+            raise Missing("cpuid:0x80000008", "the linear-address width", slot="linear_width",
+                          choices=(48, 57)) from None
+        n = 57 if la57 else 48
+        fl = flag_at(7, 0, 2, 16)
+        self._infer(Inference("linear_width", n, f"the linear-address width is {n} bits", fl.text(la57),
+                              (fl.leaf_key,), "Vol.3A 4.1.4 (SDM 325462-080US, 2023): CPUID.80000008H:EAX[15:8] is "
+                              "generally 57 where CPUID.(EAX=07H,ECX=0):ECX.LA57 = 1 and 48 where it is 0"))
+        return n
 
     def long_mode_active(self) -> bool:
         return bool(self.reg("efer") & (1 << 10))
 
     def cpl(self) -> int:
         """CPL: state.cpl when known, else CS.selector RPL (equal to CPL in protected mode)."""
-        if "cpl" in self.p.state:
+        if "cpl" in self.p.state or "state:cpl" in self.overrides:
             return int(self.state("cpl"))
         return self.seg("cs", "selector") & 3
 

@@ -44,11 +44,9 @@ def v86_guest(ctx: Context) -> bool:
 def intel64(ctx: Context) -> bool:
     """Whether the processor supports Intel 64 architecture.
 
-    CPUID.80000001H:EDX.LM[29] when known; a processor whose IA32_EFER.LMA is 1
-    is in IA-32e mode, which proves it. Otherwise the CPUID leaf is missing."""
-    if (0x80000001, 0) not in ctx.p.cpuid and "efer" in ctx.p.registers and ctx.reg("efer") >> 10 & 1:
-        return True
-    return bool(ctx.cpuid(0x80000001)[3] >> 29 & 1)
+    CPUID.80000001H:EDX.LM[29] when read; else what the state proves of it (IA32_EFER.LMA
+    or LME = 1 proves it, state/evidence.py); else the CPUID leaf is missing."""
+    return bool(ctx.cpuid_bit(0x80000001, 0, 3, 29))
 
 
 def high_bits_identical(value: int, n: int) -> bool:

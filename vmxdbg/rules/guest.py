@@ -23,6 +23,7 @@ from ..common.numbers import hexs
 from . import msrvalues
 from .bits import describe_bits
 from .engine import ENTRY, SKIP, CheckResult, Context, Example, Missing, Tier, Violation, bad, good, rule
+from ..state.evidence import flag
 from .entrystate import field_label, high_bits_identical, ia32e_guest, intel64, show, unrestricted, v86_guest
 from .vmcsctl import control_label, in_smm, is_canonical as canonical, linear_width, on as control_on
 
@@ -298,7 +299,7 @@ def cr3_width(ctx: Context) -> CheckResult:
     cr3, width = ctx.vmcs("GUEST_CR3"), ctx.maxphyaddr()
     beyond = cr3 >> width << width
     lam = beyond & (3 << 61)
-    if lam and beyond == lam and ctx.cpuid(7, 1)[0] >> 26 & 1:
+    if lam and beyond == lam and ctx.cpuid_bit(7, 1, 0, 26):
         beyond = 0  # only LAM_U57/LAM_U48, which LAM allows (asked only when they are all that is set)
     if beyond:
         return Violation(f"{show(ctx, 'GUEST_CR3')} sets bits {hexs(beyond)} at or above bit {width} "
@@ -1187,10 +1188,9 @@ def enclave_movss(ctx: Context) -> Optional[Violation]:
 def enclave_sgx(ctx: Context) -> CheckResult:
     if not _intr(ctx) & ENCLAVE_INT:
         return SKIP
-    ebx = ctx.cpuid(7, 0)[1]
-    if not ebx >> 2 & 1:
+    if not ctx.cpuid_bit(7, 0, 1, 2):
         return Violation(f"{show(ctx, 'GUEST_INTERRUPTIBILITY_INFO')} sets enclave interruption but "
-                         f"CPUID.(EAX=7,ECX=0):EBX = {hexs(ebx)} has SGX (bit 2) clear")
+                         f"{flag('SGX').text(0)}: the processor has no SGX")
     return None
 
 
@@ -1314,10 +1314,9 @@ def rtm_bits(ctx: Context) -> CheckResult:
 def rtm_supported(ctx: Context) -> CheckResult:
     if not _pending(ctx) & PD_RTM:
         return SKIP
-    ebx = ctx.cpuid(7, 0)[1]
-    if not ebx >> 11 & 1:
+    if not ctx.cpuid_bit(7, 0, 1, 11):
         return Violation(f"{show(ctx, 'GUEST_PENDING_DBG_EXCEPTIONS')} sets RTM (bit 16) but "
-                         f"CPUID.(EAX=7,ECX=0):EBX = {hexs(ebx)} has RTM (bit 11) clear")
+                         f"{flag('RTM').text(0)}: the processor has no RTM")
     return None
 
 

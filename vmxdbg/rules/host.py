@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Optional
 
+from .entrystate import intel64
 from ..common.numbers import bits_of, hexs
 from .bits import describe_bits
 from . import msrvalues
@@ -132,7 +133,7 @@ def cr3_width(ctx: Context) -> object:
     over = cr3 >> n << n
     lam = over & (3 << 61)
     if lam and not over & ~lam:     # only bits 62:61: allowed where LAM is supported
-        if ctx.cpuid(7, 1)[0] >> 26 & 1:
+        if ctx.cpuid_bit(7, 1, 0, 26):
             over &= ~lam
     elif lam:                       # other bits fail anyway; name them without asking about LAM
         over &= ~lam
@@ -510,7 +511,7 @@ def spec_ctrl(ctx: Context) -> object:
                                  certain=False))
             continue
         leaf, sub, reg, cb = where
-        if not ctx.cpuid(leaf, sub)[reg] >> cb & 1:
+        if not ctx.cpuid_bit(leaf, sub, reg, cb):
             out.append(Violation(f"{shown('HOST_IA32_SPEC_CTRL', v)} sets bit {b}, but CPUID.(EAX={leaf:x}H,ECX={sub})"
                                  f":{'EAX EBX ECX EDX'.split()[reg]}[{cb}] = 0 (not supported)"))
     return out or None
@@ -694,7 +695,7 @@ NO_LM = {"cpuid/0x80000001": ["0x0", "0x0", "0x121", "0xc100800"]}
             "Clear both controls: the processor cannot run 64-bit code.",
             [B(NO_LM), G({**NO_LM, **HOST32})])
 def no_intel64(ctx: Context) -> object:
-    if ctx.cpuid(0x80000001)[3] >> 29 & 1:
+    if intel64(ctx):
         return SKIP
     out = []
     if host64(ctx):

@@ -45,6 +45,8 @@ class Feature:
         """Whether the feature is present (Missing when its CPUID leaf / MSR is unknown)."""
         if self.kind == "always":
             return True
+        if self.kind == "cpuid" and self.hi == self.lo and self.at_least is None:
+            return bool(ctx.cpuid_bit(self.leaf, self.subleaf, self.reg, self.lo))  # evidence can decide a flag
         if self.kind == "cpuid":
             v = ctx.cpuid(self.leaf, self.subleaf)[self.reg] >> self.lo & ((1 << (self.hi - self.lo + 1)) - 1)
             return v >= self.at_least if self.at_least is not None else bool(v)

@@ -144,14 +144,9 @@ def qualified(spec: str) -> Tuple[str, str]:
 
 
 def linear_width(ctx: Context) -> int:
-    """The processor's linear-address width N, CPUID.80000008H:EAX[15:8] (48 or 57).
-
-    A width no 64-bit processor reports (below 32 or above 64: a corrupt
-    snapshot or recording) leaves the rule unknown, naming the CPUID leaf."""
-    n = ctx.cpuid(0x80000008)[0] >> 8 & 0xFF
-    if not 32 <= n <= 64:
-        raise Missing("cpuid:0x80000008", f"a linear-address width of {n} bits (EAX[15:8])")
-    return n
+    """The processor's linear-address width N, CPUID.80000008H:EAX[15:8] (48 or 57), or
+    what the state proves of it (Context.linear_width)."""
+    return ctx.linear_width()
 
 
 def is_canonical(address: int, width: int) -> bool:

@@ -37,12 +37,13 @@ def in_smx_operation(ctx: Context) -> bool:
     """SMX operation starts with GETSEC[SENTER], which needs CR4.SMXE = 1.
 
     With no `state.smx`, CR4.SMXE = 0 proves the processor is outside SMX
-    operation; CR4.SMXE = 1 leaves it unknown (DESIGN.md)."""
-    if "smx" in ctx.p.state:
+    operation (state/evidence.py); CR4.SMXE = 1 leaves it unknown (DESIGN.md)."""
+    try:
         return bool(ctx.state("smx"))
-    if not ctx.reg("cr4") & CR4_SMXE:
-        return False
-    raise ctx.missing("state:smx", "CR4.SMXE = 1: whether GETSEC[SENTER] ran cannot be seen by a debugger")
+    except Missing as exc:
+        if "cr4" in ctx.p.registers:
+            exc.what = "CR4.SMXE = 1: whether GETSEC[SENTER] ran cannot be seen by a debugger"
+        raise
 
 
 # ------------------------------------------------------------------- #UD
@@ -57,8 +58,11 @@ def in_smx_operation(ctx: Context) -> bool:
       examples=[bad({"cpuid/0x1": ["0x906ea", "0x100800", "0x7ffafb9f", "0xbfebfbff"]}), good({})])
 def cpuid_vmx(ctx: Context) -> Optional[Violation]:
     if not ctx.vmx_supported():
-        ecx = ctx.cpuid(1)[2]
-        return Violation(f"CPUID.1:ECX = {hexs(ecx)}: bit 5 (VMX) is 0, the processor does not report VMX")
+        if (1, 0) in ctx.p.cpuid:
+            return Violation(f"CPUID.1:ECX = {hexs(ctx.cpuid(1)[2])}: bit 5 (VMX) is 0, the processor does not "
+                             "report VMX")
+        why = "; ".join(i.text() for i in ctx.inferences if i.slot.startswith("cpuid:0x1.ecx[5]"))
+        return Violation(f"the processor has no VMX: {why}")
     return None
 
 

@@ -295,22 +295,31 @@ def _processor_json(p: Processor) -> dict:
     return out
 
 
-def snapshot_to_json(snap: Snapshot) -> dict:
-    """The JSON tree of DESIGN.md's snapshot format."""
+def snapshot_to_json(snap: Snapshot, inferred: Optional[Dict[int, List[dict]]] = None) -> dict:
+    """The JSON tree of DESIGN.md's snapshot format. `inferred` (per processor) goes under
+    each processor's own `inferred` key, apart from the values that were read: a reader
+    takes none of it as input (unknown keys are ignored), a person sees what the state proves."""
+    procs = {}
+    for cpu, p in sorted(snap.processors.items()):
+        out = _processor_json(p)
+        if inferred and inferred.get(cpu):
+            out["inferred"] = list(inferred[cpu])
+        procs[str(cpu)] = out
     return {
         "format": FORMAT, "version": VERSION, "source": snap.source,
-        "processors": {str(cpu): _processor_json(p) for cpu, p in sorted(snap.processors.items())},
+        "processors": procs,
         "memory": {hexs(a): b.hex() for a, b in snap.memory.ranges()},
     }
 
 
-def save_snapshot(snap: Snapshot, path: Union[str, os.PathLike]) -> None:
+def save_snapshot(snap: Snapshot, path: Union[str, os.PathLike],
+                  inferred: Optional[Dict[int, List[dict]]] = None) -> None:
     """Write `snap` as JSON (atomically: a temp file renamed into place); InputError names
     the file when it cannot be written, and no temp file is left behind."""
     p = Path(path)
     refuse_special_output(p, "snapshot")
     tmp = p.with_name(p.name + ".tmp")
-    text = json.dumps(snapshot_to_json(snap), indent=1) + "\n"
+    text = json.dumps(snapshot_to_json(snap, inferred), indent=1) + "\n"
     try:
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, p)

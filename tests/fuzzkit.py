@@ -816,7 +816,8 @@ def run_vmcs(data: bytes, workdir: Path) -> Any:
 def run_structs(data: bytes, workdir: Path, *, which: Optional[str] = None, rnd_pick: int = 0) -> Any:
     """Write structs/ with one file replaced by `data` and load every definition table from it."""
     from vmxdbg.decode.loader import FILES, load_definitions
-    from vmxdbg.rules import guest_segments, msrvalues
+    from vmxdbg.rules import msrvalues
+    from vmxdbg.rules.guest import segments as guest_segments
     c = corpus()
     d = workdir / "structs"
     if not d.is_dir():

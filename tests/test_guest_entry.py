@@ -16,7 +16,7 @@ def segments():
     """The segment-rule module, imported after the registry loaded every rule module in its usual order
     (importing it first would change the registration order docs/rules.md follows)."""
     all_rules()
-    from vmxdbg.rules import guest_segments
+    from vmxdbg.rules.guest import segments as guest_segments
     return guest_segments
 
 BREAK_GUEST = {"vmcs/0x6804": "0x3706f8"}          # guest CR4 without VMXE (GUEST104)

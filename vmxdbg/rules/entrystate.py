@@ -1,6 +1,6 @@
 """What the guest will be after VM entry: its mode, and the processor facts guest checks need.
 
-Shared by the guest-state rule modules (guest.py, guest_segments.py,
+Shared by the guest-state rule modules (vmxdbg/rules/guest/,
 msrload.py) so that each rule states only its own condition. The activation
 logic of the controls is vmcsctl's (one place); this module adds the guest's
 mode as SDM Vol.3C 27.3.1 defines it (SDM 325462-080US, 2023): "IA-32e mode

@@ -17,12 +17,12 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from ..decode import defs
-from ..decode.loader import _File, default_directory
-from ..common.numbers import hexs
-from .engine import ENTRY, SKIP, CheckResult, Context, Tier, Violation, bad, good, rule
-from .entrystate import field_label, ia32e_guest, intel64, show, unrestricted, v86_guest
-from .vmcsctl import is_canonical as canonical, linear_width
+from ...decode import defs
+from ...decode.loader import _File, default_directory
+from ...common.numbers import hexs
+from ..engine import ENTRY, SKIP, CheckResult, Context, Tier, Violation, bad, good, rule
+from ..entrystate import field_label, ia32e_guest, intel64, show, unrestricted, v86_guest
+from ..vmcsctl import is_canonical as canonical, linear_width
 
 FILE = "guest_segments.yaml"
 SDM = "Vol.3C 27.3.1.2 Checks on Guest Segment Registers (SDM 325462-080US, 2023)"

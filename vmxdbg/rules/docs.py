@@ -1,7 +1,9 @@
 """Generate the rule reference (docs/rules.md) from the registry.
 
-`python -m vmxdbg.rules.docs` rewrites it; tests/test_rule_docs.py fails when
-the committed file is stale.
+`python -m vmxdbg.rules.docs` rewrites it, from a source checkout only (an
+installed package has no docs/ folder to write to; `vmxdbg rule ID` shows the
+same text anywhere); tests/test_rule_docs.py fails when the committed file is
+stale.
 """
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ from typing import List
 
 from .engine import Rule, all_rules
 
-DOCS = Path(__file__).resolve().parent.parent.parent / "docs" / "rules.md"
+CHECKOUT = Path(__file__).resolve().parent.parent.parent
+DOCS = CHECKOUT / "docs" / "rules.md"
 GROUPS = (("VMXON", "VMXON"), ("VMCLR", "VMCLEAR"), ("VMPTR", "VMPTRLD"),
           ("ENTRY", "VMLAUNCH / VMRESUME instruction checks"), ("CTL", "VM-execution, exit and entry controls"),
           ("HOST", "Host state"), ("GUEST", "Guest state"), ("MSRLD", "VM-entry MSR loading"),
@@ -64,7 +67,10 @@ def render_rules() -> str:
 
 
 def main() -> int:
-    DOCS.parent.mkdir(parents=True, exist_ok=True)
+    if not (CHECKOUT / "pyproject.toml").is_file() or not DOCS.parent.is_dir():
+        print("vmxdbg: the rule reference is generated in a source checkout (docs/rules.md there); "
+              "an installed vmxdbg shows each rule with `vmxdbg rule ID`", file=sys.stderr)
+        return 2
     DOCS.write_text(render_rules(), encoding="utf-8")
     print(f"wrote {DOCS}")
     return 0

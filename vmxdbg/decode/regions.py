@@ -15,12 +15,15 @@ bytes are not known. Unknown bytes leave fields unknown, never zero.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional
 
 from .header import basic_revision, first_dword, revision_id, shadow_bit
 from .layouts import Layout, layout_for_revision
 from ..common.errors import BackendError
-from ..state.snapshot import NO_VMCS, Snapshot
+from ..common.statekeys import NO_VMCS
+
+if TYPE_CHECKING:   # a Snapshot is only read here (its memory and pointers)
+    from ..state.snapshot import Snapshot
 
 Reader = Callable[[int, int], Optional[bytes]]
 ED = "(SDM 325462-080US, 2023)"

@@ -144,7 +144,7 @@ class Injector:
     def run(self, cpu: int, leaves: Sequence[Tuple[int, int]], fields: Sequence[int]) -> stub.BatchResult:
         """CPUID of `leaves` and (in VMX root operation only: the caller knows) VMPTRST + VMREAD of
         `fields` on `cpu`, in one run; everything is put back before this returns or raises."""
-        b, pk = self.b, self.b.pykd
+        b = self.b
         self._preconditions(cpu)
         fields = list(fields)
         restore_error = False

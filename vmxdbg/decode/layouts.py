@@ -83,11 +83,6 @@ def field_width(encoding: int) -> str:
     return WIDTHS[(encoding >> 13) & 3]
 
 
-def field_type(encoding: int) -> str:
-    """"control", "exit_info", "guest" or "host": bits 11:10 of the encoding (Vol.3D B)."""
-    return TYPES[(encoding >> 10) & 3]
-
-
 @dataclass(frozen=True)
 class Slot:
     """One VMCS field in a region: `size` bytes at `offset`, optionally transformed."""

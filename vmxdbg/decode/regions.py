@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Callable, Dict, List, Optional
 
 from .header import basic_revision, first_dword, revision_id, shadow_bit
 from .layouts import Layout, layout_for_revision
-from ..common.errors import BackendError
 from ..common.statekeys import NO_VMCS
 
 if TYPE_CHECKING:   # a Snapshot is only read here (its memory and pointers)
@@ -36,16 +35,6 @@ VMCS_SHADOWING_BIT = 14
 def snapshot_reader(snapshot: Snapshot) -> Reader:
     """Reads the snapshot's known physical memory."""
     return snapshot.memory.read
-
-
-def backend_reader(backend: object) -> Reader:
-    """Reads a live backend's physical memory; a failed read is unknown, not an error."""
-    def read(address: int, size: int) -> Optional[bytes]:
-        try:
-            return backend.read_physical(address, size)  # type: ignore[attr-defined]
-        except BackendError:
-            return None
-    return read
 
 
 @dataclass

@@ -24,7 +24,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Deque, Dict, FrozenSet, Iterator, List, Optional, Tuple, Union
 
-from ..backends.base import Backend, StopEvent
+from ..backends.base import Backend
 from .forwarding import forwards_ops
 from .recorder import Recorder
 from .replay import ReplayBackend, recorded_error

@@ -46,9 +46,6 @@ SUFFIX = ".vmxrec.jsonl"
 MAX_LINE_BYTES = 16 * 1024 * 1024   # one record; a physical read of 8 MiB fits
 MAX_FILE_BYTES = 512 * 1024 * 1024
 MAX_LIST = 4096                     # elements of a list-valued argument or result
-EVENT_KINDS = ("breakpoint", "step", "magic", "vmexit", "timeout", "missed", "exited")
-
-
 class _Bad(Exception):
     """A value of the wrong type; `key` is its path inside the record."""
 
@@ -412,43 +409,7 @@ def _decode_record(raw: Dict[str, Any], line: int) -> Record:
             raise _Bad("result", "missing (a call has a result or an error)")
         rec.result = _C[spec.result].decode(raw["result"], "result")
     return rec
-    if not isinstance(op, str):
-        raise _Bad("op", f"expected a string, got {_tname(op)}")
-    rec.op = op
-    spec = OPS.get(op)
-    if spec is None:
-        raise _Bad("op", f"unknown call {_short(op)} (known: {', '.join(OPS)})")
-    if spec.cpu:
-        rec.cpu = _dec_small_int(raw.get("cpu"), "cpu")
-    args = _dec_obj(raw.get("args", {}), "args")
-    values = []
-    for name, typ in spec.args:
-        if name not in args:
-            raise _Bad(f"args.{name}", "missing")
-        values.append(_C[typ].decode(args[name], f"args.{name}"))
-    rec.args = tuple(values)
-    if "error" in raw:
-        err = _dec_obj(raw["error"], "error")
-        rec.error = {"type": _dec_str(err.get("type"), "error.type"),
-                     "message": _dec_str(err.get("message", ""), "error.message")}
-        if err.get("backend") is not None:
-            rec.error["backend"] = _dec_str(err["backend"], "error.backend")
-        if err.get("cpu") is not None:
-            rec.error["cpu"] = _dec_small_int(err["cpu"], "error.cpu")
-        if err.get("what") is not None:
-            rec.error["what"] = _dec_str(err["what"], "error.what")
-    elif spec.result == "event":
-        if "event" not in raw:
-            raise _Bad("event", f"a {op} call needs its event (or an error)")
-        rec.event = decode_event(raw["event"])
-        rec.result = rec.event
-    elif spec.result == "none":
-        rec.result = None
-    else:
-        if "result" not in raw:
-            raise _Bad("result", "missing (a call has a result or an error)")
-        rec.result = _C[spec.result].decode(raw["result"], "result")
-    return rec
+
 
 
 # ------------------------------------------------------------------ reading
@@ -513,10 +474,6 @@ def _tname(v: Any) -> str:
 def _short(v: Any, n: int = 40) -> str:
     s = repr(v)
     return s if len(s) <= n else s[: n - 3] + "..."
-
-
-def is_partial_name(path: Union[str, os.PathLike]) -> bool:
-    return str(path).endswith(PARTIAL_SUFFIX)
 
 
 def looks_like_recording(head: bytes) -> bool:

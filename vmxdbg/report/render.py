@@ -1,7 +1,6 @@
 """Render a report as text, WinDbg DML or JSON. Rows are built separately from how they print."""
 from __future__ import annotations
 
-import html
 from typing import Dict, List, Optional, Sequence
 
 from ..common.statekeys import STATES

@@ -57,9 +57,5 @@ def physical_width(maxphyaddr: int, basic: int) -> int:
     return 32 if basic >> 48 & 1 else maxphyaddr
 
 
-def address_too_wide(address: int, width: int) -> bool:
-    return address >> width != 0
-
-
 def pointer_bits_beyond(address: int, width: int) -> List[int]:
     return [b for b in bits_of(address) if b >= width]

@@ -18,7 +18,7 @@ import functools
 from typing import Dict, Tuple, Union
 
 from ..common.numbers import hexs
-from .engine import Context, Missing
+from .engine import Context
 
 #: control -> (control holding its activation bit, that bit's name)
 ACTIVATED_BY: Dict[str, Tuple[str, str]] = {

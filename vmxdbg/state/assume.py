@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Dict, Iterable, Union
 
 from ..common.errors import InputError
-from ..common.statekeys import BOOL_STATES, LAUNCH_STATES, STATES, VMX_MODES
+from ..common.statekeys import LAUNCH_STATES, STATES, VMX_MODES
 from .snapshot import Processor, Snapshot
 
 Value = Union[bool, int, str]

@@ -334,15 +334,6 @@ def looks_like_snapshot(head: bytes) -> bool:
     return b'"vmxdbg-snapshot"' in head[:4096]
 
 
-def input_keys(p: Processor) -> List[str]:
-    """Every input key (DESIGN.md vocabulary) this processor has a value for."""
-    keys = [f"msr:{hexs(i)}" for i in p.msr] + [f"reg:{r}" for r in p.registers]
-    keys += [f"reg:{s}" for s in p.segments] + [f"reg:{t}" for t in p.tables]
-    keys += [f"vmcs:0x{e:04x}" for e in p.vmcs] + [f"state:{s}" for s in p.state]
-    keys += [f"cpuid:{hexs(leaf)}" for leaf, _ in p.cpuid]
-    return keys
-
-
 def load_for_check(path: Path, options: Dict[str, Any]) -> Snapshot:
     """sources.py loader: a snapshot file needs no options."""
     return load_snapshot(path)

@@ -10,7 +10,6 @@ docs/bochs.md); the stepper then predicts, steps and compares.
 from __future__ import annotations
 
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence

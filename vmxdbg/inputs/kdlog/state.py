@@ -177,13 +177,6 @@ class LogState:
         setattr(t, part, value)
         self._prov(p, f"reg:{table}", line)
 
-    def set_state(self, cpu: int, name: str, value: object, line: int) -> None:
-        if not self.accept(line):
-            return
-        p = self.processor(cpu)
-        p.state[name] = value
-        self._prov(p, f"state:{name}", line)
-
     def set_operand(self, cpu: int, instruction: str, value: int, line: int) -> None:
         """The memory operand of a VMX instruction the debugger showed about to execute."""
         if not self.accept(line):

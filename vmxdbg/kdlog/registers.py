@@ -144,9 +144,14 @@ class RegisterOutput(CommandOutput):
         self.writes: List[Tuple[str, int]] = []  # `r name=value` asked on the command line
         self.refused = False                      # ... and the debugger answered with an error
 
-    def feed(self, line: Line) -> None:
-        if self.writes and "error" in line.text.lower():
+    KEY = "="  # register lines and a VMX instruction's `...=operand` all have one
+
+    def feed_lines(self, lines: List[str], first: int) -> None:
+        if self.writes and not self.refused and any("error" in t.lower() for t in lines):
             self.refused = True
+        super().feed_lines(lines, first)
+
+    def feed(self, line: Line) -> None:
         try:
             values = parse_register_line(line.text)
         except BadValue as exc:

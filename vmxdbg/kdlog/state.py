@@ -71,6 +71,7 @@ class KdLog:
     snapshot: Snapshot
     source: str
     lines: int = 0
+    prompts: int = 0          # kd prompts seen: 0 means no debugger session was found
     warnings: List[KdWarning] = field(default_factory=list)
     warnings_dropped: int = 0
     notes: List[Tuple[int, str]] = field(default_factory=list)

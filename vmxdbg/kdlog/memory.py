@@ -1,4 +1,5 @@
-"""Memory dumps: physical `!db`/`!dc`/`!dd`/`!dq`/`!dw` (lines start with `#`,
+"""Memory dumps: physical `!db`/`!dc`/`!dd`/`!dq`/`!dw`, also named `!kext.dd` ... (lines
+start with `#` and an address padded with spaces, `#   1f000 0000f002 ...`,
 and a failed read says "Physical memory read at ... failed") and virtual
 `db`/`dc`/`dd`/`dq`/`dp`/`dw` (addresses with or without the backtick; `/p`
 makes them physical). Bytes shown as `??` are unknown and split the block.
@@ -27,7 +28,8 @@ _FAILED = re.compile(r"physical memory read at ([0-9a-f`]+) failed", re.I)
 _STARTS_WITH_ADDR = re.compile(r"^\s*#?\s*[0-9a-f]{4,8}(?:`[0-9a-f]{8})?\s", re.I)
 
 _WIDTH_OF = {"b": 1, "c": 4, "d": 4, "q": 8, "w": 2, "p": 8}
-_DUMP_COMMAND = re.compile(r"^(!?)d([bcdqwp])(?:\s|$)", re.I)
+# `!dd`, and the same extension named with its DLL: `!kext.dd`
+_DUMP_COMMAND = re.compile(r"^(!(?:kext\.)?)?d([bcdqwp])(?:\s|$)", re.I)
 _PHYSICAL_OPTION = re.compile(r"(?:^|\s)/p(?:c|uc|wc)?(?:\s|$)", re.I)
 _SEPARATORS = re.compile(r"[ -]+")
 
@@ -35,8 +37,9 @@ _SEPARATORS = re.compile(r"[ -]+")
 def _line_pattern(width: int, physical_prefix: bool) -> Pattern[str]:
     elem, sep = _ELEMENTS[width]
     prefix = r"#\s*" if physical_prefix else r"(?:[0-9a-f]{4}:)?"
-    # the element run, then (for db/dc) two or more spaces and the characters column
-    return re.compile(rf"^\s*{prefix}{_ADDR}\s+((?:{elem}{sep})*{elem})-?(?:\s\s.*)?\s*$", re.I)
+    # the element run, then (for db/dc) the characters column: two spaces before it in
+    # a virtual dump, one in a physical one (`#   e9000 000ea002 ... ................`)
+    return re.compile(rf"^\s*{prefix}{_ADDR}\s+((?:{elem}{sep})*{elem})-?(?:\s+\S.*)?\s*$", re.I)
 
 
 _PATTERNS: Dict[tuple, Pattern[str]] = {(w, p): _line_pattern(w, p) for w in _ELEMENTS for p in (True, False)}

@@ -24,9 +24,8 @@ from .msr import RdmsrOutput
 from .output import CommandOutput
 from .reader import MAX_LINE, Block, Line, iter_blocks
 from .registers import RegisterOutput, apply_register, parse_register_command
-from .state import KdLog, KdWarning, LogState
+from .state import MAX_CPU, KdLog, KdWarning, LogState
 
-MAX_CPU = 4096
 PROMPT = re.compile(r"^\s*(?:(\d{1,5}):\s?)?(l?kd)>\s?(.*)$")
 # the same, matched at a line start inside a block of lines
 PROMPT_AT = re.compile(r"[^\S\n]*(?:(\d{1,5}):[^\S\n]?)?(l?kd)>[^\S\n]?([^\n]*)")
@@ -39,7 +38,7 @@ _REGISTER = re.compile(r"^r(?:M\s*\S+)?(?:\s|@|$)")
 _DG = re.compile(r"^dg(?:\s|$)")
 _FORMATS = re.compile(r"^\.formats(?:\s|$)")
 _EVALUATE = re.compile(r"^\?(?:\s|$)")
-_CPUID = re.compile(r"^!cpuid(?:\s|$)")
+_CPUID = re.compile(r"^!(?:(?:ext|kdexts)\.)?cpu(?:id|info)(?:\s|$)")
 _FRAME_R = re.compile(r"^\.frame\b.*/r")
 _ANALYZE = re.compile(r"^!analyze(?:\s|$)")
 

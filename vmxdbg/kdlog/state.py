@@ -25,6 +25,7 @@ MAX_MSRS = 65536           # distinct MSRs kept per processor
 MAX_MEM_KEYS = 65536       # mem:<address> provenance keys
 MAX_RUNS = 4096            # contiguous runs of dumped memory handed to the snapshot, per store
 PAGE = 0x1000
+MAX_CPU = 4096             # processor numbers kept: 0 .. MAX_CPU - 1
 
 MSR_EFER = 0xC0000080
 MSR_FS_BASE = 0xC0000100
@@ -76,8 +77,12 @@ class KdLog:
     warnings_dropped: int = 0
     notes: List[Tuple[int, str]] = field(default_factory=list)
     contexts: List[NonLiveContext] = field(default_factory=list)
-    virtual: Dict[int, Memory] = field(default_factory=dict)
     identity: Dict[int, Dict[str, object]] = field(default_factory=dict)
+
+    @property
+    def virtual(self) -> Dict[int, Memory]:
+        """Virtual memory the log dumped, by processor (kept in the snapshot's processors)."""
+        return {cpu: p.virtual_memory for cpu, p in self.snapshot.processors.items() if p.virtual_memory}
 
     def where(self, line: int) -> str:
         return f"{self.source}:{line}"
@@ -270,7 +275,7 @@ class LogState:
                 if physical:
                     r.snapshot.memory.add(address, data)
                 else:
-                    r.virtual.setdefault(address >> 64, Memory()).add(address & (2 ** 64 - 1), data)
+                    self.processor(address >> 64).virtual_memory.add(address & (2 ** 64 - 1), data)
             if store.refused:
                 self.warn(lines, f"{store.refused} bytes of {'physical' if physical else 'virtual'} memory "
                                  f"dumps past {store.max_pages} pages are not kept")

@@ -20,6 +20,11 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 from ..snapshot import NO_VMCS, Processor, Segment, Snapshot, Table
 from ..values import hexs
 
+# CPUID leaf 0 vendor strings of processors that implement AMD's SVM, not VMX: the VMX
+# instructions are undefined opcodes there (#UD). Other non-Intel vendors (Centaur,
+# Zhaoxin) do implement VMX, so only these two decide anything.
+NO_VMX_VENDORS = ("AuthenticAMD", "HygonGenuine")
+
 INSTRUCTIONS = ("vmxon", "vmclear", "vmptrld", "vmlaunch", "vmresume")
 ENTRY = ("vmlaunch", "vmresume")
 
@@ -311,10 +316,15 @@ class Context:
 
     def vmx_supported(self) -> bool:
         """CPUID.1:ECX.VMX, or evidence of it where CPUID cannot be read (a kernel
-        debugger cannot execute CPUID): IA32_VMX_BASIC was read (RDMSR of it #GPs
-        without VMX, Vol.3D A.1), or CR4.VMXE = 1 (setting it #GPs without VMX)."""
+        debugger cannot execute CPUID): the vendor string of CPUID leaf 0 names a
+        vendor whose processors have no VMX (NO_VMX_VENDORS), IA32_VMX_BASIC was read
+        (RDMSR of it #GPs without VMX, Vol.3D A.1), or CR4.VMXE = 1 (setting it #GPs
+        without VMX)."""
         if (1, 0) in self.p.cpuid:
             return bool(self.cpuid(1)[2] >> 5 & 1)
+        if self.p.state.get("vendor") in NO_VMX_VENDORS:
+            self._use("state:vendor")
+            return False
         if 0x480 in self.p.msr:
             self._use("msr:0x480")
             return True

@@ -54,9 +54,13 @@ def in_smx_operation(ctx: Context) -> bool:
       broken="Every VMX instruction is an invalid opcode (#UD), and setting CR4.VMXE faults.",
       fix="Use a processor (or a VM configured for nested virtualization) that reports VMX; "
           "in firmware, VT-x being disabled usually shows in IA32_FEATURE_CONTROL, not here.",
-      examples=[bad({"cpuid/0x1": ["0x906ea", "0x100800", "0x7ffafb9f", "0xbfebfbff"]}), good({})])
+      examples=[bad({"cpuid/0x1": ["0x906ea", "0x100800", "0x7ffafb9f", "0xbfebfbff"]}),
+                bad({"cpuid/0x1": None, "state/vendor": "AuthenticAMD"}), good({})])
 def cpuid_vmx(ctx: Context) -> Optional[Violation]:
     if not ctx.vmx_supported():
+        if (1, 0) not in ctx.p.cpuid:
+            return Violation(f"the processor is {ctx.state('vendor')} (CPUID leaf 0 vendor string): "
+                             "it implements SVM, not VMX, so VMXON is an invalid opcode")
         ecx = ctx.cpuid(1)[2]
         return Violation(f"CPUID.1:ECX = {hexs(ecx)}: bit 5 (VMX) is 0, the processor does not report VMX")
     return None

@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from ..snapshot import Snapshot
 from ..errors import InputError
 from .parser import PROMPT, QUOTE, parse_file, parse_stream, parse_text
+from .progress import progress_for
 from .reader import detect_encoding
 from .state import KdLog, KdWarning, NonLiveContext
 
@@ -83,7 +84,13 @@ def load_for_check(path: Path, options: Dict[str, Any]) -> Snapshot:
         line, name = other
         raise InputError(f"line {line}: a {name} session; its commands print in its own format, "
                          "which vmxdbg does not read (it reads kd/WinDbg output)", source=str(path))
-    log = parse_file(path, options.get("at_line"), options.get("progress"))
+    progress = options.get("progress")
+    shown = progress_for(path) if progress is None else None
+    try:
+        log = parse_file(path, options.get("at_line"), progress if progress is not None else shown)
+    finally:
+        if shown is not None:
+            shown.close()
     if log.prompts == 0:
         raise InputError(f"no debugger session found: looked for {LOOKED_FOR}", source=str(path))
     if not shows_anything(log.snapshot):

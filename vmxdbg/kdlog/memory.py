@@ -64,14 +64,21 @@ class DumpOutput(CommandOutput):
         self.width, self.physical = kind
         self.block_start = 0
         self.block = bytearray()
+        # virtual addresses of another address space are not this processor's memory
+        self.foreign = None if self.physical else state.foreign_space
+        if self.foreign is not None:
+            state.note(line, f"virtual memory dumped after `{self.foreign}` belongs to that address "
+                             "space, not the processor's own; not kept")
 
     def _flush(self) -> None:
-        if self.block:
+        if self.block and self.foreign is None:
             self.state.add_memory(self.block_start, bytes(self.block), physical=self.physical, cpu=self.cpu)
             self.block = bytearray()
 
     def _add(self, address: int, data: bytes) -> bool:
         """Append to the block; True when this starts a new block."""
+        if self.foreign is not None:
+            return False
         if self.block and address == self.block_start + len(self.block):
             self.block += data
             return False

@@ -34,6 +34,10 @@ QUOTE = re.compile(r"^[^\S\n]*>(?:[^\S\n]?>)*[^\S\n]?", re.M)
 _SWITCH = re.compile(r"^~\s*(\d{1,5})\s*s$", re.I)
 _EXECUTION = re.compile(r"^(?:g|gu|gh|gn|p|t|pa|ta|pc|tc|pt|tt|ph|th|wt)(?:\s|$)", re.I)
 _CONTEXT = re.compile(r"^\.(cxr|trap|thread|ecxr)(?:\s+(.*))?$", re.I)
+# commands that change the address space virtual addresses are read in (the implicit
+# process), when given an address: `.process /p ff779190`, `.thread ADDR`, `.context ADDR`
+_SPACE = re.compile(r"^\.(process|thread|context)\b(.*)$", re.I)
+_SPACE_ADDRESS = re.compile(r"(?:^|\s)(?!/)[0-9a-f`]{4,17}(?:\s|$)", re.I)
 _REGISTER = re.compile(r"^r(?:M\s*\S+)?(?:\s|@|$)")
 _DG = re.compile(r"^dg(?:\s|$)")
 _FORMATS = re.compile(r"^\.formats(?:\s|$)")
@@ -193,8 +197,12 @@ class KdParser:
         return None
 
     def _side_effects(self, command: str, fam: str, number: int) -> List[Tuple[str, int]]:
-        """What a command changes by itself (processor, register context); returns
-        the register writes it asks for (`r cr4=426f8`)."""
+        """What a command changes by itself (processor, register context, address space);
+        returns the register writes it asks for (`r cr4=426f8`)."""
+        space = _SPACE.match(command)
+        if space is not None:
+            # virtual dumps after this are of another address space, not the processor's own
+            self.state.foreign_space = command if _SPACE_ADDRESS.search(space.group(2)) else None
         if fam == "switch":
             m = _SWITCH.match(command)
             assert m is not None
@@ -204,6 +212,7 @@ class KdParser:
                 self.state.processor(n)
         elif fam == "execution":
             self.live, self.live_kind = True, ""
+            self.state.foreign_space = None
         elif fam == "context":
             m = _CONTEXT.match(command)
             assert m is not None

@@ -101,6 +101,9 @@ class LogState:
         self.physical = PageStore()
         self.virtual = PageStore()  # addresses are (cpu << 64) + virtual address
         self._capped: set = set()
+        # the command that made virtual addresses refer to another address space
+        # (`.process /p ADDR`), or None while they are the current processor's own
+        self.foreign_space: Optional[str] = None
 
     # ----------------------------------------------------------- bookkeeping
     def warn(self, line: int, message: str) -> None:

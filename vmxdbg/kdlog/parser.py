@@ -11,6 +11,7 @@ never live. Such register values are kept as NonLiveContexts only.
 """
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, List, Optional, Tuple
@@ -57,6 +58,7 @@ READERS = {
 }
 
 
+@functools.lru_cache(maxsize=4096)   # a log repeats its commands (r, k, g ...): decide each once
 def family(command: str) -> str:
     """The family of one command (no `;`): a READERS key, or registers / execution /
     context / switch / analyze / other."""

@@ -13,6 +13,7 @@ chunk size and `max_line`, never by the size of the file.
 from __future__ import annotations
 
 import codecs
+import io
 from typing import BinaryIO, Callable, Iterator, NamedTuple, Optional, Tuple
 
 CHUNK = 1 << 20
@@ -72,6 +73,10 @@ def iter_blocks(stream: BinaryIO, *, max_line: int = MAX_LINE, chunk: int = CHUN
     is called with the number of bytes read after each chunk."""
     head = stream.read(PROBE)
     encoding, skip = detect_encoding(head)
+    if _seekable(stream):
+        # Decoding and CR/CRLF -> LF (also across chunks) done by io.TextIOWrapper, in C
+        yield from _blocks_of_text(stream, encoding, skip, max_line, chunk, progress)
+        return
     decoder = codecs.getincrementaldecoder(encoding)("replace")
     number = 1              # the number of the next line
     carry = ""              # the current, unfinished line (at most max_line characters)
@@ -116,6 +121,53 @@ def iter_blocks(stream: BinaryIO, *, max_line: int = MAX_LINE, chunk: int = CHUN
             break
         data = stream.read(chunk)
         done += len(data)
+    if carry or skipping:
+        yield Block(carry, number, False, skipping)
+
+
+def _seekable(stream: BinaryIO) -> bool:
+    try:
+        return bool(stream.seekable())
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _blocks_of_text(stream: BinaryIO, encoding: str, skip: int, max_line: int, chunk: int,
+                    progress: Optional[Callable[[int], None]]) -> Iterator[Block]:
+    """iter_blocks for a seekable stream: the same blocks, decoded by a TextIOWrapper."""
+    stream.seek(skip)
+    text_stream = io.TextIOWrapper(stream, encoding=encoding, errors="replace", newline=None)  # type: ignore[arg-type]
+    number = 1
+    carry = ""
+    skipping = False
+    try:
+        while True:
+            text = text_stream.read(chunk)
+            if not text:
+                break
+            if "\x00" in text:
+                text = text.replace("\x00", "")
+            if skipping:
+                end = text.find("\n")
+                if end < 0:
+                    continue
+                yield Block(carry, number, True, True)
+                number += 1
+                carry, skipping, text = "", False, text[end + 1:]
+            last = text.rfind("\n")
+            if last < 0:
+                carry += text
+            else:
+                block = carry + text[:last + 1] if carry else text[:last + 1]
+                carry = text[last + 1:]
+                yield Block(block, number)
+                number += block.count("\n")
+            if len(carry) > max_line:
+                carry, skipping = carry[:max_line], True
+            if progress is not None:
+                progress(stream.tell())
+    finally:
+        text_stream.detach()
     if carry or skipping:
         yield Block(carry, number, False, skipping)
 

@@ -132,8 +132,9 @@ def format_msr(index: int, value: int) -> str:
     return f"msr[{index:x}] = {windbg_hex(value)}"
 
 
-def format_dump(address: int, data: Sequence[Optional[int]], unit: int) -> List[str]:
-    """!db/!dd/!dq lines: `#1a2b3000 00000000`00000004 ...`; None bytes print as `?`."""
+def format_dump(address: int, data: Sequence[Optional[int]], unit: int, virtual: bool = False) -> List[str]:
+    """!db/!dd/!dq lines: `#1a2b3000 00000000`00000004 ...`; db/dd/dq lines (`virtual`):
+    `00000000`002cfd40  42424242`42424242 ...`; None bytes print as `?`."""
     lines = []
     for off in range(0, len(data), 16):
         chunk = data[off:off + 16]
@@ -150,9 +151,14 @@ def format_dump(address: int, data: Sequence[Optional[int]], unit: int) -> List[
         if unit == 1:
             hexpart = " ".join(cells[:8]) + ("-" + " ".join(cells[8:]) if len(cells) > 8 else "")
             ascii_ = "".join("." if x is None or not 0x20 <= x < 0x7F else chr(x) for x in chunk)
-            lines.append(f"#{address + off:8x} {hexpart:<47} {ascii_}")
+            row = f"{hexpart:<47} {ascii_}"
         else:
-            lines.append(f"#{address + off:8x} " + " ".join(cells))
+            row = " ".join(cells)
+        if virtual:
+            a = f"{address + off:016x}"
+            lines.append(f"{a[:8]}`{a[8:]}  {row}")
+        else:
+            lines.append(f"#{address + off:8x} {row}")
     return lines
 
 
@@ -302,7 +308,7 @@ def _dump(unit: int, virtual: bool = False) -> Handler:
         if all(x is None for x in data):
             raise NotAvailable(f"{'virtual' if virtual else 'physical'} memory not available",
                                backend=state.backend.name, what=f"0x{address:x}+0x{size:x}")
-        return format_dump(address, data, unit)
+        return format_dump(address, data, unit, virtual)
     return run
 
 

@@ -10,10 +10,11 @@ so a long dump costs one merge, not one per line.
 from __future__ import annotations
 
 import re
-from typing import Dict, Optional, Pattern
+from array import array
+from typing import Dict, List, Optional, Pattern
 
 from .output import CommandOutput
-from .reader import Line
+from .reader import MAX_LINE, Line
 from .state import LogState
 
 # element width in bytes -> (element pattern, separator pattern)
@@ -32,6 +33,7 @@ _WIDTH_OF = {"b": 1, "c": 4, "d": 4, "q": 8, "w": 2, "p": 8}
 _DUMP_COMMAND = re.compile(r"^(!(?:kext\.)?)?d([bcdqwp])(?:\s|$)", re.I)
 _PHYSICAL_OPTION = re.compile(r"(?:^|\s)/p(?:c|uc|wc)?(?:\s|$)", re.I)
 _SEPARATORS = re.compile(r"[ -]+")
+_SWAP = {2: "H", 4: "I", 8: "Q"}   # array codes: byteswap turns the shown (big-endian) digits into memory order
 
 
 def _line_pattern(width: int, physical_prefix: bool) -> Pattern[str]:
@@ -86,6 +88,38 @@ class DumpOutput(CommandOutput):
         self.block_start = address
         self.block += data
         return True
+
+    def feed_lines(self, lines: List[str], first: int) -> None:
+        """The common case at C speed: a whole row of known values is one bytes.fromhex
+        and one byteswap. Anything else (a failed read, `??`, a row that does not parse,
+        a long or cut-off line) goes through `feed`, line by line."""
+        width, physical = self.width, self.physical
+        code = _SWAP.get(width)
+        frozen = self.state.frozen_line
+        for n, text in enumerate(lines, first):
+            pattern = _PATTERNS[(width, physical and text.lstrip()[:1] == "#")]
+            m = pattern.match(text)
+            if m is None or "?" in text or "failed" in text or n == frozen or len(text) > MAX_LINE:
+                super().feed_lines([text], n)
+                continue
+            address = int(m.group(1).replace("`", ""), 16)
+            data = bytes.fromhex(m.group(2).replace("`", "").replace("-", " "))
+            if code is not None:
+                swapped = array(code, data)
+                swapped.byteswap()
+                data = swapped.tobytes()
+            self._add_row(address, data, n)
+
+    def _add_row(self, address: int, data: bytes, line: int) -> None:
+        new = self._add(address, data)
+        if not self.physical:
+            return
+        if new:
+            self.state.memory_seen(address, len(data), line)
+        else:
+            page = (address + 0xFFF) & ~0xFFF
+            if page < address + len(data):
+                self.state.memory_seen(page, address + len(data) - page, line)
 
     def feed(self, line: Line) -> None:
         text = line.text

@@ -36,6 +36,9 @@ FLAG_MNEMONICS = set("nv ov up dn di ei pl ng nz zr na ac po pe nc cy".split())
 
 _OTHER_REGISTER_PREFIXES = ("xmm", "ymm", "zmm", "st", "mm", "k")
 _HEX = re.compile(r"^[0-9a-f]+(?:`[0-9a-f]+)?$")
+# a register line: only `name=value` tokens and flag mnemonics, separated by blanks
+_LINE = re.compile(r"\s*(?:(?:[a-z][a-z0-9]*=\S*|" + "|".join(sorted(FLAG_MNEMONICS)) + r")(?:\s+|$))+")
+_PAIR = re.compile(r"([a-z][a-z0-9]*)=(\S*)")
 
 
 class BadValue(ValueError):
@@ -49,17 +52,15 @@ def parse_register_line(text: str) -> Optional[List[Tuple[str, int]]]:
     """
     if "=" not in text:
         return None
+    low = text.lower()
+    if _LINE.fullmatch(low) is None:
+        return None
     out: List[Tuple[str, int]] = []
     bad: List[str] = []
-    for tok in text.lower().split():
-        name, eq, value = tok.partition("=")
-        if not eq:
-            if tok in FLAG_MNEMONICS:
-                continue
-            return None
+    for name, value in _PAIR.findall(low):
         if name in REGISTERS:
             if len(value) > 17 or not _HEX.match(value):
-                bad.append(tok)
+                bad.append(f"{name}={value}")
                 continue
             out.append((name, int(value.replace("`", ""), 16)))
         elif name not in IGNORED and not (name.isalnum() and name.startswith(_OTHER_REGISTER_PREFIXES)):

@@ -91,6 +91,18 @@ def family(command: str) -> str:
     return "other"
 
 
+@functools.lru_cache(maxsize=4096)
+def plan(text: str) -> Tuple[Tuple[str, ...], Tuple[str, ...], int]:
+    """The commands after a prompt (split at `;`), their families, and the index of the
+    one whose output is read (-1: none; several readable commands share one output,
+    which then cannot be told apart)."""
+    commands = tuple(c.strip() for c in text.split(";") if c.strip())
+    families = tuple(family(c) for c in commands)
+    readable = [f for f in families if f not in ("other", "switch")]
+    index = families.index(readable[0]) if len(set(readable)) == 1 else -1
+    return commands, families, index
+
+
 class KdParser:
     """Feed it lines (`feed`), then `finish()` for the KdLog."""
 
@@ -169,16 +181,13 @@ class KdParser:
         else:
             self.cpu = self.default_cpu
         self.state.processor(self.cpu)
-        commands = [c.strip() for c in m.group(3).split(";") if c.strip()]
-        families = [family(c) for c in commands]
+        commands, families, index = plan(m.group(3))
         writes: List[Tuple[str, int]] = []
         for c, fam in zip(commands, families):
-            writes += self._side_effects(c, fam, number)
-        if commands:
-            readable = [f for f in families if f not in ("other", "switch")]
-            if len(set(readable)) == 1:
-                fam = readable[0]
-                self.reader = self._reader(fam, commands[families.index(fam)], number)
+            if fam != "other" or c[:1] == ".":
+                writes += self._side_effects(c, fam, number)
+        if index >= 0:
+            self.reader = self._reader(families[index], commands[index], number)
         if writes:
             if isinstance(self.reader, RegisterOutput):
                 self.reader.writes = writes  # applied unless the debugger answers with an error

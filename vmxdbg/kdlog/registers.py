@@ -11,7 +11,7 @@ import re
 from typing import Dict, List, Optional, Tuple
 
 from .output import CommandOutput
-from .reader import Line
+from .reader import MAX_LINE, Line
 from .state import LogState, NonLiveContext
 
 # debugger register name -> (kind, snapshot name[, part])
@@ -30,6 +30,7 @@ REGISTERS.update({
     "gdtr": ("tab", "gdtr", "base"), "gdtl": ("tab", "gdtr", "limit"),
     "idtr": ("tab", "idtr", "base"), "idtl": ("tab", "idtr", "limit"),
 })
+_REG_KEY = {place[1]: f"reg:{place[1]}" for place in REGISTERS.values()}
 # names that appear in register output but carry nothing the snapshot keeps
 IGNORED = {"iopl", "vip", "vif", "fpcw", "fpsw", "fptw", "mxcsr", "dr1x"}
 FLAG_MNEMONICS = set("nv ov up dn di ei pl ng nz zr na ac po pe nc cy".split())
@@ -150,7 +151,37 @@ class RegisterOutput(CommandOutput):
     def feed_lines(self, lines: List[str], first: int) -> None:
         if self.writes and not self.refused and any("error" in t.lower() for t in lines):
             self.refused = True
-        super().feed_lines(lines, first)
+        if self.context is not None or self.state.frozen_line is not None:
+            super().feed_lines(lines, first)
+            return
+        # The common case, inlined: plain registers of the live processor go straight
+        # into the snapshot with one provenance string per line.
+        state = self.state
+        p = state.processor(self.cpu)
+        registers, provenance = p.registers, p.provenance
+        source = state.result.source
+        for n, text in enumerate(lines, first):
+            if "=" not in text:
+                continue
+            if len(text) > MAX_LINE:
+                super().feed_lines([text], n)
+                continue
+            try:
+                values = parse_register_line(text)
+            except BadValue as exc:
+                state.warn(n, str(exc))
+                continue
+            if values is None:
+                self._current_instruction(Line(n, text))
+                continue
+            where = f"{source}:{n}"
+            for name, value in values:
+                place = REGISTERS[name]
+                if place[0] == "reg" and place[1] != "efer":
+                    registers[place[1]] = value
+                    provenance[_REG_KEY[place[1]]] = where
+                else:
+                    apply_register(state, self.cpu, name, value, n)
 
     def feed(self, line: Line) -> None:
         try:

@@ -3,6 +3,11 @@
 The format is fixed by DESIGN.md: integers are hex strings (JSON ints are
 accepted), unknown keys are ignored, an unknown major version is refused.
 Anything absent is unknown; nothing here ever fills in a default value.
+
+Two optional keys of version 1 come from kd logs (docs/kdlog.md): a processor's
+`virtual_memory` (`{"0xADDRESS": "hex bytes"}`, like the physical `memory` map,
+in that processor's own address space) and `state.vendor` (the CPUID leaf 0
+vendor string). A file without them reads as before; older readers skip them.
 """
 from __future__ import annotations
 

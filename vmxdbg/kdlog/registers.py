@@ -36,7 +36,7 @@ IGNORED = {"iopl", "vip", "vif", "fpcw", "fpsw", "fptw", "mxcsr", "dr1x"}
 FLAG_MNEMONICS = set("nv ov up dn di ei pl ng nz zr na ac po pe nc cy".split())
 
 _OTHER_REGISTER_PREFIXES = ("xmm", "ymm", "zmm", "st", "mm", "k")
-_HEX = re.compile(r"^[0-9a-f]+(?:`[0-9a-f]+)?$")
+_HEXDIGITS = "0123456789abcdef"
 # a register line: only `name=value` tokens and flag mnemonics, separated by blanks
 _LINE = re.compile(r"\s*(?:(?:[a-z][a-z0-9]*=\S*|" + "|".join(sorted(FLAG_MNEMONICS)) + r")(?:\s+|$))+")
 _PAIR = re.compile(r"([a-z][a-z0-9]*)=(\S*)")
@@ -60,10 +60,12 @@ def parse_register_line(text: str) -> Optional[List[Tuple[str, int]]]:
     bad: List[str] = []
     for name, value in _PAIR.findall(low):
         if name in REGISTERS:
-            if len(value) > 17 or not _HEX.match(value):
+            digits = value.replace("`", "")
+            # hex digits, at most one backtick (`00000000`0012f9a8`): str methods, not a regex
+            if len(value) > 17 or not digits or digits.strip(_HEXDIGITS) or len(value) - len(digits) > 1:
                 bad.append(f"{name}={value}")
                 continue
-            out.append((name, int(value.replace("`", ""), 16)))
+            out.append((name, int(digits, 16)))
         elif name not in IGNORED and not (name.isalnum() and name.startswith(_OTHER_REGISTER_PREFIXES)):
             return None
     if bad:

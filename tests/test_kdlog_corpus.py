@@ -134,6 +134,8 @@ def test_nine_digit_physical_and_the_same_qwords_virtually():
     assert log.snapshot.memory.read(0x11B963280, 16) == data
     assert virt(log, 1, 0xFFFFBF0152163280, 16) == data
     assert sorted(log.snapshot.processors) == [1]
+    assert log.snapshot.processors[1].provenance["vmem:0xffffbf0152163280"].endswith("pte-walk-vtop-dq.log:13")
+    assert log.snapshot.processors[1].provenance["mem:0x11b963280"].endswith("pte-walk-vtop-dq.log:10")
 
 
 def test_lkd_formats_then_physical_dq():

@@ -113,6 +113,8 @@ class DumpOutput(CommandOutput):
     def _add_row(self, address: int, data: bytes, line: int) -> None:
         new = self._add(address, data)
         if not self.physical:
+            if new and self.foreign is None:
+                self.state.virtual_seen(self.cpu, address, line)
             return
         if new:
             self.state.memory_seen(address, len(data), line)
@@ -146,7 +148,10 @@ class DumpOutput(CommandOutput):
                 self._flush()
             else:
                 value = int(tok.replace("`", ""), 16)
-                if self._add(address + offset, value.to_bytes(self.width, "little")) and self.physical:
+                new = self._add(address + offset, value.to_bytes(self.width, "little"))
+                if new and not self.physical and self.foreign is None:
+                    self.state.virtual_seen(self.cpu, address + offset, line.number)
+                if new and self.physical:
                     self.state.memory_seen(address + offset, self.width, line.number)
                 elif self.physical and (address + offset) & 0xFFF == 0:
                     self.state.memory_seen(address + offset, self.width, line.number)

@@ -104,6 +104,7 @@ class LogState:
         # the command that made virtual addresses refer to another address space
         # (`.process /p ADDR`), or None while they are the current processor's own
         self.foreign_space: Optional[str] = None
+        self._vmem_keys = 0
 
     # ----------------------------------------------------------- bookkeeping
     def warn(self, line: int, message: str) -> None:
@@ -232,6 +233,15 @@ class LogState:
         for key in keys:
             if key in self.mem_provenance or len(self.mem_provenance) < MAX_MEM_KEYS:
                 self.mem_provenance[key] = where
+
+    def virtual_seen(self, cpu: int, address: int, line: int) -> None:
+        """Provenance of a virtual dump's start on that processor: `vmem:<address>`."""
+        p = self.processor(cpu)
+        key = f"vmem:{hexs(address)}"
+        if key in p.provenance or self._vmem_keys < MAX_MEM_KEYS:
+            if key not in p.provenance:
+                self._vmem_keys += 1
+            p.provenance[key] = f"{self.result.source}:{line}"
 
     def _cap_warning(self, line: int, what: str, message: str) -> None:
         if what not in self._capped:

@@ -8,8 +8,6 @@ guest entry, the end.
 from __future__ import annotations
 
 import shutil
-import sys
-from pathlib import Path
 from typing import Dict, Iterator, Tuple
 
 import pytest

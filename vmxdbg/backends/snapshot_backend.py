@@ -6,7 +6,7 @@ from typing import Dict, FrozenSet, List, Tuple
 from ..common.statekeys import LAUNCH_STATE, VMX_POINTERS
 from ..common.errors import NotAvailable
 from ..state.snapshot import Snapshot
-from .base import CPUID, MSR, PHYSICAL, REGISTERS, VMCS, VMX_STATE, Backend
+from .base import CPUID, MSR, PHYSICAL, REGISTERS, VIRTUAL, VMCS, VMX_STATE, Backend
 
 
 class SnapshotBackend(Backend):
@@ -18,7 +18,10 @@ class SnapshotBackend(Backend):
         self.snapshot = snapshot
 
     def capabilities(self) -> FrozenSet[str]:
-        return frozenset({REGISTERS, MSR, CPUID, PHYSICAL, VMCS, VMX_STATE})
+        caps = {REGISTERS, MSR, CPUID, PHYSICAL, VMCS, VMX_STATE}
+        if any(p.virtual_memory for p in self.snapshot.processors.values()):
+            caps.add(VIRTUAL)  # a kd log's `dd`/`dq` dumps, exported per processor
+        return frozenset(caps)
 
     def describe(self) -> Dict[str, str]:
         return {"kind": self.name, "source": self.snapshot.source}
@@ -63,6 +66,12 @@ class SnapshotBackend(Backend):
         data = self.snapshot.memory.read(address, size)
         if data is None:
             raise NotAvailable("not in the snapshot", backend=self.name, what=f"physical 0x{address:x}+0x{size:x}")
+        return data
+
+    def read_virtual(self, cpu: int, address: int, size: int) -> bytes:
+        data = self._p(cpu).virtual_memory.read(address, size)
+        if data is None:
+            raise self._missing(cpu, f"virtual 0x{address:x}+0x{size:x}")
         return data
 
     def read_vmcs(self, cpu: int, encoding: int) -> int:

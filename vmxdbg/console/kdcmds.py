@@ -22,7 +22,7 @@ import functools
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from ..backends.base import SEGMENT_NAMES, TABLE_NAMES, Backend, StopEvent
+from ..backends.base import SEGMENT_NAMES, TABLE_NAMES, VIRTUAL, Backend, StopEvent
 from ..common.errors import BackendError, InputError, NotAvailable, VmxdbgError, one_line
 from ..state.snapshot import Snapshot
 from ..common.numbers import parse_count, parse_int, windbg_hex
@@ -132,8 +132,9 @@ def format_msr(index: int, value: int) -> str:
     return f"msr[{index:x}] = {windbg_hex(value)}"
 
 
-def format_dump(address: int, data: Sequence[Optional[int]], unit: int) -> List[str]:
-    """!db/!dd/!dq lines: `#1a2b3000 00000000`00000004 ...`; None bytes print as `?`."""
+def format_dump(address: int, data: Sequence[Optional[int]], unit: int, virtual: bool = False) -> List[str]:
+    """!db/!dd/!dq lines: `#1a2b3000 00000000`00000004 ...`; db/dd/dq lines (`virtual`):
+    `00000000`002cfd40  42424242`42424242 ...`; None bytes print as `?`."""
     lines = []
     for off in range(0, len(data), 16):
         chunk = data[off:off + 16]
@@ -150,9 +151,14 @@ def format_dump(address: int, data: Sequence[Optional[int]], unit: int) -> List[
         if unit == 1:
             hexpart = " ".join(cells[:8]) + ("-" + " ".join(cells[8:]) if len(cells) > 8 else "")
             ascii_ = "".join("." if x is None or not 0x20 <= x < 0x7F else chr(x) for x in chunk)
-            lines.append(f"#{address + off:8x} {hexpart:<47} {ascii_}")
+            row = f"{hexpart:<47} {ascii_}"
         else:
-            lines.append(f"#{address + off:8x} " + " ".join(cells))
+            row = " ".join(cells)
+        if virtual:
+            a = f"{address + off:016x}"
+            lines.append(f"{a[:8]}`{a[8:]}  {row}")
+        else:
+            lines.append(f"#{address + off:8x} {row}")
     return lines
 
 
@@ -197,16 +203,16 @@ def _dump_range(args: List[str], unit: int) -> Tuple[int, int]:
     return address, size
 
 
-def _read_bytes(backend: Backend, address: int, size: int, unit: int) -> List[Optional[int]]:
+def _read_bytes(read: Callable[[int, int], bytes], address: int, size: int, unit: int) -> List[Optional[int]]:
     """The bytes at [address, address+size), unit by unit where the whole range is not known."""
     try:
-        return list(backend.read_physical(address, size))
+        return list(read(address, size))
     except NotAvailable:
         pass
     out: List[Optional[int]] = []
     for a in range(address, address + size, unit):
         try:
-            out += list(backend.read_physical(a, unit))
+            out += list(read(a, unit))
         except NotAvailable:
             out += [None] * unit
     return out
@@ -286,14 +292,23 @@ def cmd_rdmsr(state: KdState, args: List[str]) -> List[str]:
     return [format_msr(index, state.backend.read_msr(state.cpu, index))]
 
 
-def _dump(unit: int) -> Handler:
+def _dump(unit: int, virtual: bool = False) -> Handler:
+    """`!db`/`!dd`/`!dq` (physical memory) or `db`/`dd`/`dq` (the current processor's
+    virtual memory, as far as the source shows it: a kd log's own dumps)."""
     def run(state: KdState, args: List[str]) -> List[str]:
         address, size = _dump_range(args, unit)
-        data = _read_bytes(state.backend, address, size, unit)
+        if virtual:
+            if VIRTUAL not in state.backend.capabilities():
+                raise NotAvailable("this source shows no virtual memory", backend=state.backend.name,
+                                   cpu=state.cpu, what=f"virtual 0x{address:x}+0x{size:x}")
+            cpu = state.cpu
+            data = _read_bytes(lambda a, n: state.backend.read_virtual(cpu, a, n), address, size, unit)
+        else:
+            data = _read_bytes(state.backend.read_physical, address, size, unit)
         if all(x is None for x in data):
-            raise NotAvailable("physical memory not available", backend=state.backend.name,
-                               what=f"0x{address:x}+0x{size:x}")
-        return format_dump(address, data, unit)
+            raise NotAvailable(f"{'virtual' if virtual else 'physical'} memory not available",
+                               backend=state.backend.name, what=f"0x{address:x}+0x{size:x}")
+        return format_dump(address, data, unit, virtual)
     return run
 
 
@@ -426,6 +441,9 @@ COMMANDS: Tuple[Command, ...] = (
     Command("!db", "!db ADDR [L n]", "physical memory as bytes", _dump(1)),
     Command("!dd", "!dd ADDR [L n]", "physical memory as dwords", _dump(4)),
     Command("!dq", "!dq ADDR [L n]", "physical memory as qwords", _dump(8)),
+    Command("db", "db ADDR [L n]", "virtual memory of the current processor as bytes", _dump(1, True)),
+    Command("dd", "dd ADDR [L n]", "virtual memory of the current processor as dwords", _dump(4, True)),
+    Command("dq", "dq ADDR [L n]", "virtual memory of the current processor as qwords", _dump(8, True)),
     Command("!vmread", "!vmread FIELD", "a field of the current VMCS (!vmread GUEST_CR0, !vmread 6800)", cmd_vmread),
     Command("!vmxcheck", "!vmxcheck [-v] [cpu N] [rule ID]", "check the current state: why VMXON / VM entry fails",
             cmd_vmxcheck),

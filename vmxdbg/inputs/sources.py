@@ -21,6 +21,9 @@ KINDS: Tuple[Tuple[str, str, str], ...] = (
     ("kd log", "vmxdbg.inputs.kdlog:looks_like_kdlog", "vmxdbg.inputs.kdlog:load_for_check"),
 )
 HEAD_BYTES = 64 * 1024
+# what the probes look for, for the refusal of a file none of them claims
+LOOKED_FOR = ('"format": "vmxdbg-snapshot" (snapshot), a first line naming "vmxdbg-recording" (recording), or '
+              "kd prompt (`0: kd>`, `kd>`, `lkd>`) or kd banner (kd log)")
 
 
 def _resolve(spec: str) -> Callable[..., Any]:
@@ -46,7 +49,8 @@ def kind_of(path: Path) -> str:
         except ImportError:
             continue
     known = ", ".join(k[0] for k in KINDS)
-    raise InputError(f"not a file vmxdbg reads (it reads: {known})", source=str(path))
+    raise InputError(f"not a file vmxdbg reads (it reads: {known}); its first {HEAD_BYTES // 1024} KiB hold "
+                     f"no {LOOKED_FOR}", source=str(path))
 
 
 def load_any(path: Path, options: Optional[Dict[str, Any]] = None) -> Snapshot:

@@ -55,7 +55,11 @@ def in_smx_operation(ctx: Context) -> bool:
       broken="Every VMX instruction is an invalid opcode (#UD), and setting CR4.VMXE faults.",
       fix="Use a processor (or a VM configured for nested virtualization) that reports VMX; "
           "in firmware, VT-x being disabled usually shows in IA32_FEATURE_CONTROL, not here.",
-      examples=[bad({"cpuid/0x1": ["0x906ea", "0x100800", "0x7ffafb9f", "0xbfebfbff"]}), good({})])
+      examples=[bad({"cpuid/0x1": ["0x906ea", "0x100800", "0x7ffafb9f", "0xbfebfbff"]}),
+                # an AMD processor as a kernel debugger shows it: no CPUID, no VMX MSRs, CR4.VMXE clear
+                bad({"cpuid/0x1": None, "state/vendor": "AuthenticAMD", "registers/cr4": "0x3706f8",
+                     **{f"msr/{m}": None for m in ("0x3a", "0x480", "0x486", "0x487", "0x488", "0x489")}}),
+                good({})])
 def cpuid_vmx(ctx: Context) -> Optional[Violation]:
     if not ctx.vmx_supported():
         if (1, 0) in ctx.p.cpuid:

@@ -315,13 +315,16 @@ class Evidence:
 
     def _from_vendor(self) -> None:
         leaf0 = self.p.cpuid.get((0, 0))
-        if leaf0 is None:
+        if leaf0 is not None:
+            vendor, source, keys = _vendor(leaf0), "the CPUID.0 vendor string", ("cpuid:0x0",)
+        elif isinstance(self.p.state.get("vendor"), str):
+            vendor, source, keys = str(self.p.state["vendor"]), "the vendor the debugger printed", ("state:vendor",)
+        else:
             return
-        vendor = _vendor(leaf0)
         if vendor not in SVM_VENDORS:
             return  # GenuineIntel, and VIA/Zhaoxin (CentaurHauls, "  Shanghai  ") implement VMX
         fl = flag("VMX")
-        self._add_flag(_fi(fl, 0, f"the CPUID.0 vendor string {vendor!r}", ("cpuid:0x0",),
+        self._add_flag(_fi(fl, 0, f"{source} {vendor!r}", keys,
                                  f"Vol.3C 24.6 Discovering Support for VMX {ED}; AMD64 APM Vol.2 15.4: "
                                  "AMD-architecture processors implement SVM, not VMX"))
 

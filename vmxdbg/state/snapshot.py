@@ -3,6 +3,11 @@
 The format is fixed by DESIGN.md: integers are hex strings (JSON ints are
 accepted), unknown keys are ignored, an unknown major version is refused.
 Anything absent is unknown; nothing here ever fills in a default value.
+
+Two optional keys of version 1 come from kd logs (docs/kdlog.md): a processor's
+`virtual_memory` (`{"0xADDRESS": "hex bytes"}`, like the physical `memory` map,
+in that processor's own address space) and `state.vendor` (the CPUID leaf 0
+vendor string). A file without them reads as before; older readers skip them.
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ FORMAT = "vmxdbg-snapshot"
 VERSION = 1
 MAX_FILE_BYTES = 256 * 1024 * 1024
 
+VENDOR = re.compile(r"[\x20-\x7e]{1,12}")   # the CPUID leaf 0 vendor string (EBX, EDX, ECX)
 MAX_CPU = 0xFFFFFFFF
 MAX_TEXT = 4096                  # characters kept of a free-text value (source, provenance)
 _DECIMAL = re.compile(r"[0-9]{1,10}")   # a processor number as a JSON key (ASCII, bounded)
@@ -64,6 +70,8 @@ class Processor:
     operands: Dict[str, int] = field(default_factory=dict)  # vmclear/vmptrld operands
     linear: Dict[str, int] = field(default_factory=dict)    # linear addresses: vmxon_region, vmcs_region
     provenance: Dict[str, str] = field(default_factory=dict)  # input key -> where it came from
+    # memory this processor's debugger showed at virtual addresses (its own address space)
+    virtual_memory: "Memory" = field(default_factory=lambda: Memory())
 
 
 class Memory:
@@ -108,6 +116,11 @@ class Memory:
     def __bool__(self) -> bool:
         return bool(self._ranges)
 
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Memory) and self._ranges == other._ranges
+
+    __hash__ = None  # type: ignore[assignment]
+
 
 @dataclass
 class Snapshot:
@@ -148,6 +161,16 @@ class _Reader:
         if not isinstance(value, dict):
             raise self.fail(key, f"expected an object, got {type(value).__name__}")
         return value
+
+    def memory(self, mem: "Memory", addr_s: Any, hexbytes: Any, key: str, what: str) -> None:
+        """One `address: "hex bytes"` entry of a memory map."""
+        addr = self.int(addr_s, f"{key}.{addr_s}", what)
+        if not isinstance(hexbytes, str):
+            raise self.fail(f"{key}.{addr_s}", "expected a string of hex bytes")
+        try:
+            mem.add(addr, bytes.fromhex(hexbytes.replace(" ", "")))
+        except ValueError:
+            raise self.fail(f"{key}.{addr_s}", "not a string of hex bytes") from None
 
     def processor(self, raw: Any, key: str) -> Processor:
         raw = self.obj(raw, key)
@@ -190,6 +213,10 @@ class _Reader:
                 if not isinstance(val, bool):
                     raise self.fail(k, "expected true or false")
                 p.state[name] = val
+            elif name == "vendor":
+                if not isinstance(val, str) or not VENDOR.fullmatch(val):
+                    raise self.fail(k, "expected the CPUID vendor string (1 to 12 printable ASCII characters)")
+                p.state["vendor"] = val
             elif name == "vmx":
                 if val not in VMX_MODES:
                     raise self.fail(k, f"expected one of {', '.join(VMX_MODES)}")
@@ -209,6 +236,8 @@ class _Reader:
             p.operands[str(name)] = self.int(val, f"{key}.operands.{name}")
         for name, val in self.obj(raw.get("linear", {}), f"{key}.linear").items():
             p.linear[str(name)] = self.int(val, f"{key}.linear.{name}")
+        for addr_s, hexbytes in self.obj(raw.get("virtual_memory", {}), f"{key}.virtual_memory").items():
+            self.memory(p.virtual_memory, addr_s, hexbytes, f"{key}.virtual_memory", "virtual address")
         prov = raw.get("provenance", {})
         if isinstance(prov, dict):
             p.provenance = {_text(k2): _text(v) for k2, v in prov.items()}
@@ -244,13 +273,7 @@ def snapshot_from_json(data: Any, source: str = "<snapshot>") -> Snapshot:
             raise r.fail(f"processors.{_short(cpu_s)}", f"processor number out of range (at most {MAX_CPU})")
         r.put(snap.processors, cpu, r.processor(raw, f"processors.{cpu_s}"), "processors", cpu_s)
     for addr_s, hexbytes in r.obj(data.get("memory", {}), "memory").items():
-        addr = r.int(addr_s, f"memory.{addr_s}", "physical address")
-        if not isinstance(hexbytes, str):
-            raise r.fail(f"memory.{addr_s}", "expected a string of hex bytes")
-        try:
-            snap.memory.add(addr, bytes.fromhex(hexbytes.replace(" ", "")))
-        except ValueError:
-            raise r.fail(f"memory.{addr_s}", "not a string of hex bytes") from None
+        r.memory(snap.memory, addr_s, hexbytes, "memory", "physical address")
     return snap
 
 
@@ -290,6 +313,8 @@ def _processor_json(p: Processor) -> dict:
         out["operands"] = {k: hexs(v) for k, v in sorted(p.operands.items())}
     if p.linear:
         out["linear"] = {k: hexs(v) for k, v in sorted(p.linear.items())}
+    if p.virtual_memory:
+        out["virtual_memory"] = {hexs(a): b.hex() for a, b in p.virtual_memory.ranges()}
     if p.provenance:
         out["provenance"] = dict(sorted(p.provenance.items()))
     return out

@@ -1,4 +1,5 @@
-"""Memory dumps: physical `!db`/`!dc`/`!dd`/`!dq`/`!dw` (lines start with `#`,
+"""Memory dumps: physical `!db`/`!dc`/`!dd`/`!dq`/`!dw`, also named `!kext.dd` ... (lines
+start with `#` and an address padded with spaces, `#   1f000 0000f002 ...`,
 and a failed read says "Physical memory read at ... failed") and virtual
 `db`/`dc`/`dd`/`dq`/`dp`/`dw` (addresses with or without the backtick; `/p`
 makes them physical). Bytes shown as `??` are unknown and split the block.
@@ -9,10 +10,11 @@ so a long dump costs one merge, not one per line.
 from __future__ import annotations
 
 import re
-from typing import Dict, Optional, Pattern
+from array import array
+from typing import Dict, List, Optional, Pattern
 
 from .output import CommandOutput
-from .reader import Line
+from .reader import MAX_LINE, Line
 from .state import LogState
 
 # element width in bytes -> (element pattern, separator pattern)
@@ -27,16 +29,19 @@ _FAILED = re.compile(r"physical memory read at ([0-9a-f`]+) failed", re.I)
 _STARTS_WITH_ADDR = re.compile(r"^\s*#?\s*[0-9a-f]{4,8}(?:`[0-9a-f]{8})?\s", re.I)
 
 _WIDTH_OF = {"b": 1, "c": 4, "d": 4, "q": 8, "w": 2, "p": 8}
-_DUMP_COMMAND = re.compile(r"^(!?)d([bcdqwp])(?:\s|$)", re.I)
+# `!dd`, and the same extension named with its DLL: `!kext.dd`
+_DUMP_COMMAND = re.compile(r"^(!(?:kext\.)?)?d([bcdqwp])(?:\s|$)", re.I)
 _PHYSICAL_OPTION = re.compile(r"(?:^|\s)/p(?:c|uc|wc)?(?:\s|$)", re.I)
 _SEPARATORS = re.compile(r"[ -]+")
+_SWAP = {2: "H", 4: "I", 8: "Q"}   # array codes: byteswap turns the shown (big-endian) digits into memory order
 
 
 def _line_pattern(width: int, physical_prefix: bool) -> Pattern[str]:
     elem, sep = _ELEMENTS[width]
     prefix = r"#\s*" if physical_prefix else r"(?:[0-9a-f]{4}:)?"
-    # the element run, then (for db/dc) two or more spaces and the characters column
-    return re.compile(rf"^\s*{prefix}{_ADDR}\s+((?:{elem}{sep})*{elem})-?(?:\s\s.*)?\s*$", re.I)
+    # the element run, then (for db/dc) the characters column: two spaces before it in
+    # a virtual dump, one in a physical one (`#   e9000 000ea002 ... ................`)
+    return re.compile(rf"^\s*{prefix}{_ADDR}\s+((?:{elem}{sep})*{elem})-?(?:\s+\S.*)?\s*$", re.I)
 
 
 _PATTERNS: Dict[tuple, Pattern[str]] = {(w, p): _line_pattern(w, p) for w in _ELEMENTS for p in (True, False)}
@@ -61,14 +66,21 @@ class DumpOutput(CommandOutput):
         self.width, self.physical = kind
         self.block_start = 0
         self.block = bytearray()
+        # virtual addresses of another address space are not this processor's memory
+        self.foreign = None if self.physical else state.foreign_space
+        if self.foreign is not None:
+            state.note(line, f"virtual memory dumped after `{self.foreign}` belongs to that address "
+                             "space, not the processor's own; not kept")
 
     def _flush(self) -> None:
-        if self.block:
+        if self.block and self.foreign is None:
             self.state.add_memory(self.block_start, bytes(self.block), physical=self.physical, cpu=self.cpu)
             self.block = bytearray()
 
     def _add(self, address: int, data: bytes) -> bool:
         """Append to the block; True when this starts a new block."""
+        if self.foreign is not None:
+            return False
         if self.block and address == self.block_start + len(self.block):
             self.block += data
             return False
@@ -76,6 +88,40 @@ class DumpOutput(CommandOutput):
         self.block_start = address
         self.block += data
         return True
+
+    def feed_lines(self, lines: List[str], first: int) -> None:
+        """The common case at C speed: a whole row of known values is one bytes.fromhex
+        and one byteswap. Anything else (a failed read, `??`, a row that does not parse,
+        a long or cut-off line) goes through `feed`, line by line."""
+        width, physical = self.width, self.physical
+        code = _SWAP.get(width)
+        frozen = self.state.frozen_line
+        for n, text in enumerate(lines, first):
+            pattern = _PATTERNS[(width, physical and text.lstrip()[:1] == "#")]
+            m = pattern.match(text)
+            if m is None or "?" in text or "failed" in text or n == frozen or len(text) > MAX_LINE:
+                super().feed_lines([text], n)
+                continue
+            address = int(m.group(1).replace("`", ""), 16)
+            data = bytes.fromhex(m.group(2).replace("`", "").replace("-", " "))
+            if code is not None:
+                swapped = array(code, data)
+                swapped.byteswap()
+                data = swapped.tobytes()
+            self._add_row(address, data, n)
+
+    def _add_row(self, address: int, data: bytes, line: int) -> None:
+        new = self._add(address, data)
+        if not self.physical:
+            if new and self.foreign is None:
+                self.state.virtual_seen(self.cpu, address, line)
+            return
+        if new:
+            self.state.memory_seen(address, len(data), line)
+        else:
+            page = (address + 0xFFF) & ~0xFFF
+            if page < address + len(data):
+                self.state.memory_seen(page, address + len(data) - page, line)
 
     def feed(self, line: Line) -> None:
         text = line.text
@@ -102,7 +148,10 @@ class DumpOutput(CommandOutput):
                 self._flush()
             else:
                 value = int(tok.replace("`", ""), 16)
-                if self._add(address + offset, value.to_bytes(self.width, "little")) and self.physical:
+                new = self._add(address + offset, value.to_bytes(self.width, "little"))
+                if new and not self.physical and self.foreign is None:
+                    self.state.virtual_seen(self.cpu, address + offset, line.number)
+                if new and self.physical:
                     self.state.memory_seen(address + offset, self.width, line.number)
                 elif self.physical and (address + offset) & 0xFFF == 0:
                     self.state.memory_seen(address + offset, self.width, line.number)

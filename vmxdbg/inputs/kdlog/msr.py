@@ -6,7 +6,8 @@ import re
 from .output import CommandOutput
 from .reader import Line
 
-_MSR = re.compile(r"^\s*msr\[([0-9a-f]{1,8})\]\s*=\s*([0-9a-f]{8}`?[0-9a-f]{8})\s*$", re.I)
+# a `// ...` after the value is a note someone added to a pasted log, not output
+_MSR = re.compile(r"^\s*msr\[([0-9a-f]{1,8})\]\s*=\s*([0-9a-f]{8}`?[0-9a-f]{8})\s*(?://.*)?$", re.I)
 
 
 class RdmsrOutput(CommandOutput):

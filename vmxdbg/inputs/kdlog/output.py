@@ -7,7 +7,9 @@ output but do not parse through `state.warn`.
 """
 from __future__ import annotations
 
-from .reader import Line
+from typing import List, Optional
+
+from .reader import MAX_LINE, Line
 from .state import LogState
 
 
@@ -21,6 +23,22 @@ class CommandOutput:
 
     def __init__(self, state: LogState, cpu: int, command: str, line: int, live: bool = True) -> None:
         self.state, self.cpu, self.command, self.line, self.live = state, cpu, command, line, live
+
+    # A string every output line that can matter contains; other lines are not
+    # looked at (most of a long output, e.g. the prose of `!analyze -v`).
+    KEY: Optional[str] = None
+
+    def feed_lines(self, lines: List[str], first: int) -> None:
+        """Output lines, the first numbered `first`: each that can matter goes to `feed`."""
+        key = self.KEY
+        feed = self.feed
+        for n, text in enumerate(lines, first):
+            if key is not None and key not in text:
+                continue
+            if len(text) > MAX_LINE:
+                self.state.warn(n, f"line longer than {MAX_LINE} characters; cut there and not used")
+                continue
+            feed(Line(n, text))
 
     def feed(self, line: Line) -> None:
         """One output line."""

@@ -11,9 +11,10 @@ never live. Such register values are kept as NonLiveContexts only.
 """
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
-from typing import BinaryIO, Iterable, List, Optional, Tuple
+from typing import BinaryIO, Callable, Iterable, List, Optional, Tuple
 
 from ...common.errors import InputError
 from .cpuid import CpuidOutput
@@ -22,20 +23,27 @@ from .expressions import EvaluateOutput, FormatsOutput
 from .memory import DumpOutput, dump_kind
 from .msr import RdmsrOutput
 from .output import CommandOutput
-from .reader import MAX_LINE, Line, iter_lines
+from .reader import MAX_LINE, Block, Line, iter_blocks
 from .registers import RegisterOutput, apply_register, parse_register_command
-from .state import KdLog, KdWarning, LogState
+from .state import MAX_CPU, KdLog, KdWarning, LogState
 
-MAX_CPU = 4096
 PROMPT = re.compile(r"^\s*(?:(\d{1,5}):\s?)?(l?kd)>\s?(.*)$")
+# the same, matched at a line start inside a block of lines
+PROMPT_AT = re.compile(r"[^\S\n]*(?:(\d{1,5}):[^\S\n]?)?(l?kd)>[^\S\n]?([^\n]*)")
+# e-mail / issue-reply quote marks at the start of a line, nested or not: `> `, `>>`, `> > `
+QUOTE = re.compile(r"^[^\S\n]*>(?:[^\S\n]?>)*[^\S\n]?", re.M)
 _SWITCH = re.compile(r"^~\s*(\d{1,5})\s*s$", re.I)
 _EXECUTION = re.compile(r"^(?:g|gu|gh|gn|p|t|pa|ta|pc|tc|pt|tt|ph|th|wt)(?:\s|$)", re.I)
 _CONTEXT = re.compile(r"^\.(cxr|trap|thread|ecxr)(?:\s+(.*))?$", re.I)
+# commands that change the address space virtual addresses are read in (the implicit
+# process), when given an address: `.process /p ff779190`, `.thread ADDR`, `.context ADDR`
+_SPACE = re.compile(r"^\.(process|thread|context)\b(.*)$", re.I)
+_SPACE_ADDRESS = re.compile(r"(?:^|\s)(?!/)[0-9a-f`]{4,17}(?:\s|$)", re.I)
 _REGISTER = re.compile(r"^r(?:M\s*\S+)?(?:\s|@|$)")
 _DG = re.compile(r"^dg(?:\s|$)")
 _FORMATS = re.compile(r"^\.formats(?:\s|$)")
 _EVALUATE = re.compile(r"^\?(?:\s|$)")
-_CPUID = re.compile(r"^!cpuid(?:\s|$)")
+_CPUID = re.compile(r"^!(?:(?:ext|kdexts)\.)?cpu(?:id|info)(?:\s|$)")
 _FRAME_R = re.compile(r"^\.frame\b.*/r")
 _ANALYZE = re.compile(r"^!analyze(?:\s|$)")
 
@@ -50,6 +58,7 @@ READERS = {
 }
 
 
+@functools.lru_cache(maxsize=4096)   # a log repeats its commands (r, k, g ...): decide each once
 def family(command: str) -> str:
     """The family of one command (no `;`): a READERS key, or registers / execution /
     context / switch / analyze / other."""
@@ -82,6 +91,18 @@ def family(command: str) -> str:
     return "other"
 
 
+@functools.lru_cache(maxsize=4096)
+def plan(text: str) -> Tuple[Tuple[str, ...], Tuple[str, ...], int]:
+    """The commands after a prompt (split at `;`), their families, and the index of the
+    one whose output is read (-1: none; several readable commands share one output,
+    which then cannot be told apart)."""
+    commands = tuple(c.strip() for c in text.split(";") if c.strip())
+    families = tuple(family(c) for c in commands)
+    readable = [f for f in families if f not in ("other", "switch")]
+    index = families.index(readable[0]) if len(set(readable)) == 1 else -1
+    return commands, families, index
+
+
 class KdParser:
     """Feed it lines (`feed`), then `finish()` for the KdLog."""
 
@@ -94,22 +115,63 @@ class KdParser:
         self.reader: Optional[CommandOutput] = None
         self.lines = 0
 
-    # ------------------------------------------------------------------ lines
-    def feed(self, line: Line) -> None:
-        self.lines = line.number
-        if line.truncated:
-            self.state.warn(line.number, f"line longer than {MAX_LINE} characters; cut there and not used")
+    # ----------------------------------------------------------------- blocks
+    def feed(self, block: Block) -> None:
+        """A block of the log (see reader.Block)."""
+        if block.truncated:
+            self.lines = block.number
+            self.state.warn(block.number, f"line longer than {MAX_LINE} characters; cut there and not used")
             return
-        if not line.ended and line.text.strip():
-            self.state.frozen_line = line.number
-        m = PROMPT.match(line.text) if "kd>" in line.text else None
-        if m is not None:
-            self._prompt(m, line.number)
-        elif self.reader is not None:
-            self.reader.feed(line)
+        if not block.ended:
+            if block.text.strip():
+                self.state.frozen_line = block.number
+            self.feed_text(block.text + "\n", block.number)
+            return
+        self.feed_text(block.text, block.number)
+
+    def feed_text(self, text: str, number: int) -> None:
+        """Whole lines (each ending in "\n"), the first numbered `number`. Prompts are
+        found with str.find; output between them goes to the current reader in one call,
+        or is not looked at when no reader wants it (most of a real log)."""
+        if text[:1] == ">" or "\n>" in text:
+            text = QUOTE.sub("", text)
+        find = text.find
+        count = text.count
+        seg, seg_no, search = 0, number, 0
+        while True:
+            k = find("kd>", search)
+            if k < 0:
+                break
+            start = text.rfind("\n", 0, k) + 1
+            end = find("\n", k)
+            search = end + 1
+            m = PROMPT_AT.match(text, start)
+            if m is None:
+                continue
+            line_no = seg_no + count("\n", seg, start)
+            if self.reader is not None and start > seg:
+                self.reader.feed_lines(text[seg:start].split("\n")[:-1], seg_no)
+            seg, seg_no = end + 1, line_no + 1
+            if end - start > MAX_LINE:
+                self.state.warn(line_no, f"line longer than {MAX_LINE} characters; cut there and not used")
+                continue
+            self._prompt(m, line_no)
+        if self.reader is not None and seg < len(text):
+            self.reader.feed_lines(text[seg:].split("\n")[:-1], seg_no)
+        self.lines = number + count("\n") - 1
+
+    def feed_line(self, line: Line) -> None:
+        """One line (tests and callers that hold Line objects)."""
+        if line.truncated:
+            self.feed(Block(line.text, line.number, line.ended, True))
+        elif not line.ended:
+            self.feed(Block(line.text, line.number, False))
+        else:
+            self.feed_text(line.text.replace("\n", " ") + "\n", line.number)
 
     def _prompt(self, m: "re.Match[str]", number: int) -> None:
         self._end_output()
+        self.state.result.prompts += 1
         if m.group(1) is not None:
             cpu = int(m.group(1))
             if cpu >= MAX_CPU:
@@ -119,16 +181,13 @@ class KdParser:
         else:
             self.cpu = self.default_cpu
         self.state.processor(self.cpu)
-        commands = [c.strip() for c in m.group(3).split(";") if c.strip()]
-        families = [family(c) for c in commands]
+        commands, families, index = plan(m.group(3))
         writes: List[Tuple[str, int]] = []
         for c, fam in zip(commands, families):
-            writes += self._side_effects(c, fam, number)
-        if commands:
-            readable = [f for f in families if f not in ("other", "switch")]
-            if len(set(readable)) == 1:
-                fam = readable[0]
-                self.reader = self._reader(fam, commands[families.index(fam)], number)
+            if fam != "other" or c[:1] == ".":
+                writes += self._side_effects(c, fam, number)
+        if index >= 0:
+            self.reader = self._reader(families[index], commands[index], number)
         if writes:
             if isinstance(self.reader, RegisterOutput):
                 self.reader.writes = writes  # applied unless the debugger answers with an error
@@ -149,8 +208,12 @@ class KdParser:
         return None
 
     def _side_effects(self, command: str, fam: str, number: int) -> List[Tuple[str, int]]:
-        """What a command changes by itself (processor, register context); returns
-        the register writes it asks for (`r cr4=426f8`)."""
+        """What a command changes by itself (processor, register context, address space);
+        returns the register writes it asks for (`r cr4=426f8`)."""
+        space = _SPACE.match(command)
+        if space is not None:
+            # virtual dumps after this are of another address space, not the processor's own
+            self.state.foreign_space = command if _SPACE_ADDRESS.search(space.group(2)) else None
         if fam == "switch":
             m = _SWITCH.match(command)
             assert m is not None
@@ -160,6 +223,7 @@ class KdParser:
                 self.state.processor(n)
         elif fam == "execution":
             self.live, self.live_kind = True, ""
+            self.state.foreign_space = None
         elif fam == "context":
             m = _CONTEXT.match(command)
             assert m is not None
@@ -188,13 +252,28 @@ def parse_lines(lines: Iterable[Line], source: str, at_line: Optional[int] = Non
     for line in lines:
         if at_line is not None and line.number > at_line:
             break
-        parser.feed(line)
+        parser.feed_line(line)
     return parser.finish()
 
 
-def parse_stream(stream: BinaryIO, source: str, at_line: Optional[int] = None) -> KdLog:
+def parse_blocks(blocks: Iterable[Block], source: str, at_line: Optional[int] = None) -> KdLog:
+    """Parse blocks of lines (stopping after `at_line` when given)."""
+    parser = KdParser(source)
+    for block in blocks:
+        if at_line is not None:
+            if block.number > at_line:
+                break
+            if block.ended and not block.truncated and block.number + block.text.count("\n") - 1 > at_line:
+                keep = at_line - block.number + 1
+                block = block._replace(text="\n".join(block.text.split("\n", keep)[:keep]) + "\n")
+        parser.feed(block)
+    return parser.finish()
+
+
+def parse_stream(stream: BinaryIO, source: str, at_line: Optional[int] = None,
+                 progress: Optional[Callable[[int], None]] = None) -> KdLog:
     """Parse a binary stream (any supported encoding and line ends)."""
-    return parse_lines(iter_lines(stream), source, at_line)
+    return parse_blocks(iter_blocks(stream, progress=progress), source, at_line)
 
 
 def parse_text(text: str, source: str = "<text>", at_line: Optional[int] = None) -> KdLog:
@@ -203,13 +282,15 @@ def parse_text(text: str, source: str = "<text>", at_line: Optional[int] = None)
     return parse_stream(io.BytesIO(text.encode("utf-8")), source, at_line)
 
 
-def parse_file(path: Path, at_line: Optional[int] = None) -> KdLog:
-    """Parse a kd log file; InputError names the file when it cannot be read or --at is wrong."""
+def parse_file(path: Path, at_line: Optional[int] = None,
+               progress: Optional[Callable[[int], None]] = None) -> KdLog:
+    """Parse a kd log file; InputError names the file when it cannot be read or --at is wrong.
+    `progress(bytes_read)` is called after each chunk."""
     if at_line is not None and at_line < 1:
         raise InputError(f"--at {at_line}: line numbers start at 1", source=str(path))
     try:
         with open(path, "rb") as f:
-            log = parse_stream(f, str(path), at_line)
+            log = parse_stream(f, str(path), at_line, progress)
     except OSError as exc:
         raise InputError(exc.strerror or str(exc), source=str(path)) from None
     if at_line is not None and at_line > log.lines:

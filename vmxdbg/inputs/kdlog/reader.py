@@ -4,14 +4,17 @@ The encoding is detected from the first bytes: a UTF-8 / UTF-16 byte-order
 mark, else UTF-16 LE/BE by where the NUL bytes fall (WinDbg writes UTF-16
 logs without a BOM when `.logopen /u` is used), else UTF-8, else latin-1.
 Undecodable bytes become U+FFFD; NUL characters are dropped. CR, LF and CRLF
-all end a line. A line longer than `max_line` characters is cut there (the
+all end a line. `iter_blocks` hands out whole lines a chunk at a time (the
+parser finds prompts in a block with str.find, at C speed); `iter_lines` one
+line at a time. A line longer than `max_line` characters is cut there (the
 rest is skipped) and reported as truncated. Memory use is bounded by the
 chunk size and `max_line`, never by the size of the file.
 """
 from __future__ import annotations
 
 import codecs
-from typing import BinaryIO, Iterator, List, NamedTuple, Tuple
+import io
+from typing import BinaryIO, Callable, Iterator, NamedTuple, Optional, Tuple
 
 CHUNK = 1 << 20
 MAX_LINE = 64 * 1024
@@ -53,17 +56,34 @@ def detect_encoding(head: bytes) -> Tuple[str, int]:
         return "latin-1", 0
 
 
-def iter_lines(stream: BinaryIO, *, max_line: int = MAX_LINE, chunk: int = CHUNK) -> Iterator[Line]:
-    """Yield every line of `stream` (numbered from 1) as decoded text without its line end."""
+class Block(NamedTuple):
+    """Consecutive lines of the log. Normally `text` is one or more whole lines, each
+    ending in "\n", and `number` is the number of the first. A line cut at the bound
+    (`truncated`) or a last line with no line end (`ended` False) comes alone, without "\n"."""
+
+    text: str
+    number: int
+    ended: bool = True
+    truncated: bool = False
+
+
+def iter_blocks(stream: BinaryIO, *, max_line: int = MAX_LINE, chunk: int = CHUNK,
+                progress: Optional[Callable[[int], None]] = None) -> Iterator[Block]:
+    """Yield the log as blocks of whole lines, about `chunk` bytes each; `progress`
+    is called with the number of bytes read after each chunk."""
     head = stream.read(PROBE)
     encoding, skip = detect_encoding(head)
+    if _seekable(stream):
+        # Decoding and CR/CRLF -> LF (also across chunks) done by io.TextIOWrapper, in C
+        yield from _blocks_of_text(stream, encoding, skip, max_line, chunk, progress)
+        return
     decoder = codecs.getincrementaldecoder(encoding)("replace")
-    number = 0
-    parts: List[str] = []   # the current, unfinished line
-    held = 0                # characters in `parts`
-    truncated = False
+    number = 1              # the number of the next line
+    carry = ""              # the current, unfinished line (at most max_line characters)
+    skipping = False        # the current line is past max_line: drop the rest up to its end
     pending_cr = False      # the previous piece ended in CR: a leading LF belongs to it
     data = head[skip:]
+    done = len(head)
     while True:
         final = not data
         text = decoder.decode(data, final=final) if data or final else ""
@@ -71,34 +91,95 @@ def iter_lines(stream: BinaryIO, *, max_line: int = MAX_LINE, chunk: int = CHUNK
             text = text.replace("\x00", "")
         if text and pending_cr:
             pending_cr = False
-            if text.startswith("\n"):
+            if text[0] == "\n":
                 text = text[1:]
-        if text:
-            if "\r" in text:
-                if text.endswith("\r"):
-                    pending_cr = True
-                text = text.replace("\r\n", "\n").replace("\r", "\n")
-            pieces = text.split("\n")
-            for piece in pieces[:-1]:
+        if "\r" in text:
+            pending_cr = text[-1] == "\r"
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
+        if text and skipping:
+            end = text.find("\n")
+            if end < 0:
+                text = ""
+            else:
+                yield Block(carry, number, True, True)
                 number += 1
-                if parts:
-                    parts.append(piece)
-                    piece = "".join(parts)
-                    parts, held = [], 0
-                if len(piece) > max_line:
-                    piece, truncated = piece[:max_line], True
-                yield Line(number, piece, True, truncated)
-                truncated = False
-            rest = pieces[-1]
-            if rest:
-                room = max_line - held
-                if room > 0:
-                    parts.append(rest[:room])
-                    held += min(len(rest), room)
-                if len(rest) > room:
-                    truncated = True
+                carry, skipping, text = "", False, text[end + 1:]
+        if text:
+            last = text.rfind("\n")
+            if last < 0:
+                carry += text
+            else:
+                block = carry + text[:last + 1] if carry else text[:last + 1]
+                carry = text[last + 1:]
+                yield Block(block, number)
+                number += block.count("\n")
+            if len(carry) > max_line:
+                carry, skipping = carry[:max_line], True
+        if progress is not None:
+            progress(done)
         if final:
             break
         data = stream.read(chunk)
-    if parts or truncated:
-        yield Line(number + 1, "".join(parts), False, truncated)
+        done += len(data)
+    if carry or skipping:
+        yield Block(carry, number, False, skipping)
+
+
+def _seekable(stream: BinaryIO) -> bool:
+    try:
+        return bool(stream.seekable())
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _blocks_of_text(stream: BinaryIO, encoding: str, skip: int, max_line: int, chunk: int,
+                    progress: Optional[Callable[[int], None]]) -> Iterator[Block]:
+    """iter_blocks for a seekable stream: the same blocks, decoded by a TextIOWrapper."""
+    stream.seek(skip)
+    text_stream = io.TextIOWrapper(stream, encoding=encoding, errors="replace", newline=None)  # type: ignore[arg-type]
+    number = 1
+    carry = ""
+    skipping = False
+    try:
+        while True:
+            text = text_stream.read(chunk)
+            if not text:
+                break
+            if "\x00" in text:
+                text = text.replace("\x00", "")
+            if skipping:
+                end = text.find("\n")
+                if end < 0:
+                    continue
+                yield Block(carry, number, True, True)
+                number += 1
+                carry, skipping, text = "", False, text[end + 1:]
+            last = text.rfind("\n")
+            if last < 0:
+                carry += text
+            else:
+                block = carry + text[:last + 1] if carry else text[:last + 1]
+                carry = text[last + 1:]
+                yield Block(block, number)
+                number += block.count("\n")
+            if len(carry) > max_line:
+                carry, skipping = carry[:max_line], True
+            if progress is not None:
+                progress(stream.tell())
+    finally:
+        text_stream.detach()
+    if carry or skipping:
+        yield Block(carry, number, False, skipping)
+
+
+def iter_lines(stream: BinaryIO, *, max_line: int = MAX_LINE, chunk: int = CHUNK) -> Iterator[Line]:
+    """Yield every line of `stream` (numbered from 1) as decoded text without its line end."""
+    for b in iter_blocks(stream, max_line=max_line, chunk=chunk):
+        if b.truncated or not b.ended:
+            yield Line(b.number, b.text, b.ended, b.truncated)
+            continue
+        for n, piece in enumerate(b.text.split("\n")[:-1], b.number):
+            if len(piece) > max_line:
+                yield Line(n, piece[:max_line], True, True)
+            else:
+                yield Line(n, piece)

@@ -11,7 +11,7 @@ import re
 from typing import Dict, List, Optional, Tuple
 
 from .output import CommandOutput
-from .reader import Line
+from .reader import MAX_LINE, Line
 from .state import LogState, NonLiveContext
 
 # debugger register name -> (kind, snapshot name[, part])
@@ -30,12 +30,16 @@ REGISTERS.update({
     "gdtr": ("tab", "gdtr", "base"), "gdtl": ("tab", "gdtr", "limit"),
     "idtr": ("tab", "idtr", "base"), "idtl": ("tab", "idtr", "limit"),
 })
+_REG_KEY = {place[1]: f"reg:{place[1]}" for place in REGISTERS.values()}
 # names that appear in register output but carry nothing the snapshot keeps
 IGNORED = {"iopl", "vip", "vif", "fpcw", "fpsw", "fptw", "mxcsr", "dr1x"}
 FLAG_MNEMONICS = set("nv ov up dn di ei pl ng nz zr na ac po pe nc cy".split())
 
 _OTHER_REGISTER_PREFIXES = ("xmm", "ymm", "zmm", "st", "mm", "k")
-_HEX = re.compile(r"^[0-9a-f]+(?:`[0-9a-f]+)?$")
+_HEXDIGITS = "0123456789abcdef"
+# a register line: only `name=value` tokens and flag mnemonics, separated by blanks
+_LINE = re.compile(r"\s*(?:(?:[a-z][a-z0-9]*=\S*|" + "|".join(sorted(FLAG_MNEMONICS)) + r")(?:\s+|$))+")
+_PAIR = re.compile(r"([a-z][a-z0-9]*)=(\S*)")
 
 
 class BadValue(ValueError):
@@ -49,19 +53,19 @@ def parse_register_line(text: str) -> Optional[List[Tuple[str, int]]]:
     """
     if "=" not in text:
         return None
+    low = text.lower()
+    if _LINE.fullmatch(low) is None:
+        return None
     out: List[Tuple[str, int]] = []
     bad: List[str] = []
-    for tok in text.lower().split():
-        name, eq, value = tok.partition("=")
-        if not eq:
-            if tok in FLAG_MNEMONICS:
-                continue
-            return None
+    for name, value in _PAIR.findall(low):
         if name in REGISTERS:
-            if len(value) > 17 or not _HEX.match(value):
-                bad.append(tok)
+            digits = value.replace("`", "")
+            # hex digits, at most one backtick (`00000000`0012f9a8`): str methods, not a regex
+            if len(value) > 17 or not digits or digits.strip(_HEXDIGITS) or len(value) - len(digits) > 1:
+                bad.append(f"{name}={value}")
                 continue
-            out.append((name, int(value.replace("`", ""), 16)))
+            out.append((name, int(digits, 16)))
         elif name not in IGNORED and not (name.isalnum() and name.startswith(_OTHER_REGISTER_PREFIXES)):
             return None
     if bad:
@@ -144,9 +148,44 @@ class RegisterOutput(CommandOutput):
         self.writes: List[Tuple[str, int]] = []  # `r name=value` asked on the command line
         self.refused = False                      # ... and the debugger answered with an error
 
-    def feed(self, line: Line) -> None:
-        if self.writes and "error" in line.text.lower():
+    KEY = "="  # register lines and a VMX instruction's `...=operand` all have one
+
+    def feed_lines(self, lines: List[str], first: int) -> None:
+        if self.writes and not self.refused and any("error" in t.lower() for t in lines):
             self.refused = True
+        if self.context is not None or self.state.frozen_line is not None:
+            super().feed_lines(lines, first)
+            return
+        # The common case, inlined: plain registers of the live processor go straight
+        # into the snapshot with one provenance string per line.
+        state = self.state
+        p = state.processor(self.cpu)
+        registers, provenance = p.registers, p.provenance
+        source = state.result.source
+        for n, text in enumerate(lines, first):
+            if "=" not in text:
+                continue
+            if len(text) > MAX_LINE:
+                super().feed_lines([text], n)
+                continue
+            try:
+                values = parse_register_line(text)
+            except BadValue as exc:
+                state.warn(n, str(exc))
+                continue
+            if values is None:
+                self._current_instruction(Line(n, text))
+                continue
+            where = f"{source}:{n}"
+            for name, value in values:
+                place = REGISTERS[name]
+                if place[0] == "reg" and place[1] != "efer":
+                    registers[place[1]] = value
+                    provenance[_REG_KEY[place[1]]] = where
+                else:
+                    apply_register(state, self.cpu, name, value, n)
+
+    def feed(self, line: Line) -> None:
         try:
             values = parse_register_line(line.text)
         except BadValue as exc:

@@ -25,6 +25,7 @@ MAX_MSRS = 65536           # distinct MSRs kept per processor
 MAX_MEM_KEYS = 65536       # mem:<address> provenance keys
 MAX_RUNS = 4096            # contiguous runs of dumped memory handed to the snapshot, per store
 PAGE = 0x1000
+MAX_CPU = 4096             # processor numbers kept: 0 .. MAX_CPU - 1
 
 MSR_EFER = 0xC0000080
 MSR_FS_BASE = 0xC0000100
@@ -71,12 +72,17 @@ class KdLog:
     snapshot: Snapshot
     source: str
     lines: int = 0
+    prompts: int = 0          # kd prompts seen: 0 means no debugger session was found
     warnings: List[KdWarning] = field(default_factory=list)
     warnings_dropped: int = 0
     notes: List[Tuple[int, str]] = field(default_factory=list)
     contexts: List[NonLiveContext] = field(default_factory=list)
-    virtual: Dict[int, Memory] = field(default_factory=dict)
     identity: Dict[int, Dict[str, object]] = field(default_factory=dict)
+
+    @property
+    def virtual(self) -> Dict[int, Memory]:
+        """Virtual memory the log dumped, by processor (kept in the snapshot's processors)."""
+        return {cpu: p.virtual_memory for cpu, p in self.snapshot.processors.items() if p.virtual_memory}
 
     def where(self, line: int) -> str:
         return f"{self.source}:{line}"
@@ -95,6 +101,10 @@ class LogState:
         self.physical = PageStore()
         self.virtual = PageStore()  # addresses are (cpu << 64) + virtual address
         self._capped: set = set()
+        # the command that made virtual addresses refer to another address space
+        # (`.process /p ADDR`), or None while they are the current processor's own
+        self.foreign_space: Optional[str] = None
+        self._vmem_keys = 0
 
     # ----------------------------------------------------------- bookkeeping
     def warn(self, line: int, message: str) -> None:
@@ -177,6 +187,13 @@ class LogState:
         setattr(t, part, value)
         self._prov(p, f"reg:{table}", line)
 
+    def set_state(self, cpu: int, name: str, value: object, line: int) -> None:
+        if not self.accept(line):
+            return
+        p = self.processor(cpu)
+        p.state[name] = value
+        self._prov(p, f"state:{name}", line)
+
     def set_operand(self, cpu: int, instruction: str, value: int, line: int) -> None:
         """The memory operand of a VMX instruction the debugger showed about to execute."""
         if not self.accept(line):
@@ -216,6 +233,15 @@ class LogState:
         for key in keys:
             if key in self.mem_provenance or len(self.mem_provenance) < MAX_MEM_KEYS:
                 self.mem_provenance[key] = where
+
+    def virtual_seen(self, cpu: int, address: int, line: int) -> None:
+        """Provenance of a virtual dump's start on that processor: `vmem:<address>`."""
+        p = self.processor(cpu)
+        key = f"vmem:{hexs(address)}"
+        if key in p.provenance or self._vmem_keys < MAX_MEM_KEYS:
+            if key not in p.provenance:
+                self._vmem_keys += 1
+            p.provenance[key] = f"{self.result.source}:{line}"
 
     def _cap_warning(self, line: int, what: str, message: str) -> None:
         if what not in self._capped:
@@ -262,7 +288,7 @@ class LogState:
                 if physical:
                     r.snapshot.memory.add(address, data)
                 else:
-                    r.virtual.setdefault(address >> 64, Memory()).add(address & (2 ** 64 - 1), data)
+                    self.processor(address >> 64).virtual_memory.add(address & (2 ** 64 - 1), data)
             if store.refused:
                 self.warn(lines, f"{store.refused} bytes of {'physical' if physical else 'virtual'} memory "
                                  f"dumps past {store.max_pages} pages are not kept")

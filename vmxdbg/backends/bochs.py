@@ -18,7 +18,7 @@ planned stop, or whose guest prints its done line, first yields a "missed"
 StopEvent (a debugger miss, never a guest result) before the real stop.
 
 Clean-up: close() — also run at interpreter exit, on SIGTERM (turned into
-SystemExit while a backend is open) and after Ctrl-C — brings Bochs back to
+Terminated, a SystemExit(143), while a backend is open) and after Ctrl-C — brings Bochs back to
 its prompt, undoes an interrupted injection, deletes every breakpoint it set,
 checks `blist`, quits Bochs and kills it if it lingers.  `close_report`
 says what was done.
@@ -33,6 +33,7 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Sequence, Set, Tuple
 
+from ..common import interrupt
 from ..common.errors import BackendError, NotAvailable, TargetGone
 from . import bochs_parse as P
 from .base import CPUID, EXECUTION, MSR, PHYSICAL, REGISTERS, SEGMENT_NAMES, TABLE_NAMES, VIRTUAL, VMCS, VMX_STATE, \
@@ -126,7 +127,7 @@ class _SigtermGuard:
 
     @staticmethod
     def _raise(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)
+        interrupt.on_sigterm(signum, frame)
 
 
 class BochsBackend(Backend):
@@ -440,6 +441,10 @@ class BochsBackend(Backend):
         no event pending.  The stub (STUB_*) goes mid-instruction near RIP;
         every byte and register is restored and checked afterwards.
         """
+        with interrupt.doing(f"{what} by an injected {insn.upper()} on cpu {cpu}"):
+            return self._inject_now(cpu, insn, inputs, what)
+
+    def _inject_now(self, cpu: int, insn: str, inputs: Dict[str, int], what: str) -> Dict[str, int]:
         self._check_cpu(cpu)
         if self._journal is not None:
             self._undo()
@@ -486,6 +491,10 @@ class BochsBackend(Backend):
             for reg in ("rax", "rbx", "rcx", "rdx"):
                 j.registers.setdefault(reg, before[reg])
             result = dict(after)
+        except (KeyboardInterrupt, SystemExit):
+            # a signal: put everything back, say so, and end with the signal, never with an undo error
+            interrupt.confirm(self._undo_after_signal(j, insn))
+            raise
         except BaseException:
             try:
                 self._undo()
@@ -496,6 +505,22 @@ class BochsBackend(Backend):
         self.proc.read_log()
         self._cache = known
         return result
+
+    def _undo_after_signal(self, j: _Journal, insn: str) -> str:
+        """Undo an injection a signal cut short, then read back every register and byte it
+        changed; one phrase saying what was confirmed (or what could not be)."""
+        name = f"the injected {insn.upper()} on cpu {j.cpu}"
+        try:
+            self._undo()
+            self.proc.read_log()
+            regs = self._r(j.cpu)
+            wrong = [r for r, v in j.registers.items() if regs.get(r) != v]
+            wrong += [f"memory 0x{at:x}" for at, data in j.memory if self.read_physical(at, len(data)) != data]
+        except BaseException as exc:   # a second signal, or Bochs gone: say it, keep the first
+            return f"{name} could not be undone ({type(exc).__name__}: {str(exc)[:120]})"
+        if wrong:
+            return f"{name} was undone but {', '.join(wrong)} differ from before"
+        return f"{name} was undone: its {len(j.registers)} registers and {len(j.memory)} memory ranges read back as before"
 
     def _inject_preconditions(self, cpu: int, insn: str, what: str) -> None:
         def refuse(why: str) -> NotAvailable:

@@ -46,7 +46,7 @@ def trace_recording(path: Path, partial: bool) -> bool:
     if kind_of(path) != "recording":
         return False
     rec = read_recording(path, partial=partial)
-    return rec.command == "trace" and isinstance(rec.params.get("code"), dict)
+    return rec.command == "trace" and (isinstance(rec.params.get("code"), dict) or "stage" in rec.params)
 
 
 def decimal_number(text: object, option: str, what: str) -> int:

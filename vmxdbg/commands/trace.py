@@ -10,8 +10,8 @@ from typing import List
 from ..common.errors import InputError
 from .live import add_live_trace_arguments, is_live, live_backend, live_trace
 from ..record.recording import read_recording
-from ..trace.stepper import StepResult
-from ..trace.session import TRACE, render_trace, replay_trace, trace_report_json
+from ..trace.stepper import INTERRUPTED, StepResult
+from ..trace.session import TRACE, interruption, render_trace, replay_trace, trace_report_json
 
 NAME = "trace"
 HELP = "step every core through its VMX instructions (live Bochs, or a recorded trace) and compare predictions"
@@ -40,9 +40,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def exit_status(results: List[StepResult]) -> int:
-    """0 when every stop was predicted right and every instruction succeeded, else 1."""
-    bad = [r for r in results if r.match is False or (r.verdict is not None and r.actual != "ok")]
-    return 1 if bad else 0
+    """0 when every stop reached was predicted right and its instruction succeeded, and no
+    planned stop was missed; else 1 (also when no stop was reached at all). A session that
+    ended early is judged by the stops it reached."""
+    bad = [r for r in results if r.match is False or (r.verdict is not None and r.actual != "ok")
+           or (r.verdict is None and r.actual != INTERRUPTED)]
+    reached = [r for r in results if r.verdict is not None]
+    return 1 if bad or not reached else 0
 
 
 def show_recorded_trace(path: Path, partial: bool, fmt: str, verbose: bool) -> int:
@@ -52,6 +56,9 @@ def show_recorded_trace(path: Path, partial: bool, fmt: str, verbose: bool) -> i
         raise InputError(f"a recording of `{rec.command}`, not of a trace (use `vmxdbg check` on it)",
                          source=str(path))
     results = replay_trace(rec)
+    ended = rec.ended_early()
+    if ended is not None and interruption(results) is None:
+        print(f"vmxdbg: note: {path}: {ended}, but it holds the whole trace", file=sys.stderr)
     if fmt == "json":
         sys.stdout.write(json.dumps(trace_report_json(results), indent=1) + "\n")
     else:

@@ -41,6 +41,8 @@ from ..common.numbers import hexs, parse_int
 FORMAT = "vmxdbg-recording"
 VERSION = 1
 PARTIAL_SUFFIX = ".partial"
+#: exception names a trailer carries when the session was stopped from outside (Ctrl-C, SIGTERM)
+INTERRUPTS = ("KeyboardInterrupt", "Terminated", "SystemExit")
 SUFFIX = ".vmxrec.jsonl"
 MAX_LINE_BYTES = 16 * 1024 * 1024   # one record; a physical read of 8 MiB fits
 MAX_FILE_BYTES = 512 * 1024 * 1024
@@ -497,6 +499,20 @@ class Recording:
     def last_seq(self) -> int:
         return self.records[-1].seq if self.records else 0
 
+    def ended_early(self) -> Optional[str]:
+        """None when the session ran to its end; else how it ended, e.g. "the session was
+        interrupted (KeyboardInterrupt) after seq 801" or "the recorder was killed ..."."""
+        if self.trailer is None:
+            return (f"the recorder did not finish (killed, or still running) after seq {self.last_seq}"
+                    if self.records else "the recorder did not finish (killed, or still running) before its first call")
+        exc = self.trailer.get("exception")
+        if exc is None:
+            return None
+        what = str(exc).split(":", 1)[0].strip() or "an exception"
+        how = "interrupted" if what in INTERRUPTS else "ended"
+        when = f"after seq {self.last_seq}" if self.records else "before its first call to the target"
+        return f"the session was {how} ({one_line(str(exc)).rstrip(': ')}) {when}"
+
     def describe(self) -> str:
         """One line: `FILE: check recording of snapshot, 57 events, complete`."""
         state = "complete" if self.complete else f"partial (ends at seq {self.last_seq})"
@@ -724,6 +740,12 @@ class RecordingWriter:
         self._line({"seq": seq, **record})
         self.events = seq
         return seq
+
+    def abandon(self) -> None:
+        """Stop writing without a trailer or rename (another writer takes the same path over)."""
+        if not self.closed:
+            self.closed = True
+            self._f.close()
 
     def close(self, **trailer_extra: Any) -> Path:
         """Write the trailer, sync, rename PATH.partial to PATH; returns PATH. Idempotent."""

@@ -25,6 +25,7 @@ from ..backends.base import EXECUTION, Backend, StopEvent
 from ..state.assume import apply_to_processor
 from ..state.collect import collect_processor
 from .deviations import Deviation, explain, implementation_of, known_for
+from ..common import interrupt
 from ..common.errors import BackendError, NotAvailable, VmxdbgError
 from ..report.model import Report, Verdict
 from ..rules.engine import all_rules
@@ -38,6 +39,9 @@ _WIDE = {f"e{r}": f"r{r}" for r in ("ax", "bx", "cx", "dx", "si", "di", "sp", "b
 _WIDE.update({f"r{i}d": f"r{i}" for i in range(8, 16)})
 VM_INSTRUCTION_ERROR, EXIT_REASON, EXIT_QUALIFICATION = 0x4400, 0x4402, 0x6400
 CF, ZF = 1, 1 << 6
+#: `actual` of the row where a session ended early (Ctrl-C, SIGTERM, a killed recorder)
+INTERRUPTED = "interrupted"
+MISSED = "missed stop"
 
 
 @dataclass
@@ -120,6 +124,8 @@ class Stepper:
         self.assume = dict(assume or {})
         self.results: List[StepResult] = []
         self.state: Dict[int, Processor] = {}   # each processor as read at its last stop
+        #: the stop being handled (cpu, site) while handle_stop runs; None between stops
+        self.at: Optional[Tuple[int, VmxSite]] = None
         self._log = log or (lambda line: None)
         self._breakpoints: List[int] = []
         self.implementation = implementation_of(backend.describe())
@@ -134,13 +140,14 @@ class Stepper:
             for address in (self.sites if self.use_breakpoints else ()):
                 self._breakpoints.append(self.backend.set_breakpoint(address, physical=self.physical))
             for _ in range(max_stops):
-                event = self.backend.go(timeout=timeout)
+                with interrupt.doing(f"the trace, while the target ran to its next stop after {len(self.results)} stop(s)"):
+                    event = self.backend.go(timeout=timeout)
                 if event.kind in ("exited", "timeout"):
                     self._log(f"target {event.kind}: {event.detail}".rstrip(": "))
                     break
                 if event.kind == "missed":
                     self.results.append(StepResult(event.cpu if event.cpu is not None else -1, "?",
-                                                   event.address or 0, None, "missed stop", None,
+                                                   event.address or 0, None, MISSED, None,
                                                    log=list(event.log), note=event.detail or
                                                    "the debugger did not stop where a breakpoint was set"))
                     continue
@@ -174,6 +181,12 @@ class Stepper:
         site = self.sites.get(rip)
         if site is None:
             return None
+        self.at = (cpu, site)
+        with interrupt.doing(f"the trace, at cpu {cpu}'s {site.instruction} at {site.address:#x} "
+                             f"(after {len(self.results)} stop(s))"):
+            return self._handle_site(event, cpu, site)
+
+    def _handle_site(self, event: StopEvent, cpu: int, site: VmxSite) -> StepResult:
         snap, operand = self.read_state(cpu, site, magic=event.kind == "magic")
         verdict = self.predict(snap, cpu, site.instruction)
         step = self.backend.step(cpu)
@@ -184,6 +197,7 @@ class Stepper:
         if match is False:
             result.deviations = explain(snap, cpu, verdict, actual, self.known_deviations)
         self.results.append(result)
+        self.at = None
         return result
 
     def read_state(self, cpu: int, site: VmxSite, magic: bool = False) -> Tuple[Snapshot, Optional[int]]:

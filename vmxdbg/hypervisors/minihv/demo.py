@@ -15,7 +15,9 @@ import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from ...common import interrupt
 from ...common.errors import InputError, VmxdbgError
+from ...record.recording import RecordingWriter, new_header
 from ...trace.stepper import StepResult, find_vmx_instructions
 
 VMX_SYMBOLS = ("at_vmxon", "at_vmclear", "at_vmptrld", "at_vmlaunch")
@@ -84,12 +86,18 @@ def bochs_trace(*, cpus: int = 2, knobs: Sequence[str] = (), record: Optional[Pa
     if unknown:
         raise InputError(f"instructions {unknown}: the test hypervisor steps through {list(VMX_SYMBOLS)}")
     work = Path(tempfile.mkdtemp(prefix="vmxdbg-minihv-")) if keep is None else keep
+    source = (f"minihv on Bochs, {cpus} cpus, knobs {list(knobs)}" + ("" if magic else ", code breakpoints"))
+    # the recording exists from the start: a session killed while Bochs boots leaves a
+    # .partial that says no stop was reached (the recorder replaces it once Bochs is up)
+    early = booting_recording(record, argv, source)
     try:
-        built = build_image(work, cpus, knobs, magic)
-        backend = BochsBackend(BochsMachine(floppy=str(built["image"]), cpus=cpus, magic_break=True))
+        with interrupt.doing("booting the test hypervisor under Bochs"):
+            built = build_image(work, cpus, knobs, magic)
+            backend = BochsBackend(BochsMachine(floppy=str(built["image"]), cpus=cpus, magic_break=True))
         try:
             symbols: Dict[str, int] = built["symbols"]  # type: ignore[assignment]
-            first = backend.go(timeout=timeout)      # the image's cfg_stop: code and knobs are in memory
+            with interrupt.doing("booting the test hypervisor under Bochs"):
+                first = backend.go(timeout=timeout)      # the image's cfg_stop: code and knobs are in memory
             if first.kind != "magic":
                 raise VmxdbgError(f"Bochs did not reach the test hypervisor's first stop ({first.kind}: "
                                   f"{first.detail})")
@@ -97,12 +105,32 @@ def bochs_trace(*, cpus: int = 2, knobs: Sequence[str] = (), record: Optional[Pa
             if not magic:
                 knobbed = {int(k.split(":", 1)[0]) for k in knobs if k.split(":", 1)[0].isdigit()}
                 backend.plan_stops(sorted(code), [c for c in range(cpus) if c not in knobbed])
+            if early is not None:
+                early.abandon()
+                early = None
             return run_trace(backend, code, physical=True, timeout=timeout, record=record,
-                             argv=argv, source=f"minihv on Bochs, {cpus} cpus, knobs {list(knobs)}"
-                             + ("" if magic else ", code breakpoints"),
-                             breakpoints=not magic, assume=ASSUME)
+                             argv=argv, source=source, breakpoints=not magic, assume=ASSUME)
         finally:
             backend.close()
+            report = getattr(backend, "close_report", {})
+            if not report.get("errors"):
+                interrupt.confirm(f"Bochs was quit cleanly ({len(report.get('breakpoints_removed', []))} "
+                                  "breakpoint(s) of ours removed)")
+    except BaseException as exc:
+        if early is not None:     # ended before Bochs was up: close the recording saying so
+            early.close(exception=f"{type(exc).__name__}: {exc}")
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                interrupt.confirm(f"the recording {record} says no stop was reached")
+        raise
     finally:
         if keep is None:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def booting_recording(record: Optional[Path], argv: Optional[List[str]], source: str) -> Optional[RecordingWriter]:
+    """A trace recording with only its header, written before Bochs boots (None without --record)."""
+    if record is None:
+        return None
+    header = new_header({"kind": "bochs"}, [], command="trace", argv=argv or ["trace"],
+                        params={"source": source, "stage": "booting"})
+    return RecordingWriter(record, header)

@@ -1,0 +1,120 @@
+"""Sessions that end badly still tell the truth (issue 18): interrupted and killed traces
+read back up to where they ended, and the exit status follows the stops reached."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fake_live import CODE, PROGRAM, FakeLive
+from vmxdbg import cli
+from vmxdbg.hypervisors.minihv.demo import booting_recording
+from vmxdbg.record.recording import read_recording
+from vmxdbg.trace.session import replay_trace, run_trace
+
+
+class InterruptedAt(FakeLive):
+    """The fake target, with Ctrl-C arriving during the n-th go() or the n-th step()."""
+
+    def __init__(self, *, go: int = 0, step: int = 0, cores: int = 2) -> None:
+        super().__init__(cores=cores)
+        self.go_left, self.step_left = go, step
+
+    def go(self, timeout: float = 30.0):  # type: ignore[no-untyped-def]
+        self.go_left -= 1
+        if self.go_left == 0:
+            raise KeyboardInterrupt
+        return super().go(timeout)
+
+    def step(self, cpu: int):  # type: ignore[no-untyped-def]
+        self.step_left -= 1
+        if self.step_left == 0:
+            raise KeyboardInterrupt
+        return super().step(cpu)
+
+
+def run(capsys, *argv: str):  # type: ignore[no-untyped-def]
+    rc = cli.main(list(argv))
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def rows(text: str) -> list:
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("cpu  instruction"))
+    out = []
+    for line in lines[start + 1:]:
+        if not line.strip():
+            break
+        out.append(line.split())
+    return out
+
+
+def interrupted(tmp_path: Path, **at: int) -> Path:
+    path = tmp_path / "t.vmxrec.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        run_trace(InterruptedAt(**at), {CODE: PROGRAM}, record=path)
+    assert path.exists() and not Path(str(path) + ".partial").exists()
+    return path
+
+
+def test_interrupted_while_the_target_ran_shows_the_stops_before(tmp_path, capsys):
+    path = interrupted(tmp_path, go=2)           # after cpu 0's VMXON stop, waiting for the next
+    for argv in (["check", str(path)], ["trace", "--replay", str(path)]):
+        rc, out, err = run(capsys, *argv)
+        assert err == ""
+        table = rows(out)
+        assert [r[:2] for r in table] == [["0", "vmxon"], ["?", "-"]]
+        assert "INTERRUPTED" in table[1] and "KeyboardInterrupt" in out
+        assert "while the target ran, after 1 stop(s)" in out
+        assert rc == 0, out                       # the one stop reached was ok
+
+
+def test_interrupted_inside_a_stop_names_it_and_fails_when_a_stop_failed(tmp_path, capsys):
+    path = interrupted(tmp_path, step=4)      # stepping the 4th stop: cpu 1's VMLAUNCH
+    rc, out, err = run(capsys, "check", str(path))
+    table = rows(out)
+    assert table[-1][:3] == ["1", "vmlaunch", hex(CODE + 6)] and "INTERRUPTED" in table[-1]
+    assert "at this stop" in out
+    assert any("VMfailInvalid" in r for r in table[:-1])   # a VMLAUNCH reached before it failed
+    assert rc == 1
+    rc, out, err = run(capsys, "trace", "--replay", str(path), "--format", "json")
+    rep = json.loads(out)
+    assert rep["interrupted"]["cpu"] == 1 and rep["interrupted"]["instruction"] == "vmlaunch"
+    assert rc == 1
+
+
+def test_a_killed_recorder_reads_to_its_last_complete_stop_wherever_it_was_killed(tmp_path, capsys):
+    full = tmp_path / "full.vmxrec.jsonl"
+    run_trace(FakeLive(cores=2), {CODE: PROGRAM}, record=full)
+    lines = full.read_bytes().splitlines(keepends=True)[:-1]     # no trailer: the recorder was killed
+    complete = len(rows(run(capsys, "check", str(full))[1]))
+    seen = []
+    for n in range(1, len(lines) + 1):
+        part = tmp_path / f"k{n}.vmxrec.jsonl.partial"
+        part.write_bytes(b"".join(lines[:n]) + b'{"seq": 99')       # and a cut-off last line
+        argvs = [["check", str(part), "--partial"]] + [["trace", "--replay", str(part), "--partial"]] * (n % 8 == 0)
+        for argv in argvs:
+            rc, out, err = run(capsys, *argv)
+            assert rc in (0, 1), (n, err)
+            table = rows(out)
+            reached = [r for r in table if "INTERRUPTED" not in r]
+            if n < len(lines):
+                assert "INTERRUPTED" in table[-1] and "did not finish" in out
+            else:                                  # every call is there; only the trailer is missing
+                assert "INTERRUPTED" not in out and "did not finish" in err
+            assert len(reached) <= complete
+        seen.append(len(reached))
+    assert seen == sorted(seen) and seen[-1] == complete and seen[0] == 0 and len(set(seen)) == complete + 1
+
+
+def test_killed_before_the_target_booted_the_file_says_nothing_was_reached(tmp_path, capsys):
+    path = tmp_path / "r.vmxrec.jsonl"
+    booting_recording(path, ["trace", "--bochs"], "minihv on Bochs")    # then SIGKILL: nothing more
+    part = Path(str(path) + ".partial")
+    assert part.exists() and not path.exists()
+    for argv in (["check", str(part), "--partial"], ["trace", "--replay", str(part), "--partial"]):
+        rc, out, err = run(capsys, *argv)
+        assert rc == 1 and "no stop was reached" in out, (out, err)
+    assert replay_trace(read_recording(part, partial=True))[0].actual == "interrupted"

@@ -45,7 +45,7 @@ def rows(text: str) -> list:
     start = next(i for i, line in enumerate(lines) if line.startswith("cpu  instruction"))
     out = []
     for line in lines[start + 1:]:
-        if not line.strip():
+        if not line.strip() or line.startswith("* "):
             break
         out.append(line.split())
     return out
@@ -118,3 +118,70 @@ def test_killed_before_the_target_booted_the_file_says_nothing_was_reached(tmp_p
         rc, out, err = run(capsys, *argv)
         assert rc == 1 and "no stop was reached" in out, (out, err)
     assert replay_trace(read_recording(part, partial=True))[0].actual == "interrupted"
+
+
+# ----------------------------------------------------------------- no option silently ignored
+
+ROOT = Path(__file__).resolve().parent.parent
+BOCHS_TRACE = str(ROOT / "recordings/bochs/healthy-2cpu.vmxrec.jsonl")      # a real Bochs run (recordings/bochs/README.md)
+
+
+def test_check_of_a_trace_recording_honours_cpu_and_refuses_what_it_cannot_do(capsys):
+    rc, out, err = run(capsys, "check", BOCHS_TRACE, "--cpu", "1")
+    assert rc == 0 and {r[0] for r in rows(out)} == {"1"}
+    for extra, why in ((["--cpu", "7"], "no stop on that processor"), (["--at", "5"], "--at LINE is for kd logs"),
+                       (["--format", "dml"], "--format dml"), (["--assume", "smx=1"], "--assume")):
+        rc, out, err = run(capsys, "check", BOCHS_TRACE, *extra)
+        assert rc == 2 and out == "" and err.count("\n") == 1 and why in err, (extra, err)
+
+
+@pytest.mark.parametrize("extra", [["--record", "x.vmxrec.jsonl"], ["--knob", "1:bit31"], ["--cpus", "4"]])
+def test_trace_replay_refuses_live_only_options(capsys, extra):
+    rc, out, err = run(capsys, "trace", "--replay", BOCHS_TRACE, *extra)
+    assert rc == 2 and out == "" and f"{extra[0]} does not go with --replay" in err
+
+
+@pytest.mark.parametrize("path, kind", [(ROOT / "recordings/snapshots/skylake-cr4-vmxe-clear.vmxsnap.json", "a snapshot"),
+                                        (ROOT / "recordings/kdlogs/cve-2021-28476-cxr.log", "a kd log")])
+def test_trace_replay_of_another_kind_of_file_says_what_it_is(capsys, path, kind):
+    rc, out, err = run(capsys, "trace", "--replay", str(path))
+    assert rc == 2 and f"not a trace recording but {kind}" in err and "`vmxdbg check`" in err
+    assert "JSON" not in err and "Extra data" not in err
+
+
+# ----------------------------------------------------------------- assumptions
+
+def _snapshot_without(tmp_path: Path, key: str) -> Path:
+    data = json.loads((ROOT / "recordings/snapshots/skylake-cr4-vmxe-clear.vmxsnap.json").read_text())
+    for p in data["processors"].values():
+        p["state"].pop(key, None)
+        p["registers"]["cr4"] = hex(int(str(p["registers"]["cr4"]), 16) | 0x2000)
+    out = tmp_path / "s.vmxsnap.json"
+    out.write_text(json.dumps(data))
+    return out
+
+
+def test_an_assumption_that_conflicts_with_known_state_is_reported(tmp_path, capsys):
+    snap = _snapshot_without(tmp_path, "a20m")          # vmx=off is known
+    rc, out, err = run(capsys, "check", str(snap), "--assume", "vmx=root", "--assume", "a20m=0")
+    assert "cpu 0: --assume vmx=root conflicts with vmx=off" in err and "the known value is used" in err
+
+
+@pytest.mark.parametrize("fmt", ["text", "dml", "json"])
+def test_every_verdict_resting_on_an_assumption_is_marked_in_every_format(tmp_path, capsys, fmt):
+    snap = _snapshot_without(tmp_path, "a20m")
+    rc, out, err = run(capsys, "check", str(snap), "--assume", "a20m=0", "--format", fmt)
+    assert rc == 0
+    if fmt == "json":
+        assert json.loads(out)["processors"]["0"][0]["assumed"] == ["state:a20m"]
+    else:
+        assert "vmxon: ok  [rests on an assumption: state:a20m (--assume a20m=false)]" in out
+    rc, out, err = run(capsys, "check", str(snap), "--format", fmt)       # nothing assumed: no mark
+    assert "rests on an assumption" not in out and "\"assumed\"" not in out
+
+
+def test_a_trace_prediction_resting_on_an_assumption_is_marked(capsys):
+    rc, out, err = run(capsys, "trace", "--replay", BOCHS_TRACE)
+    vmxon = [r for r in rows(out) if r[1] == "vmxon"]
+    assert vmxon and all(r[4] == "ok*" for r in vmxon)
+    assert "* the prediction rests on assumed values, not read from the target: state:a20m" in out

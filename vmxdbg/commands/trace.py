@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import List
+from typing import List, Optional, Sequence
 
 from ..common.errors import InputError
 from .live import add_live_trace_arguments, is_live, live_backend, live_trace
@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group(required=not live)
     src.add_argument("--bochs", action="store_true", help="boot the test hypervisor under a live Bochs")
     src.add_argument("--replay", type=Path, metavar="REC", help="replay a recorded trace (*.vmxrec.jsonl)")
-    parser.add_argument("--cpus", type=int, default=2, help="processors for --bochs (default 2)")
+    parser.add_argument("--cpus", type=int, default=None, help="processors for --bochs (default 2)")
     parser.add_argument("--knob", action="append", default=[], metavar="CPU:NAME[=VALUE]",
                         help="break something on one core of the test hypervisor (repeatable)")
     parser.add_argument("--record", type=Path, metavar="FILE", help="record the live session to FILE")
@@ -49,13 +49,35 @@ def exit_status(results: List[StepResult]) -> int:
     return 1 if bad or not reached else 0
 
 
-def show_recorded_trace(path: Path, partial: bool, fmt: str, verbose: bool) -> int:
-    """Replay a recorded trace and print it (shared by `trace --replay` and `check`)."""
+#: what `trace --replay` cannot take, and why
+LIVE_ONLY = (("record", "--record", "a replay makes no new session to record"),
+             ("knob", "--knob", "the knobs of a recorded trace are those it was recorded with"),
+             ("cpus", "--cpus", "a recorded trace has the processors it was recorded with"))
+#: what other files are, and which command reads them
+READ_BY = {"snapshot": "a snapshot (*.vmxsnap.json): `vmxdbg check` or `vmxdbg replay` reads it",
+           "kd log": "a kd log: `vmxdbg check` or `vmxdbg replay` reads it"}
+
+
+def show_recorded_trace(path: Path, partial: bool, fmt: str, verbose: bool, *,
+                        cpus: Optional[Sequence[int]] = None) -> int:
+    """Replay a recorded trace and print it (shared by `trace --replay` and `check`):
+    only the stops of `cpus` when given."""
+    from ..inputs.sources import kind_of
+    kind = kind_of(path)
+    if kind != "recording":
+        raise InputError(f"not a trace recording but {READ_BY[kind]}", source=str(path))
     rec = read_recording(path, partial=partial)
     if rec.command != TRACE:
         raise InputError(f"a recording of `{rec.command}`, not of a trace (use `vmxdbg check` on it)",
                          source=str(path))
     results = replay_trace(rec)
+    if cpus:
+        have = sorted({r.cpu for r in results if r.cpu >= 0})
+        for c in cpus:
+            if c not in have:
+                raise InputError(f"--cpu {c}: the trace has no stop on that processor (it has: "
+                                 f"{', '.join(map(str, have)) or 'none'})", source=str(path))
+        results = [r for r in results if r.cpu in cpus or (r.cpu < 0 and r.actual == INTERRUPTED)]
     ended = rec.ended_early()
     if ended is not None and interruption(results) is None:
         print(f"vmxdbg: note: {path}: {ended}, but it holds the whole trace", file=sys.stderr)
@@ -68,7 +90,12 @@ def show_recorded_trace(path: Path, partial: bool, fmt: str, verbose: bool) -> i
 
 def run(args: argparse.Namespace) -> int:
     if args.replay is not None:
+        for attr, option, why in LIVE_ONLY:
+            if getattr(args, attr, None) not in (None, []):
+                raise InputError(f"{option} does not go with --replay: {why}")
         return show_recorded_trace(args.replay, args.partial, args.format, args.verbose)
+    if args.cpus is None:
+        args.cpus = 2
     if live_backend(args) is not None and not args.bochs:
         results = live_trace(args, live_backend(args))  # type: ignore[arg-type]
     else:

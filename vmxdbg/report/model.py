@@ -48,10 +48,15 @@ class Verdict:
     outcome: str
     possible: List[str]
     findings: List[Finding]
+    #: input keys this verdict rests on whose values were assumed (--assume), not read
+    assumed: List[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
-        return {"instruction": self.instruction, "outcome": self.outcome,
-                "possible": list(self.possible), "findings": [f.to_json() for f in self.findings]}
+        out = {"instruction": self.instruction, "outcome": self.outcome,
+               "possible": list(self.possible), "findings": [f.to_json() for f in self.findings]}
+        if self.assumed:
+            out["assumed"] = list(self.assumed)
+        return out
 
 
 @dataclass

@@ -14,6 +14,7 @@ from collections import defaultdict
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from ..report.model import Finding, Report, Verdict
+from ..state.assume import ASSUMED
 from ..state.snapshot import Processor, Snapshot
 from .engine import ENTRY, INSTRUCTIONS, SKIP, Context, Missing, Rule, Tier, Violation, all_rules
 
@@ -113,10 +114,13 @@ def verdict_for(snapshot: Snapshot, cpu: int, instruction: str, rules: Sequence[
     unknown_outcomes: List[str] = []
     decided: List[str] = []
     status_ctx = Context(snapshot, cpu, instruction)
+    used: List[str] = []
     for tier in tiers:
         tier_findings: List[Finding] = []
         for r in by_tier.get(tier, []):
-            got, _ = run_rule(r, Context(snapshot, cpu, instruction))
+            ctx = Context(snapshot, cpu, instruction)
+            got, _ = run_rule(r, ctx)
+            used += ctx.used
             tier_findings.extend(got)
         tier_findings.extend(f for t, f in cross_here if t == tier)
         alternatives: Dict[int, List[str]] = {}
@@ -143,7 +147,16 @@ def verdict_for(snapshot: Snapshot, cpu: int, instruction: str, rules: Sequence[
     # unknown only when a missing input could make the processor do something else
     final = set(decided) if decided else {"ok"}
     outcome = "unknown" if any(o not in final for o in unknown_outcomes) else possible[0]
-    return Verdict(instruction, outcome, possible, findings)
+    used += [k for f in findings for k in f.inputs]
+    return Verdict(instruction, outcome, possible, findings, assumed=assumed_inputs(snapshot, cpu, used))
+
+
+def assumed_inputs(snapshot: Snapshot, cpu: int, used: Iterable[str]) -> List[str]:
+    """The input keys among `used` whose value on `cpu` was assumed (--assume), not read."""
+    p = snapshot.processors.get(cpu)
+    if p is None:
+        return []
+    return sorted({k for k in used if p.provenance.get(k, "").startswith(ASSUMED)})
 
 
 def next_instructions(p: Processor) -> List[str]:

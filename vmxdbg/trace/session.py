@@ -217,11 +217,16 @@ def render_trace(results: Sequence[StepResult], *, verbose: bool = False) -> str
         fails = [f.id for f in r.verdict.findings if f.status == "fail"]
         fails += [f"{f.id}(advice)" for f in r.verdict.findings if f.status == "advice"]
         pred = r.verdict.outcome + (f" ({'/'.join(r.verdict.possible)})" if len(r.verdict.possible) > 1 else "")
+        pred += "*" if r.verdict.assumed else ""
         mark = "deviation" if r.deviations else {True: "ok", False: "MISMATCH", None: "?"}[r.match]
         rows.append((str(r.cpu), r.instruction, hexs(r.address), "" if r.operand is None else hexs(r.operand),
                      pred, r.actual, mark, ",".join(fails)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    assumed = sorted({k for r in results if r.verdict is not None for k in r.verdict.assumed})
+    if assumed:
+        lines.append(f"* the prediction rests on assumed values, not read from the target: "
+                     f"{', '.join(assumed)}")
     bad = mismatches(results)
     if bad:
         lines.insert(0, f"!!! {len(bad)} MISMATCH(ES) between vmxdbg's prediction and what the processor did: "

@@ -65,7 +65,7 @@ def vmxon_pointers(values: Optional[Iterable[str]], cpus: Sequence[int]) -> Dict
     out: Dict[int, int] = {}
     for v in values or ():
         where, sep, addr = str(v).rpartition("=")
-        address = parse_int(addr, what="--vmxon address")
+        address = parse_int(addr, what="--vmxon address", bits=64)
         if sep:
             out[parse_cpu(where, cpus, "--vmxon")] = address
         else:

@@ -36,7 +36,7 @@ from typing import Any, Callable, Dict, IO, Iterator, List, Optional, Tuple, Uni
 from .. import __version__
 from ..backends.base import StopEvent
 from ..common.errors import InputError, one_line, refuse_special_output
-from ..common.numbers import hexs, parse_int
+from ..common.numbers import fits, hexs, parse_int, vmcs_field_bits
 
 FORMAT = "vmxdbg-recording"
 VERSION = 1
@@ -75,9 +75,24 @@ def _dec_int(v: Any, key: str) -> int:
     if isinstance(v, bool) or not isinstance(v, (int, str)):
         raise _Bad(key, f"expected a hex integer, got {_tname(v)}")
     try:
-        return parse_int(v)
-    except InputError:
+        return parse_int(v, bits=64)
+    except InputError as exc:
+        if "too wide" in exc.detail:
+            raise _Bad(key, exc.detail) from None
         raise _Bad(key, f"expected a hex integer, got {_short(v)}") from None
+
+
+def _check_width(rec: "Record") -> None:
+    """A VMCS field or CPUID register value wider than its width is bad input (64 bits is
+    every other value's limit, checked as it is decoded)."""
+    try:
+        if rec.op == "read_vmcs":
+            fits(rec.result, vmcs_field_bits(rec.args[0]), f"VMCS field {hexs(rec.args[0])}")
+        elif rec.op == "cpuid":
+            for r in rec.result:
+                fits(r, 32, "CPUID register")
+    except InputError as exc:
+        raise _Bad("result", exc.detail) from None
 
 
 def _dec_small_int(v: Any, key: str) -> int:
@@ -412,6 +427,7 @@ def _decode_record(raw: Dict[str, Any], line: int) -> Record:
         if "result" not in raw:
             raise _Bad("result", "missing (a call has a result or an error)")
         rec.result = _C[spec.result].decode(raw["result"], "result")
+        _check_width(rec)
     return rec
     if not isinstance(op, str):
         raise _Bad("op", f"expected a string, got {_tname(op)}")

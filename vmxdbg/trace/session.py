@@ -109,8 +109,11 @@ def replay_trace(rec: Recording) -> List[StepResult]:
         return [interrupted_row(None, f"{ended}: no stop was reached (the target had not booted)")]
     args = sites_from_params(rec)
     replay = _EndAwareReplay(rec, strict=True)
-    stepper = Stepper(replay, args["sites"], physical=args["physical"], breakpoints=args["breakpoints"],
-                      assume=args["assume"])
+    try:
+        stepper = Stepper(replay, args["sites"], physical=args["physical"], breakpoints=args["breakpoints"],
+                          assume=args["assume"])
+    except BackendError as exc:
+        raise InputError(f"replaying it: {exc}", source=rec.path) from None
     replay.stepper = stepper
     try:
         results = stepper.run(max_stops=args["max_stops"])

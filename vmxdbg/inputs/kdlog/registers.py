@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from typing import Dict, List, Optional, Tuple
 
+from ...common.errors import InputError
 from .output import CommandOutput
 from .reader import Line
 from .state import LogState, NonLiveContext
@@ -42,6 +43,10 @@ class BadValue(ValueError):
     """A known register with a value that is not hex."""
 
 
+class TooWide(ValueError):
+    """A known register with a hex value wider than 64 bits: bad input, not a warning."""
+
+
 def parse_register_line(text: str) -> Optional[List[Tuple[str, int]]]:
     """[(debugger name, value)] when `text` is a register line, None when it is not one.
 
@@ -58,9 +63,13 @@ def parse_register_line(text: str) -> Optional[List[Tuple[str, int]]]:
                 continue
             return None
         if name in REGISTERS:
-            if len(value) > 17 or not _HEX.match(value):
+            if not _HEX.match(value):
                 bad.append(tok)
                 continue
+            digits = value.replace("`", "").lstrip("0")
+            if len(digits) > 16:   # no register a kd `r` prints is wider than 64 bits
+                raise TooWide(f"{name} = {value[:24]}{'...' if len(value) > 24 else ''} is too wide "
+                              f"({len(digits)} hex digits; a register holds at most 64 bits)")
             out.append((name, int(value.replace("`", ""), 16)))
         elif name not in IGNORED and not (name.isalnum() and name.startswith(_OTHER_REGISTER_PREFIXES)):
             return None
@@ -152,6 +161,8 @@ class RegisterOutput(CommandOutput):
         except BadValue as exc:
             self.state.warn(line.number, str(exc))
             return
+        except TooWide as exc:
+            raise InputError(str(exc), source=self.state.result.source, line=line.number) from None
         if values is None:
             if self.live:
                 self._current_instruction(line)

@@ -185,3 +185,26 @@ def test_a_trace_prediction_resting_on_an_assumption_is_marked(capsys):
     vmxon = [r for r in rows(out) if r[1] == "vmxon"]
     assert vmxon and all(r[4] == "ok*" for r in vmxon)
     assert "* the prediction rests on assumed values, not read from the target: state:a20m" in out
+
+
+# ----------------------------------------------------------------- a snapshot is one moment
+
+def test_snapshot_of_a_trace_is_each_processor_at_its_last_complete_stop(tmp_path, capsys):
+    out_path = tmp_path / "s.vmxsnap.json"
+    rc, out, err = run(capsys, "snapshot", BOCHS_TRACE, "-o", str(out_path))
+    assert rc == 0 and "cpu 0 at stop 16, cpu 1 at stop 7" in err
+    procs = json.loads(out_path.read_text())["processors"]
+    for cpu in ("0", "1"):      # both read at their VMLAUNCH stop: RIP there, in VMX root operation
+        assert procs[cpu]["registers"]["rip"] == "0xb00b" and procs[cpu]["state"]["vmx"] == "root"
+    rc, out, err = run(capsys, "check", str(out_path), "--format", "json")
+    assert "vmexit" not in out
+
+
+def test_snapshot_stop_n_chooses_the_moment(tmp_path, capsys):
+    out_path = tmp_path / "s.vmxsnap.json"
+    rc, out, err = run(capsys, "snapshot", BOCHS_TRACE, "-o", str(out_path), "--stop", "9")
+    assert rc == 0 and "cpu 0 at stop 9, cpu 1 at stop 7" in err
+    procs = json.loads(out_path.read_text())["processors"]
+    assert procs["0"]["registers"]["rip"] == "0xae94" and procs["0"]["state"]["vmx"] == "off"   # at its VMXON
+    rc, out, err = run(capsys, "snapshot", BOCHS_TRACE, "-o", str(out_path), "--stop", "99")
+    assert rc == 2 and "the recording has stops 1 to 19" in err

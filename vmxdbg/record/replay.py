@@ -233,6 +233,12 @@ class ReplayBackend(Backend):
         """How many stops the recording has."""
         return len(self.stops)
 
+    def stop_records(self, k: int) -> List[Record]:
+        """The records made at the k-th stop (after its event, before the next one)."""
+        start = self.stops[k - 1] + 1 if k else 0
+        end = self.stops[k] if k < len(self.stops) else len(self._records)
+        return self._records[start:end]
+
     def stop_event(self, k: int) -> StopEvent:
         """The event of the k-th stop (1-based)."""
         return self.stop_record(k).event  # type: ignore[return-value]

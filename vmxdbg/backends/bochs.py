@@ -155,6 +155,7 @@ class BochsBackend(Backend):
         self._running = False
         self._state = "open"                     # "open", "closing", "closed"
         self._done_line = re.compile(done_line)
+        self._guest_seen: Dict[int, int] = {}     # per processor: guest lines already attached to an event
         self.guest_lines: Dict[Optional[int], List[str]] = {}     # port 0xE9 lines by processor
         self.bochs_log: Dict[Optional[int], List[str]] = {}       # VMX/error log lines by processor
         self.close_report: Dict[str, Any] = {}
@@ -775,7 +776,8 @@ class BochsBackend(Backend):
             except TargetGone as e:
                 if self.proc.alive:
                     raise
-                return StopEvent("exited", detail=str(e), log=self._take_log())
+                return self._exited(f"the guest ran until Bochs exited (status {self.proc.proc.poll()})"
+                                    + (f"; {e.detail.split('; ', 1)[1]}" if "; " in e.detail else ""))
         finally:
             self._running = False
         self.stats["commands"] += 1
@@ -795,15 +797,40 @@ class BochsBackend(Backend):
             return missed[0]
         return event
 
+    def _exited(self, detail: str) -> StopEvent:
+        """Bochs is gone: a "missed" event for every planned stop not made, then "exited"."""
+        event = StopEvent("exited", detail=detail, log=self._take_log())
+        missed: List[StopEvent] = []
+        for cpu in sorted(self._plan):
+            pending = self.pending_stops(cpu)
+            said = self._guest_said(cpu)
+            for k, address in enumerate(pending):
+                missed.append(StopEvent("missed", cpu=cpu, address=address, log=said if k == 0 else [], detail=(
+                    f"Bochs exited with planned stops of cpu{cpu} not made at {', '.join(hex(a) for a in pending)}: "
+                    f"it did not stop at 0x{address:x} (a debugger miss, not a guest result)")))
+            self._progress[cpu] = len(self._plan[cpu])
+        if missed:
+            self._queued = missed[1:] + [event]
+            return missed[0]
+        return event
+
+    def _guest_said(self, cpu: int) -> List[str]:
+        """The guest's own lines from `cpu` not attached to an event yet (`guest cpuN: ...`)."""
+        lines = self.guest_lines.get(cpu, [])
+        seen, self._guest_seen[cpu] = self._guest_seen.get(cpu, 0), len(lines)
+        return [f"guest cpu{cpu}: {line}" for line in lines[seen:]]
+
     def _missed(self, event: StopEvent, guest: P.GuestOutput) -> List[StopEvent]:
         out: List[StopEvent] = []
         for cpu, line in guest.lines:
             if cpu is not None and self._done_line.search(line) and self.pending_stops(cpu):
                 pending = self.pending_stops(cpu)
-                out.append(StopEvent("missed", cpu=cpu, address=pending[0], log=event.log, detail=(
-                    f"cpu{cpu} reported {line!r} with planned stops not made at "
-                    f"{', '.join(hex(a) for a in pending)}: Bochs did not stop there (a debugger miss, "
-                    "not a guest result)")))
+                said = self._guest_said(cpu)
+                for k, address in enumerate(pending):     # one event per planned stop not made
+                    out.append(StopEvent("missed", cpu=cpu, address=address, log=event.log + said if k == 0 else [],
+                                         detail=(f"cpu{cpu} reported {line!r} with planned stops not made at "
+                                                 f"{', '.join(hex(a) for a in pending)}: Bochs did not stop at "
+                                                 f"0x{address:x} (a debugger miss, not a guest result)")))
                 self._progress[cpu] = len(self._plan[cpu])
         if event.cpu is not None and event.address is not None and event.kind in ("breakpoint", "magic", "vmexit"):
             pending = self.pending_stops(event.cpu)

@@ -10,7 +10,7 @@ from typing import List, Optional, Sequence
 from ..common.errors import InputError
 from .live import add_live_trace_arguments, is_live, live_backend, live_trace
 from ..record.recording import read_recording
-from ..trace.stepper import INTERRUPTED, StepResult
+from ..trace.stepper import INTERRUPTED, NOT_REACHED, StepResult
 from ..trace.session import TRACE, interruption, render_trace, replay_trace, trace_report_json
 
 NAME = "trace"
@@ -44,7 +44,7 @@ def exit_status(results: List[StepResult]) -> int:
     planned stop was missed; else 1 (also when no stop was reached at all). A session that
     ended early is judged by the stops it reached."""
     bad = [r for r in results if r.match is False or (r.verdict is not None and r.actual != "ok")
-           or (r.verdict is None and r.actual != INTERRUPTED)]
+           or (r.verdict is None and r.actual not in (INTERRUPTED, NOT_REACHED))]
     reached = [r for r in results if r.verdict is not None]
     return 1 if bad or not reached else 0
 

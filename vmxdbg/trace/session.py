@@ -21,7 +21,7 @@ from ..common import interrupt
 from ..common.errors import BackendError, InputError, one_line
 from ..record.recording import Recording
 from ..report.model import FORMAT as REPORT_FORMAT, VERSION as REPORT_VERSION
-from .stepper import (INTERRUPTED, StepResult, Stepper, VmxSite, deviations, find_vmx_instructions, mismatches,
+from .stepper import (INTERRUPTED, NOT_REACHED, StepResult, Stepper, VmxSite, deviations, find_vmx_instructions, mismatches,
                       share_cross_findings)
 from ..common.numbers import hexs, parse_int
 
@@ -215,7 +215,7 @@ def render_trace(results: Sequence[StepResult], *, verbose: bool = False) -> str
             cut = r.actual == INTERRUPTED
             rows.append((str(r.cpu) if r.cpu >= 0 else "?", r.instruction,
                          hexs(r.address) if r.cpu >= 0 or not cut else "-", "", "-", r.actual,
-                         "INTERRUPTED" if cut else "MISSED", r.note))
+                         "INTERRUPTED" if cut else "-" if r.actual == NOT_REACHED else "MISSED", r.note))
             continue
         fails = [f.id for f in r.verdict.findings if f.status == "fail"]
         fails += [f"{f.id}(advice)" for f in r.verdict.findings if f.status == "advice"]
@@ -244,6 +244,13 @@ def render_trace(results: Sequence[StepResult], *, verbose: bool = False) -> str
                                       "way (structs/deviations.yaml): vmxdbg's prediction is the SDM's")
     for r in results:
         if r.verdict is None:
+            said = r.log if verbose else vmx_log_lines(r) + [
+                line for line in r.log if line.startswith("guest ")
+                and re.search(rf"\b{re.escape(r.instruction)}\b.*\bfail", line, re.I)]
+            if said:
+                lines.append("")
+                lines.append(f"cpu {r.cpu} {r.instruction} at {hexs(r.address)}: {r.actual}")
+                lines += [f"  target says: {line}" for line in said]
             continue
         shown = [f for f in r.verdict.findings if (f.status != "unknown" and not f.advisory) or verbose
                  or f.status == "advice"]

@@ -16,6 +16,7 @@ qualification (0x6400); for an exception, RIP compared with the IDT gates of
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -42,6 +43,7 @@ CF, ZF = 1, 1 << 6
 #: `actual` of the row where a session ended early (Ctrl-C, SIGTERM, a killed recorder)
 INTERRUPTED = "interrupted"
 MISSED = "missed stop"
+NOT_REACHED = "not reached"
 
 
 @dataclass
@@ -126,6 +128,8 @@ class Stepper:
         self.state: Dict[int, Processor] = {}   # each processor as read at its last stop
         #: the stop being handled (cpu, site) while handle_stop runs; None between stops
         self.at: Optional[Tuple[int, VmxSite]] = None
+        #: per processor, its first VMX instruction that did not succeed: (instruction, outcome)
+        self.failed: Dict[int, Tuple[str, str]] = {}
         self._log = log or (lambda line: None)
         self._breakpoints: List[int] = []
         self.implementation = implementation_of(backend.describe())
@@ -146,10 +150,7 @@ class Stepper:
                     self._log(f"target {event.kind}: {event.detail}".rstrip(": "))
                     break
                 if event.kind == "missed":
-                    self.results.append(StepResult(event.cpu if event.cpu is not None else -1, "?",
-                                                   event.address or 0, None, MISSED, None,
-                                                   log=list(event.log), note=event.detail or
-                                                   "the debugger did not stop where a breakpoint was set"))
+                    self.results.append(self.missed_stop(event))
                     continue
                 if event.cpu is not None:
                     self.handle_stop(event)
@@ -159,6 +160,29 @@ class Stepper:
             self.remove_breakpoints()
         share_cross_findings(self.results)
         return self.results
+
+    def missed_stop(self, event: StopEvent) -> StepResult:
+        """The row of a planned stop the target ran past: MISSED with the debugger's reason, or
+        NOT_REACHED when an earlier VMX instruction of that core failed (the code after it did
+        not run there). A guest line saying this instruction failed counts as its failure."""
+        cpu = event.cpu if event.cpu is not None else -1
+        site = self.sites.get(event.address) if event.address is not None else None
+        insn = site.instruction if site is not None else "?"
+        before = self.failed.get(cpu)
+        if before is not None:
+            row = StepResult(cpu, insn, event.address or 0, None, NOT_REACHED, None, log=list(event.log),
+                             note=f"cpu {cpu}'s {before[0]} failed ({before[1]}) before it: the code after "
+                                  "it did not run on this core")
+        else:
+            row = StepResult(cpu, insn, event.address or 0, None, MISSED, None, log=list(event.log),
+                             note=event.detail or "the debugger did not stop where a breakpoint was set")
+        said = [line for line in event.log if site is not None and re.search(
+            rf"\b{insn}\b.*\bfail", line, re.I)]
+        if said and cpu not in self.failed:
+            told = "the target says: " + said[-1].split(": ", 1)[-1].strip()
+            self.failed[cpu] = (insn, told)
+            row.note = f"{told}; {row.note}"
+        return row
 
     def remove_breakpoints(self) -> None:
         """Remove every breakpoint this stepper set (errors while removing are collected, not raised twice)."""
@@ -197,6 +221,8 @@ class Stepper:
         if match is False:
             result.deviations = explain(snap, cpu, verdict, actual, self.known_deviations)
         self.results.append(result)
+        if actual != "ok" and cpu not in self.failed:
+            self.failed[cpu] = (site.instruction, actual)
         self.at = None
         return result
 

@@ -102,9 +102,8 @@ def bochs_trace(*, cpus: int = 2, knobs: Sequence[str] = (), record: Optional[Pa
                 raise VmxdbgError(f"Bochs did not reach the test hypervisor's first stop ({first.kind}: "
                                   f"{first.detail})")
             code = vmx_code(backend, symbols, names)
-            if not magic:
-                knobbed = {int(k.split(":", 1)[0]) for k in knobs if k.split(":", 1)[0].isdigit()}
-                backend.plan_stops(sorted(code), [c for c in range(cpus) if c not in knobbed])
+            if not magic:     # every core, knobbed or not: a stop not made is MISSED or not reached
+                backend.plan_stops(sorted(code), range(cpus))
             if early is not None:
                 early.abandon()
                 early = None
@@ -113,7 +112,9 @@ def bochs_trace(*, cpus: int = 2, knobs: Sequence[str] = (), record: Optional[Pa
         finally:
             backend.close()
             report = getattr(backend, "close_report", {})
-            if not report.get("errors"):
+            if report.get("errors"):
+                interrupt.confirm(f"closing Bochs: {'; '.join(report['errors'])[:200]} (Bochs was killed)")
+            else:
                 interrupt.confirm(f"Bochs was quit cleanly ({len(report.get('breakpoints_removed', []))} "
                                   "breakpoint(s) of ours removed)")
     except BaseException as exc:

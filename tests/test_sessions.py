@@ -206,5 +206,34 @@ def test_snapshot_stop_n_chooses_the_moment(tmp_path, capsys):
     assert rc == 0 and "cpu 0 at stop 9, cpu 1 at stop 7" in err
     procs = json.loads(out_path.read_text())["processors"]
     assert procs["0"]["registers"]["rip"] == "0xae94" and procs["0"]["state"]["vmx"] == "off"   # at its VMXON
-    rc, out, err = run(capsys, "snapshot", BOCHS_TRACE, "-o", str(out_path), "--stop", "99")
+    rc, out, err = run(capsys, "snapshot", BOCHS_TRACE, "-o", str(out_path), "--stop", "99", "--force")
     assert rc == 2 and "the recording has stops 1 to 19" in err
+
+
+# ----------------------------------------------------------------- housekeeping
+
+@pytest.mark.parametrize("version", ["4", "3.12", "2.6", "x.y", "3.9.1"])
+def test_windbg_setup_refuses_a_python_pykd_has_no_wheel_for(capsys, version):
+    rc, out, err = run(capsys, "windbg-setup", "--python", version)
+    assert rc == 2 and out == "" and "--python" in err and "3.5 to 3.9" in err
+
+
+def test_windbg_setup_takes_a_python_pykd_has(capsys):
+    rc, out, err = run(capsys, "windbg-setup", "--python", "3.9")
+    assert rc == 0 and "!py -3.9 -g -m vmxdbg.bang" in out
+
+
+def test_snapshot_output_is_not_replaced_without_force(tmp_path, capsys):
+    out_path = tmp_path / "s.vmxsnap.json"
+    out_path.write_text("keep me")
+    rc, out, err = run(capsys, "snapshot", BOCHS_TRACE, "-o", str(out_path))
+    assert rc == 2 and "exists; pass --force to replace it" in err and out_path.read_text() == "keep me"
+    rc, out, err = run(capsys, "snapshot", BOCHS_TRACE, "-o", str(out_path), "--force")
+    assert rc == 0 and '"vmxdbg-snapshot"' in out_path.read_text()
+
+
+def test_trace_record_is_not_replaced_without_force(tmp_path, capsys):
+    rec = tmp_path / "r.vmxrec.jsonl"
+    rec.write_text("keep me")
+    rc, out, err = run(capsys, "trace", "--bochs", "--record", str(rec))     # refused before Bochs starts
+    assert rc == 2 and "exists; pass --force to replace it" in err and rec.read_text() == "keep me"

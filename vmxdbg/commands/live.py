@@ -19,7 +19,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 from ..backends.base import Backend
 from ..state.collect import collect
-from ..common.errors import BackendError, InputError, NotAvailable
+from ..common.errors import BackendError, InputError, NotAvailable, refuse_existing
 from ..state.snapshot import Snapshot
 from ..common.numbers import parse_int
 
@@ -58,6 +58,7 @@ def add_live_check_arguments(parser: argparse.ArgumentParser) -> None:
                              "on every processor or on CPU")
     parser.add_argument("--record", default=None, metavar="FILE",
                         help="record the session to FILE (.vmxrec.jsonl) for `vmxdbg check FILE` later")
+    parser.add_argument("--force", action="store_true", help="replace the --record FILE if it exists")
 
 
 def vmxon_pointers(values: Optional[Iterable[str]], cpus: Sequence[int]) -> Dict[int, int]:
@@ -85,6 +86,7 @@ def live_check_snapshot(args: argparse.Namespace, backend: Backend) -> Snapshot:
     cpus = chosen_cpus(backend, getattr(args, "cpu", None))
     pointers = vmxon_pointers(getattr(args, "vmxon", None), cpus)
     record = getattr(args, "record", None)
+    refuse_existing(record, "the recording", bool(getattr(args, "force", False)))
     if record:
         try:
             from ..record.recorded import record_check

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..state.snapshot import save_snapshot
 from ..inputs.sources import load_any
-from ..common.errors import InputError
+from ..common.errors import InputError, refuse_existing
 from ..common.numbers import parse_int
 
 NAME = "snapshot"
@@ -19,12 +19,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", type=Path, required=True, help="the snapshot file to write")
     parser.add_argument("--at", metavar="LINE", default=None, help="kd logs: the state as it stood at this line")
     parser.add_argument("--partial", action="store_true", help="accept a recording that did not complete (.partial)")
+    parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
     parser.add_argument("--stop", metavar="N", default=None,
                         help="recordings: each processor as read at its last stop up to stop N (as `vmxdbg replay` "
                              "numbers them); default: each processor's last complete stop")
 
 
 def run(args: argparse.Namespace) -> int:
+    refuse_existing(args.output, "the output file", args.force)
     options = {"partial": args.partial}
     if args.at is not None:
         options["at_line"] = parse_int(f"0n{args.at}" if str(args.at).isdigit() else args.at, what="--at")

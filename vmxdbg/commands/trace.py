@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from ..common.errors import InputError
+from ..common.errors import InputError, refuse_existing
 from .live import add_live_trace_arguments, is_live, live_backend, live_trace
 from ..record.recording import read_recording
 from ..trace.stepper import INTERRUPTED, NOT_REACHED, StepResult
@@ -28,6 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--knob", action="append", default=[], metavar="CPU:NAME[=VALUE]",
                         help="break something on one core of the test hypervisor (repeatable)")
     parser.add_argument("--record", type=Path, metavar="FILE", help="record the live session to FILE")
+    parser.add_argument("--force", action="store_true", help="replace the --record FILE if it exists")
     parser.add_argument("--breakpoints", action="store_true",
                         help="--bochs: stop with code breakpoints, not the test hypervisor's magic breakpoints "
                              "(as for a hypervisor that has none; Bochs may miss one, and says so)")
@@ -96,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
         return show_recorded_trace(args.replay, args.partial, args.format, args.verbose)
     if args.cpus is None:
         args.cpus = 2
+    refuse_existing(args.record, "the recording", args.force)
     if live_backend(args) is not None and not args.bochs:
         results = live_trace(args, live_backend(args))  # type: ignore[arg-type]
     else:

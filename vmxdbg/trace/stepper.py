@@ -26,7 +26,7 @@ from ..backends.base import EXECUTION, Backend, StopEvent
 from ..state.assume import apply_to_processor
 from ..state.collect import collect_processor
 from .deviations import Deviation, explain, implementation_of, known_for
-from ..common import interrupt
+from ..common import interrupt, progress
 from ..common.errors import BackendError, NotAvailable, VmxdbgError
 from ..report.model import Report, Verdict
 from ..rules.engine import all_rules
@@ -151,6 +151,7 @@ class Stepper:
                     break
                 if event.kind == "missed":
                     self.results.append(self.missed_stop(event))
+                    progress.advance(f"cpu {self.results[-1].cpu}: stops")
                     continue
                 if event.cpu is not None:
                     self.handle_stop(event)
@@ -221,6 +222,7 @@ class Stepper:
         if match is False:
             result.deviations = explain(snap, cpu, verdict, actual, self.known_deviations)
         self.results.append(result)
+        progress.advance(f"cpu {cpu}: stops")
         if actual != "ok" and cpu not in self.failed:
             self.failed[cpu] = (site.instruction, actual)
         self.at = None

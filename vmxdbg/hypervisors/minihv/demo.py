@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from ...common import interrupt
+from ...common import interrupt, progress
 from ...common.errors import InputError, VmxdbgError
 from ...record.recording import RecordingWriter, new_header
 from ...trace.stepper import StepResult, find_vmx_instructions
@@ -74,10 +74,6 @@ def bochs_trace(*, cpus: int = 2, knobs: Sequence[str] = (), record: Optional[Pa
     with code breakpoints, which Bochs can silently miss. Processors without a
     knob must stop at every instruction in order; the backend reports a stop they
     ran past as `missed` (a debugger miss, never a guest result)."""
-    from ...backends.bochs import BochsBackend
-    from ...backends.bochs_process import BochsMachine
-    from ...trace.session import run_trace
-
     require_tools()
     if not 1 <= cpus <= 8:
         raise InputError(f"--cpus {cpus}: the test hypervisor runs on 1 to 8 processors")
@@ -90,6 +86,18 @@ def bochs_trace(*, cpus: int = 2, knobs: Sequence[str] = (), record: Optional[Pa
     # the recording exists from the start: a session killed while Bochs boots leaves a
     # .partial that says no stop was reached (the recorder replaces it once Bochs is up)
     early = booting_recording(record, argv, source)
+    with progress.shown(f"vmxdbg trace: minihv on Bochs, {cpus} processor(s)"):
+        return _bochs_trace(cpus, knobs, record, timeout, argv, keep, names, magic, work, source, early)
+
+
+def _bochs_trace(cpus: int, knobs: Sequence[str], record: Optional[Path], timeout: float,
+                 argv: Optional[List[str]], keep: Optional[Path], names: List[str], magic: bool, work: Path,
+                 source: str, early: Optional[RecordingWriter]) -> List[StepResult]:
+    from ...backends.bochs import BochsBackend
+    from ...backends.bochs_process import BochsMachine
+    from ...trace.session import run_trace
+
+    progress.phase("booting Bochs", total=1)
     try:
         with interrupt.doing("booting the test hypervisor under Bochs"):
             built = build_image(work, cpus, knobs, magic)
@@ -101,6 +109,9 @@ def bochs_trace(*, cpus: int = 2, knobs: Sequence[str] = (), record: Optional[Pa
             if first.kind != "magic":
                 raise VmxdbgError(f"Bochs did not reach the test hypervisor's first stop ({first.kind}: "
                                   f"{first.detail})")
+            progress.advance("booting Bochs")
+            for cpu in range(cpus):
+                progress.phase(f"cpu {cpu}: stops", total=len(names))
             code = vmx_code(backend, symbols, names)
             if not magic:     # every core, knobbed or not: a stop not made is MISSED or not reached
                 backend.plan_stops(sorted(code), range(cpus))

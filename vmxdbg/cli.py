@@ -55,7 +55,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("vmxdbg: name a command (`vmxdbg --help` lists them)", file=sys.stderr)
         return 2
     interrupt.reset()
-    interrupt.install()
+    handlers = interrupt.install()
     try:
         return int(args._run(args))
     except VmxdbgError as exc:
@@ -66,6 +66,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return interrupt.status_of(exc)
     except BrokenPipeError:
         return 0
+    finally:
+        interrupt.restore(handlers)
 
 
 if __name__ == "__main__":

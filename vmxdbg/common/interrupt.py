@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from typing import Any, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 #: exit statuses of a run ended by a signal: 128 + the signal's number, as a shell reports it
 SIGINT_STATUS, SIGTERM_STATUS = 128 + signal.SIGINT, 128 + signal.SIGTERM
@@ -70,14 +70,24 @@ def on_sigterm(signum: int = signal.SIGTERM, frame: Any = None) -> None:
     raise Terminated()
 
 
-def install() -> None:
-    """SIGINT and SIGTERM raise (main thread only; a SIGINT the parent ignores stays ignored)."""
+def install() -> Dict[int, Any]:
+    """SIGINT and SIGTERM raise (main thread only; a SIGINT the parent ignores stays ignored);
+    returns the handlers replaced, for restore()."""
+    replaced: Dict[int, Any] = {}
     if threading.current_thread() is not threading.main_thread():
-        return
+        return replaced
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        signal.signal(signal.SIGINT, _on_sigint)
+        replaced[signal.SIGINT] = signal.signal(signal.SIGINT, _on_sigint)
     if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
-        signal.signal(signal.SIGTERM, on_sigterm)
+        replaced[signal.SIGTERM] = signal.signal(signal.SIGTERM, on_sigterm)
+    return replaced
+
+
+def restore(replaced: Dict[int, Any]) -> None:
+    """Put back the handlers install() replaced."""
+    if threading.current_thread() is threading.main_thread():
+        for signum, handler in replaced.items():
+            signal.signal(signum, handler)
 
 
 def reset() -> None:
@@ -100,5 +110,5 @@ def status_of(exc: BaseException) -> int:
     return SIGTERM_STATUS if isinstance(exc, Terminated) else SIGINT_STATUS
 
 
-__all__ = ["Terminated", "doing", "current", "confirm", "install", "reset", "signal_line", "status_of",
+__all__ = ["Terminated", "doing", "current", "confirm", "install", "restore", "reset", "signal_line", "status_of",
            "on_sigterm"]

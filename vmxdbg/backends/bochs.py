@@ -521,7 +521,8 @@ class BochsBackend(Backend):
             return f"{name} could not be undone ({type(exc).__name__}: {str(exc)[:120]})"
         if wrong:
             return f"{name} was undone but {', '.join(wrong)} differ from before"
-        return f"{name} was undone: its {len(j.registers)} registers and {len(j.memory)} memory ranges read back as before"
+        return (f"{name} was undone: its {len(j.registers)} registers and {len(j.memory)} memory ranges "
+                "read back as before")
 
     def _inject_preconditions(self, cpu: int, insn: str, what: str) -> None:
         def refuse(why: str) -> NotAvailable:

@@ -21,8 +21,8 @@ from ..common import interrupt
 from ..common.errors import BackendError, InputError, one_line
 from ..record.recording import Recording
 from ..report.model import FORMAT as REPORT_FORMAT, VERSION as REPORT_VERSION
-from .stepper import (INTERRUPTED, NOT_REACHED, StepResult, Stepper, VmxSite, deviations, find_vmx_instructions, mismatches,
-                      share_cross_findings)
+from .stepper import (INTERRUPTED, NOT_REACHED, StepResult, Stepper, VmxSite, deviations, find_vmx_instructions,
+                      mismatches, share_cross_findings)
 from ..common.numbers import hexs, parse_int
 
 TRACE = "trace"
@@ -178,7 +178,8 @@ def trace_report_json(results: Sequence[StepResult]) -> Dict[str, Any]:
             v["operand"] = hexs(r.operand)
         procs.setdefault(str(r.cpu), []).append(v)
     out: Dict[str, Any] = {"format": REPORT_FORMAT, "version": REPORT_VERSION, "kind": TRACE, "processors": procs}
-    missed = [{"cpu": r.cpu if r.cpu >= 0 else None, "address": hexs(r.address), "reason": r.note}
+    missed = [{"cpu": r.cpu if r.cpu >= 0 else None, "instruction": r.instruction, "address": hexs(r.address),
+               "actual": r.actual, "reason": r.note}
               for r in results if r.verdict is None and r.actual != INTERRUPTED]
     if missed:
         out["missed"] = missed

@@ -144,7 +144,8 @@ class Stepper:
             for address in (self.sites if self.use_breakpoints else ()):
                 self._breakpoints.append(self.backend.set_breakpoint(address, physical=self.physical))
             for _ in range(max_stops):
-                with interrupt.doing(f"the trace, while the target ran to its next stop after {len(self.results)} stop(s)"):
+                with interrupt.doing(f"the trace, while the target ran to its next stop "
+                                     f"after {len(self.results)} stop(s)"):
                     event = self.backend.go(timeout=timeout)
                 if event.kind in ("exited", "timeout"):
                     self._log(f"target {event.kind}: {event.detail}".rstrip(": "))

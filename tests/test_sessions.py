@@ -237,3 +237,23 @@ def test_trace_record_is_not_replaced_without_force(tmp_path, capsys):
     rec.write_text("keep me")
     rc, out, err = run(capsys, "trace", "--bochs", "--record", str(rec))     # refused before Bochs starts
     assert rc == 2 and "exists; pass --force to replace it" in err and rec.read_text() == "keep me"
+
+
+def test_an_interrupted_check_recording_reads_as_far_as_it_went(tmp_path, capsys):
+    from recfakes import POINTERS, two_cpu_snapshot
+    from vmxdbg.backends.snapshot_backend import SnapshotBackend
+    from vmxdbg.record.recorded import record_check
+
+    class CtrlC(SnapshotBackend):
+        reads = 0
+
+        def read_msr(self, cpu: int, index: int) -> int:
+            CtrlC.reads += 1
+            if CtrlC.reads == 40:
+                raise KeyboardInterrupt
+            return super().read_msr(cpu, index)
+    path = tmp_path / "c.vmxrec.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        record_check(CtrlC(two_cpu_snapshot()), path, vmxon_pointers=POINTERS)
+    rc, out, err = run(capsys, "check", str(path))
+    assert rc == 1 and "the session was interrupted (KeyboardInterrupt" in err and "unknown" in out

@@ -181,6 +181,8 @@ def _snapshot_of(rec: Recording, notes: Optional[List[str]] = None, stop: Option
     if not rec.complete:
         notes.append(f"{rec.path} is a partial recording: {len(rec.records)} events up to seq {rec.last_seq}, "
                      "the recorder did not finish; what it did not reach is unknown")
+    elif rec.ended_early() is not None:
+        notes.append(f"{rec.path}: {rec.ended_early()}; what it did not reach is unknown")
     snap, replay = replay_session(rec, stop)
     if not replay.strict:
         moments = stop_moments(replay, stop)

@@ -140,12 +140,16 @@ class Stepper:
             until: Optional[Callable[[StopEvent], bool]] = None) -> List[StepResult]:
         """Run until the target exits, `until(event)` says so, or `max_stops`;
         every breakpoint set here is removed on every way out."""
+        with interrupt.doing("the trace"):
+            return self._run(timeout, max_stops, until)
+
+    def _run(self, timeout: float, max_stops: int,
+             until: Optional[Callable[[StopEvent], bool]]) -> List[StepResult]:
         try:
             for address in (self.sites if self.use_breakpoints else ()):
                 self._breakpoints.append(self.backend.set_breakpoint(address, physical=self.physical))
             for _ in range(max_stops):
-                with interrupt.doing(f"the trace, while the target ran to its next stop "
-                                     f"after {len(self.results)} stop(s)"):
+                with interrupt.doing(f"the target running to its next stop, after {len(self.results)} stop(s)"):
                     event = self.backend.go(timeout=timeout)
                 if event.kind in ("exited", "timeout"):
                     self._log(f"target {event.kind}: {event.detail}".rstrip(": "))
@@ -208,7 +212,7 @@ class Stepper:
         if site is None:
             return None
         self.at = (cpu, site)
-        with interrupt.doing(f"the trace, at cpu {cpu}'s {site.instruction} at {site.address:#x} "
+        with interrupt.doing(f"cpu {cpu}'s {site.instruction} at {site.address:#x} "
                              f"(after {len(self.results)} stop(s))"):
             return self._handle_site(event, cpu, site)
 

@@ -257,3 +257,50 @@ def test_an_interrupted_check_recording_reads_as_far_as_it_went(tmp_path, capsys
         record_check(CtrlC(two_cpu_snapshot()), path, vmxon_pointers=POINTERS)
     rc, out, err = run(capsys, "check", str(path))
     assert rc == 1 and "the session was interrupted (KeyboardInterrupt" in err and "unknown" in out
+
+
+# ----------------------------------------------------------------- progress for long reads
+
+def _on_a_terminal(argv: list) -> tuple:
+    """Run vmxdbg with stderr on a pseudo-terminal: (status, stdout, what the terminal got)."""
+    import os
+    import pty
+    import re
+    import subprocess
+    import sys
+    import threading
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "vmxdbg", *argv], stdout=subprocess.PIPE, stderr=slave,
+                            stdin=subprocess.DEVNULL, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    os.close(slave)
+    seen = bytearray()
+
+    def read() -> None:
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                return
+            if not data:
+                return
+            seen.extend(data)
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    out, _ = proc.communicate(timeout=120)
+    reader.join(5)
+    os.close(master)
+    return proc.returncode, out, re.sub(rb"\x1b\[[0-9;?]*[a-zA-Z]", b"", bytes(seen)).decode("latin-1")
+
+
+def test_reading_a_long_kd_log_shows_progress_on_a_terminal_only(tmp_path):
+    import subprocess
+    import sys
+    real = (ROOT / "recordings/kdlogs/cve-2021-28476-cxr.log").read_bytes()     # a real kd session
+    big = tmp_path / "big.log"
+    big.write_bytes(real * (17 * (1 << 20) // len(real) + 1))                   # past the 16 MiB threshold
+    status, out, term = _on_a_terminal(["check", str(big)])
+    assert status in (0, 1) and b"cpu" in out
+    assert "vmxdbg: reading big.log" in term and "MiB of the log read" in term and "100.0%" in term
+    piped = subprocess.run([sys.executable, "-m", "vmxdbg", "check", str(big)], capture_output=True, text=True,
+                           timeout=120)
+    assert "MiB of the log read" not in piped.stderr and "\x1b" not in piped.stderr

@@ -8,6 +8,7 @@ parse, and the register contexts that were not live. `looks_like_kdlog` and
 """
 from __future__ import annotations
 
+import contextlib
 import re
 import sys
 from pathlib import Path
@@ -15,7 +16,8 @@ from typing import Any, Callable, Dict, Optional
 
 from ...state.snapshot import Snapshot
 from .parser import PROMPT, parse_file, parse_stream, parse_text
-from .reader import detect_encoding
+from ...common import progress
+from .reader import CHUNK, READ_LABEL, detect_encoding
 from .state import KdLog, KdWarning, NonLiveContext
 
 __all__ = ["KdLog", "KdWarning", "NonLiveContext", "parse_file", "parse_stream", "parse_text",
@@ -24,6 +26,9 @@ __all__ = ["KdLog", "KdWarning", "NonLiveContext", "parse_file", "parse_stream",
 _BANNERS = ("Kernel Debugger connection established", "Microsoft (R) Windows Debugger",
             "Opened log file")
 MAX_PRINTED_WARNINGS = 50
+#: logs from this size on take about 2 s or more to read (bench/bench_kdlog.py: about 8 MB/s):
+#: progress is shown on a terminal
+PROGRESS_BYTES = 16 << 20
 
 
 def looks_like_kdlog(head: bytes) -> bool:
@@ -51,7 +56,12 @@ def print_warnings(log: KdLog, write: Optional[Callable[[str], Any]] = None) -> 
 def load_for_check(path: Path, options: Dict[str, Any]) -> Snapshot:
     """sources.py loader: the snapshot as of `options["at_line"]` (default: the end);
     warnings go to `options["warn"]` (a callable taking the KdLog) or stderr."""
-    log = parse_file(Path(path), options.get("at_line"))
+    size = Path(path).stat().st_size if Path(path).is_file() else 0
+    shown = progress.shown(f"vmxdbg: reading {Path(path).name}") if size >= PROGRESS_BYTES \
+        else contextlib.nullcontext()
+    with shown:
+        progress.phase(READ_LABEL, total=-(-size // CHUNK))
+        log = parse_file(Path(path), options.get("at_line"))
     warn = options.get("warn")
     if callable(warn):
         warn(log)

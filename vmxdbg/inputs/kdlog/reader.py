@@ -13,7 +13,10 @@ from __future__ import annotations
 import codecs
 from typing import BinaryIO, Iterator, List, NamedTuple, Tuple
 
+from ...common import progress
+
 CHUNK = 1 << 20
+READ_LABEL = "MiB of the log read"   # the progress line (vmxdbg.common.progress), one step per CHUNK
 MAX_LINE = 64 * 1024
 PROBE = 64 * 1024
 
@@ -100,5 +103,6 @@ def iter_lines(stream: BinaryIO, *, max_line: int = MAX_LINE, chunk: int = CHUNK
         if final:
             break
         data = stream.read(chunk)
+        progress.advance(READ_LABEL)
     if parts or truncated:
         yield Line(number + 1, "".join(parts), False, truncated)

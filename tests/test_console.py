@@ -188,3 +188,34 @@ def test_history_keeps_the_commands_typed(trace_file, tmp_path):
     # Up arrow / Ctrl-R recall from this history (prompt_toolkit's FileHistory), across sessions too
     assert list(console.session.history.load_history_strings())[:3] == ["q", "r rip", "g"]
     assert "+r rip" in hist.read_text(encoding="utf-8")
+
+
+# ----------------------------------------------------------------- issue 18: the console tells the truth
+
+BOCHS_TRACE = str(__import__("pathlib").Path(__file__).resolve().parent.parent
+                  / "recordings" / "bochs" / "healthy-2cpu.vmxrec.jsonl")   # a real Bochs run
+
+
+def test_tilde_s_without_a_number_says_so_in_the_users_words():
+    state, _ = open_state(__import__("pathlib").Path(BOCHS_TRACE))
+    with pytest.raises(InputError) as exc:
+        execute(state, "~s")
+    assert "0n" not in str(exc.value) and "~s: name the processor" in str(exc.value)
+    with pytest.raises(InputError, match="'x' is not a processor number"):
+        execute(state, "~xs")
+
+
+def test_several_commands_on_one_prompt_line_run_as_in_dash_c():
+    state, _ = open_state(__import__("pathlib").Path(BOCHS_TRACE))
+    _, printed = drive(state, "g; r cr4\n")
+    assert "stop 1/19" in printed and "cr4=0000000000002020" in printed
+
+
+def test_piped_commands_print_no_terminal_warning_nor_escape_codes():
+    import subprocess
+    import sys
+    got = subprocess.run([sys.executable, "-m", "vmxdbg", "replay", BOCHS_TRACE], input="g; r cr4\n~s\n",
+                         capture_output=True, text=True, timeout=60)
+    assert got.returncode == 0
+    assert "Input is not a terminal" not in got.stdout + got.stderr and "\x1b" not in got.stdout + got.stderr
+    assert "cr4=0000000000002020" in got.stdout and "~s: name the processor" in got.stdout

@@ -38,7 +38,7 @@ def _cases(tmp: Path):
     plans = [("check", c.snapshots, "s.vmxsnap.json", ["check", "@"]),
              ("check-log", c.kdlogs, "k.log", ["check", "@", "--format", "json"]),
              ("check-rec", c.recordings, "r.vmxrec.jsonl", ["check", "@", "--partial"]),
-             ("snapshot", c.recordings + c.kdlogs, "x.in", ["snapshot", "@", "-o", "out.vmxsnap.json"]),
+             ("snapshot", c.recordings + c.kdlogs, "x.in", ["snapshot", "@", "-o", "out.vmxsnap.json", "--force"]),
              ("caps", c.snapshots, "c.vmxsnap.json", ["caps", "@"]),
              ("vmcs", [s for s, _ in c.regions[:1]], "v.vmxsnap.json", ["vmcs", hex(c.regions[0][1]), "--source", "@"]),
              ("trace", c.traces, "t.vmxrec.jsonl", ["trace", "--replay", "@"]),

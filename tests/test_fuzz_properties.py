@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 import fuzzkit
 from vmxdbg.common.errors import InputError
 from vmxdbg.record.recording import OPS
-from vmxdbg.state.snapshot import SEGMENTS, TABLES, snapshot_from_json, snapshot_to_json
-from vmxdbg.common.numbers import hexs, parse_int, windbg_hex
+from vmxdbg.state.snapshot import PART_BITS, SEGMENTS, TABLES, snapshot_from_json, snapshot_to_json
+from vmxdbg.common.numbers import hexs, parse_int, vmcs_field_bits, windbg_hex
 
 BUDGET = settings(max_examples=60, deadline=None, derandomize=True, database=None,
                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -91,12 +91,16 @@ def test_a_snapshot_with_any_values_in_any_section_is_read_or_refused_in_one_lin
 
 
 REG = st.sampled_from(["cr0", "cr3", "cr4", "rflags", "efer", "dr7", "rip"])
-SEG = st.fixed_dictionaries({}, optional={k: U64 for k in ("selector", "base", "limit", "attributes")})
+SEG = st.fixed_dictionaries({}, optional={k: st.integers(0, (1 << PART_BITS.get(k, 64)) - 1)
+                                          for k in ("selector", "base", "limit", "attributes")})
+# a VMCS field's value fits its width (encoding bits 14:13); a wider one is bad input (issue 18)
+VMCS_FIELDS = st.lists(st.integers(0, 0x7FFF).flatmap(
+    lambda e: st.tuples(st.just(e), st.integers(0, (1 << vmcs_field_bits(e)) - 1))), max_size=6).map(dict)
 
 
 @BUDGET
 @given(st.dictionaries(REG, U64, max_size=5), st.dictionaries(st.sampled_from(SEGMENTS + TABLES), SEG, max_size=4),
-       st.dictionaries(U64, U64, max_size=6), st.dictionaries(st.integers(0, 0x7FFF), U64, max_size=6),
+       st.dictionaries(U64, U64, max_size=6), VMCS_FIELDS,
        st.fixed_dictionaries({}, optional={"cpl": st.integers(0, 3), "vmx": st.sampled_from(["off", "root", "non-root"]),
                                            "smm": st.booleans(), "a20m": st.booleans()}))
 def test_a_valid_snapshot_survives_its_json_form_and_the_checks(work, regs, segs, msrs, vmcs, state):

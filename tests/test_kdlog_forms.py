@@ -4,7 +4,6 @@ padded addresses, `!kext.` names, virtual dumps of every width, the virtual memo
 snapshot, the console's dd/db/dq, and the progress line."""
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
@@ -15,7 +14,6 @@ from vmxdbg.console.kdcmds import execute
 from vmxdbg.commands.replay import open_state
 from vmxdbg.common.errors import InputError, NotAvailable
 from vmxdbg.inputs.kdlog import parse_text
-from vmxdbg.inputs.kdlog.progress import Progress, progress_for
 from vmxdbg.state.snapshot import load_snapshot, snapshot_from_json, snapshot_to_json
 
 CORPUS = Path(__file__).resolve().parent / "data" / "kdreal"
@@ -87,24 +85,6 @@ def test_console_dd_db_dq_read_the_current_processors_virtual_memory():
     state, _ = open_state(CORPUS / "msdocs-cpuid.log")
     with pytest.raises(NotAvailable, match="shows no virtual memory"):
         execute(state, "dd 1000 L1")
-
-
-def test_progress_only_on_a_terminal_and_only_for_big_logs(tmp_path, monkeypatch):
-    class Tty(io.StringIO):
-        def isatty(self):
-            return True
-
-    big = tmp_path / "big.log"
-    big.write_bytes(b"x" * 100)
-    assert progress_for(big, io.StringIO()) is None        # a pipe or a file: nothing
-    assert progress_for(big, Tty()) is None                # small: nothing
-    monkeypatch.setattr("vmxdbg.inputs.kdlog.progress.PROGRESS_BYTES", 10)
-    tty = Tty()
-    p = progress_for(big, tty)
-    assert isinstance(p, Progress)
-    p(50)
-    p.close()
-    assert "\rvmxdbg: reading big.log:  50%" in tty.getvalue() and tty.getvalue().endswith("\r\x1b[K")
 
 
 def test_the_parser_reports_progress_as_it_reads(tmp_path):

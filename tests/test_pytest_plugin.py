@@ -135,3 +135,22 @@ def pytest_sessionfinish(session):
                                "--vmxdbg-record-mode", "all")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["s.vmxrec.jsonl: *record mode all needs a live target*"])
+
+
+def test_a_recording_without_its_expected_report_is_said_in_the_summary(project):
+    """Issue 18: lonely.vmxrec.jsonl was skipped without a word."""
+    pytester, _, args = project
+    result = pytester.runpytest(*args, "--vmxdbg-recordings", "recordings", "test_plain.py")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["vmxdbg: 1 recording(s) have no .expected.json next to them and were not run: "
+                                 "*lonely.vmxrec.jsonl*"])
+
+
+def test_a_partial_recording_does_not_suggest_an_option_pytest_lacks(project):
+    pytester, path, args = project
+    lines = path.read_text(encoding="utf-8").splitlines()
+    path.write_text("\n".join(lines[:-1]) + "\n", encoding="utf-8")        # the recorder did not finish
+    result = pytester.runpytest(*args, "--vmxdbg-recordings", "recordings", "recordings")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*s.vmxrec.jsonl: *partial recording*a partial recording is not a test*"])
+    assert "pass --partial" not in result.stdout.str()

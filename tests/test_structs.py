@@ -109,7 +109,7 @@ def test_feature_control_by_hand() -> None:
 def test_pinbased_capability_names_bits() -> None:
     d = {f.name: f for f in defs.msr(0x481).decode(0x0000007F00000016)}
     assert d["allowed0"].value == 0x16 and d["allowed1"].value == 0x7F
-    assert d["allowed0"].meaning == "bit 1 (default1), bit 2 (default1), bit 4 (default1)"
+    assert d["allowed0"].meaning == "bit 1 (reserved, default1), bit 2 (reserved, default1), bit 4 (reserved, default1)"
     assert "activate_preemption_timer" in d["allowed1"].meaning
     assert "process_posted_interrupts" not in d["allowed1"].meaning
 
@@ -164,7 +164,7 @@ def test_control_bits_worked_by_hand() -> None:
     assert (entry.bit("ia32e_mode_guest"), entry.bit("load_ia32_efer")) == (9, 15)
     assert (defs.control("tertiary").width, defs.control("tertiary").capability_msr) == (64, 0x492)
     assert defs.control("secondary_exit").vmcs == 0x2044
-    assert defs.control("entry").names(1 << 3) == ["bit_3"]
+    assert defs.control("entry").names(1 << 3) == ["bit 3 (reserved, default1)"]   # entry bits 0-8 are default1
 
 
 # ------------------------------------------------------------------ VMCS encodings

@@ -151,3 +151,12 @@ def test_launched_state_from_the_region_checks_vmresume(tmp_path: Path, capsys: 
     assert doc["launch_state"] == "launched"
     vr = next(v for v in doc["report"]["processors"]["0"] if v["instruction"] == "vmlaunch")
     assert vr["outcome"] != "ok"          # VMLAUNCH of a launched VMCS fails (VMfailValid 4)
+
+
+def test_vmcs_and_decode_name_reserved_bits_alike(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Issue 18: `vmcs` said `bit_1` where `decode` says `(reserved, default1)`."""
+    status, out, _ = run(capsys, hex(VMCS), "--source", str(region_snapshot(tmp_path, "bochs")), "--no-check")
+    pin = next(line for line in out.splitlines() if line.startswith("  0x4000"))
+    assert "bit 1 (reserved, default1)" in pin and "bit_" not in out
+    assert main(["decode", "pin_based", "0x16"]) == 0
+    assert "1  (reserved, default1)" in capsys.readouterr().out

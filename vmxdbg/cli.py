@@ -13,6 +13,7 @@ import sys
 from typing import List, NoReturn, Optional
 
 from . import __version__
+from .common import interrupt
 from .common.errors import VmxdbgError
 
 
@@ -53,16 +54,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not getattr(args, "_run", None):
         print("vmxdbg: name a command (`vmxdbg --help` lists them)", file=sys.stderr)
         return 2
+    interrupt.reset()
+    handlers = interrupt.install()
     try:
         return int(args._run(args))
     except VmxdbgError as exc:
         print(f"vmxdbg: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("vmxdbg: interrupted", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, interrupt.Terminated) as exc:
+        print(f"vmxdbg: {interrupt.signal_line(exc)}", file=sys.stderr)
+        return interrupt.status_of(exc)
     except BrokenPipeError:
         return 0
+    finally:
+        interrupt.restore(handlers)
 
 
 if __name__ == "__main__":

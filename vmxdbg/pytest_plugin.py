@@ -22,6 +22,9 @@ the ini value `vmxdbg_recordings` (vmxdbg's own checkout lists
                                `pytest_vmxdbg_live_backend(header, path)` hook
   --vmxdbg-update-expected     write each NAME.expected.json from the replay instead
                                of comparing (review the diff, then commit it)
+
+A recording without its expected report is not an item; the terminal
+summary lists them, so none is left out silently.
 """
 from __future__ import annotations
 
@@ -40,6 +43,7 @@ RECORD_MODES = ("none", "once", "new_episodes", "all")
 SUFFIX = ".vmxrec.jsonl"
 EXPECTED_SUFFIX = ".expected.json"
 _ROOTS = pytest.StashKey[List[Path]]()
+_LONELY = pytest.StashKey[List[Path]]()     # recordings under the roots without an expected report
 
 
 class _Hooks:
@@ -57,7 +61,8 @@ def pytest_addhooks(pluginmanager: Any) -> None:
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("vmxdbg", "vmxdbg recorded sessions")
     group.addoption("--vmxdbg-recordings", action="append", default=[], metavar="DIR",
-                    help="collect DIR/**/*.vmxrec.jsonl that have a NAME.expected.json next to them")
+                    help="collect DIR/**/*.vmxrec.jsonl that have a NAME.expected.json next to them "
+                         "(the others are listed in the summary)")
     group.addoption("--vmxdbg-record-mode", choices=RECORD_MODES, default="none",
                     help="vcrpy-style record mode for recorded sessions (default: none = replay only)")
     group.addoption("--vmxdbg-update-expected", action="store_true", default=False,
@@ -94,9 +99,23 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> Optional[p
     if not file_path.name.endswith(SUFFIX):
         return None
     roots = parent.config.stash.get(_ROOTS, [])
-    if not roots or not _inside(file_path.resolve(), roots) or not expected_path(file_path).exists():
+    if not roots or not _inside(file_path.resolve(), roots):
+        return None
+    if not expected_path(file_path).exists():
+        parent.config.stash.setdefault(_LONELY, []).append(file_path)
         return None
     return RecordingFile.from_parent(parent, path=file_path)
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """Recordings that are not tests because they have no expected report: said, not skipped silently."""
+    lonely = config.stash.get(_LONELY, [])
+    if lonely:
+        shown = ", ".join(str(p) for p in lonely[:5]) + (f" and {len(lonely) - 5} more" if len(lonely) > 5 else "")
+        terminalreporter.write_line(
+            f"vmxdbg: {len(lonely)} recording(s) have no {EXPECTED_SUFFIX} next to them and were not run: {shown} "
+            "(write one with `vmxdbg check REC --format json > NAME.expected.json`, or `vmxdbg trace --replay "
+            "REC --format json` for a trace; review it, then commit it)")
 
 
 # ------------------------------------------------------------------ comparing verdicts
@@ -174,6 +193,15 @@ class RecordingFile(pytest.File):
         yield RecordingItem.from_parent(self, name=self.path.name)
 
 
+def for_pytest(message: str) -> str:
+    """A reader's message as a test says it: pytest has no --partial to pass."""
+    head, sep, _ = message.partition("; pass --partial")
+    if not sep:
+        return message
+    return (head + "; a partial recording is not a test: record the session again (`vmxdbg check FILE "
+            "--partial` reads what it holds)")
+
+
 class RecordingItem(pytest.Item):
     """Replays one recording and compares its verdicts with NAME.expected.json."""
 
@@ -242,7 +270,7 @@ class RecordingItem(pytest.Item):
             return (f"{self.path.name}: replayed verdicts differ from {expected_path(self.path).name}:\n{exc}\n"
                     "(if the change is intended: pytest --vmxdbg-update-expected, review the diff, commit)")
         if isinstance(exc, (RecordingMismatch, VmxdbgError)):
-            return f"{self.path.name}: {exc}"
+            return f"{self.path.name}: {for_pytest(str(exc))}"
         return str(super().repr_failure(excinfo))
 
     def reportinfo(self) -> Tuple[Any, Optional[int], str]:

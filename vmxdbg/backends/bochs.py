@@ -18,7 +18,7 @@ planned stop, or whose guest prints its done line, first yields a "missed"
 StopEvent (a debugger miss, never a guest result) before the real stop.
 
 Clean-up: close() — also run at interpreter exit, on SIGTERM (turned into
-SystemExit while a backend is open) and after Ctrl-C — brings Bochs back to
+Terminated, a SystemExit(143), while a backend is open) and after Ctrl-C — brings Bochs back to
 its prompt, undoes an interrupted injection, deletes every breakpoint it set,
 checks `blist`, quits Bochs and kills it if it lingers.  `close_report`
 says what was done.
@@ -33,6 +33,7 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Sequence, Set, Tuple
 
+from ..common import interrupt
 from ..common.errors import BackendError, NotAvailable, TargetGone
 from . import bochs_parse as P
 from . import stub
@@ -127,7 +128,7 @@ class _SigtermGuard:
 
     @staticmethod
     def _raise(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)
+        interrupt.on_sigterm(signum, frame)
 
 
 class BochsBackend(Backend):
@@ -155,6 +156,7 @@ class BochsBackend(Backend):
         self._running = False
         self._state = "open"                     # "open", "closing", "closed"
         self._done_line = re.compile(done_line)
+        self._guest_seen: Dict[int, int] = {}     # per processor: guest lines already attached to an event
         self.guest_lines: Dict[Optional[int], List[str]] = {}     # port 0xE9 lines by processor
         self.bochs_log: Dict[Optional[int], List[str]] = {}       # VMX/error log lines by processor
         self.close_report: Dict[str, Any] = {}
@@ -442,6 +444,10 @@ class BochsBackend(Backend):
         no event pending.  The stub (STUB_*) goes mid-instruction near RIP;
         every byte and register is restored and checked afterwards.
         """
+        with interrupt.doing(f"{what} by an injected {insn.upper()} on cpu {cpu}"):
+            return self._inject_now(cpu, insn, inputs, what)
+
+    def _inject_now(self, cpu: int, insn: str, inputs: Dict[str, int], what: str) -> Dict[str, int]:
         self._check_cpu(cpu)
         if self._journal is not None:
             self._undo()
@@ -488,6 +494,10 @@ class BochsBackend(Backend):
             for reg in ("rax", "rbx", "rcx", "rdx"):
                 j.registers.setdefault(reg, before[reg])
             result = dict(after)
+        except (KeyboardInterrupt, SystemExit):
+            # a signal: put everything back, say so, and end with the signal, never with an undo error
+            interrupt.confirm(self._undo_after_signal(j, insn))
+            raise
         except BaseException:
             try:
                 self._undo()
@@ -498,6 +508,23 @@ class BochsBackend(Backend):
         self.proc.read_log()
         self._cache = known
         return result
+
+    def _undo_after_signal(self, j: _Journal, insn: str) -> str:
+        """Undo an injection a signal cut short, then read back every register and byte it
+        changed; one phrase saying what was confirmed (or what could not be)."""
+        name = f"the injected {insn.upper()} on cpu {j.cpu}"
+        try:
+            self._undo()
+            self.proc.read_log()
+            regs = self._r(j.cpu)
+            wrong = [r for r, v in j.registers.items() if regs.get(r) != v]
+            wrong += [f"memory 0x{at:x}" for at, data in j.memory if self.read_physical(at, len(data)) != data]
+        except BaseException as exc:   # a second signal, or Bochs gone: say it, keep the first
+            return f"{name} could not be undone ({type(exc).__name__}: {str(exc)[:120]})"
+        if wrong:
+            return f"{name} was undone but {', '.join(wrong)} differ from before"
+        return (f"{name} was undone: its {len(j.registers)} registers and {len(j.memory)} memory ranges "
+                "read back as before")
 
     def _inject_preconditions(self, cpu: int, insn: str, what: str) -> None:
         def refuse(why: str) -> NotAvailable:
@@ -752,7 +779,8 @@ class BochsBackend(Backend):
             except TargetGone as e:
                 if self.proc.alive:
                     raise
-                return StopEvent("exited", detail=str(e), log=self._take_log())
+                return self._exited(f"the guest ran until Bochs exited (status {self.proc.proc.poll()})"
+                                    + (f"; {e.detail.split('; ', 1)[1]}" if "; " in e.detail else ""))
         finally:
             self._running = False
         self.stats["commands"] += 1
@@ -772,15 +800,40 @@ class BochsBackend(Backend):
             return missed[0]
         return event
 
+    def _exited(self, detail: str) -> StopEvent:
+        """Bochs is gone: a "missed" event for every planned stop not made, then "exited"."""
+        event = StopEvent("exited", detail=detail, log=self._take_log())
+        missed: List[StopEvent] = []
+        for cpu in sorted(self._plan):
+            pending = self.pending_stops(cpu)
+            said = self._guest_said(cpu)
+            for k, address in enumerate(pending):
+                missed.append(StopEvent("missed", cpu=cpu, address=address, log=said if k == 0 else [], detail=(
+                    f"Bochs exited with planned stops of cpu{cpu} not made at {', '.join(hex(a) for a in pending)}: "
+                    f"it did not stop at 0x{address:x} (a debugger miss, not a guest result)")))
+            self._progress[cpu] = len(self._plan[cpu])
+        if missed:
+            self._queued = missed[1:] + [event]
+            return missed[0]
+        return event
+
+    def _guest_said(self, cpu: int) -> List[str]:
+        """The guest's own lines from `cpu` not attached to an event yet (`guest cpuN: ...`)."""
+        lines = self.guest_lines.get(cpu, [])
+        seen, self._guest_seen[cpu] = self._guest_seen.get(cpu, 0), len(lines)
+        return [f"guest cpu{cpu}: {line}" for line in lines[seen:]]
+
     def _missed(self, event: StopEvent, guest: P.GuestOutput) -> List[StopEvent]:
         out: List[StopEvent] = []
         for cpu, line in guest.lines:
             if cpu is not None and self._done_line.search(line) and self.pending_stops(cpu):
                 pending = self.pending_stops(cpu)
-                out.append(StopEvent("missed", cpu=cpu, address=pending[0], log=event.log, detail=(
-                    f"cpu{cpu} reported {line!r} with planned stops not made at "
-                    f"{', '.join(hex(a) for a in pending)}: Bochs did not stop there (a debugger miss, "
-                    "not a guest result)")))
+                said = self._guest_said(cpu)
+                for k, address in enumerate(pending):     # one event per planned stop not made
+                    out.append(StopEvent("missed", cpu=cpu, address=address, log=event.log + said if k == 0 else [],
+                                         detail=(f"cpu{cpu} reported {line!r} with planned stops not made at "
+                                                 f"{', '.join(hex(a) for a in pending)}: Bochs did not stop at "
+                                                 f"0x{address:x} (a debugger miss, not a guest result)")))
                 self._progress[cpu] = len(self._plan[cpu])
         if event.cpu is not None and event.address is not None and event.kind in ("breakpoint", "magic", "vmexit"):
             pending = self.pending_stops(event.cpu)

@@ -173,8 +173,12 @@ class BochsProcess:
             chunk = os.read(self.proc.stdout.fileno(), 65536)  # type: ignore[union-attr]
         except BlockingIOError:
             return True
-        if not chunk:
-            raise self._gone("a read")
+        if not chunk:     # stdout closed: Bochs is ending; give it a moment so its status is known
+            try:
+                self.proc.wait(2)
+            except subprocess.TimeoutExpired:
+                pass
+            raise self._gone(f"`{self.pending}`" if self.pending else "a read")
         self._buf += chunk
         return True
 

@@ -48,7 +48,7 @@ def trace_recording(path: Path, partial: bool) -> bool:
     if kind_of(path) != "recording":
         return False
     rec = read_recording(path, partial=partial)
-    return rec.command == "trace" and isinstance(rec.params.get("code"), dict)
+    return rec.command == "trace" and (isinstance(rec.params.get("code"), dict) or "stage" in rec.params)
 
 
 def select_cpus(snapshot: Snapshot, cpus: object) -> list:
@@ -65,15 +65,32 @@ def select_cpus(snapshot: Snapshot, cpus: object) -> list:
     return out
 
 
+def check_trace(args: argparse.Namespace) -> int:
+    """A recording of `vmxdbg trace` is checked as the trace it is: every stop, predicted
+    vs actual. --cpu keeps those processors' stops; --at, --assume and --format dml are
+    refused, each with its reason."""
+    from .trace import show_recorded_trace
+    if args.at is not None:
+        raise InputError("--at LINE is for kd logs; a trace recording is checked stop by stop "
+                         "(`vmxdbg snapshot REC --stop N` gives the state at one stop)", source=str(args.file))
+    if args.assume:
+        raise InputError("--assume: a trace recording replays with the assumptions it was recorded with "
+                         "(another changes what the prediction reads, so the replay would diverge)",
+                         source=str(args.file))
+    if args.format == "dml":
+        raise InputError("--format dml: a trace recording is shown as a table (text) or as json",
+                         source=str(args.file))
+    cpus = [parse_count(c, what="--cpu") for c in args.cpu or []]
+    return show_recorded_trace(args.file, args.partial, args.format, args.verbose, cpus=cpus)
+
+
 def run(args: argparse.Namespace) -> int:
     backend = live_backend(args)
     if backend is not None and args.file is None:
         snapshot = live_check_snapshot(args, backend)
         cpus = sorted(snapshot.processors)
     elif trace_recording(args.file, args.partial):
-        from .trace import show_recorded_trace
-        return show_recorded_trace(args.file, args.partial, "json" if args.format == "json" else "text",
-                                   args.verbose)
+        return check_trace(args)
     else:
         options = {"partial": args.partial}
         if args.at is not None:
@@ -82,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
         for note in options.get("notes", []):
             print(f"vmxdbg: note: {note}", file=sys.stderr)
         cpus = select_cpus(snapshot, args.cpu)
-    apply_assumptions(snapshot, parse_assumptions(args.assume))
+    for conflict in apply_assumptions(snapshot, parse_assumptions(args.assume)):
+        print(f"vmxdbg: note: {conflict}", file=sys.stderr)
     report = check_snapshot(snapshot, cpus)
     sys.stdout.write(render(report, snapshot, args.format, verbose=args.verbose))
     return 1 if report.any_failed() else 0

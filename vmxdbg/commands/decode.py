@@ -16,7 +16,7 @@ import sys
 from typing import List, Optional, Sequence
 
 from ..decode import defs
-from ..decode.model import ControlDef, RegisterDef, bit_range
+from ..decode.model import ControlDef, RegisterDef, bit_range, reserved_label
 from ..common.errors import InputError
 from .live import current_cpu, is_live, live_backend, parse_cpu
 from ..common.numbers import parse_int, windbg_hex
@@ -142,7 +142,7 @@ def describe_control(ctl: ControlDef, value: Optional[int]) -> str:
     bits = sorted(set(ctl.bits) | set(ctl.default1)) if value is None else \
         [b for b in range(ctl.width) if value >> b & 1]
     for b in bits:
-        name = ctl.bits.get(b, "(reserved, default1)" if b in ctl.default1 else "(reserved)")
+        name = ctl.bits.get(b, reserved_label(b in ctl.default1))
         flag = " default1" if b in ctl.default1 and b in ctl.bits else ""
         lines.append(f"  {b:>3}  {name}{flag}")
     if value is not None and not bits:

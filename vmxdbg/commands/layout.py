@@ -19,7 +19,7 @@ from typing import List
 from ..decode import defs
 from ..decode.layouts import PATH_ENV, Layout, dump_layout, known_layouts, layout_for_revision
 from ..decode.probe import Learned, field_table, learn, read_dump
-from ..common.errors import InputError
+from ..common.errors import InputError, refuse_existing
 
 NAME = "layout"
 HELP = "list the known VMCS memory layouts, or learn one from a layout-probe dump"
@@ -31,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("learn", help="turn a layout-probe dump into a layout file")
     p.add_argument("dump", type=Path, help="the probe's output (text) or the raw region bytes")
     p.add_argument("-o", "--output", type=Path, required=True, help="the layout YAML file to write")
+    p.add_argument("--force", action="store_true", help="replace the output file if it exists")
     p.add_argument("--name", default=None, help="the layout's name (default learned-0xREVISION)")
     p.add_argument("--block", default=None, metavar="PREFIX",
                    help='use the probe block whose lines start with PREFIX, e.g. "[cpu0]" (default: the first)')
@@ -86,6 +87,7 @@ def _learn(args: argparse.Namespace) -> int:
     if dump.blocks > 1:
         comment.append(f"the dump holds {dump.blocks} probe blocks; the first begun ({dump.stream or 'no prefix'}) "
                        "was used")
+    refuse_existing(args.output, "the output file", args.force)
     try:
         args.output.write_text(dump_layout(lay, comment))
     except OSError as exc:

@@ -19,7 +19,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 from ..backends.base import Backend
 from ..state.collect import collect
-from ..common.errors import BackendError, InputError, NotAvailable
+from ..common.errors import BackendError, InputError, NotAvailable, refuse_existing
 from ..state.snapshot import Snapshot
 from ..common.numbers import parse_count, parse_int
 
@@ -57,6 +57,7 @@ def add_live_check_arguments(parser: argparse.ArgumentParser) -> None:
                              "on every processor or on CPU")
     parser.add_argument("--record", default=None, metavar="FILE",
                         help="record the session to FILE (.vmxrec.jsonl) for `vmxdbg check FILE` later")
+    parser.add_argument("--force", action="store_true", help="replace the --record FILE if it exists")
     add_inject_argument(parser)
 
 
@@ -82,7 +83,7 @@ def vmxon_pointers(values: Optional[Iterable[str]], cpus: Sequence[int]) -> Dict
     out: Dict[int, int] = {}
     for v in values or ():
         where, sep, addr = str(v).rpartition("=")
-        address = parse_int(addr, what="--vmxon address")
+        address = parse_int(addr, what="--vmxon address", bits=64)
         if sep:
             out[parse_cpu(where, cpus, "--vmxon")] = address
         else:
@@ -107,6 +108,7 @@ def live_check_snapshot(args: argparse.Namespace, backend: Backend) -> Snapshot:
         for c in cpus:      # the person says so: VMPTRST/VMREAD may run there
             backend.known_vmx_root(c, "--assume vmx=root")
     record = getattr(args, "record", None)
+    refuse_existing(record, "the recording", bool(getattr(args, "force", False)))
     if record:
         try:
             from ..record.recorded import record_check

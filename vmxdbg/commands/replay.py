@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Tuple
 
@@ -50,4 +51,6 @@ def run(args: argparse.Namespace) -> int:
     if args.commands is not None:
         return Console(state).run_script(c for c in args.commands.split(";") if c.strip())
     console = Console(state, history_file=args.history, banner=f"{banner}\ntype help for the commands, q to quit")
+    if not sys.stdin.isatty():      # a pipe or a file: read commands without a line editor
+        return console.run_piped(sys.stdin)
     return console.run()

@@ -226,7 +226,7 @@ def _json(region: Region, report: Optional[Report]) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    address = parse_int(args.address, what="ADDRESS")
+    address = parse_int(args.address, what="ADDRESS", bits=64)
     backend = live_backend(args)
     if backend is not None and args.source is None:
         snapshot = collect(backend, cpus=chosen_cpus(backend, [args.cpu] if args.cpu is not None else None))

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import re
 import struct
 import sys
 from pathlib import Path
 from typing import List
 
 from .. import __version__
+from ..common.errors import InputError
 
 NAME = "windbg-setup"
 HELP = "print the WinDbg commands that make !vmxcheck work with this Python and installation"
@@ -60,9 +62,19 @@ def scriptload_lines(script: str) -> List[str]:
             f".scriptload {SCRIPT_COPY}"]
 
 
+def pykd_python(text: str) -> str:
+    """--python X.Y: a Python pykd 0.3.4.15 has a wheel for (2.7, 3.5-3.9); InputError otherwise."""
+    m = re.fullmatch(r"([0-9])\.([0-9]{1,2})", text.strip())
+    if m is None or not ((int(m[1]), int(m[2])) == (2, 7)
+                         or PYKD_PYTHONS[0] <= (int(m[1]), int(m[2])) <= PYKD_PYTHONS[1]):
+        raise InputError(f"--python {text}: expected X.Y of a Python pykd 0.3.4.15 has wheels for "
+                         f"(2.7, 3.5 to 3.9), e.g. --python 3.9")
+    return f"{int(m[1])}.{int(m[2])}"
+
+
 def run(args: argparse.Namespace) -> int:
     v = sys.version_info
-    version = args.python or f"{v.major}.{v.minor}"
+    version = pykd_python(args.python) if args.python is not None else f"{v.major}.{v.minor}"
     bits = struct.calcsize("P") * 8
     out = [f"vmxdbg {__version__} in {sys.executable} (Python {v.major}.{v.minor}.{v.micro}, {bits}-bit)"]
     if not (PYKD_PYTHONS[0] <= (v.major, v.minor) <= PYKD_PYTHONS[1]) and args.python is None:

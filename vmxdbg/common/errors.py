@@ -89,3 +89,11 @@ def refuse_special_output(path: "os.PathLike[str] | str", what: str) -> None:
     if not stat.S_ISREG(mode):
         raise InputError(f"cannot write the {what}: not a regular file (vmxdbg writes a temp file "
                          "and renames it into place)", source=str(path))
+
+
+def refuse_existing(path: "os.PathLike[str] | str | None", what: str, force: bool, option: str = "--force") -> None:
+    """An output file that exists is not replaced without `--force`: one line saying so."""
+    if path is None or force:
+        return
+    if os.path.isfile(path):      # a device or directory is refused by refuse_special_output / the write
+        raise InputError(f"{what} exists; pass {option} to replace it", source=str(path))

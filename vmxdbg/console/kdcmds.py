@@ -248,8 +248,14 @@ def cmd_processors(state: KdState, args: List[str]) -> List[str]:
 def _tilde(state: KdState, arg: str) -> List[str]:
     """`~N` shows processor N; `~Ns` makes it current."""
     switch = arg.endswith("s")
-    number = arg[:-1] if switch else arg
-    cpu = _int(number if number.startswith(("0x", "0n")) else f"0n{number}", "processor")
+    number = arg[:-1].strip() if switch else arg
+    if not number:
+        raise InputError(f"~{arg}: name the processor, e.g. ~1s (~ lists them)")
+    if number.isascii() and number.isdigit():
+        number = f"0n{number}"          # WinDbg reads a processor number in decimal
+    elif not number.lower().startswith(("0x", "0n")):
+        raise InputError(f"~{arg}: {number!r} is not a processor number (e.g. ~1s)")
+    cpu = _int(number, "processor")
     cpus = state.backend.processors()
     if cpu not in cpus:
         raise InputError(f"~{arg}: no processor {cpu} (the target has {', '.join(map(str, cpus)) or 'none'})")

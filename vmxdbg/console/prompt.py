@@ -61,16 +61,22 @@ class Console:
         return self._session
 
     def run_line(self, line: str) -> str:
-        """Output of one command line; an error is its one-line message."""
+        """Output of one command line, whose commands `;` separates (as at WinDbg's prompt and
+        in -c); an error is its one-line message and ends the line."""
         text = line.strip()
         if not text and self._last in REPEATABLE:
             text = self._last
-        if text:
-            self._last = text.split()[0].lower()
-        try:
-            return execute(self.state, text)
-        except VmxdbgError as exc:
-            return f"{exc}\n"
+        out = []
+        for command in (c.strip() for c in text.split(";")):
+            if not command or self.state.done:
+                continue
+            self._last = command.split()[0].lower()
+            try:
+                out.append(execute(self.state, command))
+            except VmxdbgError as exc:
+                out.append(f"{exc}\n")
+                break
+        return "".join(out)
 
     def run(self) -> int:
         """Prompt until `q` or end of input; returns the exit status (0)."""
@@ -87,6 +93,18 @@ class Console:
                 break
             self.out.write(self.run_line(line))
             self.out.flush()
+        return 0
+
+    def run_piped(self, stream: TextIO) -> int:
+        """Commands read from a pipe or file (not a terminal): no line editor, no escape codes;
+        each line is echoed after its prompt, as run_script does."""
+        if self.banner:
+            self.out.write(self.banner.rstrip("\n") + "\n")
+        for line in stream:
+            if self.state.done:
+                break
+            self.out.write(f"{self.state.prompt}{line.strip()}\n")
+            self.out.write(self.run_line(line))
         return 0
 
     def run_script(self, lines: Iterable[str]) -> int:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import List, Mapping, Optional, Tuple
 
 from . import defs
-from .model import ControlDef, DecodedField
+from .model import ControlDef, DecodedField, reserved_label
 
 BASIC = 0x480
 CR_FIXED = {"CR0": (0x486, 0x487, "Vol.3D A.7"), "CR4": (0x488, 0x489, "Vol.3D A.8")}
@@ -153,7 +153,7 @@ def control_section(c: ControlDef, msrs: Mapping[int, int]) -> Section:
             may1 = _bit(value, 32 + b)
             if d1 and not use_true and true_flag is not False:
                 may0 = None  # only the TRUE MSR can say whether a default1 bit may be 0
-        rows.append(BitCapability(b, c.bits.get(b, "(default1)" if d1 else f"bit_{b}"), may0, may1, d1))
+        rows.append(BitCapability(b, c.name_of(b), may0, may1, d1))
     status = "known" if value is not None else "unknown"
     if value is None:
         note = f"{_msr_name(c.capability_msr)} unknown" + (f"; {note}" if note else "")
@@ -171,7 +171,8 @@ def fixed_section(cr: str, msrs: Mapping[int, int]) -> Section:
     names = {f.lo: f.name for f in reg.fields}
     for b in sorted(positions):
         f0b = _bit(v0, b)
-        rows.append(BitCapability(b, names.get(b, f"bit_{b}"), None if f0b is None else not f0b, _bit(v1, b)))
+        rows.append(BitCapability(b, names.get(b, f"bit {b} {reserved_label(False)}"), None if f0b is None else not f0b,
+                                  _bit(v1, b)))
     known = v0 is not None and v1 is not None
     missing = [_msr_name(i) for i, v in ((f0, v0), (f1, v1)) if v is None]
     status = "known" if known else "unknown"

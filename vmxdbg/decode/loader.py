@@ -19,7 +19,8 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import yaml
 
 from ..common.errors import DefinitionError
-from .model import TYPES, WIDTHS, ControlDef, FieldDef, RegionDef, RegionPart, RegisterDef, VmcsField
+from .model import (TYPES, WIDTHS, ControlDef, FieldDef, RegionDef, RegionPart, RegisterDef, VmcsField,
+                    reserved_label)
 
 FILES = ("registers.yaml", "controls.yaml", "vmcs_fields.yaml", "regions.yaml")
 REGISTER_WIDTHS = (8, 16, 32, 64)
@@ -273,7 +274,7 @@ def _load_fields(f: _File, raw: Any, key: str, width: int,
                 raise f.fail(f"{k}.control", f"the field is {hi - lo + 1} bits, {control} controls are "
                                              f"{controls[control].width}")
             ctl = controls[control]
-            bit_names = {bit: f"bit {bit} (default1)" for bit in ctl.default1}
+            bit_names = {bit: f"bit {bit} {reserved_label(True)}" for bit in ctl.default1}
             bit_names.update(ctl.bits)
         unit = f.text(b["unit"], f"{k}.unit") if "unit" in b else None
         doc = f.text(b["doc"], f"{k}.doc") if "doc" in b else ""

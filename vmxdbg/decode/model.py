@@ -19,6 +19,12 @@ except ImportError:  # pragma: no cover
     cached_property = property  # type: ignore[misc,assignment]
 
 
+def reserved_label(default1: bool) -> str:
+    """The one wording of an unnamed control bit, in every command: `(reserved, default1)` for
+    a bit the default1 class reads as 1 (SDM Vol.3D A.2), `(reserved)` otherwise."""
+    return "(reserved, default1)" if default1 else "(reserved)"
+
+
 def bit_range(hi: int, lo: int) -> str:
     """`"44:32"` or `"55"`: how the SDM writes a bit range."""
     return str(hi) if hi == lo else f"{hi}:{lo}"
@@ -63,7 +69,7 @@ class FieldDef:
         if self.enum:
             return self.enum.get(v, f"reserved value {v}")
         if self.bit_names:
-            names = [self.bit_names.get(i, f"bit {i}") for i in range(self.width) if v >> i & 1]
+            names = [self.bit_names.get(i, f"bit {i} {reserved_label(False)}") for i in range(self.width) if v >> i & 1]
             return ", ".join(names) if names else "none"
         if self.unit:
             return f"{v} {self.unit}"
@@ -223,11 +229,11 @@ class ControlDef:
         return m
 
     def name_of(self, bit: int) -> str:
-        """The name of `bit`, or `bit_N` for an unnamed (reserved) one."""
-        return self.bits.get(bit, f"bit_{bit}")
+        """The name of `bit`, or `bit N (reserved, default1)` / `bit N (reserved)` for an unnamed one."""
+        return self.bits[bit] if bit in self.bits else f"bit {bit} {reserved_label(bit in self.default1)}"
 
     def names(self, value: int) -> List[str]:
-        """Names of the bits set in `value`, lowest first (`bit_N` for unnamed bits)."""
+        """Names of the bits set in `value`, lowest first (see name_of for unnamed bits)."""
         return [self.name_of(b) for b in range(self.width) if value >> b & 1]
 
 

@@ -6,8 +6,8 @@ A recording of `check` holds, in its header, what collect() was asked for
 against the strict replay backend, so the snapshot, and so the report, are
 the ones the live session had, and any change in the calls collect() makes
 is caught as a divergence. A recording of any other command (a trace) is
-checked in the state it ends in: collect() against the keyed replay at its
-last stop.
+read one moment per processor: collect() against the keyed replay at that
+processor's last complete stop (or its last stop up to a chosen one).
 """
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ from ..state.snapshot import Snapshot
 from ..common.numbers import hexs, parse_int
 
 CHECK = "check"
+#: calls that show a stop read the processor's state there (not only where it stopped)
+STATE_READS = ("read_msr", "vmx_state", "cpuid")
 
 
 def check_params(cpus: Optional[Iterable[int]] = None, vmxon_pointers: Optional[Dict[int, int]] = None,
@@ -92,17 +94,60 @@ def runner(command: Optional[str]) -> Optional[Callable[[Backend, Dict[str, Any]
     return getattr(importlib.import_module(mod), attr)
 
 
-def replay_session(rec: Recording) -> Tuple[Snapshot, ReplayBackend]:
-    """The Snapshot a recording stands for (see the module doc) and the replay that gave it."""
+def replay_session(rec: Recording, stop: Optional[int] = None) -> Tuple[Snapshot, ReplayBackend]:
+    """The Snapshot a recording stands for (see the module doc) and the replay that gave it;
+    `stop` N: the processors as they were at stop N (recordings with stops)."""
     kwargs = collect_args(rec.params, rec.path)
     if rec.command == CHECK:
         replay = ReplayBackend(rec, strict=True)
     else:
         replay = ReplayBackend(rec, strict=False)
-        replay.seek(replay.stop_count())
+        moments = stop_moments(replay, stop)
+        if moments:
+            return _collect_at(replay, moments, kwargs), replay
+        replay.seek(replay.stop_count() if stop is None else stop)
         if "cpus" not in kwargs:
             kwargs["cpus"] = _processors(rec, replay)
     return collect(replay, **kwargs), replay
+
+
+def stop_moments(replay: ReplayBackend, stop: Optional[int] = None) -> Dict[int, int]:
+    """processor -> the stop whose reads make its snapshot: its last complete stop (a stop of
+    that processor followed by a later event: the reads made there all recorded), or with
+    `stop` N its last stop at or before N. Step events are not moments: after a step only
+    RIP, RFLAGS and the VMX state are read again, so a snapshot there would mix moments."""
+    limit = replay.stop_count() if stop is None else stop
+    if not 0 <= limit <= replay.stop_count():
+        raise InputError(f"--stop {stop}: the recording has stops 1 to {replay.stop_count()}",
+                         source=replay.recording.path)
+    out: Dict[int, int] = {}
+    for k in range(1, limit + 1):
+        ev = replay.stop_event(k)
+        if ev.cpu is None or ev.kind == "step":
+            continue
+        if stop is None and k == replay.stop_count():
+            continue        # nothing after it: its reads may have been cut off
+        if not any(r.cpu == ev.cpu and r.op in STATE_READS for r in replay.stop_records(k)):
+            continue        # a stop where the session read nothing of this processor's state
+        out[ev.cpu] = k
+    return out
+
+
+def _collect_at(replay: ReplayBackend, moments: Dict[int, int], kwargs: Dict[str, Any]) -> Snapshot:
+    """One Snapshot of each processor as read at its own stop (see stop_moments)."""
+    wanted = kwargs.pop("cpus", None)
+    snap: Optional[Snapshot] = None
+    for cpu, k in sorted(moments.items()):
+        if wanted is not None and cpu not in wanted:
+            continue
+        replay.seek(k)
+        one = collect(replay, cpus=[cpu], **kwargs)
+        one.processors[cpu].provenance.setdefault("moment", f"stop {k} of {replay.recording.path}")
+        if snap is None:
+            snap = one
+        else:
+            snap.processors[cpu] = one.processors[cpu]
+    return snap if snap is not None else Snapshot(source=str(kwargs.get("source", "")))
 
 
 def _processors(rec: Recording, replay: ReplayBackend) -> List[int]:
@@ -120,25 +165,32 @@ def _processors(rec: Recording, replay: ReplayBackend) -> List[int]:
     return sorted({r.cpu for r in rec.records if r.cpu is not None})
 
 
-def snapshot_of(rec: Recording, notes: Optional[List[str]] = None) -> Snapshot:
+def snapshot_of(rec: Recording, notes: Optional[List[str]] = None, stop: Optional[int] = None) -> Snapshot:
     """The Snapshot a recording stands for; notes gather what a person should know.
 
     A backend error the replay meets (a recorded TargetGone, a call the
     recording cannot answer) is an InputError naming the recording."""
     try:
-        return _snapshot_of(rec, notes)
+        return _snapshot_of(rec, notes, stop)
     except BackendError as exc:
         raise InputError(f"replaying it: {exc}", source=rec.path) from None
 
 
-def _snapshot_of(rec: Recording, notes: Optional[List[str]] = None) -> Snapshot:
+def _snapshot_of(rec: Recording, notes: Optional[List[str]] = None, stop: Optional[int] = None) -> Snapshot:
     notes = notes if notes is not None else []
     if not rec.complete:
         notes.append(f"{rec.path} is a partial recording: {len(rec.records)} events up to seq {rec.last_seq}, "
                      "the recorder did not finish; what it did not reach is unknown")
-    snap, replay = replay_session(rec)
+    elif rec.ended_early() is not None:
+        notes.append(f"{rec.path}: {rec.ended_early()}; what it did not reach is unknown")
+    snap, replay = replay_session(rec, stop)
     if not replay.strict:
-        if replay.stop_count():
+        moments = stop_moments(replay, stop)
+        if moments:
+            notes.append(f"{rec.path}: each processor as read at its "
+                         + ("last complete stop" if stop is None else f"last stop up to stop {stop}") + ": "
+                         + ", ".join(f"cpu {c} at stop {k}" for c, k in sorted(moments.items())))
+        elif replay.stop_count():
             notes.append(f"{rec.path}: checking the state at the last recorded stop ({replay.stop_count()})")
     else:
         unused = replay.unused_note()
@@ -150,4 +202,4 @@ def _snapshot_of(rec: Recording, notes: Optional[List[str]] = None) -> Snapshot:
 def load_for_check(path: Path, options: Dict[str, Any]) -> Snapshot:
     """sources.py loader: `partial` accepts an unfinished recording; notes go to options['notes']."""
     rec = read_recording(path, partial=bool(options.get("partial")))
-    return snapshot_of(rec, options.setdefault("notes", []))
+    return snapshot_of(rec, options.setdefault("notes", []), options.get("stop"))

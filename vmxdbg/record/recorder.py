@@ -8,7 +8,9 @@ flushed line of the recording (format in vmxdbg/record/recording.py). The file i
 written as `NAME.partial` and renamed to NAME when the recorder is closed,
 also when the `with` block ends in an exception (the trailer then names it);
 a process killed outright leaves the `.partial`, readable up to its last
-complete line. The wrapped backend is not closed unless `close_backend=True`.
+complete line. A call a signal (Ctrl-C, SIGTERM) cuts short is not recorded,
+nor is anything after it (the clean-up): the recording ends where the
+session was interrupted. The wrapped backend is not closed unless `close_backend=True`.
 
 Before the first call the header is written with the backend's identity and
 capabilities and, when `probe=True`, the target's processors and VMX
@@ -95,6 +97,7 @@ class Recorder(Backend):
         self.writer = RecordingWriter(path, header)
         self.path = self.writer.path
         self._closed = False
+        self._interrupted = False
 
     # ------------------------------------------------------------ plumbing
     @property
@@ -103,9 +106,16 @@ class Recorder(Backend):
         return self.writer.events
 
     def _call(self, op: str, cpu: Optional[int], args: Tuple[Any, ...], fn: Callable[[], Any]) -> Any:
+        if self._interrupted:   # clean-up after a signal is not part of the session: not recorded
+            return fn()
         line = encode_call(op, cpu, args)
         try:
             value = fn()
+        except (KeyboardInterrupt, SystemExit):
+            # a signal: the recording ends before this call, which it does not hold; a replay
+            # reaches its end here and says the session was interrupted (the trailer says how)
+            self._interrupted = True
+            raise
         except Exception as exc:
             line["error"] = encode_error(exc)
             self.writer.write(line)

@@ -37,11 +37,13 @@ from .. import __version__
 from ..backends.base import StopEvent
 from ..common.statekeys import BOOL_STATES
 from ..common.errors import InputError, one_line, refuse_special_output
-from ..common.numbers import hexs, parse_int
+from ..common.numbers import fits, hexs, parse_int, vmcs_field_bits
 
 FORMAT = "vmxdbg-recording"
 VERSION = 1
 PARTIAL_SUFFIX = ".partial"
+#: exception names a trailer carries when the session was stopped from outside (Ctrl-C, SIGTERM)
+INTERRUPTS = ("KeyboardInterrupt", "Terminated", "SystemExit")
 SUFFIX = ".vmxrec.jsonl"
 MAX_LINE_BYTES = 16 * 1024 * 1024   # one record; a physical read of 8 MiB fits
 MAX_FILE_BYTES = 512 * 1024 * 1024
@@ -71,9 +73,24 @@ def _dec_int(v: Any, key: str) -> int:
     if isinstance(v, bool) or not isinstance(v, (int, str)):
         raise _Bad(key, f"expected a hex integer, got {_tname(v)}")
     try:
-        return parse_int(v)
-    except InputError:
+        return parse_int(v, bits=64)
+    except InputError as exc:
+        if "too wide" in exc.detail:
+            raise _Bad(key, exc.detail) from None
         raise _Bad(key, f"expected a hex integer, got {_short(v)}") from None
+
+
+def _check_width(rec: "Record") -> None:
+    """A VMCS field or CPUID register value wider than its width is bad input (64 bits is
+    every other value's limit, checked as it is decoded)."""
+    try:
+        if rec.op == "read_vmcs":
+            fits(rec.result, vmcs_field_bits(rec.args[0]), f"VMCS field {hexs(rec.args[0])}")
+        elif rec.op == "cpuid":
+            for r in rec.result:
+                fits(r, 32, "CPUID register")
+    except InputError as exc:
+        raise _Bad("result", exc.detail) from None
 
 
 def _dec_small_int(v: Any, key: str) -> int:
@@ -408,6 +425,7 @@ def _decode_record(raw: Dict[str, Any], line: int) -> Record:
         if "result" not in raw:
             raise _Bad("result", "missing (a call has a result or an error)")
         rec.result = _C[spec.result].decode(raw["result"], "result")
+        _check_width(rec)
     return rec
 
 
@@ -458,6 +476,20 @@ class Recording:
     @property
     def last_seq(self) -> int:
         return self.records[-1].seq if self.records else 0
+
+    def ended_early(self) -> Optional[str]:
+        """None when the session ran to its end; else how it ended, e.g. "the session was
+        interrupted (KeyboardInterrupt) after seq 801" or "the recorder was killed ..."."""
+        if self.trailer is None:
+            return (f"the recorder did not finish (killed, or still running) after seq {self.last_seq}"
+                    if self.records else "the recorder did not finish (killed, or still running) before its first call")
+        exc = self.trailer.get("exception")
+        if exc is None:
+            return None
+        what = str(exc).split(":", 1)[0].strip() or "an exception"
+        how = "interrupted" if what in INTERRUPTS else "ended"
+        when = f"after seq {self.last_seq}" if self.records else "before its first call to the target"
+        return f"the session was {how} ({one_line(str(exc)).rstrip(': ')}) {when}"
 
     def describe(self) -> str:
         """One line: `FILE: check recording of snapshot, 57 events, complete`."""
@@ -682,6 +714,12 @@ class RecordingWriter:
         self._line({"seq": seq, **record})
         self.events = seq
         return seq
+
+    def abandon(self) -> None:
+        """Stop writing without a trailer or rename (another writer takes the same path over)."""
+        if not self.closed:
+            self.closed = True
+            self._f.close()
 
     def close(self, **trailer_extra: Any) -> Path:
         """Write the trailer, sync, rename PATH.partial to PATH; returns PATH. Idempotent."""

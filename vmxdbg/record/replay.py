@@ -5,8 +5,9 @@ must be the next recorded one (same op, processor and arguments) and gets the
 recorded result, error or event. The first call that differs raises
 ReplayDivergence naming the seq, the recorded call, the call made and the
 closest recorded matches. A call past the end of a complete recording
-diverges too; past the end of a partial one it is NotAvailable (the rest of
-the session is unknown, not different). `unused()` lists the recorded calls
+diverges too; past the end of a partial one, or of one whose session ended
+in an exception (Ctrl-C, SIGTERM), it is PastEnd, a NotAvailable (the rest
+of the session is unknown, not different). `unused()` lists the recorded calls
 no one made.
 
 Keyed mode (strict=False) serves interactive exploration in any order. The
@@ -129,9 +130,9 @@ class ReplayBackend(Backend):
             i += 1
         if i >= len(recs):
             self._next = i
-            if not self.recording.complete:
-                raise PastEnd(f"not in the partial recording (it ends at seq {self.recording.last_seq})",
-                                   backend=self.name, cpu=key[1], what=call_text(*key))
+            ended = self.recording.ended_early()
+            if ended is not None:
+                raise PastEnd(f"not in the recording: {ended}", backend=self.name, cpu=key[1], what=call_text(*key))
             raise self._diverge(key, None)
         r = recs[i]
         if r.key != key:
@@ -236,6 +237,12 @@ class ReplayBackend(Backend):
     def stop_count(self) -> int:
         """How many stops the recording has."""
         return len(self.stops)
+
+    def stop_records(self, k: int) -> List[Record]:
+        """The records made at the k-th stop (after its event, before the next one)."""
+        start = self.stops[k - 1] + 1 if k else 0
+        end = self.stops[k] if k < len(self.stops) else len(self._records)
+        return self._records[start:end]
 
     def stop_event(self, k: int) -> StopEvent:
         """The event of the k-th stop (1-based)."""

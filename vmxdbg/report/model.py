@@ -57,12 +57,16 @@ class Verdict:
     findings: List[Finding]
     #: every inference the verdict rests on, including those of rules that held
     inferred: List[str] = field(default_factory=list)
+    #: input keys this verdict rests on whose values were assumed (--assume), not read
+    assumed: List[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
         out = {"instruction": self.instruction, "outcome": self.outcome,
                "possible": list(self.possible), "findings": [f.to_json() for f in self.findings]}
         if self.inferred:
             out["inferred"] = list(self.inferred)
+        if self.assumed:
+            out["assumed"] = list(self.assumed)
         return out
 
 

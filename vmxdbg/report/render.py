@@ -236,18 +236,28 @@ def _document(report: Report, snapshot: Snapshot, verbose: bool, m: Markup) -> s
             if v.instruction not in relevant and not verbose:
                 continue
             shown = [f for f in v.findings if verbose or f.status != "unknown"]
-            if not shown and v.outcome == "ok":
+            if not shown and v.outcome == "ok" and not v.assumed:
                 continue
             possible = f" (possible: {', '.join(v.possible)})" if len(v.possible) > 1 else ""
             lines.append("")
             outcome = m.col(_outcome_color(v.outcome) or "", v.outcome) if _outcome_color(v.outcome) \
                 else m.esc(v.outcome)
-            lines.append(f"{m.link(f'cpu {cpu}', f'cpu {cpu}')} {m.esc(v.instruction)}: {outcome}{m.esc(possible)}")
+            lines.append(f"{m.link(f'cpu {cpu}', f'cpu {cpu}')} {m.esc(v.instruction)}: {outcome}{m.esc(possible)}"
+                         + m.esc(assumed_mark(v, prov)))
             for f in shown:
                 lines.extend(_finding_lines(f, prov, m))
             if not verbose and v.outcome == "unknown":
                 lines.extend(m.esc(line) for line in missing_lines(v))
     return "\n".join(lines) + "\n"
+
+
+def assumed_mark(v: Verdict, provenance: Optional[Dict[str, str]] = None) -> str:
+    """What a verdict line adds when the verdict rests on assumed values ("" when none)."""
+    if not v.assumed:
+        return ""
+    said = [provenance.get(k, k) if provenance else k for k in v.assumed]
+    return "  [rests on an assumption: " + "; ".join(
+        f"{k} {s.split(' ', 1)[1]}" if s.startswith("assumed ") else k for k, s in zip(v.assumed, said)) + "]"
 
 
 def render_text(report: Report, snapshot: Snapshot, *, verbose: bool = False) -> str:

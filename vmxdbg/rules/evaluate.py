@@ -14,6 +14,7 @@ from collections import defaultdict
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from ..report.model import Finding, Report, Verdict
+from ..state.assume import ASSUMED
 from ..state.snapshot import Processor, Snapshot
 from ..state.evidence import Evidence, Inference, evidence_of
 from .engine import ENTRY, INSTRUCTIONS, SKIP, Absent, Context, Missing, Rule, Tier, Violation, all_rules
@@ -164,11 +165,13 @@ def verdict_for(snapshot: Snapshot, cpu: int, instruction: str, rules: Sequence[
     unknown_outcomes: List[str] = []
     decided: List[str] = []
     status_ctx = Context(snapshot, cpu, instruction, evidence)
+    used: List[str] = []
     for tier in tiers:
         tier_findings: List[Finding] = []
         for r in by_tier.get(tier, []):
             rctx = Context(snapshot, cpu, instruction, evidence)
             got, _ = run_rule(r, rctx)
+            used += rctx.used
             tier_findings.extend(got)
             if not decided and rctx.inferences:
                 for i in rctx.inferences:
@@ -200,7 +203,17 @@ def verdict_for(snapshot: Snapshot, cpu: int, instruction: str, rules: Sequence[
     outcome = "unknown" if any(o not in final for o in unknown_outcomes) else possible[0]
     for i in status_ctx.inferences:
         inferred.setdefault(i, None)
-    return Verdict(instruction, outcome, possible, findings, [i.text() for i in inferred])
+    used += [k for f in findings for k in f.inputs]
+    return Verdict(instruction, outcome, possible, findings, [i.text() for i in inferred],
+                   assumed=assumed_inputs(snapshot, cpu, used))
+
+
+def assumed_inputs(snapshot: Snapshot, cpu: int, used: Iterable[str]) -> List[str]:
+    """The input keys among `used` whose value on `cpu` was assumed (--assume), not read."""
+    p = snapshot.processors.get(cpu)
+    if p is None:
+        return []
+    return sorted({k for k in used if p.provenance.get(k, "").startswith(ASSUMED)})
 
 
 def next_instructions(p: Processor, evidence: Optional[Evidence] = None) -> List[str]:

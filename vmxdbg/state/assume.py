@@ -8,7 +8,7 @@ provenance says it was assumed, so a finding that used it shows that.
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, Union
+from typing import Dict, Iterable, List, Union
 
 from ..common.errors import InputError
 from ..common.statekeys import LAUNCH_STATES, STATES, VMX_MODES
@@ -46,7 +46,14 @@ def parse_assumptions(specs: Iterable[str]) -> Dict[str, Value]:
     return out
 
 
-def apply_to_processor(p: Processor, assumptions: Dict[str, Value]) -> None:
+#: how the provenance of an assumed value starts (verdicts resting on one say so)
+ASSUMED = "assumed"
+
+
+def apply_to_processor(p: Processor, assumptions: Dict[str, Value]) -> List[str]:
+    """Fill the processor's missing state keys; the assumptions that conflict with what is
+    known (kept as known), one phrase each."""
+    conflicts = []
     for key, value in assumptions.items():
         if key == "launch":
             if p.vmcs_launch_state is None:
@@ -55,11 +62,18 @@ def apply_to_processor(p: Processor, assumptions: Dict[str, Value]) -> None:
             continue
         if key not in p.state:
             p.state[key] = value
-            p.provenance[f"state:{key}"] = f"assumed (--assume {key}={str(value).lower()})"
+            p.provenance[f"state:{key}"] = f"{ASSUMED} (--assume {key}={str(value).lower()})"
+        elif p.state[key] != value and not p.provenance.get(f"state:{key}", "").startswith(ASSUMED):
+            where = p.provenance.get(f"state:{key}")
+            conflicts.append(f"--assume {key}={str(value).lower()} conflicts with {key}={str(p.state[key]).lower()}"
+                             + (f" (from {where})" if where else "") + ": the known value is used")
+    return conflicts
 
 
-def apply_assumptions(snapshot: Snapshot, assumptions: Dict[str, Value]) -> Snapshot:
-    """Fill each processor's missing state keys with the assumptions; returns the snapshot."""
-    for p in snapshot.processors.values():
-        apply_to_processor(p, assumptions)
-    return snapshot
+def apply_assumptions(snapshot: Snapshot, assumptions: Dict[str, Value]) -> List[str]:
+    """Fill each processor's missing state keys with the assumptions; the conflicts with
+    known state, one line each naming the processor."""
+    out = []
+    for cpu, p in sorted(snapshot.processors.items()):
+        out += [f"cpu {cpu}: {c}" for c in apply_to_processor(p, assumptions)]
+    return out

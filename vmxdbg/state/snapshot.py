@@ -23,13 +23,15 @@ from ..common.statekeys import (BOOL_STATES, LAUNCH_STATES, NO_VMCS, SEGMENT_PAR
                                   TABLE_PARTS, TABLES, VMX_MODES)
 from ..common.errors import InputError, one_line, refuse_special_output
 from ..common.jsonfile import read_json_file
-from ..common.numbers import hexs, parse_int
+from ..common.numbers import hexs, parse_int, vmcs_field_bits
 
 FORMAT = "vmxdbg-snapshot"
 VERSION = 1
 MAX_FILE_BYTES = 256 * 1024 * 1024
 
 VENDOR = re.compile(r"[\x20-\x7e]{1,12}")   # the CPUID leaf 0 vendor string (EBX, EDX, ECX)
+#: widths of segment and table parts as the VMCS holds them (SDM Vol.3D B.1-B.4); bases are 64 bits
+PART_BITS = {"selector": 16, "limit": 32, "attributes": 32}
 MAX_CPU = 0xFFFFFFFF
 MAX_TEXT = 4096                  # characters kept of a free-text value (source, provenance)
 _DECIMAL = re.compile(r"[0-9]{1,10}")   # a processor number as a JSON key (ASCII, bounded)
@@ -145,9 +147,9 @@ class _Reader:
     def fail(self, key: str, message: str) -> InputError:
         return InputError(message, source=self.source, key=key)
 
-    def int(self, value: Any, key: str, what: str = "value") -> int:
+    def int(self, value: Any, key: str, what: str = "value", bits: Optional[int] = 64) -> int:
         try:
-            return parse_int(value, what=what)
+            return parse_int(value, what=what, bits=bits)
         except InputError as exc:
             raise self.fail(key, exc.detail) from None
 
@@ -181,7 +183,8 @@ class _Reader:
             leaf, sub = self.int(leaf_s, k, "CPUID leaf"), self.int(sub_s or "0", k, "CPUID subleaf")
             if not isinstance(regs, list) or len(regs) != 4:
                 raise self.fail(k, "expected [eax, ebx, ecx, edx]")
-            self.put(p.cpuid, (leaf, sub), tuple(self.int(v, k) for v in regs), f"{key}.cpuid", leaf_key)
+            self.put(p.cpuid, (leaf, sub), tuple(self.int(v, k, "CPUID register", 32) for v in regs),
+                     f"{key}.cpuid", leaf_key)
         for idx, val in self.obj(raw.get("msr", {}), f"{key}.msr").items():
             self.put(p.msr, self.int(idx, f"{key}.msr.{idx}", "MSR index"), self.int(val, f"{key}.msr.{idx}"),
                      f"{key}.msr", idx)
@@ -191,11 +194,11 @@ class _Reader:
             k = f"{key}.registers.{name}"
             if lname in SEGMENTS:
                 parts = self.obj(val, k)
-                p.segments[lname] = Segment(**{part: self.int(parts[part], f"{k}.{part}")
+                p.segments[lname] = Segment(**{part: self.int(parts[part], f"{k}.{part}", bits=PART_BITS.get(part, 64))
                                               for part in SEGMENT_PARTS if parts.get(part) is not None})
             elif lname in TABLES:
                 parts = self.obj(val, k)
-                p.tables[lname] = Table(**{part: self.int(parts[part], f"{k}.{part}")
+                p.tables[lname] = Table(**{part: self.int(parts[part], f"{k}.{part}", bits=PART_BITS.get(part, 64))
                                           for part in TABLE_PARTS if parts.get(part) is not None})
             elif val is not None:
                 p.registers[lname] = self.int(val, k)
@@ -230,8 +233,9 @@ class _Reader:
                 raise self.fail(f"{key}.vmcs_launch_state", "expected clear or launched")
             p.vmcs_launch_state = ls
         for enc, val in self.obj(raw.get("vmcs", {}), f"{key}.vmcs").items():
-            self.put(p.vmcs, self.int(enc, f"{key}.vmcs.{enc}", "VMCS field encoding"),
-                     self.int(val, f"{key}.vmcs.{enc}"), f"{key}.vmcs", enc)
+            encoding = self.int(enc, f"{key}.vmcs.{enc}", "VMCS field encoding", 32)
+            self.put(p.vmcs, encoding, self.int(val, f"{key}.vmcs.{enc}", bits=vmcs_field_bits(encoding)),
+                     f"{key}.vmcs", enc)
         for name, val in self.obj(raw.get("operands", {}), f"{key}.operands").items():
             p.operands[str(name)] = self.int(val, f"{key}.operands.{name}")
         for name, val in self.obj(raw.get("linear", {}), f"{key}.linear").items():
@@ -360,5 +364,10 @@ def looks_like_snapshot(head: bytes) -> bool:
 
 
 def load_for_check(path: Path, options: Dict[str, Any]) -> Snapshot:
-    """sources.py loader: a snapshot file needs no options."""
-    return load_snapshot(path)
+    """sources.py loader: a snapshot file needs no options. One without a processor is bad
+    input: there is nothing to check, and an empty table would look like success."""
+    snap = load_snapshot(path)
+    if not snap.processors:
+        raise InputError("the snapshot has no processor (`processors` is missing or empty): nothing to check",
+                         source=str(path), key="processors")
+    return snap

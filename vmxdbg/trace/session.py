@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from ..backends.base import Backend
 from ..record.recorder import Recorder
-from ..record.replay import ReplayBackend
+from ..record.replay import PastEnd, ReplayBackend
 from ..state.assume import parse_assumptions
+from ..common import interrupt
 from ..common.errors import BackendError, InputError, one_line
 from ..record.recording import Recording
 from ..report.model import FORMAT as REPORT_FORMAT, VERSION as REPORT_VERSION
-from .stepper import StepResult, Stepper, VmxSite, deviations, find_vmx_instructions, mismatches
+from .stepper import (INTERRUPTED, NOT_REACHED, StepResult, Stepper, VmxSite, deviations, find_vmx_instructions,
+                      mismatches, share_cross_findings)
 from ..common.numbers import hexs, parse_int
 
 TRACE = "trace"
@@ -90,21 +92,79 @@ def run_trace(backend: Backend, code: Dict[int, bytes], *, bitness: int = 64, ph
             timeout=timeout, max_stops=max_stops)
     params = trace_params(code, physical=physical, bitness=bitness, max_stops=max_stops,
                           breakpoints=breakpoints, assume=assume, source=source, timeout=timeout)
-    with Recorder(backend, record, command=TRACE, argv=argv or [TRACE], params=params) as rec:
-        return Stepper(rec, sites, physical=physical, breakpoints=breakpoints, assume=assume).run(
-            timeout=timeout, max_stops=max_stops)
+    stepper: Optional[Stepper] = None
+    try:
+        with Recorder(backend, record, command=TRACE, argv=argv or [TRACE], params=params) as rec:
+            stepper = Stepper(rec, sites, physical=physical, breakpoints=breakpoints, assume=assume)
+            return stepper.run(timeout=timeout, max_stops=max_stops)
+    except (KeyboardInterrupt, SystemExit):
+        done = len(stepper.results) if stepper is not None else 0
+        interrupt.confirm(f"the recording {record} holds the {done} complete stop(s) and says where it was "
+                          "interrupted (read it with `vmxdbg check` or `vmxdbg trace --replay`)")
+        raise
 
 
 def replay_trace(rec: Recording) -> List[StepResult]:
     """Re-run a recorded trace against the strict replay backend; a backend error on the way
-    (recorded, or a call the recording cannot answer) is an InputError naming the recording."""
+    (recorded, or a call the recording cannot answer) is an InputError naming the recording.
+
+    A recording whose session ended early (interrupted, or a `.partial` left by a
+    killed recorder) gives its complete stops, then one INTERRUPTED row naming
+    the stop (or the wait) the session was in when it ended."""
+    ended = rec.ended_early()
+    if ended is not None and "code" not in rec.params:     # written before the target had booted
+        return [interrupted_row(None, f"{ended}: no stop was reached (the target had not booted)")]
     args = sites_from_params(rec)
-    replay = ReplayBackend(rec, strict=True)
+    replay = _EndAwareReplay(rec, strict=True)
     try:
-        return Stepper(replay, args["sites"], physical=args["physical"], breakpoints=args["breakpoints"],
-                       assume=args["assume"]).run(max_stops=args["max_stops"], timeout=args["timeout"])
-    except BackendError as exc:   # a recorded error the stepper does not handle, or a call past the end
+        stepper = Stepper(replay, args["sites"], physical=args["physical"], breakpoints=args["breakpoints"],
+                          assume=args["assume"])
+    except BackendError as exc:
         raise InputError(f"replaying it: {exc}", source=rec.path) from None
+    replay.stepper = stepper
+    try:
+        results = stepper.run(max_stops=args["max_stops"], timeout=args["timeout"])
+    except BackendError as exc:   # a recorded error the stepper does not handle, or a call past the end
+        if replay.end is None:
+            raise InputError(f"replaying it: {exc}", source=rec.path) from None
+        results = stepper.results
+    if replay.end is None:
+        return results
+    done, at = replay.end
+    results = results[:done]
+    share_cross_findings(results)
+    where = ("at this stop" if at else "before the first stop" if not done
+             else f"while the target ran, after {done} stop(s)")
+    return results + [interrupted_row(at, f"{ended}, {where}")]
+
+
+class _EndAwareReplay(ReplayBackend):
+    """Strict replay that notes where the stepper was when the recording ran out:
+    (how many stops were complete, the stop being handled or None)."""
+
+    stepper: Optional[Stepper] = None
+    end: Optional[Tuple[int, Optional[Tuple[int, VmxSite]]]] = None
+
+    def _strict(self, key):  # type: ignore[no-untyped-def]
+        try:
+            return super()._strict(key)
+        except PastEnd:
+            if self.end is None and self.stepper is not None:
+                self.end = (len(self.stepper.results), self.stepper.at)
+            raise
+
+
+def interrupted_row(at: Optional[Tuple[int, VmxSite]], note: str) -> StepResult:
+    """The row for where a session ended early: the stop it was in, or none ("?")."""
+    if at is None:
+        return StepResult(-1, "-", 0, None, INTERRUPTED, None, note=note)
+    cpu, site = at
+    return StepResult(cpu, site.instruction, site.address, None, INTERRUPTED, None, note=note)
+
+
+def interruption(results: Sequence[StepResult]) -> Optional[StepResult]:
+    """The INTERRUPTED row of a trace that ended early, or None."""
+    return next((r for r in results if r.verdict is None and r.actual == INTERRUPTED), None)
 
 
 # ------------------------------------------------------------------ output
@@ -124,7 +184,18 @@ def trace_report_json(results: Sequence[StepResult]) -> Dict[str, Any]:
         if r.operand is not None:
             v["operand"] = hexs(r.operand)
         procs.setdefault(str(r.cpu), []).append(v)
-    return {"format": REPORT_FORMAT, "version": REPORT_VERSION, "kind": TRACE, "processors": procs}
+    out: Dict[str, Any] = {"format": REPORT_FORMAT, "version": REPORT_VERSION, "kind": TRACE, "processors": procs}
+    missed = [{"cpu": r.cpu if r.cpu >= 0 else None, "instruction": r.instruction, "address": hexs(r.address),
+               "actual": r.actual, "reason": r.note}
+              for r in results if r.verdict is None and r.actual != INTERRUPTED]
+    if missed:
+        out["missed"] = missed
+    cut = interruption(results)
+    if cut is not None:
+        out["interrupted"] = {"cpu": cut.cpu if cut.cpu >= 0 else None,
+                              "instruction": cut.instruction if cut.cpu >= 0 else None,
+                              "address": hexs(cut.address) if cut.cpu >= 0 else None, "detail": cut.note}
+    return out
 
 
 VMX_LOG = re.compile(r"VMX|VMFAIL|VMENTER|VMEXIT|VMLAUNCH|VMRESUME|VMPTRLD|VMCLEAR|VMCS|VMWRITE|VMREAD", re.I)
@@ -145,31 +216,49 @@ def vmx_log_lines(r: StepResult) -> List[str]:
 def render_trace(results: Sequence[StepResult], *, verbose: bool = False) -> str:
     """The per-core table of predicted vs actual (each core's stops in order), then the
     findings and the target's own VMX log lines (all of them with -v)."""
-    results = sorted(results, key=lambda r: r.cpu)
+    results = sorted(results, key=lambda r: (r.actual == INTERRUPTED, r.cpu))
     rows = [("cpu", "instruction", "address", "operand", "predicted", "actual", "match", "broken rules")]
     for r in results:
         if r.verdict is None:
-            rows.append((str(r.cpu) if r.cpu >= 0 else "?", r.instruction, hexs(r.address), "", "-", r.actual,
-                         "MISSED", r.note))
+            cut = r.actual == INTERRUPTED
+            rows.append((str(r.cpu) if r.cpu >= 0 else "?", r.instruction,
+                         hexs(r.address) if r.cpu >= 0 or not cut else "-", "", "-", r.actual,
+                         "INTERRUPTED" if cut else "-" if r.actual == NOT_REACHED else "MISSED", r.note))
             continue
         fails = [f.id for f in r.verdict.findings if f.status == "fail"]
         fails += [f"{f.id}(advice)" for f in r.verdict.findings if f.status == "advice"]
         pred = r.verdict.outcome + (f" ({'/'.join(r.verdict.possible)})" if len(r.verdict.possible) > 1 else "")
+        pred += "*" if r.verdict.assumed else ""
         mark = "deviation" if r.deviations else {True: "ok", False: "MISMATCH", None: "?"}[r.match]
         rows.append((str(r.cpu), r.instruction, hexs(r.address), "" if r.operand is None else hexs(r.operand),
                      pred, r.actual, mark, ",".join(fails)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    assumed = sorted({k for r in results if r.verdict is not None for k in r.verdict.assumed})
+    if assumed:
+        lines.append(f"* the prediction rests on assumed values, not read from the target: "
+                     f"{', '.join(assumed)}")
     bad = mismatches(results)
     if bad:
         lines.insert(0, f"!!! {len(bad)} MISMATCH(ES) between vmxdbg's prediction and what the processor did: "
                         "a bug in vmxdbg or in the target's VMX implementation !!!")
+    cut = interruption(results)
+    if cut is not None:
+        lines.insert(0, f"the session ended early: {cut.note}; the table holds the "
+                        f"{sum(1 for r in results if r.verdict is not None)} stop(s) reached before it")
     known = deviations(results)
     if known:
         lines.insert(1 if bad else 0, f"{len(known)} stop(s) where the target deviates from the SDM in a known "
                                       "way (structs/deviations.yaml): vmxdbg's prediction is the SDM's")
     for r in results:
         if r.verdict is None:
+            said = r.log if verbose else vmx_log_lines(r) + [
+                line for line in r.log if line.startswith("guest ")
+                and re.search(rf"\b{re.escape(r.instruction)}\b.*\bfail", line, re.I)]
+            if said:
+                lines.append("")
+                lines.append(f"cpu {r.cpu} {r.instruction} at {hexs(r.address)}: {r.actual}")
+                lines += [f"  target says: {line}" for line in said]
             continue
         shown = [f for f in r.verdict.findings if (f.status != "unknown" and not f.advisory) or verbose
                  or f.status == "advice"]

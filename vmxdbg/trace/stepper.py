@@ -16,6 +16,7 @@ qualification (0x6400); for an exception, RIP compared with the IDT gates of
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -25,6 +26,7 @@ from ..backends.base import EXECUTION, Backend, StopEvent
 from ..state.assume import apply_to_processor
 from ..state.collect import collect_processor
 from .deviations import Deviation, explain, implementation_of, known_for
+from ..common import interrupt, progress
 from ..common.errors import BackendError, NotAvailable, VmxdbgError
 from ..report.model import Report, Verdict
 from ..rules.engine import all_rules
@@ -38,6 +40,10 @@ _WIDE = {f"e{r}": f"r{r}" for r in ("ax", "bx", "cx", "dx", "si", "di", "sp", "b
 _WIDE.update({f"r{i}d": f"r{i}" for i in range(8, 16)})
 VM_INSTRUCTION_ERROR, EXIT_REASON, EXIT_QUALIFICATION = 0x4400, 0x4402, 0x6400
 CF, ZF = 1, 1 << 6
+#: `actual` of the row where a session ended early (Ctrl-C, SIGTERM, a killed recorder)
+INTERRUPTED = "interrupted"
+MISSED = "missed stop"
+NOT_REACHED = "not reached"
 
 
 @dataclass
@@ -121,6 +127,10 @@ class Stepper:
         self.results: List[StepResult] = []
         self.in_root: set = set()               # processors whose VMXON this trace saw succeed
         self.state: Dict[int, Processor] = {}   # each processor as read at its last stop
+        #: the stop being handled (cpu, site) while handle_stop runs; None between stops
+        self.at: Optional[Tuple[int, VmxSite]] = None
+        #: per processor, its first VMX instruction that did not succeed: (instruction, outcome)
+        self.failed: Dict[int, Tuple[str, str]] = {}
         self._log = log or (lambda line: None)
         self._breakpoints: List[int] = []
         self.implementation = implementation_of(backend.describe())
@@ -131,19 +141,23 @@ class Stepper:
             until: Optional[Callable[[StopEvent], bool]] = None) -> List[StepResult]:
         """Run until the target exits, `until(event)` says so, or `max_stops`;
         every breakpoint set here is removed on every way out."""
+        with interrupt.doing("the trace"):
+            return self._run(timeout, max_stops, until)
+
+    def _run(self, timeout: float, max_stops: int,
+             until: Optional[Callable[[StopEvent], bool]]) -> List[StepResult]:
         try:
             for address in (self.sites if self.use_breakpoints else ()):
                 self._breakpoints.append(self.backend.set_breakpoint(address, physical=self.physical))
             for _ in range(max_stops):
-                event = self.backend.go(timeout=timeout)
+                with interrupt.doing(f"the target running to its next stop, after {len(self.results)} stop(s)"):
+                    event = self.backend.go(timeout=timeout)
                 if event.kind in ("exited", "timeout"):
                     self._log(f"target {event.kind}: {event.detail}".rstrip(": "))
                     break
                 if event.kind == "missed":
-                    self.results.append(StepResult(event.cpu if event.cpu is not None else -1, "?",
-                                                   event.address or 0, None, "missed stop", None,
-                                                   log=list(event.log), note=event.detail or
-                                                   "the debugger did not stop where a breakpoint was set"))
+                    self.results.append(self.missed_stop(event))
+                    progress.advance(f"cpu {self.results[-1].cpu}: stops")
                     continue
                 if event.cpu is not None:
                     self.handle_stop(event)
@@ -153,6 +167,29 @@ class Stepper:
             self.remove_breakpoints()
         share_cross_findings(self.results)
         return self.results
+
+    def missed_stop(self, event: StopEvent) -> StepResult:
+        """The row of a planned stop the target ran past: MISSED with the debugger's reason, or
+        NOT_REACHED when an earlier VMX instruction of that core failed (the code after it did
+        not run there). A guest line saying this instruction failed counts as its failure."""
+        cpu = event.cpu if event.cpu is not None else -1
+        site = self.sites.get(event.address) if event.address is not None else None
+        insn = site.instruction if site is not None else "?"
+        before = self.failed.get(cpu)
+        if before is not None:
+            row = StepResult(cpu, insn, event.address or 0, None, NOT_REACHED, None, log=list(event.log),
+                             note=f"cpu {cpu}'s {before[0]} failed ({before[1]}) before it: the code after "
+                                  "it did not run on this core")
+        else:
+            row = StepResult(cpu, insn, event.address or 0, None, MISSED, None, log=list(event.log),
+                             note=event.detail or "the debugger did not stop where a breakpoint was set")
+        said = [line for line in event.log if site is not None and re.search(
+            rf"\b{insn}\b.*\bfail", line, re.I)]
+        if said and cpu not in self.failed:
+            told = "the target says: " + said[-1].split(": ", 1)[-1].strip()
+            self.failed[cpu] = (insn, told)
+            row.note = f"{told}; {row.note}"
+        return row
 
     def remove_breakpoints(self) -> None:
         """Remove every breakpoint this stepper set (errors while removing are collected, not raised twice)."""
@@ -175,6 +212,12 @@ class Stepper:
         site = self.sites.get(rip)
         if site is None:
             return None
+        self.at = (cpu, site)
+        with interrupt.doing(f"cpu {cpu}'s {site.instruction} at {site.address:#x} "
+                             f"(after {len(self.results)} stop(s))"):
+            return self._handle_site(event, cpu, site)
+
+    def _handle_site(self, event: StopEvent, cpu: int, site: VmxSite) -> StepResult:
         self.hint_vmx_root(cpu, site)
         snap, operand = self.read_state(cpu, site, magic=event.kind == "magic")
         verdict = self.predict(snap, cpu, site.instruction)
@@ -188,6 +231,10 @@ class Stepper:
         if match is False:
             result.deviations = explain(snap, cpu, verdict, actual, self.known_deviations)
         self.results.append(result)
+        progress.advance(f"cpu {cpu}: stops")
+        if actual != "ok" and cpu not in self.failed:
+            self.failed[cpu] = (site.instruction, actual)
+        self.at = None
         return result
 
     def read_state(self, cpu: int, site: VmxSite, magic: bool = False) -> Tuple[Snapshot, Optional[int]]:

@@ -14,7 +14,9 @@ import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from ...common import interrupt, progress
 from ...common.errors import InputError, VmxdbgError
+from ...record.recording import RecordingWriter, new_header
 from ...trace.stepper import StepResult, find_vmx_instructions
 
 VMX_SYMBOLS = ("at_vmxon", "at_vmclear", "at_vmptrld", "at_vmlaunch")
@@ -71,10 +73,6 @@ def bochs_trace(*, cpus: int = 2, knobs: Sequence[str] = (), record: Optional[Pa
     with code breakpoints, which Bochs can silently miss. Processors without a
     knob must stop at every instruction in order; the backend reports a stop they
     ran past as `missed` (a debugger miss, never a guest result)."""
-    from ...backends.registry import backend_class
-    from ...backends.bochs_process import BochsMachine
-    from ...trace.session import run_trace
-
     require_tools()
     if not 1 <= cpus <= 8:
         raise InputError(f"--cpus {cpus}: the test hypervisor runs on 1 to 8 processors")
@@ -83,25 +81,67 @@ def bochs_trace(*, cpus: int = 2, knobs: Sequence[str] = (), record: Optional[Pa
     if unknown:
         raise InputError(f"instructions {unknown}: the test hypervisor steps through {list(VMX_SYMBOLS)}")
     work = Path(tempfile.mkdtemp(prefix="vmxdbg-minihv-")) if keep is None else keep
+    source = (f"minihv on Bochs, {cpus} cpus, knobs {list(knobs)}" + ("" if magic else ", code breakpoints"))
+    # the recording exists from the start: a session killed while Bochs boots leaves a
+    # .partial that says no stop was reached (the recorder replaces it once Bochs is up)
+    early = booting_recording(record, argv, source)
+    with progress.shown(f"vmxdbg trace: minihv on Bochs, {cpus} processor(s)"):
+        return _bochs_trace(cpus, knobs, record, timeout, argv, keep, names, magic, work, source, early)
+
+
+def _bochs_trace(cpus: int, knobs: Sequence[str], record: Optional[Path], timeout: float,
+                 argv: Optional[List[str]], keep: Optional[Path], names: List[str], magic: bool, work: Path,
+                 source: str, early: Optional[RecordingWriter]) -> List[StepResult]:
+    from ...backends.bochs_process import BochsMachine
+    from ...backends.registry import backend_class
+    from ...trace.session import run_trace
+
+    progress.phase("booting Bochs", total=1)
     try:
-        built = build_image(work, cpus, knobs, magic)
-        backend = backend_class("bochs")(BochsMachine(floppy=str(built["image"]), cpus=cpus, magic_break=True))
+        with interrupt.doing("booting the test hypervisor under Bochs"):
+            built = build_image(work, cpus, knobs, magic)
+            backend = backend_class("bochs")(BochsMachine(floppy=str(built["image"]), cpus=cpus, magic_break=True))
         try:
             symbols: Dict[str, int] = built["symbols"]  # type: ignore[assignment]
-            first = backend.go(timeout=timeout)      # the image's cfg_stop: code and knobs are in memory
+            with interrupt.doing("booting the test hypervisor under Bochs"):
+                first = backend.go(timeout=timeout)      # the image's cfg_stop: code and knobs are in memory
             if first.kind != "magic":
                 raise VmxdbgError(f"Bochs did not reach the test hypervisor's first stop ({first.kind}: "
                                   f"{first.detail})")
+            progress.advance("booting Bochs")
+            for cpu in range(cpus):
+                progress.phase(f"cpu {cpu}: stops", total=len(names))
             code = vmx_code(backend, symbols, names)
-            if not magic:
-                knobbed = {int(k.split(":", 1)[0]) for k in knobs if k.split(":", 1)[0].isdigit()}
-                backend.plan_stops(sorted(code), [c for c in range(cpus) if c not in knobbed])
+            if not magic:     # every core, knobbed or not: a stop not made is MISSED or not reached
+                backend.plan_stops(sorted(code), range(cpus))
+            if early is not None:
+                early.abandon()
+                early = None
             return run_trace(backend, code, physical=True, timeout=timeout, record=record,
-                             argv=argv, source=f"minihv on Bochs, {cpus} cpus, knobs {list(knobs)}"
-                             + ("" if magic else ", code breakpoints"),
-                             breakpoints=not magic, assume=ASSUME)
+                             argv=argv, source=source, breakpoints=not magic, assume=ASSUME)
         finally:
             backend.close()
+            report = getattr(backend, "close_report", {})
+            if report.get("errors"):
+                interrupt.confirm(f"closing Bochs: {'; '.join(report['errors'])[:200]} (Bochs was killed)")
+            else:
+                interrupt.confirm(f"Bochs was quit cleanly ({len(report.get('breakpoints_removed', []))} "
+                                  "breakpoint(s) of ours removed)")
+    except BaseException as exc:
+        if early is not None:     # ended before Bochs was up: close the recording saying so
+            early.close(exception=f"{type(exc).__name__}: {exc}")
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                interrupt.confirm(f"the recording {record} says no stop was reached")
+        raise
     finally:
         if keep is None:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def booting_recording(record: Optional[Path], argv: Optional[List[str]], source: str) -> Optional[RecordingWriter]:
+    """A trace recording with only its header, written before Bochs boots (None without --record)."""
+    if record is None:
+        return None
+    header = new_header({"kind": "bochs"}, [], command="trace", argv=argv or ["trace"],
+                        params={"source": source, "stage": "booting"})
+    return RecordingWriter(record, header)

@@ -8,16 +8,17 @@ parse, and the register contexts that were not live. `looks_like_kdlog` and
 """
 from __future__ import annotations
 
+import contextlib
 import re
 import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ...state.snapshot import Snapshot
+from ...common import progress
 from ...common.errors import InputError
 from .parser import PROMPT, QUOTE, parse_file, parse_stream, parse_text
-from .progress import progress_for
-from .reader import detect_encoding
+from .reader import CHUNK, READ_LABEL, detect_encoding
 from .state import KdLog, KdWarning, NonLiveContext
 
 __all__ = ["KdLog", "KdWarning", "NonLiveContext", "parse_file", "parse_stream", "parse_text",
@@ -37,6 +38,15 @@ def _head_lines(head: bytes) -> List[str]:
     encoding, skip = detect_encoding(head)
     text = head[skip:].decode(encoding, errors="replace").replace("\x00", "")
     return [QUOTE.sub("", line, count=1) for line in re.split(r"\r\n|\r|\n", text)[:2000]]
+
+#: logs from this size on take a second or more to read (bench/bench_kdlog.py): progress is
+#: shown on a terminal
+PROGRESS_BYTES = 4 << 20
+
+
+def read_so_far(done: int) -> None:
+    """The parser's progress callback: bytes read, shown as MiB (nothing unless progress is shown)."""
+    progress.reached(READ_LABEL, -(-done // CHUNK))
 
 
 def looks_like_kdlog(head: bytes) -> bool:
@@ -84,13 +94,11 @@ def load_for_check(path: Path, options: Dict[str, Any]) -> Snapshot:
         line, name = other
         raise InputError(f"line {line}: a {name} session; its commands print in its own format, "
                          "which vmxdbg does not read (it reads kd/WinDbg output)", source=str(path))
-    progress = options.get("progress")
-    shown = progress_for(path) if progress is None else None
-    try:
-        log = parse_file(path, options.get("at_line"), progress if progress is not None else shown)
-    finally:
-        if shown is not None:
-            shown.close()
+    size = path.stat().st_size if path.is_file() else 0
+    shown = progress.shown(f"vmxdbg: reading {path.name}") if size >= PROGRESS_BYTES else contextlib.nullcontext()
+    with shown:
+        progress.phase(READ_LABEL, total=-(-size // CHUNK))
+        log = parse_file(path, options.get("at_line"), options.get("progress") or read_so_far)
     if log.prompts == 0:
         raise InputError(f"no debugger session found: looked for {LOOKED_FOR}", source=str(path))
     if not shows_anything(log.snapshot):

@@ -16,7 +16,9 @@ import codecs
 import io
 from typing import BinaryIO, Callable, Iterator, NamedTuple, Optional, Tuple
 
+
 CHUNK = 1 << 20
+READ_LABEL = "MiB of the log read"   # the progress line (vmxdbg.common.progress), one step per CHUNK
 MAX_LINE = 64 * 1024
 PROBE = 64 * 1024
 
@@ -167,7 +169,10 @@ def _blocks_of_text(stream: BinaryIO, encoding: str, skip: int, max_line: int, c
             if progress is not None:
                 progress(stream.tell())
     finally:
-        text_stream.detach()
+        try:
+            text_stream.detach()   # the caller's file stays theirs to close
+        except ValueError:         # already closed: the parse ended in an error and the file went first
+            pass
     if carry or skipping:
         yield Block(carry, number, False, skipping)
 

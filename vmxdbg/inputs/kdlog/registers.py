@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from typing import Dict, List, Optional, Tuple
 
+from ...common.errors import InputError
 from .output import CommandOutput
 from .reader import MAX_LINE, Line
 from .state import LogState, NonLiveContext
@@ -46,6 +47,10 @@ class BadValue(ValueError):
     """A known register with a value that is not hex."""
 
 
+class TooWide(ValueError):
+    """A known register with a hex value wider than 64 bits: bad input, not a warning."""
+
+
 def parse_register_line(text: str) -> Optional[List[Tuple[str, int]]]:
     """[(debugger name, value)] when `text` is a register line, None when it is not one.
 
@@ -61,6 +66,10 @@ def parse_register_line(text: str) -> Optional[List[Tuple[str, int]]]:
     for name, value in _PAIR.findall(low):
         if name in REGISTERS:
             digits = value.replace("`", "")
+            if len(digits.lstrip("0")) > 16 and not digits.strip(_HEXDIGITS):
+                # no register a kd `r` prints is wider than 64 bits
+                raise TooWide(f"{name} = {value[:24]}{'...' if len(value) > 24 else ''} is too wide "
+                              f"({len(digits.lstrip('0'))} hex digits; a register holds at most 64 bits)")
             # hex digits, at most one backtick (`00000000`0012f9a8`): str methods, not a regex
             if len(value) > 17 or not digits or digits.strip(_HEXDIGITS) or len(value) - len(digits) > 1:
                 bad.append(f"{name}={value}")
@@ -173,6 +182,8 @@ class RegisterOutput(CommandOutput):
             except BadValue as exc:
                 state.warn(n, str(exc))
                 continue
+            except TooWide as exc:
+                raise InputError(str(exc), source=source, line=n) from None
             if values is None:
                 self._current_instruction(Line(n, text))
                 continue
@@ -191,6 +202,8 @@ class RegisterOutput(CommandOutput):
         except BadValue as exc:
             self.state.warn(line.number, str(exc))
             return
+        except TooWide as exc:
+            raise InputError(str(exc), source=self.state.result.source, line=line.number) from None
         if values is None:
             if self.live:
                 self._current_instruction(line)

@@ -13,9 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-from ...common.errors import one_line
+from ...common.errors import InputError, one_line
 from ...state.snapshot import Memory, Processor, Segment, Snapshot, Table
-from ...common.numbers import hexs
+from ...common.numbers import fits, hexs
 from .pages import PageStore
 
 MAX_WARNINGS = 1000
@@ -135,9 +135,18 @@ class LogState:
         p.provenance[key] = f"{self.result.source}:{line}"
 
     # ---------------------------------------------------------------- values
+    def _fits(self, value: int, bits: int, what: str, line: int) -> int:
+        """A value the log shows wider than its register: bad input naming the line."""
+        try:
+            return fits(value, bits, what)
+        except InputError as exc:
+            raise InputError(exc.detail, source=self.result.source, line=line) from None
+
     def set_msr(self, cpu: int, index: int, value: int, line: int) -> None:
         if not self.accept(line):
             return
+        self._fits(index, 32, "MSR index", line)
+        self._fits(value, 64, f"MSR {hexs(index)}", line)
         p = self.processor(cpu)
         if index not in p.msr and len(p.msr) >= MAX_MSRS:
             self._cap_warning(line, "msr", f"more than {MAX_MSRS} distinct MSRs on processor {cpu}; the rest are not kept")
@@ -155,6 +164,7 @@ class LogState:
         """A plain register (cr0, rflags, rip, dr7 ...); efer also sets MSR 0xC0000080."""
         if not self.accept(line):
             return
+        self._fits(value, 64, name, line)
         p = self.processor(cpu)
         p.registers[name] = value
         self._prov(p, f"reg:{name}", line)
@@ -182,6 +192,7 @@ class LogState:
     def set_table(self, cpu: int, table: str, part: str, value: int, line: int) -> None:
         if not self.accept(line):
             return
+        self._fits(value, 64 if part == "base" else 32, f"{table}.{part}", line)
         p = self.processor(cpu)
         t = p.tables.setdefault(table, Table())
         setattr(t, part, value)
@@ -198,6 +209,7 @@ class LogState:
         """The memory operand of a VMX instruction the debugger showed about to execute."""
         if not self.accept(line):
             return
+        self._fits(value, 64, f"the {instruction} operand", line)
         p = self.processor(cpu)
         if instruction == "vmxon":
             p.vmxon_pointer = value

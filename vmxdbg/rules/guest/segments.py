@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from ...decode import defs
 from ...decode.loader import _File, default_directory
 from ...common.numbers import hexs
+from ..bits import reg_bit, reg_field
 from ..engine import ENTRY, SKIP, CheckResult, Context, Tier, Violation, bad, good, rule
 from ..entrystate import field_label, ia32e_guest, intel64, show, unrestricted, v86_guest
 from ..vmcsctl import is_canonical as canonical, linear_width
@@ -30,7 +31,12 @@ OUTCOME = "entry-fail:33:0"
 WHENS = ("always", "v86", "not_v86")
 _ID = re.compile(r"^GUEST[0-9]{3}$")
 _PLACEHOLDERS = {"SEL": "selector", "BASE": "base", "LIMIT": "limit", "AR": "ar"}
-UNUSABLE = 1 << 16
+UNUSABLE = reg_bit("ACCESS_RIGHTS", "unusable")
+# access-rights fields by their structs/registers.yaml names (Vol.3C 25.4.1 Table 25-2)
+AR_TYPE, AR_S, AR_DPL, AR_G = (reg_field("ACCESS_RIGHTS", n) for n in ("type", "s", "dpl", "g"))
+AR_P, AR_L, AR_DB = (reg_bit("ACCESS_RIGHTS", n) for n in ("p", "l", "db"))
+AR_RSVD_11_8 = reg_field("ACCESS_RIGHTS", "reserved_11_8").mask
+AR_RSVD_31_17 = reg_field("ACCESS_RIGHTS", "reserved_31_17").mask
 
 
 @dataclass(frozen=True)
@@ -91,11 +97,11 @@ def _seg(ctx: Context, reg: Register, part: str) -> int:
 
 
 def _type(ar: int) -> int:
-    return ar & 0xF
+    return AR_TYPE(ar)
 
 
 def _dpl(ar: int) -> int:
-    return ar >> 5 & 3
+    return AR_DPL(ar)
 
 
 def _v(ctx: Context, reg: Register, part: str, text: str) -> Violation:
@@ -187,7 +193,7 @@ def k_type_code_readable(ctx: Context, row: Row) -> CheckResult:
 
 
 def k_s_bit(ctx: Context, row: Row) -> CheckResult:
-    s = _seg(ctx, row.reg, "ar") >> 4 & 1
+    s = AR_S(_seg(ctx, row.reg, "ar"))
     if s != row.values[0]:
         return _v(ctx, row.reg, "ar", f"S (bit 4) is {s}, must be {row.values[0]}")
     return None
@@ -253,13 +259,13 @@ def k_dpl_ge_rpl(ctx: Context, row: Row) -> CheckResult:
 
 
 def k_present(ctx: Context, row: Row) -> CheckResult:
-    if not _seg(ctx, row.reg, "ar") & 0x80:
+    if not _seg(ctx, row.reg, "ar") & AR_P:
         return _v(ctx, row.reg, "ar", "P (bit 7) is 0")
     return None
 
 
 def k_ar_rsvd_11_8(ctx: Context, row: Row) -> CheckResult:
-    if _seg(ctx, row.reg, "ar") & 0xF00:
+    if _seg(ctx, row.reg, "ar") & AR_RSVD_11_8:
         return _v(ctx, row.reg, "ar", "reserved bits 11:8 are not 0")
     return None
 
@@ -268,14 +274,14 @@ def k_cs_db_with_l(ctx: Context, row: Row) -> CheckResult:
     if not ia32e_guest(ctx):
         return SKIP
     ar = _seg(ctx, row.reg, "ar")
-    if ar & (1 << 13) and ar & (1 << 14):
+    if ar & AR_L and ar & AR_DB:
         return _v(ctx, row.reg, "ar", "L (bit 13) and D/B (bit 14) are both 1 in an IA-32e mode guest")
     return None
 
 
 def granularity_problem(limit: int, ar: int) -> Optional[str]:
     """Why G (AR bit 15) disagrees with `limit`, or None (Vol.3C 27.3.1.2)."""
-    g = ar >> 15 & 1
+    g = AR_G(ar)
     if limit & 0xFFF != 0xFFF and g:
         return "G = 1 but limit bits 11:0 are not all 1"
     if limit & 0xFFF00000 and not g:
@@ -292,7 +298,7 @@ def k_g_limit(ctx: Context, row: Row) -> CheckResult:
 
 
 def k_ar_rsvd_31_17(ctx: Context, row: Row) -> CheckResult:
-    if _seg(ctx, row.reg, "ar") >> 17:
+    if _seg(ctx, row.reg, "ar") & AR_RSVD_31_17:
         return _v(ctx, row.reg, "ar", "reserved bits 31:17 are not 0")
     return None
 

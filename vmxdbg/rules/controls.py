@@ -58,6 +58,9 @@ INFO_ERRCODE = reg_field("INTERRUPTION_INFO", "deliver_error_code")
 INFO_NESTED = reg_bit("INTERRUPTION_INFO", "nested_exception")
 INFO_RESERVED = reg_reserved("INTERRUPTION_INFO") | INFO_NESTED   # bits 30:12
 CR0_PE = reg_bit("CR0", "pe")
+TPR_THRESHOLD_VALUE = reg_field("TPR_THRESHOLD", "threshold")
+TPR_THRESHOLD_RESERVED = reg_field("TPR_THRESHOLD", "must_be_zero")
+TPR_CLASS = reg_field("APIC_TPR", "priority_class")
 CR4_FRED = reg_bit("CR4", "fred")
 
 
@@ -285,8 +288,8 @@ def tpr_threshold_reserved(ctx: Context) -> object:
     if not on(ctx, "primary", "use_tpr_shadow") or on(ctx, "secondary", "virtual_interrupt_delivery"):
         return SKIP
     t = read(ctx, "TPR_THRESHOLD")
-    if t >> 4:
-        return Violation(f"{shown('TPR_THRESHOLD', t)}: bits 31:4 = {hexs(t >> 4)} are not 0")
+    if t & TPR_THRESHOLD_RESERVED.mask:
+        return Violation(f"{shown('TPR_THRESHOLD', t)}: bits 31:4 = {hexs(TPR_THRESHOLD_RESERVED(t))} are not 0")
     return None
 
 
@@ -302,11 +305,11 @@ def tpr_threshold_vtpr(ctx: Context) -> object:
     if (not on(ctx, "primary", "use_tpr_shadow") or on(ctx, "secondary", "virtualize_apic_accesses")
             or on(ctx, "secondary", "virtual_interrupt_delivery")):
         return SKIP
-    t = read(ctx, "TPR_THRESHOLD") & 0xF
+    t = TPR_THRESHOLD_VALUE(read(ctx, "TPR_THRESHOLD"))
     page = read(ctx, "VIRTUAL_APIC_PAGE_ADDR")
     vtpr = ctx.mem(page + 0x80, 1)[0]
-    if t > vtpr >> 4:
-        return Violation(f"TPR_THRESHOLD[3:0] = {t} exceeds VTPR[7:4] = {vtpr >> 4} (VTPR = {hexs(vtpr)} at "
+    if t > TPR_CLASS(vtpr):
+        return Violation(f"TPR_THRESHOLD[3:0] = {t} exceeds VTPR[7:4] = {TPR_CLASS(vtpr)} (VTPR = {hexs(vtpr)} at "
                          f"{hexs(page + 0x80)}, offset 80H of the page at {label('VIRTUAL_APIC_PAGE_ADDR')})")
     return None
 
@@ -648,9 +651,9 @@ def inject_type_other(ctx: Context, info: int) -> object:
     idx = _governing_msr(ctx, "primary")
     cap = ctx.msr(idx)
     mtf = bit("primary", "monitor_trap_flag")
-    if not cap >> (32 + mtf) & 1:
+    if not CTLS_ALLOWED1(cap) >> mtf & 1:
         return Violation(f"{_desc(info)}, but {msr_name(idx)} = {hexs(cap)} does not allow "
-                         f"{control_label('primary', 'monitor_trap_flag')} (bit {32 + mtf} is 0)")
+                         f"{control_label('primary', 'monitor_trap_flag')} (bit {CTLS_ALLOWED1.lo + mtf} is 0)")
     return None
 
 

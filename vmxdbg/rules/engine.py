@@ -25,6 +25,7 @@ from .bits import BASIC_PHYS32, reg_bit, reg_field
 CPUID_PHYS_BITS = reg_field("CPUID_80000008_EAX", "physical_address_bits")
 CPUID_LINEAR_BITS = reg_field("CPUID_80000008_EAX", "linear_address_bits")
 EFER_LMA = reg_bit("IA32_EFER", "lma")
+SEL_RPL = reg_field("SEGMENT_SELECTOR", "rpl")
 
 INSTRUCTIONS = ("vmxon", "vmclear", "vmptrld", "vmlaunch", "vmresume")
 ENTRY = ("vmlaunch", "vmresume")
@@ -473,7 +474,7 @@ class Context:
         """CPL: state.cpl when known, else CS.selector RPL (equal to CPL in protected mode)."""
         if "cpl" in self.p.state or "state:cpl" in self.overrides:
             return int(self.state("cpl"))
-        return self.seg("cs", "selector") & 3
+        return SEL_RPL(self.seg("cs", "selector"))
 
 
 def _encoding(field_: Union[int, str]) -> int:

@@ -37,6 +37,7 @@ CR4_PAE, CR4_PCIDE, CR4_CET = (reg_bit("CR4", n) for n in ("pae", "pcide", "cet"
 EFER_LME, EFER_LMA = reg_bit("IA32_EFER", "lme"), reg_bit("IA32_EFER", "lma")
 PMU_VERSION, PMU_GP_COUNTERS = reg_field("CPUID_0A_EAX", "version"), reg_field("CPUID_0A_EAX", "gp_counters")
 PMU_FIXED_COUNTERS = reg_field("CPUID_0A_EDX", "fixed_counters")
+SEL_RPL, SEL_TI = reg_field("SEGMENT_SELECTOR", "rpl"), reg_bit("SEGMENT_SELECTOR", "ti")
 PERF_METRICS = reg_bit("IA32_PERF_GLOBAL_CTRL", "perf_metrics_enable")
 FIXED_CTR0 = reg_field("IA32_PERF_GLOBAL_CTRL", "fixed_ctr_enables").lo
 S_CET_RESERVED = reg_reserved("IA32_S_CET")  # bits 9:6
@@ -181,14 +182,14 @@ def _register_canonical(row: Dict[str, Any]) -> None:
 
 def selector_rpl_ti(ctx: Context, field: str) -> object:
     sel = read(ctx, field)
-    if sel & 7:
+    if sel & (SEL_RPL.mask | SEL_TI):
         parts = []
-        if sel & 3:
-            parts.append(f"RPL = {sel & 3}")
-        if sel & 4:
+        if SEL_RPL(sel):
+            parts.append(f"RPL = {SEL_RPL(sel)}")
+        if sel & SEL_TI:
             parts.append("TI = 1 (LDT)")
         return Violation(f"{shown(field, sel)}: {' and '.join(parts)}; the host selector must have RPL 0 and TI 0",
-                         f"Write {hexs(sel & ~7)} ({label(field)} & ~7); a VM exit loads selectors without a "
+                         f"Write {hexs(sel & ~(SEL_RPL.mask | SEL_TI))} ({label(field)} & ~7); a VM exit loads selectors without a "
                          "descriptor-table check, so the host's kernel selectors with RPL 0 are wanted.")
     return None
 

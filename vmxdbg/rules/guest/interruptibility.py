@@ -38,7 +38,7 @@ def intr_reserved(ctx: Context) -> Optional[Violation]:
        fix="Keep at most one of the two shadows (the one the saved state really had).",
        examples=[B({"vmcs/0x4824": "0x3"}), G({})])
 def sti_and_movss(ctx: Context) -> Optional[Violation]:
-    if _intr(ctx) & 3 == 3:
+    if _intr(ctx) & BLK_STI and _intr(ctx) & BLK_MOVSS:
         return Violation(f"{show(ctx, 'GUEST_INTERRUPTIBILITY_INFO')} sets both blocking by STI and by MOV SS")
     return None
 

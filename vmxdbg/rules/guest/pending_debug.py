@@ -15,6 +15,7 @@ from .interruptibility import _intr
 PD_BS, PD_RTM, PD_ENABLED_BP = (reg_bit("PENDING_DEBUG_EXCEPTIONS", n) for n in ("bs", "rtm", "enabled_breakpoint"))
 # bits 11:4, 13, 15 and 63:17: the bits Table 25-4 does not define
 PD_RESERVED = reg_reserved("PENDING_DEBUG_EXCEPTIONS")
+DEBUGCTL_BTF = reg_bit("IA32_DEBUGCTL", "btf")
 
 
 def _pending(ctx: Context) -> int:
@@ -40,7 +41,7 @@ def _bs_expected(ctx: Context) -> Optional[bool]:
     if not (_intr(ctx) & (BLK_STI | BLK_MOVSS) or ctx.vmcs("GUEST_ACTIVITY_STATE") == HLT):
         return None
     tf = bool(ctx.vmcs("GUEST_RFLAGS") & RFLAGS_TF)
-    btf = bool(ctx.vmcs("GUEST_IA32_DEBUGCTL") & 2)
+    btf = bool(ctx.vmcs("GUEST_IA32_DEBUGCTL") & DEBUGCTL_BTF)
     return tf and not btf
 
 

@@ -12,7 +12,8 @@ from .common import (AR_L, B, CR0_PE, EXT_INT, G, REAL, RFLAGS_IF, S4, V86, _ent
                      _interruption, grule)
 
 # bits 63:22, 15, 5 and 3; bit 1 is reserved too but must be 1 (its own rule)
-RFLAGS_RESERVED = reg_reserved("RFLAGS") & ~reg_bit("RFLAGS", "fixed1")
+RFLAGS_FIXED1 = reg_bit("RFLAGS", "fixed1")
+RFLAGS_RESERVED = reg_reserved("RFLAGS") & ~RFLAGS_FIXED1
 
 
 def _long_mode_guest(ctx: Context) -> bool:
@@ -75,7 +76,7 @@ def rflags_reserved(ctx: Context) -> Optional[Violation]:
        fix="Set bit 1 (RFLAGS is never 0: the reset value is 0x2).",
        examples=[B({"vmcs/0x6820": "0x244"}), G({})])
 def rflags_bit1(ctx: Context) -> Optional[Violation]:
-    if not ctx.vmcs("GUEST_RFLAGS") & 2:
+    if not ctx.vmcs("GUEST_RFLAGS") & RFLAGS_FIXED1:
         return Violation(f"{show(ctx, 'GUEST_RFLAGS')}: bit 1 is 0")
     return None
 

@@ -37,6 +37,7 @@ AR_TYPE, AR_S, AR_DPL, AR_G = (reg_field("ACCESS_RIGHTS", n) for n in ("type", "
 AR_P, AR_L, AR_DB = (reg_bit("ACCESS_RIGHTS", n) for n in ("p", "l", "db"))
 AR_RSVD_11_8 = reg_field("ACCESS_RIGHTS", "reserved_11_8").mask
 AR_RSVD_31_17 = reg_field("ACCESS_RIGHTS", "reserved_31_17").mask
+SEL_RPL, SEL_TI = reg_field("SEGMENT_SELECTOR", "rpl"), reg_bit("SEGMENT_SELECTOR", "ti")
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,7 @@ def _v(ctx: Context, reg: Register, part: str, text: str) -> Violation:
 
 
 def k_sel_ti(ctx: Context, row: Row) -> CheckResult:
-    if _seg(ctx, row.reg, "selector") & 4:
+    if _seg(ctx, row.reg, "selector") & SEL_TI:
         return _v(ctx, row.reg, "selector", "TI (bit 2) is 1")
     return None
 
@@ -118,9 +119,9 @@ def k_ss_rpl_eq_cs_rpl(ctx: Context, row: Row) -> CheckResult:
     if unrestricted(ctx):
         return SKIP
     ss, cs = ctx.vmcs("GUEST_SS_SELECTOR"), ctx.vmcs("GUEST_CS_SELECTOR")
-    if ss & 3 != cs & 3:
-        return Violation(f"{show(ctx, 'GUEST_SS_SELECTOR')} has RPL {ss & 3} but {show(ctx, 'GUEST_CS_SELECTOR')} "
-                         f"has RPL {cs & 3} (\"unrestricted guest\" is not in effect)")
+    if SEL_RPL(ss) != SEL_RPL(cs):
+        return Violation(f"{show(ctx, 'GUEST_SS_SELECTOR')} has RPL {SEL_RPL(ss)} but {show(ctx, 'GUEST_CS_SELECTOR')} "
+                         f"has RPL {SEL_RPL(cs)} (\"unrestricted guest\" is not in effect)")
     return None
 
 
@@ -230,9 +231,9 @@ def k_ss_dpl_eq_rpl(ctx: Context, row: Row) -> CheckResult:
     if unrestricted(ctx):
         return SKIP
     ar, sel = _seg(ctx, row.reg, "ar"), _seg(ctx, row.reg, "selector")
-    if _dpl(ar) != sel & 3:
+    if _dpl(ar) != SEL_RPL(sel):
         return Violation(f"{show(ctx, row.reg.ar)} has DPL {_dpl(ar)} but {show(ctx, row.reg.selector)} has "
-                         f"RPL {sel & 3} (\"unrestricted guest\" is not in effect)")
+                         f"RPL {SEL_RPL(sel)} (\"unrestricted guest\" is not in effect)")
     return None
 
 
@@ -252,8 +253,8 @@ def k_dpl_ge_rpl(ctx: Context, row: Row) -> CheckResult:
     if unrestricted(ctx):
         return SKIP
     ar, sel = _seg(ctx, row.reg, "ar"), _seg(ctx, row.reg, "selector")
-    if _type(ar) <= 11 and _dpl(ar) < sel & 3:
-        return Violation(f"{show(ctx, row.reg.ar)} has DPL {_dpl(ar)} below the RPL {sel & 3} of "
+    if _type(ar) <= 11 and _dpl(ar) < SEL_RPL(sel):
+        return Violation(f"{show(ctx, row.reg.ar)} has DPL {_dpl(ar)} below the RPL {SEL_RPL(sel)} of "
                          f"{show(ctx, row.reg.selector)}")
     return None
 

@@ -37,6 +37,7 @@ AR_TYPE, AR_S, AR_DPL, AR_G = (reg_field("ACCESS_RIGHTS", n) for n in ("type", "
 AR_P, AR_L, AR_DB = (reg_bit("ACCESS_RIGHTS", n) for n in ("p", "l", "db"))
 AR_RSVD_11_8 = reg_field("ACCESS_RIGHTS", "reserved_11_8").mask
 AR_RSVD_31_17 = reg_field("ACCESS_RIGHTS", "reserved_31_17").mask
+TYPE_CODE, TYPE_READABLE = reg_bit("SEGMENT_TYPE", "code"), reg_bit("SEGMENT_TYPE", "readable_writable")
 SEL_RPL, SEL_TI = reg_field("SEGMENT_SELECTOR", "rpl"), reg_bit("SEGMENT_SELECTOR", "ti")
 
 
@@ -188,7 +189,7 @@ def k_type_accessed(ctx: Context, row: Row) -> CheckResult:
 
 def k_type_code_readable(ctx: Context, row: Row) -> CheckResult:
     t = _type(_seg(ctx, row.reg, "ar"))
-    if t & 8 and not t & 2:
+    if t & TYPE_CODE and not t & TYPE_READABLE:
         return _v(ctx, row.reg, "ar", f"type {t} is an execute-only code segment (bit 1, readable, is 0)")
     return None
 

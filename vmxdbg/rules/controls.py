@@ -61,6 +61,7 @@ CR0_PE = reg_bit("CR0", "pe")
 TPR_THRESHOLD_VALUE = reg_field("TPR_THRESHOLD", "threshold")
 TPR_THRESHOLD_RESERVED = reg_field("TPR_THRESHOLD", "must_be_zero")
 TPR_CLASS = reg_field("APIC_TPR", "priority_class")
+HLATP_RESERVED = reg_reserved("HLATP")  # bits 2:0 and 11:5
 CR4_FRED = reg_bit("CR4", "fred")
 
 
@@ -483,7 +484,7 @@ def hlatp_reserved(ctx: Context) -> object:
         return SKIP
     p = read(ctx, "HLATP")
     out = []
-    low = p & 0xFE7
+    low = p & HLATP_RESERVED
     if low:
         out.append(Violation(f"{shown('HLATP', p)}: reserved bits {', '.join(str(b) for b in bits_of(low))} are set",
                              certain=False))

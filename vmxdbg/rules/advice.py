@@ -15,7 +15,11 @@ from typing import Optional
 
 from ..state import memtype
 from ..common.numbers import hexs
+from .bits import reg_bit, reg_field
 from .engine import SKIP, Context, Missing, Tier, Violation, bad, good, rule
+
+BASIC_MEMORY_TYPE = reg_field("IA32_VMX_BASIC", "memory_type")
+CR0_CD = reg_bit("CR0", "cd")
 
 ED = "(SDM 325462-080US, 2023)"
 SDM = f"Vol.3D A.1 Basic VMX Information; Vol.3A Memory Cache Control, effective page-level memory types {ED}"
@@ -32,7 +36,7 @@ _UC_PTE = {"/memory/0x4918": "1b302b1a00000000"}   # PCD=1 PWT=1: PAT entry 3 (U
 
 def region_memory_type(ctx: Context, physical: int, linear_name: str) -> Optional[Violation]:
     """Advice when the region at `physical` is accessed with another type than IA32_VMX_BASIC[53:50]."""
-    want = ctx.msr(0x480) >> 50 & 0xF
+    want = BASIC_MEMORY_TYPE(ctx.msr(0x480))
     linear = ctx.linear(linear_name)
     cr3, cr4, cr0 = ctx.reg("cr3"), ctx.reg("cr4"), ctx.reg("cr0")
     try:
@@ -44,13 +48,13 @@ def region_memory_type(ctx: Context, physical: int, linear_name: str) -> Optiona
                          "the driver passes another page than the one it initialised")
     pat = memtype.pat_type(ctx.msr(0x277), pat_bit, pcd, pwt)
     mtrr = memtype.mtrr_type(physical, ctx.msr, ctx.maxphyaddr())
-    effective = memtype.UC if cr0 >> 30 & 1 else memtype.combine(pat, mtrr)
+    effective = memtype.UC if cr0 & CR0_CD else memtype.combine(pat, mtrr)
     if effective == want:
         return None
     return Violation(
         f"the region at {hexs(physical)} (linear {hexs(linear)}) is accessed as {memtype.type_name(effective)}: "
         f"PAT entry {pat_bit << 2 | pcd << 1 | pwt} = {memtype.type_name(pat)}, MTRR {memtype.type_name(mtrr)}"
-        + (", CR0.CD = 1" if cr0 >> 30 & 1 else "")
+        + (", CR0.CD = 1" if cr0 & CR0_CD else "")
         + f"; IA32_VMX_BASIC[53:50] = {want} asks for {memtype.type_name(want)}")
 
 

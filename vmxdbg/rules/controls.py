@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from ..common.numbers import bits_of, hexs
-from .bits import physical_width
+from .bits import physical_width, reg_bit, reg_field, reg_reserved
 from .engine import SKIP, Context, Example, Tier, Violation, bad, good, rule
 from .entry_tables import BASELINE, controls_patch, field_patch, table, table_row
 from .vmcsctl import (ACTIVATED_BY, bit, control_def, control_label, is_active, label, on, qualified, raw, read,
@@ -30,6 +30,39 @@ ENTRYC = f"Vol.3C 27.2.1.3 VM-Entry Control Fields {ED}"
 IA32_VMX_BASIC = 0x480
 IA32_VMX_MISC = 0x485
 IA32_VMX_EPT_VPID_CAP = 0x48C
+
+# fields read by name from structs/registers.yaml (computed once; calling one extracts the field)
+BASIC_PHYS32 = reg_field("IA32_VMX_BASIC", "physaddr_32bit")
+BASIC_TRUE_CONTROLS = reg_field("IA32_VMX_BASIC", "true_controls")
+BASIC_NO_ERROR_CODE_CHECK = reg_field("IA32_VMX_BASIC", "no_error_code_check")
+BASIC_NESTED_EXCEPTION = reg_field("IA32_VMX_BASIC", "nested_exception")
+CTLS_ALLOWED0 = reg_field("IA32_VMX_PINBASED_CTLS", "allowed0")   # the same halves in every 32-bit control's MSR
+CTLS_ALLOWED1 = reg_field("IA32_VMX_PINBASED_CTLS", "allowed1")
+MISC_MAX_MSR_LIST = reg_field("IA32_VMX_MISC", "max_msr_list")
+MISC_ZERO_LENGTH = reg_field("IA32_VMX_MISC", "zero_length_injection")
+EPT_CAP_WALK5 = reg_field("IA32_VMX_EPT_VPID_CAP", "walk_length_5")
+EPT_CAP_UC = reg_field("IA32_VMX_EPT_VPID_CAP", "memtype_uc")
+EPT_CAP_WB = reg_field("IA32_VMX_EPT_VPID_CAP", "memtype_wb")
+EPT_CAP_AD = reg_field("IA32_VMX_EPT_VPID_CAP", "accessed_dirty")
+EPT_CAP_SSS = reg_field("IA32_VMX_EPT_VPID_CAP", "supervisor_shadow_stack")
+EPT_CAP_HLAT_PREFIX = reg_field("IA32_VMX_EPT_VPID_CAP", "max_hlat_prefix_size")
+EPTP_MEMTYPE = reg_field("EPTP", "memory_type")
+EPTP_WALK = reg_field("EPTP", "walk_length")
+EPTP_AD = reg_field("EPTP", "accessed_dirty")
+EPTP_SSS = reg_field("EPTP", "supervisor_shadow_stack")
+EPTP_RESERVED = reg_field("EPTP", "reserved_11_8")
+INFO_VALID = reg_field("INTERRUPTION_INFO", "valid")
+INFO_TYPE = reg_field("INTERRUPTION_INFO", "type")
+INFO_VECTOR = reg_field("INTERRUPTION_INFO", "vector")
+INFO_ERRCODE = reg_field("INTERRUPTION_INFO", "deliver_error_code")
+INFO_NESTED = reg_bit("INTERRUPTION_INFO", "nested_exception")
+INFO_RESERVED = reg_reserved("INTERRUPTION_INFO") | INFO_NESTED   # bits 30:12
+CR0_PE = reg_bit("CR0", "pe")
+TPR_THRESHOLD_VALUE = reg_field("TPR_THRESHOLD", "threshold")
+TPR_THRESHOLD_RESERVED = reg_field("TPR_THRESHOLD", "must_be_zero")
+TPR_CLASS = reg_field("APIC_TPR", "priority_class")
+HLATP_RESERVED = reg_reserved("HLATP")  # bits 2:0 and 11:5
+CR4_FRED = reg_bit("CR4", "fred")
 
 
 def sdm(section: str) -> str:
@@ -64,7 +97,7 @@ def addr_width(ctx: Context) -> int:
 
 
 def width_why(ctx: Context, width: int) -> str:
-    if ctx.msr(IA32_VMX_BASIC) >> 48 & 1:
+    if BASIC_PHYS32(ctx.msr(IA32_VMX_BASIC)):
         return "IA32_VMX_BASIC[48] = 1 limits these addresses to 32 bits"
     return f"MAXPHYADDR (CPUID.80000008H:EAX[7:0]) is {width}"
 
@@ -73,7 +106,7 @@ def width_why(ctx: Context, width: int) -> str:
 
 def _governing_msr(ctx: Context, control: str) -> int:
     cd = control_def(control)
-    if cd.width == 32 and cd.true_msr is not None and ctx.msr(IA32_VMX_BASIC) >> 55 & 1:
+    if cd.width == 32 and cd.true_msr is not None and BASIC_TRUE_CONTROLS(ctx.msr(IA32_VMX_BASIC)):
         return cd.true_msr
     return cd.capability_msr
 
@@ -89,7 +122,7 @@ def allowed_settings(ctx: Context, control: str) -> object:
     idx = _governing_msr(ctx, control)
     cap = ctx.msr(idx)
     if cd.width == 32:
-        must1, may1, w = cap & 0xFFFFFFFF, cap >> 32, 32
+        must1, may1, w = CTLS_ALLOWED0(cap), CTLS_ALLOWED1(cap), 32
     else:
         must1, may1, w = 0, cap, 64
     out = []
@@ -256,8 +289,8 @@ def tpr_threshold_reserved(ctx: Context) -> object:
     if not on(ctx, "primary", "use_tpr_shadow") or on(ctx, "secondary", "virtual_interrupt_delivery"):
         return SKIP
     t = read(ctx, "TPR_THRESHOLD")
-    if t >> 4:
-        return Violation(f"{shown('TPR_THRESHOLD', t)}: bits 31:4 = {hexs(t >> 4)} are not 0")
+    if t & TPR_THRESHOLD_RESERVED.mask:
+        return Violation(f"{shown('TPR_THRESHOLD', t)}: bits 31:4 = {hexs(TPR_THRESHOLD_RESERVED(t))} are not 0")
     return None
 
 
@@ -273,11 +306,11 @@ def tpr_threshold_vtpr(ctx: Context) -> object:
     if (not on(ctx, "primary", "use_tpr_shadow") or on(ctx, "secondary", "virtualize_apic_accesses")
             or on(ctx, "secondary", "virtual_interrupt_delivery")):
         return SKIP
-    t = read(ctx, "TPR_THRESHOLD") & 0xF
+    t = TPR_THRESHOLD_VALUE(read(ctx, "TPR_THRESHOLD"))
     page = read(ctx, "VIRTUAL_APIC_PAGE_ADDR")
     vtpr = ctx.mem(page + 0x80, 1)[0]
-    if t > vtpr >> 4:
-        return Violation(f"TPR_THRESHOLD[3:0] = {t} exceeds VTPR[7:4] = {vtpr >> 4} (VTPR = {hexs(vtpr)} at "
+    if t > TPR_CLASS(vtpr):
+        return Violation(f"TPR_THRESHOLD[3:0] = {t} exceeds VTPR[7:4] = {TPR_CLASS(vtpr)} (VTPR = {hexs(vtpr)} at "
                          f"{hexs(page + 0x80)}, offset 80H of the page at {label('VIRTUAL_APIC_PAGE_ADDR')})")
     return None
 
@@ -338,12 +371,12 @@ def eptp_memtype(ctx: Context) -> object:
     eptp = _eptp(ctx)
     if eptp is None:
         return SKIP
-    mt, cap = eptp & 7, _ept_cap(ctx)
-    ok = (mt == 0 and cap >> 8 & 1) or (mt == 6 and cap >> 14 & 1)
+    mt, cap = EPTP_MEMTYPE(eptp), _ept_cap(ctx)
+    ok = (mt == 0 and EPT_CAP_UC(cap)) or (mt == 6 and EPT_CAP_WB(cap))
     if not ok:
         return Violation(f"{shown('EPT_POINTER', eptp)}: memory type {mt} is not supported "
-                         f"({msr_name(IA32_VMX_EPT_VPID_CAP)} = {hexs(cap)}: UC {'allowed' if cap >> 8 & 1 else 'not allowed'}"
-                         f" (bit 8), WB {'allowed' if cap >> 14 & 1 else 'not allowed'} (bit 14))")
+                         f"({msr_name(IA32_VMX_EPT_VPID_CAP)} = {hexs(cap)}: UC {'allowed' if EPT_CAP_UC(cap) else 'not allowed'}"
+                         f" (bit {EPT_CAP_UC.lo}), WB {'allowed' if EPT_CAP_WB(cap) else 'not allowed'} (bit {EPT_CAP_WB.lo}))")
     return None
 
 
@@ -360,8 +393,8 @@ def eptp_walk(ctx: Context) -> object:
     eptp = _eptp(ctx)
     if eptp is None:
         return SKIP
-    wl, cap = eptp >> 3 & 7, _ept_cap(ctx)
-    if wl == 3 or (wl == 4 and cap >> 7 & 1):
+    wl, cap = EPTP_WALK(eptp), _ept_cap(ctx)
+    if wl == 3 or (wl == 4 and EPT_CAP_WALK5(cap)):
         return None
     why = " (5-level EPT needs IA32_VMX_EPT_VPID_CAP[7] = 1)" if wl == 4 else ""
     return Violation(f"{shown('EPT_POINTER', eptp)}: bits 5:3 = {wl}, a page-walk length of {wl + 1}{why}; "
@@ -377,12 +410,12 @@ def eptp_walk(ctx: Context) -> object:
                G({"vmcs/0x201a": "0x1a2b505e"})])
 def eptp_ad(ctx: Context) -> object:
     eptp = _eptp(ctx)
-    if eptp is None or not eptp >> 6 & 1:
+    if eptp is None or not EPTP_AD(eptp):
         return None if eptp is not None else SKIP
     cap = _ept_cap(ctx)
-    if not cap >> 21 & 1:
+    if not EPT_CAP_AD(cap):
         return Violation(f"{shown('EPT_POINTER', eptp)} sets bit 6 (accessed/dirty flags) but "
-                         f"{msr_name(IA32_VMX_EPT_VPID_CAP)} = {hexs(cap)} has bit 21 clear")
+                         f"{msr_name(IA32_VMX_EPT_VPID_CAP)} = {hexs(cap)} has bit {EPT_CAP_AD.lo} clear")
     return None
 
 
@@ -399,11 +432,11 @@ def eptp_sss(ctx: Context) -> object:
     eptp = _eptp(ctx)
     if eptp is None:
         return SKIP
-    if eptp >> 7 & 1:
+    if EPTP_SSS(eptp):
         cap = _ept_cap(ctx)
-        if not cap >> 23 & 1:
+        if not EPT_CAP_SSS(cap):
             return Violation(f"{shown('EPT_POINTER', eptp)} sets bit 7 but {msr_name(IA32_VMX_EPT_VPID_CAP)} = "
-                             f"{hexs(cap)} has bit 23 clear")
+                             f"{hexs(cap)} has bit {EPT_CAP_SSS.lo} clear")
     return None
 
 
@@ -419,8 +452,8 @@ def eptp_reserved(ctx: Context) -> object:
     if eptp is None:
         return SKIP
     out = []
-    if eptp >> 8 & 0xF:
-        out.append(Violation(f"{shown('EPT_POINTER', eptp)}: bits 11:8 = {hexs(eptp >> 8 & 0xF)} are reserved"))
+    if eptp & EPTP_RESERVED.mask:
+        out.append(Violation(f"{shown('EPT_POINTER', eptp)}: bits 11:8 = {hexs(EPTP_RESERVED(eptp))} are reserved"))
     n = ctx.maxphyaddr()
     if eptp >> n:
         out.append(Violation(f"{shown('EPT_POINTER', eptp)} sets bit(s) "
@@ -451,7 +484,7 @@ def hlatp_reserved(ctx: Context) -> object:
         return SKIP
     p = read(ctx, "HLATP")
     out = []
-    low = p & 0xFE7
+    low = p & HLATP_RESERVED
     if low:
         out.append(Violation(f"{shown('HLATP', p)}: reserved bits {', '.join(str(b) for b in bits_of(low))} are set",
                              certain=False))
@@ -473,7 +506,7 @@ def hlat_prefix(ctx: Context) -> object:
         return SKIP
     size = read(ctx, "HLAT_PREFIX_SIZE")
     cap = _ept_cap(ctx)
-    limit = cap >> 48 & 0x3F
+    limit = EPT_CAP_HLAT_PREFIX(cap)
     if size > limit:
         return Violation(f"{shown('HLAT_PREFIX_SIZE', size)} exceeds {msr_name(IA32_VMX_EPT_VPID_CAP)}[53:48] = {limit}",
                          certain=False)
@@ -538,7 +571,7 @@ for _id, _slug, _count, _addr, _sdm, _cat in _AREAS:
      fix="Keep MSR lists short (a few entries); switch rarely used MSRs in software.",
      examples=[B(field_patch("VM_ENTRY_MSR_LOAD_COUNT", 513)), G(field_patch("VM_ENTRY_MSR_LOAD_COUNT", 512))])
 def msr_list_size(ctx: Context) -> object:
-    limit = 512 * ((ctx.msr(IA32_VMX_MISC) >> 25 & 7) + 1)
+    limit = 512 * (MISC_MAX_MSR_LIST(ctx.msr(IA32_VMX_MISC)) + 1)
     out = []
     for f in ("VM_EXIT_MSR_STORE_COUNT", "VM_EXIT_MSR_LOAD_COUNT", "VM_ENTRY_MSR_LOAD_COUNT"):
         n = read(ctx, f)
@@ -560,12 +593,12 @@ CP_VECTOR = 21
 def _injection(ctx: Context) -> Optional[int]:
     """The VM-entry interruption-information field when its valid bit (31) is 1, else None."""
     info = read(ctx, "VM_ENTRY_INTR_INFO_FIELD")
-    return info if info >> 31 & 1 else None
+    return info if INFO_VALID(info) else None
 
 
 def _desc(info: int) -> str:
-    t = info >> 8 & 7
-    return f"{shown('VM_ENTRY_INTR_INFO_FIELD', info)} (type {t} {TYPE_NAMES[t]}, vector {info & 0xFF})"
+    t = INFO_TYPE(info)
+    return f"{shown('VM_ENTRY_INTR_INFO_FIELD', info)} (type {t} {TYPE_NAMES[t]}, vector {INFO_VECTOR(info)})"
 
 
 URG = controls_patch(("secondary.unrestricted_guest", 1))
@@ -601,7 +634,7 @@ def _inject_rule(id_: str, slug: str, title: str, catalog: Sequence[str], checks
               "Use type 0 (external interrupt), 2 (NMI), 3 (hardware exception), 4-6 (software) or 7.",
               [B(inj(0x80000120)), G(inj(0x80000020))])
 def inject_type_reserved(ctx: Context, info: int) -> object:
-    if info >> 8 & 7 == 1:
+    if INFO_TYPE(info) == 1:
         return Violation(f"{_desc(info)}: interruption type 1 is reserved")
     return None
 
@@ -614,14 +647,14 @@ def inject_type_reserved(ctx: Context, info: int) -> object:
               [B({**inj(0x80000700), "msr/0x482": "0xf7f9fffe0401e172", "msr/0x48e": "0xf7f9fffe04006172"}),
                G(inj(0x80000700))])
 def inject_type_other(ctx: Context, info: int) -> object:
-    if info >> 8 & 7 != 7:
+    if INFO_TYPE(info) != 7:
         return None
     idx = _governing_msr(ctx, "primary")
     cap = ctx.msr(idx)
     mtf = bit("primary", "monitor_trap_flag")
-    if not cap >> (32 + mtf) & 1:
+    if not CTLS_ALLOWED1(cap) >> mtf & 1:
         return Violation(f"{_desc(info)}, but {msr_name(idx)} = {hexs(cap)} does not allow "
-                         f"{control_label('primary', 'monitor_trap_flag')} (bit {32 + mtf} is 0)")
+                         f"{control_label('primary', 'monitor_trap_flag')} (bit {CTLS_ALLOWED1.lo + mtf} is 0)")
     return None
 
 
@@ -629,7 +662,7 @@ def inject_type_other(ctx: Context, info: int) -> object:
               ("CTRL.ENTRY.INTINFO_NMI_VECTOR",), "if the type is 2 (NMI), the vector (bits 7:0) is 2.",
               "Inject an NMI as 0x80000202.", [B(inj(0x80000203)), G(inj(0x80000202))])
 def inject_nmi_vector(ctx: Context, info: int) -> object:
-    if info >> 8 & 7 == 2 and info & 0xFF != 2:
+    if INFO_TYPE(info) == 2 and INFO_VECTOR(info) != 2:
         return Violation(f"{_desc(info)}: an NMI must use vector 2")
     return None
 
@@ -639,7 +672,7 @@ def inject_nmi_vector(ctx: Context, info: int) -> object:
               "Inject vectors above 31 as external interrupts (type 0) or software interrupts (type 4).",
               [B(inj(0x80000320)), G(inj(0x80000306))])
 def inject_exception_vector(ctx: Context, info: int) -> object:
-    if info >> 8 & 7 == 3 and info & 0xFF > 31:
+    if INFO_TYPE(info) == 3 and INFO_VECTOR(info) > 31:
         return Violation(f"{_desc(info)}: hardware exceptions have vectors 0-31")
     return None
 
@@ -651,10 +684,10 @@ def inject_exception_vector(ctx: Context, info: int) -> object:
               "Inject a pending MTF VM exit as 0x80000700.",
               [B(inj(0x80000701)), G(inj(0x80000700)), G(inj(0x80000701, GUEST_CR4=0x1003726F8))])
 def inject_other_vector(ctx: Context, info: int) -> object:
-    if info >> 8 & 7 != 7 or info & 0xFF == 0:
+    if INFO_TYPE(info) != 7 or INFO_VECTOR(info) == 0:
         return None
-    vector = info & 0xFF
-    if vector in (1, 2) and read(ctx, "GUEST_CR4") >> 32 & 1:
+    vector = INFO_VECTOR(info)
+    if vector in (1, 2) and read(ctx, "GUEST_CR4") & CR4_FRED:
         return None
     return Violation(f"{_desc(info)}: type 7 needs vector 0 (or 1/2 with guest CR4.FRED = 1)")
 
@@ -664,7 +697,7 @@ def _protected_guest(ctx: Context) -> bool:
     (PE = 0 without unrestricted guest fails the guest-state checks instead.)"""
     if not on(ctx, "secondary", "unrestricted_guest"):
         return True
-    return bool(read(ctx, "GUEST_CR0") & 1)
+    return bool(read(ctx, "GUEST_CR0") & CR0_PE)
 
 
 @_inject_rule("CTL095", "ctl-inject-error-code-not-allowed",
@@ -676,9 +709,9 @@ def _protected_guest(ctx: Context) -> bool:
               [B(inj(0x80000820)), B({**inj(0x80000B0D, GUEST_CR0=0x30), **URG}), G(inj(0x80000B0D)),
                G(inj(0x80000B0D, GUEST_CR0=0x30))])
 def inject_error_code_not_allowed(ctx: Context, info: int) -> object:
-    if not info >> 11 & 1:
+    if not INFO_ERRCODE(info):
         return None
-    if info >> 8 & 7 != 3:
+    if INFO_TYPE(info) != 3:
         return Violation(f"{_desc(info)} sets deliver-error-code (bit 11): only hardware exceptions push error codes")
     if not _protected_guest(ctx):
         cr0 = read(ctx, "GUEST_CR0")
@@ -704,14 +737,14 @@ def _error_code_vectors(ctx: Context, vector: int) -> bool:
               "for the others.",
               [B(inj(0x8000030D)), B(inj(0x80000B06)), G(inj(0x80000B0D)), G(inj(0x80000306))])
 def inject_error_code_vector(ctx: Context, info: int) -> object:
-    if info >> 8 & 7 != 3 or not _protected_guest(ctx):
+    if INFO_TYPE(info) != 3 or not _protected_guest(ctx):
         return None
     basic = ctx.msr(IA32_VMX_BASIC)
-    if basic >> 56 & 1:
+    if BASIC_NO_ERROR_CODE_CHECK(basic):
         return None
-    vector = info & 0xFF
+    vector = INFO_VECTOR(info)
     wanted = _error_code_vectors(ctx, vector)
-    has = bool(info >> 11 & 1)
+    has = bool(INFO_ERRCODE(info))
     if wanted != has:
         what = "pushes an error code, so bit 11 must be 1" if wanted else "has no error code, so bit 11 must be 0"
         return Violation(f"{_desc(info)}: exception {vector} {what} (IA32_VMX_BASIC = {hexs(basic)}, bit 56 = 0)")
@@ -725,8 +758,8 @@ def inject_error_code_vector(ctx: Context, info: int) -> object:
               "Build the field as valid | (deliver-error-code << 11) | (type << 8) | vector.",
               [B(inj(0x80010306)), G(inj(0x80000306))])
 def inject_reserved(ctx: Context, info: int) -> object:
-    rsvd = info & 0x7FFFF000
-    if rsvd == 1 << 13 and info >> 8 & 7 == 3 and ctx.msr(IA32_VMX_BASIC) >> 58 & 1:
+    rsvd = info & INFO_RESERVED
+    if rsvd == INFO_NESTED and INFO_TYPE(info) == 3 and BASIC_NESTED_EXCEPTION(ctx.msr(IA32_VMX_BASIC)):
         return None
     if rsvd:
         return Violation(f"{_desc(info)}: reserved bit(s) {', '.join(str(b) for b in bits_of(rsvd))} are set")
@@ -740,7 +773,7 @@ def inject_reserved(ctx: Context, info: int) -> object:
               [B(inj(0x80000B0D, VM_ENTRY_EXCEPTION_ERROR_CODE=0x10000)),
                G(inj(0x80000B0D, VM_ENTRY_EXCEPTION_ERROR_CODE=0xFFFF))])
 def inject_error_code_reserved(ctx: Context, info: int) -> object:
-    if not info >> 11 & 1:
+    if not INFO_ERRCODE(info):
         return None
     ec = read(ctx, "VM_ENTRY_EXCEPTION_ERROR_CODE")
     if ec >> 16:
@@ -758,7 +791,7 @@ SOFTWARE_TYPES = (4, 5, 6)
               "Write the length of the INT n / INT3 / INTO / INT1 instruction (1-15) to VM_ENTRY_INSTRUCTION_LEN.",
               [B(inj(0x80000403, VM_ENTRY_INSTRUCTION_LEN=16)), G(inj(0x80000403, VM_ENTRY_INSTRUCTION_LEN=2))])
 def inject_length(ctx: Context, info: int) -> object:
-    if info >> 8 & 7 not in SOFTWARE_TYPES:
+    if INFO_TYPE(info) not in SOFTWARE_TYPES:
         return None
     n = read(ctx, "VM_ENTRY_INSTRUCTION_LEN")
     if n > 15:
@@ -774,11 +807,11 @@ def inject_length(ctx: Context, info: int) -> object:
               [B({**inj(0x80000403, VM_ENTRY_INSTRUCTION_LEN=0), "msr/0x485": "0x3004c1e7"}),
                G(inj(0x80000403, VM_ENTRY_INSTRUCTION_LEN=0))])
 def inject_length_zero(ctx: Context, info: int) -> object:
-    if info >> 8 & 7 not in SOFTWARE_TYPES:
+    if INFO_TYPE(info) not in SOFTWARE_TYPES:
         return None
     if read(ctx, "VM_ENTRY_INSTRUCTION_LEN") == 0:
         misc = ctx.msr(IA32_VMX_MISC)
-        if not misc >> 30 & 1:
+        if not MISC_ZERO_LENGTH(misc):
             return Violation(f"VM_ENTRY_INSTRUCTION_LEN (0x401a) = 0x0 for {_desc(info)}, and "
                              f"{msr_name(IA32_VMX_MISC)} = {hexs(misc)} has bit 30 clear")
     return None
@@ -791,7 +824,7 @@ def inject_length_zero(ctx: Context, info: int) -> object:
               "Write the SYSCALL/SYSENTER length (2) to VM_ENTRY_INSTRUCTION_LEN.",
               [B(inj(0x80000701, VM_ENTRY_INSTRUCTION_LEN=16)), G(inj(0x80000701, VM_ENTRY_INSTRUCTION_LEN=2))])
 def inject_fred_length(ctx: Context, info: int) -> object:
-    if info >> 8 & 7 != 7 or info & 0xFF not in (1, 2):
+    if INFO_TYPE(info) != 7 or INFO_VECTOR(info) not in (1, 2):
         return None
     n = read(ctx, "VM_ENTRY_INSTRUCTION_LEN")
     if n > 15:

@@ -40,7 +40,11 @@ from typing import Callable, Iterable, Tuple  # noqa: E402
 
 from ..state.snapshot import NO_VMCS  # noqa: E402
 from ..common.numbers import hexs  # noqa: E402
+from .bits import reg_bit, reg_field  # noqa: E402
 from .engine import Missing, Tier, bad, good, rule  # noqa: E402
+
+BASIC_REGION_SIZE = reg_field("IA32_VMX_BASIC", "region_size")
+FEATURE_CONTROL_VMX = sum(reg_bit("IA32_FEATURE_CONTROL", n) for n in ("lock", "vmx_inside_smx", "vmx_outside_smx"))
 
 ED = "(SDM 325462-080US, 2023)"
 CAPABILITY_MSRS = tuple(range(0x480, 0x494))
@@ -67,7 +71,7 @@ def _known(ctx: CrossContext, read: Callable[["Context"], object]) -> Dict[int, 
 def _region_size(c: "Context") -> int:
     """Region size from IA32_VMX_BASIC[44:32]; a page when BASIC is unknown (the usual size)."""
     try:
-        return (c.msr(0x480) >> 32 & 0x1FFF) or 4096
+        return BASIC_REGION_SIZE(c.msr(0x480)) or 4096
     except Missing:
         return 4096
 
@@ -174,7 +178,7 @@ def _differs(ctx: CrossContext, read: Callable[["Context"], object], what: str,
           "boot processor's value (enable + lock) on each of them before VMXON.",
       examples=[bad({"/processors/1/msr/0x3a": "0x0"}, "vmxon-2cpu"), good({}, "vmxon-2cpu")])
 def feature_control_differs(ctx: CrossContext) -> List[CrossViolation]:
-    return _differs(ctx, lambda c: c.msr(0x3A) & 0x7, "IA32_FEATURE_CONTROL[2:0] (lock, VMX in/outside SMX)")
+    return _differs(ctx, lambda c: c.msr(0x3A) & FEATURE_CONTROL_VMX, "IA32_FEATURE_CONTROL[2:0] (lock, VMX in/outside SMX)")
 
 
 @rule(id="XCPU005", slug="vmx-capabilities-differ", title="VMX capability MSRs must agree on every processor",

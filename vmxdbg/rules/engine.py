@@ -20,6 +20,12 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 from ..state.evidence import Evidence, Inference, evidence_of, flag_at
 from ..state.snapshot import BOOL_STATES, NO_VMCS, VMX_MODES, Processor, Segment, Snapshot, Table
 from ..common.numbers import hexs
+from .bits import BASIC_PHYS32, reg_bit, reg_field
+
+CPUID_PHYS_BITS = reg_field("CPUID_80000008_EAX", "physical_address_bits")
+CPUID_LINEAR_BITS = reg_field("CPUID_80000008_EAX", "linear_address_bits")
+EFER_LMA = reg_bit("IA32_EFER", "lma")
+SEL_RPL = reg_field("SEGMENT_SELECTOR", "rpl")
 
 INSTRUCTIONS = ("vmxon", "vmclear", "vmptrld", "vmlaunch", "vmresume")
 ENTRY = ("vmlaunch", "vmresume")
@@ -403,7 +409,7 @@ class Context:
         IA32_VMX_BASIC[48] = 1, else MAXPHYADDR. Without CPUID 80000008H the bounds
         still decide most addresses: MAXPHYADDR is at most 52 (Vol.3A 4.1.4) and at
         least 32, or the width of an address the state shows in use (evidence)."""
-        if self.msr(0x480) >> 48 & 1:
+        if BASIC_PHYS32(self.msr(0x480)):
             return address >> 32 == 0
         if (0x80000008, 0) in self.p.cpuid or "maxphyaddr" in self.overrides:
             return address >> self.maxphyaddr() == 0
@@ -428,7 +434,7 @@ class Context:
             self._use("cpuid:0x80000008")
             return int(self.overrides["maxphyaddr"])
         if (0x80000008, 0) in self.p.cpuid:
-            return self.cpuid(0x80000008)[0] & 0xFF
+            return CPUID_PHYS_BITS(self.cpuid(0x80000008)[0])
         self._use("cpuid:0x80000008")
         floor = self.evidence.maxphyaddr_floor()
         if self.evidence.maxphyaddr_min is not None:
@@ -444,7 +450,7 @@ class Context:
             self._use("cpuid:0x80000008")
             return int(self.overrides["linear_width"])
         if (0x80000008, 0) in self.p.cpuid:
-            n = self.cpuid(0x80000008)[0] >> 8 & 0xFF
+            n = CPUID_LINEAR_BITS(self.cpuid(0x80000008)[0])
             if not 32 <= n <= 64:
                 raise Missing("cpuid:0x80000008", f"a linear-address width of {n} bits (EAX[15:8])")
             return n
@@ -462,13 +468,13 @@ class Context:
         return n
 
     def long_mode_active(self) -> bool:
-        return bool(self.reg("efer") & (1 << 10))
+        return bool(self.reg("efer") & EFER_LMA)
 
     def cpl(self) -> int:
         """CPL: state.cpl when known, else CS.selector RPL (equal to CPL in protected mode)."""
         if "cpl" in self.p.state or "state:cpl" in self.overrides:
             return int(self.state("cpl"))
-        return self.seg("cs", "selector") & 3
+        return SEL_RPL(self.seg("cs", "selector"))
 
 
 def _encoding(field_: Union[int, str]) -> int:

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 from typing import Union
 
+from .bits import reg_bit
 from .engine import Context
 from .vmcsctl import label, on, shown
+
+RFLAGS_VM = reg_bit("RFLAGS", "vm")
 
 
 def show(ctx: Context, field_: Union[int, str]) -> str:
@@ -38,7 +41,7 @@ def unrestricted(ctx: Context) -> bool:
 
 def v86_guest(ctx: Context) -> bool:
     """"The guest will be virtual-8086": RFLAGS.VM (bit 17) in the guest RFLAGS field."""
-    return bool(ctx.vmcs("GUEST_RFLAGS") >> 17 & 1)
+    return bool(ctx.vmcs("GUEST_RFLAGS") & RFLAGS_VM)
 
 
 def intel64(ctx: Context) -> bool:

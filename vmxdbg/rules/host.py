@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from .entrystate import intel64
 from ..common.numbers import bits_of, hexs
-from .bits import describe_bits
+from .bits import describe_bits, reg_bit, reg_field, reg_reserved
 from . import msrvalues
 from .engine import SKIP, Context, Example, Missing, Tier, Violation, bad, good, rule
 from .entry_tables import BASELINE, baseline_vmcs, controls_patch, field_patch, table, table_row
@@ -31,8 +31,18 @@ SEGS = f"Vol.3C 27.2.3 Checks on Host Segment and Descriptor-Table Registers {ED
 SIZE = f"Vol.3C 27.2.4 Checks Related to Address-Space Size {ED}"
 FRED = "FRED architecture specification 346446 (VMX interactions), with Vol.3C 27.2.2 (SDM 325462-086US, Dec 2024)"
 BROKEN = "VMLAUNCH/VMRESUME fail with VMfailValid(8): VM entry with invalid host-state field(s)."
-CR0_WP, CR4_PAE, CR4_PCIDE, CR4_CET = 1 << 16, 1 << 5, 1 << 17, 1 << 23
-EFER_LME, EFER_LMA = 1 << 8, 1 << 10
+# register bits and fields by their structs/registers.yaml names
+CR0_WP = reg_bit("CR0", "wp")
+CR4_PAE, CR4_PCIDE, CR4_CET = (reg_bit("CR4", n) for n in ("pae", "pcide", "cet"))
+EFER_LME, EFER_LMA = reg_bit("IA32_EFER", "lme"), reg_bit("IA32_EFER", "lma")
+PMU_VERSION, PMU_GP_COUNTERS = reg_field("CPUID_0A_EAX", "version"), reg_field("CPUID_0A_EAX", "gp_counters")
+PMU_FIXED_COUNTERS = reg_field("CPUID_0A_EDX", "fixed_counters")
+SEL_RPL, SEL_TI = reg_field("SEGMENT_SELECTOR", "rpl"), reg_bit("SEGMENT_SELECTOR", "ti")
+PERF_METRICS = reg_bit("IA32_PERF_GLOBAL_CTRL", "perf_metrics_enable")
+FIXED_CTR0 = reg_field("IA32_PERF_GLOBAL_CTRL", "fixed_ctr_enables").lo
+S_CET_RESERVED = reg_reserved("IA32_S_CET")  # bits 9:6
+S_CET_RESERVED_BITS = reg_field("IA32_S_CET", "reserved_9_6")
+S_CET_SUPPRESS, S_CET_TRACKER = reg_bit("IA32_S_CET", "suppress"), reg_bit("IA32_S_CET", "tracker")
 
 
 def B(patch: Dict[str, Any]) -> Example:
@@ -172,14 +182,14 @@ def _register_canonical(row: Dict[str, Any]) -> None:
 
 def selector_rpl_ti(ctx: Context, field: str) -> object:
     sel = read(ctx, field)
-    if sel & 7:
+    if sel & (SEL_RPL.mask | SEL_TI):
         parts = []
-        if sel & 3:
-            parts.append(f"RPL = {sel & 3}")
-        if sel & 4:
+        if SEL_RPL(sel):
+            parts.append(f"RPL = {SEL_RPL(sel)}")
+        if sel & SEL_TI:
             parts.append("TI = 1 (LDT)")
         return Violation(f"{shown(field, sel)}: {' and '.join(parts)}; the host selector must have RPL 0 and TI 0",
-                         f"Write {hexs(sel & ~7)} ({label(field)} & ~7); a VM exit loads selectors without a "
+                         f"Write {hexs(sel & ~(SEL_RPL.mask | SEL_TI))} ({label(field)} & ~7); a VM exit loads selectors without a "
                          "descriptor-table check, so the host's kernel selectors with RPL 0 are wanted.")
     return None
 
@@ -246,9 +256,9 @@ def _perf_valid_mask(ctx: Context) -> int:
     """Bits of IA32_PERF_GLOBAL_CTRL that exist: one enable per GP counter (CPUID.0AH:EAX[15:8]) and per
     fixed counter (EDX[4:0], at bit 32 + i)."""
     eax, _, _, edx = ctx.cpuid(0xA)
-    gp = eax >> 8 & 0xFF
-    fixed = edx & 0x1F if (eax & 0xFF) > 1 else 0
-    return ((1 << gp) - 1) | (((1 << fixed) - 1) << 32)
+    gp = PMU_GP_COUNTERS(eax)
+    fixed = PMU_FIXED_COUNTERS(edx) if PMU_VERSION(eax) > 1 else 0
+    return ((1 << gp) - 1) | (((1 << fixed) - 1) << FIXED_CTR0)
 
 
 @host(id="HOST016", slug="host-perf-global-ctrl-reserved",
@@ -279,11 +289,11 @@ def perf_global_ctrl(ctx: Context) -> object:
                          f"{', '.join(str(b) for b in bits_of(never))}, reserved on every processor")
     extra = v & ~valid
     out = []
-    sure = extra & ~(1 << 48)
+    sure = extra & ~PERF_METRICS
     if sure:
         out.append(Violation(f"{shown('HOST_IA32_PERF_GLOBAL_CTRL', v)} sets reserved bit(s) "
                              f"{', '.join(str(b) for b in bits_of(sure))} (valid bits per CPUID.0AH: {hexs(valid)})"))
-    if extra & (1 << 48):
+    if extra & PERF_METRICS:
         out.append(Violation(f"{shown('HOST_IA32_PERF_GLOBAL_CTRL', v)} sets bit 48 (perf metrics), reserved unless "
                              "IA32_PERF_CAPABILITIES[15] = 1", certain=False))
     return out or None
@@ -379,9 +389,9 @@ def s_cet_reserved(ctx: Context) -> object:
         return SKIP
     v = read(ctx, "HOST_S_CET")
     out = []
-    if v & 0x3C0:
-        out.append(Violation(f"{shown('HOST_S_CET', v)}: reserved bits 9:6 = {hexs(v >> 6 & 0xF)}"))
-    if v >> 10 & 3 == 3:
+    if v & S_CET_RESERVED:
+        out.append(Violation(f"{shown('HOST_S_CET', v)}: reserved bits 9:6 = {hexs(S_CET_RESERVED_BITS(v))}"))
+    if v & S_CET_SUPPRESS and v & S_CET_TRACKER:
         out.append(Violation(f"{shown('HOST_S_CET', v)}: SUPPRESS (bit 10) and TRACKER (bit 11) are both 1"))
     return out or None
 
@@ -426,7 +436,7 @@ def _fred_patch(**fields: int) -> Dict[str, str]:
     return p
 
 
-FRED_CONFIG_RESERVED = (1 << 2) | (3 << 4) | (1 << 11)
+FRED_CONFIG_RESERVED = reg_reserved("IA32_FRED_CONFIG")  # bits 2, 5:4 and 11
 
 
 @host(id="HOST023", slug="host-fred-config-reserved", title="HOST_IA32_FRED_CONFIG must not set reserved bits",

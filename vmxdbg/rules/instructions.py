@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 from ..common.numbers import hexs
+from ..decode import defs, header
+from .bits import reg_field
 from .engine import ENTRY, SKIP, Context, Tier, Violation, bad, good, rule
 from .vmxon import RFLAGS_VM, in_compatibility_mode
 
@@ -18,7 +20,9 @@ ED = "(SDM 325462-080US, 2023)"
 ERRORS = f"Vol.3C 31.4 VM Instruction Error Numbers {ED}"
 BASIC_ENTRY = f"Vol.3C 27.1 Basic VM-Entry Checks {ED}"
 EXIT_REASON = {"vmclear": 19, "vmlaunch": 20, "vmptrld": 21, "vmresume": 24}
-VMCS_SHADOWING_ALLOWED1 = 1 << (32 + 14)  # IA32_VMX_PROCBASED_CTLS2 bit 46
+# IA32_VMX_PROCBASED_CTLS2 bit 46: the allowed-1 bit of secondary control "VMCS shadowing" (bit 14)
+VMCS_SHADOWING_ALLOWED1 = 1 << (reg_field("IA32_VMX_PROCBASED_CTLS2", "allowed1").lo
+                                + defs.control("secondary").bit("vmcs_shadowing"))
 
 
 def _sdm(insns: Tuple[str, ...]) -> str:
@@ -175,10 +179,10 @@ def vmptrld_revision(ctx: Context) -> object:
     first = _vmptrld_region_dword(ctx)
     if first is None:
         return SKIP
-    want = ctx.msr(0x480) & 0x7FFFFFFF
-    if first & 0x7FFFFFFF != want:
+    want = header.basic_revision(ctx.msr(0x480))
+    if header.revision_id(first) != want:
         return Violation(f"the region at {hexs(ctx.operand('vmptrld'))} starts with revision id "
-                         f"{hexs(first & 0x7FFFFFFF)}, IA32_VMX_BASIC[30:0] = {hexs(want)}")
+                         f"{hexs(header.revision_id(first))}, IA32_VMX_BASIC[30:0] = {hexs(want)}")
     return None
 
 
@@ -194,7 +198,7 @@ def vmptrld_revision(ctx: Context) -> object:
                 good({"/memory/0x1a2b4000": "0400008000000000"}, "vmxroot")])
 def vmptrld_shadow(ctx: Context) -> object:
     first = _vmptrld_region_dword(ctx)
-    if first is None or not first >> 31:
+    if first is None or not header.shadow_bit(first):
         return SKIP
     if 0x48B not in ctx.p.msr:
         raise ctx.missing("msr:0x48b", "IA32_VMX_PROCBASED_CTLS2")
@@ -231,7 +235,7 @@ def not_shadow(ctx: Context) -> object:
         return SKIP
     ptr = ctx.vmcs_pointer()
     first = int.from_bytes(ctx.mem(ptr, 4), "little")
-    if first >> 31:
+    if header.shadow_bit(first):
         return Violation(f"the current VMCS at {hexs(ptr)} starts with {hexs(first)}: it is a shadow VMCS")
     return None
 

@@ -27,6 +27,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from ..common.numbers import hexs
 from . import msrvalues
+from .bits import reg_bit, reg_field
 from .engine import ENTRY, SKIP, CheckResult, Context, Example, Missing, Tier, Violation, bad, good, rule
 from .entrystate import ia32e_guest
 from .vmcsctl import in_smm
@@ -37,6 +38,8 @@ OUTCOME = "entry-fail:34:<n>"
 
 IA32_FS_BASE, IA32_GS_BASE = 0xC0000100, 0xC0000101
 IA32_EFER = 0xC0000080
+CR0_PG = reg_bit("CR0", "pg")
+EFER_LME = reg_field("IA32_EFER", "lme")
 #: MSRs that can be written only in SMM (27.4 names IA32_SMM_MONITOR_CTL)
 SMM_ONLY = {0x9B: "IA32_SMM_MONITOR_CTL"}
 #: MSRs a processor "may prevent writing ... when loading guest states on VM entries" (Vol.4 Table 2-2)
@@ -115,11 +118,11 @@ def c_reserved(ctx: Context, e: Entry) -> Optional[Outcome]:
 
 def _efer_problem(ctx: Context, e: Entry) -> Optional[str]:
     """WRMSR to IA32_EFER #GPs if it changes LME while paging is on (guest CR0.PG is loaded by then)."""
-    if e.index != IA32_EFER or not ctx.vmcs("GUEST_CR0") >> 31 & 1:
+    if e.index != IA32_EFER or not ctx.vmcs("GUEST_CR0") & CR0_PG:
         return None
     lme_now = ia32e_guest(ctx)  # after guest-state loading, EFER.LME = LMA = "IA-32e mode guest"
-    if bool(e.value >> 8 & 1) != lme_now:
-        return (f"it changes IA32_EFER.LME to {e.value >> 8 & 1} while the guest has CR0.PG = 1 and LME = "
+    if bool(EFER_LME(e.value)) != lme_now:
+        return (f"it changes IA32_EFER.LME to {EFER_LME(e.value)} while the guest has CR0.PG = 1 and LME = "
                 f"{int(lme_now)}: WRMSR raises #GP")
     return None
 

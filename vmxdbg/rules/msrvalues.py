@@ -18,8 +18,13 @@ from typing import Dict, List, Optional, Tuple
 from ..decode.loader import _File, default_directory
 from ..common.errors import DefinitionError
 from ..common.numbers import hexs
+from .bits import reg_field
 from .engine import Context, Missing
 from .vmcsctl import is_canonical as canonical, linear_width
+
+# CPUID.0AH: general-purpose counters (EAX[15:8]) and contiguous fixed counters (EDX[4:0])
+PMU_GP_COUNTERS = reg_field("CPUID_0A_EAX", "gp_counters")
+PMU_FIXED_COUNTERS = reg_field("CPUID_0A_EDX", "fixed_counters")
 
 FILE = "msr_values.yaml"
 _CPUID = re.compile(r"^cpuid:(0x[0-9a-fA-F]+)(?:\.(\d+))?\.(eax|ebx|ecx|edx)\[(\d+)(?::(\d+))?\](?:>=(\d+))?$")
@@ -194,10 +199,10 @@ def _counter_problems(ctx: Context, feature: Feature, bits: int) -> int:
         if not bits >> b & 1:
             continue
         if feature.kind == "gp_counters":
-            ok = b < (eax >> 8 & 0xFF)
+            ok = b < PMU_GP_COUNTERS(eax)
         else:
             i = b - 32
-            ok = i < (edx & 0x1F) or bool(ecx >> i & 1)
+            ok = i < PMU_FIXED_COUNTERS(edx) or bool(ecx >> i & 1)
         if not ok:
             bad |= 1 << b
     return bad

@@ -11,19 +11,23 @@ from __future__ import annotations
 from typing import Optional
 
 from ..common.numbers import hexs
-from .bits import fixed0_message, fixed1_message, pointer_bits_beyond
+from ..decode import header
+from .bits import BASIC_PHYS32, fixed0_message, fixed1_message, pointer_bits_beyond, reg_bit
 from .engine import SKIP, Context, Missing, Tier, Violation, bad, good, rule
 
 ED = "(SDM 325462-080US, 2023)"
 INSN = f"Vol.3C 31.3 VMXON {ED}"
 ENABLE = f"Vol.3C 24.7 Enabling and Entering VMX Operation {ED}"
 RESTRICT = f"Vol.3C 24.8 Restrictions on VMX Operation {ED}"
-CR4_VMXE = 1 << 13
-CR4_SMXE = 1 << 14
-CR0_PE = 1
-RFLAGS_VM = 1 << 17
-EFER_LMA = 1 << 10
-AR_L = 1 << 13  # CS.L in the access-rights format
+# register bits by their structs/registers.yaml names, as in-place masks
+CR4_VMXE, CR4_SMXE = reg_bit("CR4", "vmxe"), reg_bit("CR4", "smxe")
+CR0_PE = reg_bit("CR0", "pe")
+RFLAGS_VM = reg_bit("RFLAGS", "vm")
+EFER_LMA = reg_bit("IA32_EFER", "lma")
+AR_L = reg_bit("ACCESS_RIGHTS", "l")  # CS.L in the access-rights format
+FC_LOCK, FC_INSIDE_SMX, FC_OUTSIDE_SMX = (reg_bit("IA32_FEATURE_CONTROL", n)
+                                          for n in ("lock", "vmx_inside_smx", "vmx_outside_smx"))
+VMXON_BIT31 = reg_bit("VMXON_HEADER", "must_be_zero")
 
 
 def in_compatibility_mode(ctx: Context) -> bool:
@@ -242,7 +246,7 @@ def cr4_fixed1(ctx: Context) -> Optional[Violation]:
       examples=[bad({"msr/0x3a": "0x4"}), good({})])
 def featctl_lock(ctx: Context) -> Optional[Violation]:
     fc = ctx.msr(0x3A)
-    if not fc & 1:
+    if not fc & FC_LOCK:
         return Violation(f"IA32_FEATURE_CONTROL = {hexs(fc)}: lock (bit 0) is 0")
     return None
 
@@ -260,7 +264,7 @@ def featctl_outside_smx(ctx: Context) -> object:
     if in_smx_operation(ctx):
         return SKIP
     fc = ctx.msr(0x3A)
-    if not fc >> 2 & 1:
+    if not fc & FC_OUTSIDE_SMX:
         return Violation(f"IA32_FEATURE_CONTROL = {hexs(fc)}: 'enable VMX outside SMX operation' (bit 2) is 0")
     return None
 
@@ -278,7 +282,7 @@ def featctl_inside_smx(ctx: Context) -> object:
     if not in_smx_operation(ctx):
         return SKIP
     fc = ctx.msr(0x3A)
-    if not fc >> 1 & 1:
+    if not fc & FC_INSIDE_SMX:
         return Violation(f"IA32_FEATURE_CONTROL = {hexs(fc)}: 'enable VMX inside SMX operation' (bit 1) is 0 "
                          "and the processor is in SMX operation")
     return None
@@ -313,7 +317,7 @@ def pointer_width(ctx: Context) -> Optional[Violation]:
     ptr = ctx.vmxon_pointer()
     if not ctx.physical_address_fits(ptr):
         basic = ctx.msr(0x480)
-        if basic >> 48 & 1:
+        if BASIC_PHYS32(basic):
             width, why = 32, "IA32_VMX_BASIC[48] = 1 limits VMX addresses to 32 bits"
         else:
             width = ctx.maxphyaddr() if (0x80000008, 0) in ctx.p.cpuid else 52
@@ -335,9 +339,9 @@ def revision_id(ctx: Context) -> object:
     if ptr & 0xFFF:
         return SKIP  # the pointer check already fails; the region is not read
     first = int.from_bytes(ctx.mem(ptr, 4), "little")
-    want = ctx.msr(0x480) & 0x7FFFFFFF
-    if first & 0x7FFFFFFF != want:
-        return Violation(f"the region at {hexs(ptr)} starts with revision id {hexs(first & 0x7FFFFFFF)}, "
+    want = header.basic_revision(ctx.msr(0x480))
+    if header.revision_id(first) != want:
+        return Violation(f"the region at {hexs(ptr)} starts with revision id {hexs(header.revision_id(first))}, "
                          f"IA32_VMX_BASIC[30:0] = {hexs(want)}")
     return None
 
@@ -354,7 +358,7 @@ def region_bit31(ctx: Context) -> object:
     if ptr & 0xFFF:
         return SKIP
     first = int.from_bytes(ctx.mem(ptr, 4), "little")
-    if first >> 31:
+    if first & VMXON_BIT31:
         return Violation(f"the region at {hexs(ptr)} starts with {hexs(first)}: bit 31 is 1")
     return None
 

@@ -4,11 +4,17 @@ from __future__ import annotations
 from typing import Optional
 
 from ...common.numbers import hexs
+from ..bits import reg_field
 from ..engine import CheckResult, Context, SKIP, Violation
 from ..entrystate import show
 from .common import (ACTIVE, ACTIVITY_NAMES, B, BLK_MOVSS, BLK_STI, ED, EXT_INT, G, HLT, HW_EXC, NMI, OTHER,
                      S5, SHUTDOWN, WAIT_SIPI, _entry, _entry_patch, _event_text, _interruption, grule)
 from .segments_fred import _ss_dpl
+
+# IA32_VMX_MISC bits 6-8: activity states HLT, shutdown and wait-for-SIPI supported (Vol.3D A.6)
+MISC_ACTIVITY = {HLT: reg_field("IA32_VMX_MISC", "activity_hlt"),
+                 SHUTDOWN: reg_field("IA32_VMX_MISC", "activity_shutdown"),
+                 WAIT_SIPI: reg_field("IA32_VMX_MISC", "activity_wait_for_sipi")}
 
 
 @grule(id="GUEST501", slug="guest-activity-supported", title="Guest activity state must be one the processor supports",
@@ -25,10 +31,10 @@ def activity_supported(ctx: Context) -> Optional[Violation]:
         return None
     if state > WAIT_SIPI:
         return Violation(f"{show(ctx, 'GUEST_ACTIVITY_STATE')} is not an activity state (0-3)")
-    misc = ctx.msr(0x485)
-    if not misc >> (5 + state) & 1:
+    misc, supported = ctx.msr(0x485), MISC_ACTIVITY[state]
+    if not supported(misc):
         return Violation(f"{show(ctx, 'GUEST_ACTIVITY_STATE')} ({ACTIVITY_NAMES[state]}) but IA32_VMX_MISC "
-                         f"(MSR 0x485) = {hexs(misc)} has bit {5 + state} clear: not supported")
+                         f"(MSR 0x485) = {hexs(misc)} has bit {supported.lo} clear: not supported")
     return None
 
 

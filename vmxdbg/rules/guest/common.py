@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Dict, Optional
 
 from ...decode import defs
+from ..bits import reg_bit, reg_field
 from ..engine import ENTRY, Context, Example, Tier, bad, good, rule
 from ..entrystate import show
 from ..vmcsctl import on as control_on
@@ -36,11 +37,12 @@ V86 = "vmentry-v86"
 REAL = "vmentry-realmode"
 URG = "vmentry-unrestricted"
 
-CR0_PE, CR0_WP, CR0_NW, CR0_CD, CR0_PG = 1, 1 << 16, 1 << 29, 1 << 30, 1 << 31
-CR4_PAE, CR4_PCIDE, CR4_CET, CR4_FRED = 1 << 5, 1 << 17, 1 << 23, 1 << 32
-EFER_LME, EFER_LMA = 1 << 8, 1 << 10
-RFLAGS_TF, RFLAGS_IF, RFLAGS_VM = 1 << 8, 1 << 9, 1 << 17
-AR_L = 1 << 13
+# register bits by their structs/registers.yaml names, as in-place masks
+CR0_PE, CR0_WP, CR0_NW, CR0_CD, CR0_PG = (reg_bit("CR0", n) for n in ("pe", "wp", "nw", "cd", "pg"))
+CR4_PAE, CR4_PCIDE, CR4_CET, CR4_FRED = (reg_bit("CR4", n) for n in ("pae", "pcide", "cet", "fred"))
+EFER_LME, EFER_LMA = reg_bit("IA32_EFER", "lme"), reg_bit("IA32_EFER", "lma")
+RFLAGS_TF, RFLAGS_IF, RFLAGS_VM = (reg_bit("RFLAGS", n) for n in ("tf", "if", "vm"))
+AR_L = reg_bit("ACCESS_RIGHTS", "l")
 NO_LINK = (1 << 64) - 1
 
 # interruption types of the VM-entry interruption-information field (Vol.3C 25.8.3)
@@ -49,7 +51,13 @@ EXT_INT, NMI, HW_EXC, SW_INT, PRIV_SW_EXC, SW_EXC, OTHER = 0, 2, 3, 4, 5, 6, 7
 ACTIVE, HLT, SHUTDOWN, WAIT_SIPI = 0, 1, 2, 3
 ACTIVITY_NAMES = {ACTIVE: "active", HLT: "HLT", SHUTDOWN: "shutdown", WAIT_SIPI: "wait-for-SIPI"}
 # interruptibility-state bits (Vol.3C 25.4.2 Table 25-3)
-BLK_STI, BLK_MOVSS, BLK_SMI, BLK_NMI, ENCLAVE_INT = 1, 2, 4, 8, 16
+BLK_STI, BLK_MOVSS, BLK_SMI, BLK_NMI, ENCLAVE_INT = (
+    reg_bit("INTERRUPTIBILITY_STATE", n)
+    for n in ("blocking_by_sti", "blocking_by_mov_ss", "blocking_by_smi", "blocking_by_nmi", "enclave_interruption"))
+# fields of the VM-entry interruption-information field (Vol.3C 25.8.3)
+INFO_VALID = reg_field("INTERRUPTION_INFO", "valid")
+INFO_TYPE = reg_field("INTERRUPTION_INFO", "type")
+INFO_VECTOR = reg_field("INTERRUPTION_INFO", "vector")
 
 
 def grule(**kw: Any):  # type: ignore[no-untyped-def]
@@ -84,9 +92,9 @@ def _entry_patch(*bits: str) -> str:
 def _interruption(ctx: Context) -> Optional[tuple]:
     """(type, vector) of the event VM entry injects, or None when the valid bit (31) is 0."""
     info = ctx.vmcs("VM_ENTRY_INTR_INFO_FIELD")
-    if not info >> 31 & 1:
+    if not INFO_VALID(info):
         return None
-    return info >> 8 & 7, info & 0xFF
+    return INFO_TYPE(info), INFO_VECTOR(info)
 
 
 def _event_text(ctx: Context) -> str:

@@ -11,6 +11,9 @@ from .common import (B, BLK_MOVSS, BLK_NMI, BLK_SMI, BLK_STI, ENCLAVE_INT, EXT_I
                      QUAL, RFLAGS_IF, S5, _entry, _entry_patch, _event_text, _interruption, grule)
 from .segments_fred import _fred_on, _ss_dpl
 
+# bits 31:5 (and anything above): every bit but the five Table 25-3 defines
+INTR_RESERVED = ~(BLK_STI | BLK_MOVSS | BLK_SMI | BLK_NMI | ENCLAVE_INT)
+
 
 def _intr(ctx: Context) -> int:
     return ctx.vmcs("GUEST_INTERRUPTIBILITY_INFO")
@@ -23,7 +26,7 @@ def _intr(ctx: Context) -> int:
        fix="Write only blocking by STI, MOV SS, SMI, NMI and enclave interruption (bits 4:0).",
        examples=[B({"vmcs/0x4824": "0x20"}), G({})])
 def intr_reserved(ctx: Context) -> Optional[Violation]:
-    if _intr(ctx) >> 5:
+    if _intr(ctx) & INTR_RESERVED:
         return Violation(f"{show(ctx, 'GUEST_INTERRUPTIBILITY_INFO')} sets reserved bits 31:5")
     return None
 
@@ -35,7 +38,7 @@ def intr_reserved(ctx: Context) -> Optional[Violation]:
        fix="Keep at most one of the two shadows (the one the saved state really had).",
        examples=[B({"vmcs/0x4824": "0x3"}), G({})])
 def sti_and_movss(ctx: Context) -> Optional[Violation]:
-    if _intr(ctx) & 3 == 3:
+    if _intr(ctx) & BLK_STI and _intr(ctx) & BLK_MOVSS:
         return Violation(f"{show(ctx, 'GUEST_INTERRUPTIBILITY_INFO')} sets both blocking by STI and by MOV SS")
     return None
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 from typing import List, Optional
 
 from ...common.numbers import hexs
+from ...decode.header import basic_revision, revision_id, shadow_bit as shadow_bit_of
+from ..bits import BASIC_PHYS32
 from ..engine import CheckResult, Context, Example, SKIP, Violation
 from ..entrystate import show
 from ..vmcsctl import control_label, on as control_on, in_smm
@@ -53,7 +55,7 @@ def link_width(ctx: Context) -> CheckResult:
     ptr = _link(ctx)
     if ptr is None:
         return SKIP
-    width = 32 if ctx.msr(0x480) >> 48 & 1 else ctx.maxphyaddr()
+    width = 32 if BASIC_PHYS32(ctx.msr(0x480)) else ctx.maxphyaddr()
     if ptr >> width:
         return Violation(f"{show(ctx, 'VMCS_LINK_POINTER')} sets bits at or above bit {width}")
     return None
@@ -74,9 +76,9 @@ def link_revision(ctx: Context) -> CheckResult:
     ptr = _link(ctx)
     if ptr is None:
         return SKIP
-    header, rev = _link_header(ctx, ptr), ctx.msr(0x480) & 0x7FFFFFFF
-    if header & 0x7FFFFFFF != rev:
-        return Violation(f"the VMCS at {show(ctx, 'VMCS_LINK_POINTER')} has revision {hexs(header & 0x7FFFFFFF)}, "
+    header, rev = _link_header(ctx, ptr), basic_revision(ctx.msr(0x480))
+    if revision_id(header) != rev:
+        return Violation(f"the VMCS at {show(ctx, 'VMCS_LINK_POINTER')} has revision {hexs(revision_id(header))}, "
                          f"IA32_VMX_BASIC[30:0] = {hexs(rev)}")
     return None
 
@@ -94,7 +96,7 @@ def link_shadow(ctx: Context) -> CheckResult:
     ptr = _link(ctx)
     if ptr is None:
         return SKIP
-    shadow_bit = bool(_link_header(ctx, ptr) >> 31)
+    shadow_bit = shadow_bit_of(_link_header(ctx, ptr))
     shadowing = control_on(ctx, "secondary", "vmcs_shadowing")
     if shadow_bit != shadowing:
         return Violation(f"the VMCS at {show(ctx, 'VMCS_LINK_POINTER')} has the shadow bit (31) = {int(shadow_bit)} "

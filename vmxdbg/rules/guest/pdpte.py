@@ -4,10 +4,15 @@ from __future__ import annotations
 from typing import List, Sequence
 
 from ...common.numbers import hexs
+from ..bits import reg_bit, reg_field, reg_reserved
 from ..engine import CheckResult, Context, Missing, SKIP, Violation
 from ..entrystate import field_label, ia32e_guest
 from ..vmcsctl import on as control_on
 from .common import B, CR0_PG, CR4_PAE, ED, EFER_LMA, G, Q2, QUAL, S6, V86, grule
+
+PDPTE_P = reg_bit("PAE_PDPTE", "p")
+PDPTE_RESERVED = reg_reserved("PAE_PDPTE")  # bits 2:1 and 8:5; 63:MAXPHYADDR are added per processor
+CR3_PDPT = reg_field("CR3_PAE", "pdpt_address").mask
 
 
 def _pae_paging(ctx: Context) -> bool:
@@ -17,9 +22,9 @@ def _pae_paging(ctx: Context) -> bool:
 
 def pdpte_reserved(pdpte: int, maxphyaddr: int) -> int:
     """Reserved bits set in a present PAE PDPTE: 2:1, 8:5 and 63:MAXPHYADDR (Vol.3A 4.4.1 Table 4-8)."""
-    if not pdpte & 1:
+    if not pdpte & PDPTE_P:
         return 0
-    mask = 0b110 | 0b1111 << 5 | ((1 << 64) - 1) >> maxphyaddr << maxphyaddr
+    mask = PDPTE_RESERVED | ((1 << 64) - 1) >> maxphyaddr << maxphyaddr
     return pdpte & mask
 
 
@@ -52,7 +57,7 @@ def pdpte_memory(ctx: Context) -> CheckResult:
     if not _pae_paging(ctx) or control_on(ctx, "secondary", "enable_ept"):
         return SKIP
     cr3 = ctx.vmcs("GUEST_CR3")
-    table_addr = cr3 & 0xFFFFFFE0
+    table_addr = cr3 & CR3_PDPT
     raw = ctx.mem(table_addr, 32)
     entries = [int.from_bytes(raw[8 * i:8 * i + 8], "little") for i in range(4)]
     found = _pdpte_violations(ctx, entries, [f"at {hexs(table_addr + 8 * i)}" for i in range(4)])

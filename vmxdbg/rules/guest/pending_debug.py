@@ -5,13 +5,17 @@ from typing import Optional
 
 from ...common.numbers import hexs
 from ...state.evidence import flag
+from ..bits import reg_bit, reg_reserved
 from ..engine import CheckResult, Context, SKIP, Violation
 from ..entrystate import show
 from .common import B, BLK_MOVSS, BLK_STI, G, HLT, RFLAGS_TF, S5, grule
 from .interruptibility import _intr
 
 
-PD_BS, PD_RTM, PD_ENABLED_BP = 1 << 14, 1 << 16, 1 << 12
+PD_BS, PD_RTM, PD_ENABLED_BP = (reg_bit("PENDING_DEBUG_EXCEPTIONS", n) for n in ("bs", "rtm", "enabled_breakpoint"))
+# bits 11:4, 13, 15 and 63:17: the bits Table 25-4 does not define
+PD_RESERVED = reg_reserved("PENDING_DEBUG_EXCEPTIONS")
+DEBUGCTL_BTF = reg_bit("IA32_DEBUGCTL", "btf")
 
 
 def _pending(ctx: Context) -> int:
@@ -26,7 +30,7 @@ def _pending(ctx: Context) -> int:
        fix="Keep only B3-B0 (3:0), enabled breakpoint (12), BS (14) and RTM (16).",
        examples=[B({"vmcs/0x6822": "0x10"}), G({})])
 def pending_reserved(ctx: Context) -> Optional[Violation]:
-    bad_bits = _pending(ctx) & ((0xFF << 4) | 1 << 13 | 1 << 15 | ~((1 << 17) - 1)) & (1 << 64) - 1
+    bad_bits = _pending(ctx) & PD_RESERVED
     if bad_bits:
         return Violation(f"{show(ctx, 'GUEST_PENDING_DBG_EXCEPTIONS')} sets reserved bits {hexs(bad_bits)}")
     return None
@@ -37,7 +41,7 @@ def _bs_expected(ctx: Context) -> Optional[bool]:
     if not (_intr(ctx) & (BLK_STI | BLK_MOVSS) or ctx.vmcs("GUEST_ACTIVITY_STATE") == HLT):
         return None
     tf = bool(ctx.vmcs("GUEST_RFLAGS") & RFLAGS_TF)
-    btf = bool(ctx.vmcs("GUEST_IA32_DEBUGCTL") & 2)
+    btf = bool(ctx.vmcs("GUEST_IA32_DEBUGCTL") & DEBUGCTL_BTF)
     return tf and not btf
 
 

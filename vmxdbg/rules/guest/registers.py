@@ -6,12 +6,15 @@ from typing import Optional, Sequence
 from .. import msrvalues
 from ...common.numbers import hexs
 from ...decode import defs
-from ..bits import describe_bits
+from ..bits import describe_bits, reg_bit, reg_reserved
 from ..engine import CheckResult, Context, SKIP, Violation
 from ..entrystate import field_label, ia32e_guest, intel64, show, unrestricted
 from ..vmcsctl import is_canonical as canonical, linear_width
 from .common import (B, CR0_CD, CR0_NW, CR0_PE, CR0_PG, CR0_WP, CR4_CET, CR4_FRED, CR4_PAE, CR4_PCIDE, ED,
                      EFER_LMA, EFER_LME, FRED, G, REAL, S1, S5, V86, _entry, _entry_patch, grule)
+
+S_CET_RESERVED = reg_reserved("IA32_S_CET")  # bits 9:6
+S_CET_SUPPRESS, S_CET_TRACKER = reg_bit("IA32_S_CET", "suppress"), reg_bit("IA32_S_CET", "tracker")
 
 
 def _them(mask: int) -> str:
@@ -400,9 +403,9 @@ def s_cet_reserved(ctx: Context) -> CheckResult:
         return SKIP
     value = ctx.vmcs("GUEST_S_CET")
     out = []
-    if value & 0x3C0:
+    if value & S_CET_RESERVED:
         out.append(Violation(f"{show(ctx, 'GUEST_S_CET')}: reserved bits 9:6 are not 0"))
-    if value & 0xC00 == 0xC00:
+    if value & S_CET_SUPPRESS and value & S_CET_TRACKER:
         out.append(Violation(f"{show(ctx, 'GUEST_S_CET')}: SUPPRESS (bit 10) and TRACKER (bit 11) are both 1"))
     return out or None
 

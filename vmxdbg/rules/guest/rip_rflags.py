@@ -4,11 +4,16 @@ from __future__ import annotations
 from typing import Optional
 
 from ...common.numbers import hexs
+from ..bits import reg_bit, reg_reserved
 from ..engine import CheckResult, Context, SKIP, Violation
 from ..entrystate import high_bits_identical, ia32e_guest, show, v86_guest
 from ..vmcsctl import linear_width
 from .common import (AR_L, B, CR0_PE, EXT_INT, G, REAL, RFLAGS_IF, S4, V86, _entry, _entry_patch, _event_text,
                      _interruption, grule)
+
+# bits 63:22, 15, 5 and 3; bit 1 is reserved too but must be 1 (its own rule)
+RFLAGS_FIXED1 = reg_bit("RFLAGS", "fixed1")
+RFLAGS_RESERVED = reg_reserved("RFLAGS") & ~RFLAGS_FIXED1
 
 
 def _long_mode_guest(ctx: Context) -> bool:
@@ -58,7 +63,7 @@ def rip_canonical(ctx: Context) -> CheckResult:
        examples=[B({"vmcs/0x6820": "0x8246"}), G({})])
 def rflags_reserved(ctx: Context) -> Optional[Violation]:
     rflags = ctx.vmcs("GUEST_RFLAGS")
-    bad_bits = rflags & (~((1 << 22) - 1) | 1 << 15 | 1 << 5 | 1 << 3) & (1 << 64) - 1
+    bad_bits = rflags & RFLAGS_RESERVED
     if bad_bits:
         return Violation(f"{show(ctx, 'GUEST_RFLAGS')} sets reserved bits {hexs(bad_bits)}")
     return None
@@ -71,7 +76,7 @@ def rflags_reserved(ctx: Context) -> Optional[Violation]:
        fix="Set bit 1 (RFLAGS is never 0: the reset value is 0x2).",
        examples=[B({"vmcs/0x6820": "0x244"}), G({})])
 def rflags_bit1(ctx: Context) -> Optional[Violation]:
-    if not ctx.vmcs("GUEST_RFLAGS") & 2:
+    if not ctx.vmcs("GUEST_RFLAGS") & RFLAGS_FIXED1:
         return Violation(f"{show(ctx, 'GUEST_RFLAGS')}: bit 1 is 0")
     return None
 

@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from ...decode import defs
 from ...decode.loader import _File, default_directory
 from ...common.numbers import hexs
+from ..bits import reg_bit, reg_field
 from ..engine import ENTRY, SKIP, CheckResult, Context, Tier, Violation, bad, good, rule
 from ..entrystate import field_label, ia32e_guest, intel64, show, unrestricted, v86_guest
 from ..vmcsctl import is_canonical as canonical, linear_width
@@ -30,7 +31,14 @@ OUTCOME = "entry-fail:33:0"
 WHENS = ("always", "v86", "not_v86")
 _ID = re.compile(r"^GUEST[0-9]{3}$")
 _PLACEHOLDERS = {"SEL": "selector", "BASE": "base", "LIMIT": "limit", "AR": "ar"}
-UNUSABLE = 1 << 16
+UNUSABLE = reg_bit("ACCESS_RIGHTS", "unusable")
+# access-rights fields by their structs/registers.yaml names (Vol.3C 25.4.1 Table 25-2)
+AR_TYPE, AR_S, AR_DPL, AR_G = (reg_field("ACCESS_RIGHTS", n) for n in ("type", "s", "dpl", "g"))
+AR_P, AR_L, AR_DB = (reg_bit("ACCESS_RIGHTS", n) for n in ("p", "l", "db"))
+AR_RSVD_11_8 = reg_field("ACCESS_RIGHTS", "reserved_11_8").mask
+AR_RSVD_31_17 = reg_field("ACCESS_RIGHTS", "reserved_31_17").mask
+TYPE_CODE, TYPE_READABLE = reg_bit("SEGMENT_TYPE", "code"), reg_bit("SEGMENT_TYPE", "readable_writable")
+SEL_RPL, SEL_TI = reg_field("SEGMENT_SELECTOR", "rpl"), reg_bit("SEGMENT_SELECTOR", "ti")
 
 
 @dataclass(frozen=True)
@@ -91,11 +99,11 @@ def _seg(ctx: Context, reg: Register, part: str) -> int:
 
 
 def _type(ar: int) -> int:
-    return ar & 0xF
+    return AR_TYPE(ar)
 
 
 def _dpl(ar: int) -> int:
-    return ar >> 5 & 3
+    return AR_DPL(ar)
 
 
 def _v(ctx: Context, reg: Register, part: str, text: str) -> Violation:
@@ -103,7 +111,7 @@ def _v(ctx: Context, reg: Register, part: str, text: str) -> Violation:
 
 
 def k_sel_ti(ctx: Context, row: Row) -> CheckResult:
-    if _seg(ctx, row.reg, "selector") & 4:
+    if _seg(ctx, row.reg, "selector") & SEL_TI:
         return _v(ctx, row.reg, "selector", "TI (bit 2) is 1")
     return None
 
@@ -112,9 +120,9 @@ def k_ss_rpl_eq_cs_rpl(ctx: Context, row: Row) -> CheckResult:
     if unrestricted(ctx):
         return SKIP
     ss, cs = ctx.vmcs("GUEST_SS_SELECTOR"), ctx.vmcs("GUEST_CS_SELECTOR")
-    if ss & 3 != cs & 3:
-        return Violation(f"{show(ctx, 'GUEST_SS_SELECTOR')} has RPL {ss & 3} but {show(ctx, 'GUEST_CS_SELECTOR')} "
-                         f"has RPL {cs & 3} (\"unrestricted guest\" is not in effect)")
+    if SEL_RPL(ss) != SEL_RPL(cs):
+        return Violation(f"{show(ctx, 'GUEST_SS_SELECTOR')} has RPL {SEL_RPL(ss)} but {show(ctx, 'GUEST_CS_SELECTOR')} "
+                         f"has RPL {SEL_RPL(cs)} (\"unrestricted guest\" is not in effect)")
     return None
 
 
@@ -181,13 +189,13 @@ def k_type_accessed(ctx: Context, row: Row) -> CheckResult:
 
 def k_type_code_readable(ctx: Context, row: Row) -> CheckResult:
     t = _type(_seg(ctx, row.reg, "ar"))
-    if t & 8 and not t & 2:
+    if t & TYPE_CODE and not t & TYPE_READABLE:
         return _v(ctx, row.reg, "ar", f"type {t} is an execute-only code segment (bit 1, readable, is 0)")
     return None
 
 
 def k_s_bit(ctx: Context, row: Row) -> CheckResult:
-    s = _seg(ctx, row.reg, "ar") >> 4 & 1
+    s = AR_S(_seg(ctx, row.reg, "ar"))
     if s != row.values[0]:
         return _v(ctx, row.reg, "ar", f"S (bit 4) is {s}, must be {row.values[0]}")
     return None
@@ -224,9 +232,9 @@ def k_ss_dpl_eq_rpl(ctx: Context, row: Row) -> CheckResult:
     if unrestricted(ctx):
         return SKIP
     ar, sel = _seg(ctx, row.reg, "ar"), _seg(ctx, row.reg, "selector")
-    if _dpl(ar) != sel & 3:
+    if _dpl(ar) != SEL_RPL(sel):
         return Violation(f"{show(ctx, row.reg.ar)} has DPL {_dpl(ar)} but {show(ctx, row.reg.selector)} has "
-                         f"RPL {sel & 3} (\"unrestricted guest\" is not in effect)")
+                         f"RPL {SEL_RPL(sel)} (\"unrestricted guest\" is not in effect)")
     return None
 
 
@@ -246,20 +254,20 @@ def k_dpl_ge_rpl(ctx: Context, row: Row) -> CheckResult:
     if unrestricted(ctx):
         return SKIP
     ar, sel = _seg(ctx, row.reg, "ar"), _seg(ctx, row.reg, "selector")
-    if _type(ar) <= 11 and _dpl(ar) < sel & 3:
-        return Violation(f"{show(ctx, row.reg.ar)} has DPL {_dpl(ar)} below the RPL {sel & 3} of "
+    if _type(ar) <= 11 and _dpl(ar) < SEL_RPL(sel):
+        return Violation(f"{show(ctx, row.reg.ar)} has DPL {_dpl(ar)} below the RPL {SEL_RPL(sel)} of "
                          f"{show(ctx, row.reg.selector)}")
     return None
 
 
 def k_present(ctx: Context, row: Row) -> CheckResult:
-    if not _seg(ctx, row.reg, "ar") & 0x80:
+    if not _seg(ctx, row.reg, "ar") & AR_P:
         return _v(ctx, row.reg, "ar", "P (bit 7) is 0")
     return None
 
 
 def k_ar_rsvd_11_8(ctx: Context, row: Row) -> CheckResult:
-    if _seg(ctx, row.reg, "ar") & 0xF00:
+    if _seg(ctx, row.reg, "ar") & AR_RSVD_11_8:
         return _v(ctx, row.reg, "ar", "reserved bits 11:8 are not 0")
     return None
 
@@ -268,14 +276,14 @@ def k_cs_db_with_l(ctx: Context, row: Row) -> CheckResult:
     if not ia32e_guest(ctx):
         return SKIP
     ar = _seg(ctx, row.reg, "ar")
-    if ar & (1 << 13) and ar & (1 << 14):
+    if ar & AR_L and ar & AR_DB:
         return _v(ctx, row.reg, "ar", "L (bit 13) and D/B (bit 14) are both 1 in an IA-32e mode guest")
     return None
 
 
 def granularity_problem(limit: int, ar: int) -> Optional[str]:
     """Why G (AR bit 15) disagrees with `limit`, or None (Vol.3C 27.3.1.2)."""
-    g = ar >> 15 & 1
+    g = AR_G(ar)
     if limit & 0xFFF != 0xFFF and g:
         return "G = 1 but limit bits 11:0 are not all 1"
     if limit & 0xFFF00000 and not g:
@@ -292,7 +300,7 @@ def k_g_limit(ctx: Context, row: Row) -> CheckResult:
 
 
 def k_ar_rsvd_31_17(ctx: Context, row: Row) -> CheckResult:
-    if _seg(ctx, row.reg, "ar") >> 17:
+    if _seg(ctx, row.reg, "ar") & AR_RSVD_31_17:
         return _v(ctx, row.reg, "ar", "reserved bits 31:17 are not 0")
     return None
 

@@ -1,9 +1,13 @@
 """Guest-state checks of SDM Vol.3C 27.3.1.2, FRED additions: guest segment checks that FRED adds (SDM 325462-080US, 2023)."""
 from __future__ import annotations
 
+from ..bits import reg_field
 from ..engine import CheckResult, Context, SKIP, Violation
 from ..entrystate import show
 from .common import AR_L, B, CR4_FRED, FRED_LOW, G, grule
+
+AR_DPL = reg_field("ACCESS_RIGHTS", "dpl")
+RFLAGS_IOPL = reg_field("RFLAGS", "iopl")
 
 
 def _fred_on(ctx: Context) -> bool:
@@ -11,7 +15,7 @@ def _fred_on(ctx: Context) -> bool:
 
 
 def _ss_dpl(ctx: Context) -> int:
-    return ctx.vmcs("GUEST_SS_AR_BYTES") >> 5 & 3
+    return AR_DPL(ctx.vmcs("GUEST_SS_AR_BYTES"))
 
 
 @grule(id="GUEST290", slug="guest-fred-ss-dpl", title="With CR4.FRED = 1, SS.DPL (the CPL) must be 0 or 3",
@@ -56,6 +60,6 @@ def fred_cpl0_64(ctx: Context) -> CheckResult:
 def fred_cpl3_iopl(ctx: Context) -> CheckResult:
     if not _fred_on(ctx) or _ss_dpl(ctx) != 3:
         return SKIP
-    if ctx.vmcs("GUEST_RFLAGS") >> 12 & 3:
+    if RFLAGS_IOPL(ctx.vmcs("GUEST_RFLAGS")):
         return Violation(f"CR4.FRED = 1, SS.DPL = 3 and {show(ctx, 'GUEST_RFLAGS')} has IOPL != 0", certain=False)
     return None

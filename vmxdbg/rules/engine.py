@@ -51,7 +51,7 @@ class Tier:
 
 
 class Missing(Exception):
-    """An input the snapshot does not have; `key` uses DESIGN.md's vocabulary.
+    """An input the snapshot does not have; `key` uses docs/formats.md's vocabulary.
     `outcome`, when set, is what the rule would give if the input broke it (e.g.
     "entry-fail:34:3" for the third MSR-load entry); else the rule's outcome.
     `choices`, when set, are every value the input can have (a flag: 0 and 1);

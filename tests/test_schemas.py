@@ -2,6 +2,7 @@
 the readers give through them (docs/formats.md)."""
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -22,8 +23,13 @@ REPORTS = sorted(ROOT.glob("recordings/**/*.expected.json"))
 RECORDINGS = sorted(ROOT.glob("recordings/**/*.vmxrec.jsonl"))
 
 
+@functools.lru_cache(maxsize=None)
+def _compiled(name):
+    return fastjsonschema.compile(schema(name))   # the schema alone, as another tool would use it
+
+
 def _check(name, data):
-    fastjsonschema.compile(schema(name))(data)   # the schema alone, as another tool would use it
+    _compiled(name)(data)
 
 
 def test_the_shipped_files_exist():
@@ -59,6 +65,45 @@ def test_every_recording_header_and_trailer_validate(path):
     lines = path.read_text(encoding="utf-8").splitlines()
     _check("recording-header", json.loads(lines[0]))
     _check("recording-trailer", json.loads(lines[-1]))
+
+
+def test_record_schema_follows_the_readers_table_of_operations():
+    from vmxdbg.record.recording import OPS
+    s = schema("recording-record")
+    assert s["properties"]["op"]["enum"] == list(OPS) + [None]
+    for branch in s["allOf"][1:]:
+        op = branch["if"]["properties"]["op"]["const"]
+        args = branch["then"]["properties"].get("args", {}).get("required", [])
+        assert args == [n for n, _ in OPS[op].args], op
+        assert ("cpu" in branch["then"].get("required", [])) == OPS[op].cpu, op
+
+
+@pytest.mark.parametrize("path", RECORDINGS, ids=lambda p: p.name)
+def test_every_recorded_call_validates_against_the_record_schema(path):
+    v = _compiled("recording-record")
+    for line in path.read_text(encoding="utf-8").splitlines()[1:-1]:
+        v(json.loads(line))
+
+
+@pytest.mark.parametrize("line", [
+    '{"seq": 1, "op": "format_disk"}',
+    '{"seq": 1, "op": "read_msr", "cpu": 0, "args": {}, "result": "0x1"}',
+    '{"seq": 1, "op": "read_msr", "args": {"index": "0x3a"}, "result": "0x1"}',
+    '{"seq": 1, "op": "read_msr", "cpu": 0, "args": {"index": "0x3a"}}',
+    '{"seq": 1, "op": "read_msr", "cpu": 0, "args": {"index": "0x3a"}, "result": "zz"}',
+    '{"seq": 1, "op": "cpuid", "cpu": 0, "args": {"leaf": "0x1", "subleaf": "0x0"}, "result": ["0x1"]}',
+    '{"seq": 1, "op": "go", "args": {"timeout": 1.0}}',
+    '{"seq": 1}',
+    '{"op": "stop"}',
+])
+def test_the_record_schema_refuses_what_the_reader_refuses(tmp_path, line):
+    with pytest.raises(fastjsonschema.JsonSchemaValueException):
+        _check("recording-record", json.loads(line))
+    path = tmp_path / "r.vmxrec.jsonl"
+    path.write_text('{"format": "vmxdbg-recording", "version": 1}\n' + line + '\n{"end": true, "events": 1}\n',
+                    encoding="utf-8")
+    with pytest.raises(InputError, match=r"r.vmxrec.jsonl:2"):
+        read_recording(path)
 
 
 def _snap(**proc):

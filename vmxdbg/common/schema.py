@@ -23,7 +23,7 @@ from .errors import InputError
 
 #: schema name -> what a person calls a file of it
 NAMES = {"snapshot": "snapshot", "report": "report", "recording-header": "recording",
-         "recording-trailer": "recording trailer"}
+         "recording-trailer": "recording trailer", "recording-record": "recording record"}
 
 _schemas: Dict[str, dict] = {}
 _validators: Dict[str, Callable[[Any], Any]] = {}

@@ -32,7 +32,7 @@ _validators: Dict[str, Callable[[Any], Any]] = {}
 def schema(name: str) -> dict:
     """The parsed schema `vmxdbg/schemas/NAME.schema.json`."""
     if name not in _schemas:
-        text = resources.files("vmxdbg").joinpath("schemas", f"{name}.schema.json").read_text(encoding="utf-8")
+        text = resources.files("vmxdbg").joinpath("schemas").joinpath(f"{name}.schema.json").read_text(encoding="utf-8")
         _schemas[name] = json.loads(text)
     return _schemas[name]
 

@@ -513,7 +513,7 @@ def _hexval(rnd: random.Random) -> Any:
 
 def gen_snapshot(rnd: random.Random) -> bytes:
     """A snapshot-shaped JSON document with random values in the right places and the wrong ones."""
-    from vmxdbg.state.snapshot import SEGMENTS, TABLES
+    from vmxdbg.common.statekeys import SEGMENTS, TABLES
     procs: Dict[str, Any] = {}
     for _ in range(rnd.randrange(0, 4)):
         regs: Dict[str, Any] = {n: _hexval(rnd) for n in rnd.sample(("cr0", "cr3", "cr4", "rflags", "efer",

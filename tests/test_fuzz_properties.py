@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 import fuzzkit
 from vmxdbg.common.errors import InputError
 from vmxdbg.record.recording import OPS
-from vmxdbg.state.snapshot import PART_BITS, SEGMENTS, TABLES, snapshot_from_json, snapshot_to_json
+from vmxdbg.common.statekeys import SEGMENTS, TABLES
+from vmxdbg.state.snapshot import PART_BITS, snapshot_from_json, snapshot_to_json
 from vmxdbg.common.numbers import hexs, parse_int, vmcs_field_bits, windbg_hex
 
 BUDGET = settings(max_examples=60, deadline=None, derandomize=True, database=None,

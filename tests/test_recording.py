@@ -136,7 +136,7 @@ def test_wrong_types_name_the_key(check_rec, capsys):
     (lambda ls: [ls[0].replace('"version":1', '"version":7')] + ls[1:], "version 7 is not supported"),
     (lambda ls: ["this is not json"] + ls[1:], "not a file vmxdbg reads"),
     (lambda ls: ['{"format": "vmxdbg-recording", "version": 1,'] + ls[1:], ":1: not JSON"),
-    (lambda ls: ['{"format": "vmxdbg-recording"}'] + ls[1:], "[version]: header version is missing"),
+    (lambda ls: ['{"format": "vmxdbg-recording"}'] + ls[1:], ":1 [version]: version is missing"),
     (lambda ls: ls[:2] + ls[3:], "expected seq 2, got 3"),
     (lambda ls: ls[:-1] + ['{"end": true, "events": 3}'], "the end trailer says 3 events"),
     (lambda ls: ls + ['{"seq": 99}'], "data after the end trailer"),

@@ -1,6 +1,8 @@
 """The recording format (`*.vmxrec.jsonl`): its reader and its line writer.
 
-Fixed by DESIGN.md. Line 1 is a header (format "vmxdbg-recording", version,
+Specified in docs/formats.md; the header and trailer are checked against
+vmxdbg/schemas/recording-{header,trailer}.schema.json, the call lines here
+against OPS (fast: a recording holds up to millions of them). Line 1 is a header (format "vmxdbg-recording", version,
 producer, created, backend identity and capabilities, target identity and
 capability MSRs when known, the command that was run). Then one JSON object
 per backend call or event, numbered by "seq" from 1:
@@ -38,6 +40,7 @@ from ..backends.base import StopEvent
 from ..common.statekeys import BOOL_STATES
 from ..common.errors import InputError, one_line, refuse_special_output
 from ..common.numbers import fits, hexs, parse_int, vmcs_field_bits
+from ..common.schema import validate
 
 FORMAT = "vmxdbg-recording"
 VERSION = 1
@@ -516,19 +519,6 @@ def looks_like_recording(head: bytes) -> bool:
     return first.lstrip().startswith(b"{") and b'"vmxdbg-recording"' in first
 
 
-def _check_header(data: Any, where: str) -> Dict[str, Any]:
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise InputError(f"not a vmxdbg recording (line 1 must be a header with format {FORMAT!r})",
-                         source=where, line=1)
-    version = data.get("version")
-    if isinstance(version, bool) or not isinstance(version, (int, str)):
-        raise InputError("header version is missing or not a number", source=where, line=1, key="version")
-    if str(version).split(".")[0] != str(VERSION):
-        raise InputError(f"recording version {version} is not supported (this vmxdbg reads version {VERSION})",
-                         source=where, line=1, key="version")
-    return data
-
-
 def _lines(f: IO[bytes], where: str):  # type: ignore[no-untyped-def]
     """(line number, text, ended by a newline) for each line, bounded in length."""
     n = 0
@@ -615,7 +605,7 @@ def _parse(lines, where: str, partial: bool) -> Recording:  # type: ignore[no-un
             msg = getattr(exc, "msg", "invalid JSON")
             raise InputError(f"not JSON ({msg})", source=where, line=n) from None
         if rec is None:
-            rec = Recording(path=where, header=_check_header(data, where))
+            rec = Recording(path=where, header=validate(data, "recording-header", where, line=n))
             continue
         if rec.trailer is not None:
             if text.strip():
@@ -624,10 +614,7 @@ def _parse(lines, where: str, partial: bool) -> Recording:  # type: ignore[no-un
         if not isinstance(data, dict):
             raise InputError(f"expected a JSON object, got {_tname(data)}", source=where, line=n)
         if data.get("end") is True:
-            count = data.get("events")
-            if isinstance(count, bool) or not isinstance(count, int):
-                raise InputError("the end trailer's events count is missing or not an integer",
-                                 source=where, line=n, key="events")
+            count = validate(data, "recording-trailer", where, line=n)["events"]
             if count != len(rec.records):
                 raise InputError(f"the end trailer says {count} events, the file has {len(rec.records)}",
                                  source=where, line=n, key="events")
@@ -653,7 +640,7 @@ def _parse(lines, where: str, partial: bool) -> Recording:  # type: ignore[no-un
 def new_header(backend: Dict[str, Any], capabilities: List[str], *, command: Optional[str] = None,
                argv: Optional[List[str]] = None, params: Optional[Dict[str, Any]] = None,
                target: Optional[Dict[str, Any]] = None, producer: Optional[str] = None) -> Dict[str, Any]:
-    """A header for a new recording (DESIGN.md); None parts are left out."""
+    """A header for a new recording (docs/formats.md); None parts are left out."""
     h: Dict[str, Any] = {
         "format": FORMAT, "version": VERSION, "producer": producer or f"vmxdbg {__version__}",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -1,25 +1,24 @@
 """Findings, verdicts and the report format (`vmxdbg check --format json`).
 
-The JSON form is fixed by DESIGN.md; `report_to_json` and `report_from_json`
+The JSON form is specified in docs/formats.md (its structure:
+vmxdbg/schemas/report.schema.json); `report_to_json` and `report_from_json`
 are its only writer and reader.
 """
 from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
-from ..common.errors import InputError
 from ..common.jsonfile import read_json_file
+from ..common.schema import validate
 
 FORMAT = "vmxdbg-report"
 VERSION = 1
 MAX_FILE_BYTES = 64 * 1024 * 1024
 STATUSES = ("fail", "unknown", "advice")
-_CPU = re.compile(r"[0-9]{1,10}")   # a processor number: ASCII digits (isdigit() takes "²" too)
 
 
 @dataclass
@@ -118,44 +117,16 @@ def dumps_report(report: Report) -> str:
 
 
 def report_from_json(data: Any, source: str = "<report>") -> Report:
-    """Read a report back (expected reports next to recordings use this)."""
-    def fail(key: str, msg: str) -> InputError:
-        return InputError(msg, source=source, key=key)
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise fail("format", f"not a vmxdbg report (expected format {FORMAT!r})")
-    if str(data.get("version", "")).split(".")[0] != str(VERSION):
-        raise fail("version", f"version {data.get('version')!r} is not supported (this vmxdbg reads {VERSION})")
-    procs = data.get("processors")
-    if not isinstance(procs, dict):
-        raise fail("processors", "expected an object")
+    """Read a report back (expected reports next to recordings use this); the schema
+    checks keys and types, so this only builds the objects."""
+    validate(data, "report", source)
     rep = Report(source=source)
-    for cpu_s, verdicts in procs.items():
-        if not _CPU.fullmatch(str(cpu_s)) or not isinstance(verdicts, list):
-            raise fail(f"processors.{cpu_s}", "expected a processor number and a list of verdicts")
-        out = []
-        for i, v in enumerate(verdicts):
-            k = f"processors.{cpu_s}[{i}]"
-            if not isinstance(v, dict) or not isinstance(v.get("instruction"), str) \
-                    or not isinstance(v.get("outcome"), str):
-                raise fail(k, "a verdict needs instruction and outcome strings")
-            findings = []
-            raw_findings = v.get("findings", [])
-            if not isinstance(raw_findings, list):
-                raise fail(f"{k}.findings", "expected a list")
-            for j, f in enumerate(raw_findings):
-                if not isinstance(f, dict) or f.get("status") not in STATUSES or not isinstance(f.get("id"), str):
-                    raise fail(f"{k}.findings[{j}]", "a finding needs an id and a status of fail, unknown or advice")
-                inputs = f.get("inputs", [])
-                if not isinstance(inputs, list):
-                    raise fail(f"{k}.findings[{j}].inputs", "expected a list")
-                findings.append(Finding(f["id"], f["status"], str(f.get("sdm", "")),
-                                        [str(x) for x in inputs if isinstance(x, (str, int))],
-                                        str(f.get("message", "")), str(f.get("fix", ""))))
-            possible = v.get("possible", [v["outcome"]])
-            if not isinstance(possible, list):
-                raise fail(f"{k}.possible", "expected a list")
-            out.append(Verdict(v["instruction"], v["outcome"], [str(x) for x in possible], findings))
-        rep.processors[int(cpu_s)] = out
+    for cpu_s, verdicts in data["processors"].items():
+        rep.processors[int(cpu_s)] = [
+            Verdict(v["instruction"], v["outcome"], list(v.get("possible", [v["outcome"]])),
+                    [Finding(f["id"], f["status"], f.get("sdm", ""), list(f.get("inputs", [])),
+                             f.get("message", ""), f.get("fix", "")) for f in v.get("findings", [])])
+            for v in verdicts]
     return rep
 
 

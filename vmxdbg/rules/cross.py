@@ -38,7 +38,7 @@ class CrossContext:
 
 from typing import Callable, Iterable, Tuple  # noqa: E402
 
-from ..state.snapshot import NO_VMCS  # noqa: E402
+from ..common.statekeys import NO_VMCS  # noqa: E402
 from ..common.numbers import hexs  # noqa: E402
 from .bits import reg_bit, reg_field  # noqa: E402
 from .engine import Missing, Tier, bad, good, rule  # noqa: E402

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from ..state.evidence import Evidence, Inference, evidence_of, flag_at
-from ..state.snapshot import BOOL_STATES, NO_VMCS, VMX_MODES, Processor, Segment, Snapshot, Table
+from ..common.statekeys import BOOL_STATES, NO_VMCS, VMX_MODES
+from ..state.snapshot import Processor, Segment, Snapshot, Table
 from ..common.numbers import hexs
 from .bits import BASIC_PHYS32, reg_bit, reg_field
 
@@ -57,7 +58,7 @@ class Tier:
 
 
 class Missing(Exception):
-    """An input the snapshot does not have; `key` uses DESIGN.md's vocabulary.
+    """An input the snapshot does not have; `key` uses docs/formats.md's vocabulary.
     `outcome`, when set, is what the rule would give if the input broke it (e.g.
     "entry-fail:34:3" for the third MSR-load entry); else the rule's outcome.
     `choices`, when set, are every value the input can have (a flag: 0 and 1);

@@ -1,6 +1,6 @@
 """Run the rules on a snapshot and give one verdict per instruction per processor.
 
-Outcome, following DESIGN.md: tiers are walked in the processor's order. The
+Outcome (the vocabulary of docs/formats.md): tiers are walked in the processor's order. The
 first tier with a certain failure decides; every outcome its failing rules
 give is `possible` (the SDM lets rules of one tier be checked in any order).
 An unknown rule, or an implementation-specific failure, in an earlier tier
@@ -258,7 +258,7 @@ def check_snapshot(snapshot: Snapshot, cpus: Optional[Iterable[int]] = None) -> 
     return report
 
 
-#: state a debugger cannot show, which only --assume can give (DESIGN.md's state keys)
+#: state a debugger cannot show, which only --assume can give (the state keys of docs/formats.md)
 ASSUMABLE = ("vmx", "cpl", "a20m", "smm", "smx", "blocking_by_mov_ss", "blocking_by_sti", "hypervisor")
 
 

@@ -41,7 +41,7 @@ def in_smx_operation(ctx: Context) -> bool:
     """SMX operation starts with GETSEC[SENTER], which needs CR4.SMXE = 1.
 
     With no `state.smx`, CR4.SMXE = 0 proves the processor is outside SMX
-    operation (state/evidence.py); CR4.SMXE = 1 leaves it unknown (DESIGN.md)."""
+    operation (state/evidence.py); CR4.SMXE = 1 leaves it unknown."""
     try:
         return bool(ctx.state("smx"))
     except Missing as exc:

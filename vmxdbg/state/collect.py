@@ -14,7 +14,8 @@ from ..backends.base import CPUID, MSR, PHYSICAL, REGISTERS, SEGMENT_NAMES, TABL
 from ..common.statekeys import LAUNCH_STATE, STATES
 from ..common.errors import NotAvailable
 from .memtype import FIXED_4K, FIXED_16K, FIXED_64K, MTRR_DEF_TYPE, MTRRCAP
-from .snapshot import NO_VMCS, Processor, Segment, Snapshot, Table
+from ..common.statekeys import NO_VMCS
+from .snapshot import Processor, Segment, Snapshot, Table
 
 CPUID_LEAVES = ((0x0, 0), (0x1, 0), (0x7, 0), (0x80000000, 0), (0x80000001, 0), (0x80000008, 0))
 PLAIN_REGISTERS = ("cr0", "cr3", "cr4", "rflags", "rip", "dr7", "efer", "cpl")

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..common.numbers import hexs
-from .snapshot import NO_VMCS, Processor
+from ..common.statekeys import NO_VMCS
+from .snapshot import Processor
 
 ED = "(SDM 325462-080US, 2023)"
 REGS = ("eax", "ebx", "ecx", "edx")

@@ -1,6 +1,7 @@
 """What is known about each processor, and its JSON form (`*.vmxsnap.json`).
 
-The format is fixed by DESIGN.md: integers are hex strings (JSON ints are
+The format is specified in docs/formats.md; its structure is checked against
+vmxdbg/schemas/snapshot.schema.json. Integers are hex strings (JSON ints are
 accepted), unknown keys are ignored, an unknown major version is refused.
 Anything absent is unknown; nothing here ever fills in a default value.
 
@@ -19,17 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
-from ..common.statekeys import (BOOL_STATES, LAUNCH_STATES, NO_VMCS, SEGMENT_PARTS, SEGMENTS,  # noqa: F401
-                                  TABLE_PARTS, TABLES, VMX_MODES)
+from ..common.statekeys import BOOL_STATES, SEGMENT_PARTS, SEGMENTS, TABLE_PARTS, TABLES
 from ..common.errors import InputError, one_line, refuse_special_output
 from ..common.jsonfile import read_json_file
 from ..common.numbers import hexs, parse_int, vmcs_field_bits
+from ..common.schema import validate
 
 FORMAT = "vmxdbg-snapshot"
 VERSION = 1
 MAX_FILE_BYTES = 256 * 1024 * 1024
 
-VENDOR = re.compile(r"[\x20-\x7e]{1,12}")   # the CPUID leaf 0 vendor string (EBX, EDX, ECX)
 #: widths of segment and table parts as the VMCS holds them (SDM Vol.3D B.1-B.4); bases are 64 bits
 PART_BITS = {"selector": 16, "limit": 32, "attributes": 32}
 MAX_CPU = 0xFFFFFFFF
@@ -139,7 +139,7 @@ class Snapshot:
 # ---------------------------------------------------------------- JSON reading
 
 class _Reader:
-    """Validates the JSON tree, naming the key path of anything wrong."""
+    """Converts a schema-valid JSON tree, naming the key path of any value that does not convert."""
 
     def __init__(self, source: str) -> None:
         self.source = source
@@ -159,92 +159,66 @@ class _Reader:
             raise self.fail(f"{key}.{raw_key}", "names the same entry as an earlier key (keys are compared by value)")
         table[index] = value
 
-    def obj(self, value: Any, key: str) -> dict:
-        if not isinstance(value, dict):
-            raise self.fail(key, f"expected an object, got {type(value).__name__}")
-        return value
-
-    def memory(self, mem: "Memory", addr_s: Any, hexbytes: Any, key: str, what: str) -> None:
-        """One `address: "hex bytes"` entry of a memory map."""
+    def memory(self, mem: "Memory", addr_s: Any, hexbytes: str, key: str, what: str) -> None:
+        """One `address: "hex bytes"` entry of a memory map (a string: the schema)."""
         addr = self.int(addr_s, f"{key}.{addr_s}", what)
-        if not isinstance(hexbytes, str):
-            raise self.fail(f"{key}.{addr_s}", "expected a string of hex bytes")
         try:
             mem.add(addr, bytes.fromhex(hexbytes.replace(" ", "")))
         except ValueError:
             raise self.fail(f"{key}.{addr_s}", "not a string of hex bytes") from None
 
-    def processor(self, raw: Any, key: str) -> Processor:
-        raw = self.obj(raw, key)
+    def processor(self, raw: dict, key: str) -> Processor:
         p = Processor()
-        for leaf_key, regs in self.obj(raw.get("cpuid", {}), f"{key}.cpuid").items():
+        for leaf_key, regs in raw.get("cpuid", {}).items():
             k = f"{key}.cpuid.{leaf_key}"
             leaf_s, _, sub_s = str(leaf_key).partition(".")
             leaf, sub = self.int(leaf_s, k, "CPUID leaf"), self.int(sub_s or "0", k, "CPUID subleaf")
-            if not isinstance(regs, list) or len(regs) != 4:
-                raise self.fail(k, "expected [eax, ebx, ecx, edx]")
             self.put(p.cpuid, (leaf, sub), tuple(self.int(v, k, "CPUID register", 32) for v in regs),
                      f"{key}.cpuid", leaf_key)
-        for idx, val in self.obj(raw.get("msr", {}), f"{key}.msr").items():
+        for idx, val in raw.get("msr", {}).items():
             self.put(p.msr, self.int(idx, f"{key}.msr.{idx}", "MSR index"), self.int(val, f"{key}.msr.{idx}"),
                      f"{key}.msr", idx)
-        regs = self.obj(raw.get("registers", {}), f"{key}.registers")
-        for name, val in regs.items():
+        for name, val in raw.get("registers", {}).items():
             lname = str(name).lower()
             k = f"{key}.registers.{name}"
-            if lname in SEGMENTS:
-                parts = self.obj(val, k)
+            if lname in SEGMENTS:   # an object (the schema); "CS" as well as "cs"
+                parts = val
                 p.segments[lname] = Segment(**{part: self.int(parts[part], f"{k}.{part}", bits=PART_BITS.get(part, 64))
                                               for part in SEGMENT_PARTS if parts.get(part) is not None})
             elif lname in TABLES:
-                parts = self.obj(val, k)
+                parts = val
                 p.tables[lname] = Table(**{part: self.int(parts[part], f"{k}.{part}", bits=PART_BITS.get(part, 64))
                                           for part in TABLE_PARTS if parts.get(part) is not None})
             elif val is not None:
                 p.registers[lname] = self.int(val, k)
-        state = self.obj(raw.get("state", {}), f"{key}.state")
-        for name, val in state.items():
+        for name, val in raw.get("state", {}).items():   # types and enums: the schema
             k = f"{key}.state.{name}"
             if val is None:
                 continue
             if name == "cpl":
                 cpl = self.int(val, k)
-                if cpl > 3:
-                    raise self.fail(k, f"CPL must be 0-3, got {cpl}")
+                if cpl > 3:   # a hex string: the schema bounds only JSON ints
+                    raise self.fail(k, f"must be 0-3, got {cpl}")
                 p.state["cpl"] = cpl
-            elif name in BOOL_STATES:
-                if not isinstance(val, bool):
-                    raise self.fail(k, "expected true or false")
+            elif name in BOOL_STATES or name == "vmx":
                 p.state[name] = val
             elif name == "vendor":
-                if not isinstance(val, str) or not VENDOR.fullmatch(val):
-                    raise self.fail(k, "expected the CPUID vendor string (1 to 12 printable ASCII characters)")
                 p.state["vendor"] = val
-            elif name == "vmx":
-                if val not in VMX_MODES:
-                    raise self.fail(k, f"expected one of {', '.join(VMX_MODES)}")
-                p.state["vmx"] = val
         for name in ("vmxon_pointer", "vmcs_pointer"):
             if raw.get(name) is not None:
                 setattr(p, name, self.int(raw[name], f"{key}.{name}"))
-        ls = raw.get("vmcs_launch_state")
-        if ls is not None:
-            if ls not in LAUNCH_STATES:
-                raise self.fail(f"{key}.vmcs_launch_state", "expected clear or launched")
-            p.vmcs_launch_state = ls
-        for enc, val in self.obj(raw.get("vmcs", {}), f"{key}.vmcs").items():
+        p.vmcs_launch_state = raw.get("vmcs_launch_state")
+        for enc, val in raw.get("vmcs", {}).items():
             encoding = self.int(enc, f"{key}.vmcs.{enc}", "VMCS field encoding", 32)
             self.put(p.vmcs, encoding, self.int(val, f"{key}.vmcs.{enc}", bits=vmcs_field_bits(encoding)),
                      f"{key}.vmcs", enc)
-        for name, val in self.obj(raw.get("operands", {}), f"{key}.operands").items():
+        for name, val in raw.get("operands", {}).items():
             p.operands[str(name)] = self.int(val, f"{key}.operands.{name}")
-        for name, val in self.obj(raw.get("linear", {}), f"{key}.linear").items():
+        for name, val in raw.get("linear", {}).items():
             p.linear[str(name)] = self.int(val, f"{key}.linear.{name}")
-        for addr_s, hexbytes in self.obj(raw.get("virtual_memory", {}), f"{key}.virtual_memory").items():
+        for addr_s, hexbytes in raw.get("virtual_memory", {}).items():
             self.memory(p.virtual_memory, addr_s, hexbytes, f"{key}.virtual_memory", "virtual address")
-        prov = raw.get("provenance", {})
-        if isinstance(prov, dict):
-            p.provenance = {_text(k2): _text(v) for k2, v in prov.items()}
+        p.provenance = {_text(k2): _text(v) for k2, v in raw.get("provenance", {}).items()}
         return p
 
 
@@ -261,22 +235,14 @@ def _short(value: Any, n: int = 24) -> str:
 def snapshot_from_json(data: Any, source: str = "<snapshot>") -> Snapshot:
     """Build a Snapshot from parsed JSON; InputError names the key of any problem."""
     r = _Reader(source)
-    data = r.obj(data, "(top)")
-    if data.get("format") != FORMAT:
-        raise r.fail("format", f"not a vmxdbg snapshot (format is {data.get('format')!r}, expected {FORMAT!r})")
-    version = data.get("version")
-    if isinstance(version, bool) or not isinstance(version, (int, str)):
-        raise r.fail("version", "missing or not a number")
-    major = str(version).split(".")[0]
-    if major != str(VERSION):
-        raise r.fail("version", f"version {version} is not supported (this vmxdbg reads version {VERSION})")
+    validate(data, "snapshot", source)   # format, version, keys and types; what follows converts values
     snap = Snapshot(source=_text(data.get("source", "")))
-    for cpu_s, raw in r.obj(data.get("processors", {}), "processors").items():
+    for cpu_s, raw in data.get("processors", {}).items():
         cpu = int(cpu_s) if _DECIMAL.fullmatch(str(cpu_s)) else r.int(cpu_s, "processors")
         if cpu > MAX_CPU:
             raise r.fail(f"processors.{_short(cpu_s)}", f"processor number out of range (at most {MAX_CPU})")
         r.put(snap.processors, cpu, r.processor(raw, f"processors.{cpu_s}"), "processors", cpu_s)
-    for addr_s, hexbytes in r.obj(data.get("memory", {}), "memory").items():
+    for addr_s, hexbytes in data.get("memory", {}).items():
         r.memory(snap.memory, addr_s, hexbytes, "memory", "physical address")
     return snap
 
@@ -325,7 +291,7 @@ def _processor_json(p: Processor) -> dict:
 
 
 def snapshot_to_json(snap: Snapshot, inferred: Optional[Dict[int, List[dict]]] = None) -> dict:
-    """The JSON tree of DESIGN.md's snapshot format. `inferred` (per processor) goes under
+    """The JSON tree of the snapshot format (docs/formats.md). `inferred` (per processor) goes under
     each processor's own `inferred` key, apart from the values that were read: a reader
     takes none of it as input (unknown keys are ignored), a person sees what the state proves."""
     procs = {}

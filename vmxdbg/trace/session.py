@@ -170,7 +170,7 @@ def interruption(results: Sequence[StepResult]) -> Optional[StepResult]:
 # ------------------------------------------------------------------ output
 
 def trace_report_json(results: Sequence[StepResult]) -> Dict[str, Any]:
-    """DESIGN.md's report format, one verdict per stop in order, with the extra keys
+    """The report format of docs/formats.md, one verdict per stop in order, with the extra keys
     `address`, `operand`, `actual` and `match` (readers ignore unknown keys)."""
     procs: Dict[str, List[Dict[str, Any]]] = {}
     for r in results:

@@ -369,7 +369,7 @@ def share_cross_findings(results: Sequence[StepResult]) -> None:
 
 def results_report(results: Iterable[StepResult]) -> Report:
     """The trace as a report: per processor, one verdict per stop in order
-    (DESIGN.md's report format; `actual` and `address` are extra keys)."""
+    (the report format of docs/formats.md; `actual` and `address` are extra keys)."""
     rep = Report(source="trace")
     for r in results:
         if r.verdict is None:

@@ -1,7 +1,7 @@
 """What a kd log has shown so far: the snapshot being built, with provenance.
 
 Every value set here records the log line it came from under its input key
-(DESIGN.md vocabulary: `msr:0x480`, `reg:cr0`, `reg:cs`, `cpuid:0x1`,
+(the input-key vocabulary of docs/formats.md: `msr:0x480`, `reg:cr0`, `reg:cs`, `cpuid:0x1`,
 `state:cpl`, `mem:0x1a2b3000`, `state:vmxon_pointer`). A later value of the
 same key replaces the earlier one. Register values from a context that is not
 the processor's live state (`.cxr`, `.trap`, `!analyze -v`) are kept apart in

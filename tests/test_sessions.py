@@ -262,34 +262,9 @@ def test_an_interrupted_check_recording_reads_as_far_as_it_went(tmp_path, capsys
 # ----------------------------------------------------------------- progress for long reads
 
 def _on_a_terminal(argv: list) -> tuple:
-    """Run vmxdbg with stderr on a pseudo-terminal: (status, stdout, what the terminal got)."""
     import os
-    import pty
-    import re
-    import subprocess
-    import sys
-    import threading
-    master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "vmxdbg", *argv], stdout=subprocess.PIPE, stderr=slave,
-                            stdin=subprocess.DEVNULL, env=dict(os.environ, PYTHONPATH=str(ROOT)))
-    os.close(slave)
-    seen = bytearray()
-
-    def read() -> None:
-        while True:
-            try:
-                data = os.read(master, 65536)
-            except OSError:
-                return
-            if not data:
-                return
-            seen.extend(data)
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    out, _ = proc.communicate(timeout=120)
-    reader.join(5)
-    os.close(master)
-    return proc.returncode, out, re.sub(rb"\x1b\[[0-9;?]*[a-zA-Z]", b"", bytes(seen)).decode("latin-1")
+    from terminal import run_on_a_terminal
+    return run_on_a_terminal(argv, env=dict(os.environ, PYTHONPATH=str(ROOT)))
 
 
 def test_reading_a_long_kd_log_shows_progress_on_a_terminal_only(tmp_path):

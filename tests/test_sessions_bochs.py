@@ -146,31 +146,9 @@ def test_a_normal_guest_shutdown_is_not_reported_as_bochs_not_answering(tmp_path
 # ----------------------------------------------------------------- progress
 
 def test_progress_is_shown_on_a_terminal_and_nowhere_else():
-    import pty
-    import re
-    import threading
-    master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "vmxdbg", "trace", "--bochs", "--cpus", "2"], env=ENV,
-                            stdout=subprocess.PIPE, stderr=slave, stdin=subprocess.DEVNULL)
-    os.close(slave)
-    seen = bytearray()
-
-    def read() -> None:
-        while True:
-            try:
-                data = os.read(master, 65536)
-            except OSError:
-                return
-            if not data:
-                return
-            seen.extend(data)
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    out, _ = proc.communicate(timeout=120)
-    reader.join(5)
-    os.close(master)
-    text = re.sub(rb"\x1b\[[0-9;?]*[a-zA-Z]", b"", bytes(seen)).decode("latin-1")
-    assert proc.returncode == 0 and b"vmxon" in out
+    from terminal import run_on_a_terminal
+    status, out, text = run_on_a_terminal(["trace", "--bochs", "--cpus", "2"], env=ENV)
+    assert status == 0 and b"vmxon" in out
     for label in ("booting Bochs", "cpu 0: stops", "cpu 1: stops", "4/  4"):
         assert label in text, text[-600:]
     quiet = vmxdbg("trace", "--bochs", "--cpus", "2")       # stderr a pipe: nothing

@@ -63,11 +63,19 @@ RFLAGS_RF = 1 << 16
 STUB_INSN = {"rdmsr": b"\x0f\x32", "cpuid": b"\x0f\xa2"}
 STUB_TAIL = b"\x48\x83\xc4\x08\x48\xcf\x0f\x08"
 STUB_LEN = 12
-#: MSRs a processor never changes, read by RDMSR once and kept across stops: the read-only VMX
-#: capability reports (Vol.3D A.1-A.13) and IA32_MTRRCAP (Vol.3A 12.11.2.1), SDM 325462-080US
-#: (2023). Bochs builds every processor of a machine from its one `cpu: model=` line, so one
-#: processor's values are every processor's.
+#: MSRs a processor never changes, read by RDMSR once per processor and kept across stops: the
+#: read-only VMX capability reports (Vol.3D A.1-A.13) and IA32_MTRRCAP (Vol.3A 12.11.2.1),
+#: SDM 325462-080US (2023).
 CONSTANT_MSRS = frozenset(range(0x480, 0x494)) | {0xFE}
+#: CPUID leaves read once per processor and kept across stops. What software can change in them
+#: is recomputed at each read from the register it mirrors (Vol.2A CPUID, SDM 325462-080US, 2023):
+#: (leaf, register 0-3 = EAX-EDX, bit) -> (source, bit), source a `creg` register or an MSR.
+CONSTANT_LEAVES = frozenset({0x0, 0x1, 0x7, 0x80000000, 0x80000001, 0x80000008})
+CPUID_MIRRORS: Dict[Tuple[int, int, int], Tuple[object, int]] = {
+    (0x1, 2, 27): ("cr4", 18),      # OSXSAVE = CR4.OSXSAVE
+    (0x7, 2, 4): ("cr4", 22),       # OSPKE = CR4.PKE
+    (0x1, 3, 9): (0x1B, 11),        # APIC = IA32_APIC_BASE global enable
+}
 
 
 @dataclass
@@ -142,7 +150,8 @@ class BochsBackend(Backend):
         self._cpus = list(range(machine.cpus))
         self._current: Optional[int] = None       # what `set $cpu` last chose
         self._cache: Dict[Tuple[int, str], Any] = {}
-        self._constant: Dict[int, int] = {}       # MSR -> value, CONSTANT_MSRS only (all processors)
+        self._constant: Dict[Tuple[int, int], int] = {}   # (cpu, MSR) -> value, CONSTANT_MSRS only
+        self._leaves: Dict[Tuple[int, int, int], Tuple[int, int, int, int]] = {}  # (cpu, leaf, subleaf)
         self._bps: Dict[int, _Breakpoint] = {}
         self._vmexit_armed: Set[int] = set()
         self._plan: Dict[int, List[int]] = {}
@@ -337,8 +346,8 @@ class BochsBackend(Backend):
         return {e: fields[e] for e in encodings if e in fields}
 
     def read_msr(self, cpu: int, index: int) -> int:
-        """From the parameter tree where it holds the MSR, else by executing RDMSR (once for
-        CONSTANT_MSRS, which no processor changes and all of Bochs' processors share)."""
+        """From the parameter tree where it holds the MSR, else by executing RDMSR (once per
+        processor for CONSTANT_MSRS, which no processor changes)."""
         self._check_cpu(cpu)
         tree = P.msrs_from_param(self._show(cpu, "MSR"))
         if index in tree:
@@ -346,9 +355,9 @@ class BochsBackend(Backend):
         if index in (0xC0000100, 0xC0000101):
             return self.read_register(cpu, "fs.base" if index == 0xC0000100 else "gs.base")
         if index in CONSTANT_MSRS:
-            if index not in self._constant:
-                self._constant[index] = self.read_msr_by_rdmsr(cpu, index)
-            return self._constant[index]
+            if (cpu, index) not in self._constant:
+                self._constant[(cpu, index)] = self.read_msr_by_rdmsr(cpu, index)
+            return self._constant[(cpu, index)]
         return self.read_msr_by_rdmsr(cpu, index)
 
     def read_msr_by_rdmsr(self, cpu: int, index: int) -> int:
@@ -359,7 +368,23 @@ class BochsBackend(Backend):
         return (regs["rdx"] & 0xFFFFFFFF) << 32 | (regs["rax"] & 0xFFFFFFFF)
 
     def cpuid(self, cpu: int, leaf: int, subleaf: int = 0) -> Tuple[int, int, int, int]:
-        """Execute CPUID(leaf, subleaf) on `cpu` and restore everything (cached until the target runs)."""
+        """Execute CPUID(leaf, subleaf) on `cpu` and restore everything. CONSTANT_LEAVES (subleaf 0)
+        are executed once per processor, their CPUID_MIRRORS bits recomputed at every call; other
+        leaves are cached until the target runs."""
+        if leaf in CONSTANT_LEAVES and subleaf == 0:
+            self._check_cpu(cpu)
+            key3 = (cpu, leaf, subleaf)
+            if key3 not in self._leaves:
+                self._leaves[key3] = self._cpuid_now(cpu, leaf, subleaf)
+            regs = list(self._leaves[key3])
+            for (lf, reg, bit), (source, sbit) in CPUID_MIRRORS.items():
+                if lf == leaf:
+                    value = self._creg(cpu)[source] if isinstance(source, str) else self.read_msr(cpu, int(source))
+                    regs[reg] = (regs[reg] & ~(1 << bit)) | (value >> sbit & 1) << bit
+            return tuple(regs)  # type: ignore[return-value]
+        return self._cpuid_now(cpu, leaf, subleaf)
+
+    def _cpuid_now(self, cpu: int, leaf: int, subleaf: int) -> Tuple[int, int, int, int]:
         def fetch() -> Tuple[int, int, int, int]:
             regs = self._inject(cpu, "cpuid", {"rax": leaf & 0xFFFFFFFF, "rcx": subleaf & 0xFFFFFFFF},
                                 what=f"CPUID 0x{leaf:x}.{subleaf:x}")

@@ -157,9 +157,22 @@ class BochsProcess:
         status = self.proc.poll()
         tail = bytes(self._buf[-300:]).decode("latin-1").strip().replace("\n", " | ")
         why = f"exited with status {status}" if status is not None else "stopped answering"
+        said = self.panic_line() if status is not None else None
         self.kill()
-        return TargetGone(f"Bochs {why} during {what}" + (f"; last output: {tail}" if tail else ""),
-                          backend=BACKEND)
+        return TargetGone(f"Bochs {why} during {what}" + (f" (Bochs says: {said})" if said else "")
+                          + (f"; last output: {tail}" if tail else ""), backend=BACKEND)
+
+    def panic_line(self) -> Optional[str]:
+        """The last PANIC or FATAL line of Bochs' log (why it ended), without its prefix."""
+        try:
+            lines = self.log_path.read_bytes()[-8192:].decode("latin-1").splitlines()
+        except OSError:
+            return None
+        for line in reversed(lines):
+            m = re.search(r"\b(PANIC|FATAL)\b\W*(.*)", line)
+            if m:
+                return f"{m.group(1)} {m.group(2).strip()}"
+        return None
 
     # ------------------------------------------------------------ I/O
     def _read_some(self, deadline: float) -> bool:

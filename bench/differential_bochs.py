@@ -81,6 +81,34 @@ def save_case(directory: Path, seed: int, m: mutations.Mutation, row: dict, o: "
     Path(f"{stem}.json").write_text(json.dumps(case, indent=1) + "\n")
 
 
+def run(seed: int, mutations_: int, first: int = 0, jobs: int = 1, save: Optional[str] = None,
+        progress: bool = False) -> Tuple[List[dict], Counter, float]:
+    """Mutations first..first+mutations_-1 of `seed`: (rows sorted by index, why each boot was
+    made ("first boot" or what ended the one before), seconds)."""
+    by_mode: Dict[str, List[int]] = {}
+    for i in range(first, first + mutations_):
+        by_mode.setdefault(mutations.mode_of(seed, i), []).append(i)
+    tasks = [(seed, mode, idx[k:k + CHUNK], save) for mode, idx in sorted(by_mode.items())
+             for k in range(0, len(idx), CHUNK)]
+    t0 = time.perf_counter()
+    rows: List[dict] = []
+    reboots: Counter = Counter()
+    pool = multiprocessing.get_context("spawn").Pool(jobs) if jobs > 1 else None
+    try:
+        outs = pool.imap_unordered(run_task, tasks) if pool else map(run_task, tasks)
+        for res, booted in outs:
+            rows += res
+            reboots.update(why if why == "first boot" else why.split(": ", 1)[-1][:90] for why in booted)
+            if progress:
+                print(f"  {len(rows)}/{mutations_} done, {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    finally:
+        if pool:
+            pool.close()
+            pool.join()
+    rows.sort(key=lambda r: r["index"])
+    return rows, reboots, time.perf_counter() - t0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mutations", type=int, required=True)
@@ -95,31 +123,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     from vmxdbg.minihv_demo import require_tools
     require_tools()
-    by_mode: Dict[str, List[int]] = {}
-    for i in range(args.first, args.first + args.mutations):
-        by_mode.setdefault(mutations.mode_of(args.seed, i), []).append(i)
-    tasks = [(args.seed, mode, idx[k:k + CHUNK], args.save) for mode, idx in sorted(by_mode.items())
-             for k in range(0, len(idx), CHUNK)]
-    t0 = time.perf_counter()
-    rows: List[dict] = []
-    boots = 0
-    reboots: Counter = Counter()
-    if args.jobs == 1:
-        outs = map(run_task, tasks)
-    else:
-        pool = multiprocessing.get_context("spawn").Pool(args.jobs)
-        outs = pool.imap_unordered(run_task, tasks)
-    for res, booted in outs:
-        rows += res
-        boots += len(booted)
-        reboots.update(why.split(": ", 1)[-1][:90] for why in booted if why != "first boot")
-        if not args.quiet:
-            print(f"  {len(rows)}/{args.mutations} done, {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-    if args.jobs > 1:
-        pool.close()
-        pool.join()
-    rows.sort(key=lambda r: r["index"])
-    elapsed = time.perf_counter() - t0
+    rows, reboots, elapsed = run(args.seed, args.mutations, args.first, args.jobs, args.save, not args.quiet)
+    boots = sum(reboots.values())
     counts = Counter(r["word"] for r in rows)
     if not args.quiet:
         for r in rows:
@@ -131,7 +136,8 @@ def main(argv: Optional[List[str]] = None) -> int:
               f"{elapsed:.0f} s, {boots} boots, by mode {dict(Counter(r['mode'] for r in rows))}, outcomes "
               f"{dict(Counter(r['actual'].split(':')[0] + (':' + r['actual'].split(':')[1] if ':' in r['actual'] else '') for r in rows))}")
         for why, n in reboots.most_common():
-            print(f"  boot replaced {n}x: {why}")
+            if why != "first boot":
+                print(f"  boot replaced {n}x: {why}")
     missing = args.mutations - len(rows)
     print(f"{args.mutations} mutations: {counts['agree']} agree, {counts['deviation']} known Bochs deviations, "
           f"{counts['unexplained'] + missing} unexplained")

@@ -82,11 +82,11 @@ def save_case(directory: Path, seed: int, m: mutations.Mutation, row: dict, o: "
 
 
 def run(seed: int, mutations_: int, first: int = 0, jobs: int = 1, save: Optional[str] = None,
-        progress: bool = False) -> Tuple[List[dict], Counter, float]:
+        progress: bool = False, only: Optional[List[int]] = None) -> Tuple[List[dict], Counter, float]:
     """Mutations first..first+mutations_-1 of `seed`: (rows sorted by index, why each boot was
     made ("first boot" or what ended the one before), seconds)."""
     by_mode: Dict[str, List[int]] = {}
-    for i in range(first, first + mutations_):
+    for i in (only if only is not None else range(first, first + mutations_)):
         by_mode.setdefault(mutations.mode_of(seed, i), []).append(i)
     tasks = [(seed, mode, idx[k:k + CHUNK], save) for mode, idx in sorted(by_mode.items())
              for k in range(0, len(idx), CHUNK)]
@@ -117,13 +117,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--save", help="directory for every disagreement (snapshot + Bochs' log line)")
     ap.add_argument("--first", type=int, default=0, help="index of the first mutation (default 0)")
     ap.add_argument("--quiet", action="store_true", help="print only the summary")
+    ap.add_argument("--only", help="run just these mutation indices (comma-separated; --mutations is their count)")
     args = ap.parse_args(argv)
+    only = [int(x) for x in args.only.split(",")] if args.only else None
+    if only is not None:
+        args.mutations = len(only)
     if args.mutations < 1 or args.jobs < 1:
         print("differential_bochs.py: --mutations and --jobs must be at least 1", file=sys.stderr)
         return 2
     from vmxdbg.minihv_demo import require_tools
     require_tools()
-    rows, reboots, elapsed = run(args.seed, args.mutations, args.first, args.jobs, args.save, not args.quiet)
+    rows, reboots, elapsed = run(args.seed, args.mutations, args.first, args.jobs, args.save, not args.quiet, only)
     boots = sum(reboots.values())
     counts = Counter(r["word"] for r in rows)
     if not args.quiet:

@@ -37,6 +37,7 @@ from ..errors import BackendError, NotAvailable, TargetGone
 from . import bochs_parse as P
 from .base import CPUID, EXECUTION, MSR, PHYSICAL, REGISTERS, SEGMENT_NAMES, TABLE_NAMES, VIRTUAL, VMCS, VMX_STATE, \
     Backend, StopEvent
+from . import stub as S
 from .bochs_process import BochsMachine, BochsProcess
 
 NAME = "bochs"
@@ -70,6 +71,18 @@ CONSTANT_MSRS = frozenset(range(0x480, 0x494)) | {0xFE}
 #: CPUID leaves read once per processor and kept across stops. What software can change in them
 #: is recomputed at each read from the register it mirrors (Vol.2A CPUID, SDM 325462-080US, 2023):
 #: (leaf, register 0-3 = EAX-EDX, bit) -> (source, bit), source a `creg` register or an MSR.
+#: MSRs RDMSR cannot #GP on (the architecture's, _msr_surely_exists)
+SURE_MSRS = frozenset({0x10, 0x1B, 0x3A, 0x174, 0x175, 0x176, 0x277})
+#: when a VMX capability MSR (and IA32_MTRRCAP) exists: any of these bits set, each (MSR, bit) or
+#: ((CPUID leaf,), bit of EAX..EDX as 0-127); Vol.3D A.1-A.11, Vol.3A 12.11.1 (SDM 325462-080US, 2023)
+_VMX = ((0x1,), 64 + 5)
+VMX_MSR_GUARDS: Dict[int, Tuple[Tuple[Any, int], ...]] = {
+    **{i: (_VMX,) for i in range(0x480, 0x48B)},
+    0x48B: ((0x482, 63),), 0x48C: ((0x48B, 33), (0x48B, 37)),
+    **{i: ((0x480, 55),) for i in range(0x48D, 0x491)},
+    0x491: ((0x48B, 45),), 0x492: ((0x482, 49),), 0x493: ((0x483, 63),),
+    0xFE: (((0x1,), 96 + 12),),
+}
 CONSTANT_LEAVES = frozenset({0x0, 0x1, 0x7, 0x80000000, 0x80000001, 0x80000008})
 CPUID_MIRRORS: Dict[Tuple[int, int, int], Tuple[object, int]] = {
     (0x1, 2, 27): ("cr4", 18),      # OSXSAVE = CR4.OSXSAVE
@@ -92,6 +105,7 @@ class _Journal:
     memory: List[Tuple[int, bytes]] = field(default_factory=list)   # (physical, original bytes)
     registers: Dict[str, int] = field(default_factory=dict)         # name -> original value
     stub: Optional[Tuple[int, int]] = None                          # (rip of stub, physical)
+    invd: Optional[Tuple[int, int]] = None      # (linear of the stub's final INVD, RIP after it)
 
 
 _OPEN: "weakref.WeakSet[BochsBackend]" = weakref.WeakSet()
@@ -166,7 +180,10 @@ class BochsBackend(Backend):
         self.guest_lines: Dict[Optional[int], List[str]] = {}     # port 0xE9 lines by processor
         self.bochs_log: Dict[Optional[int], List[str]] = {}       # VMX/error log lines by processor
         self.close_report: Dict[str, Any] = {}
-        self.stats = {"commands": 0, "injections": 0}
+        #: commands: every debugger command; round_trips: exchanges with Bochs (a batch of
+        #: commands sent together, `_cmds`, is one); injections: stubs executed on a processor
+        self.stats = {"commands": 0, "round_trips": 0, "injections": 0}
+        self._absent: Set[Tuple[int, int]] = set()       # (cpu, MSR) whose RDMSR raised #GP
         _OPEN.add(self)
         _SigtermGuard.enter()
 
@@ -202,7 +219,20 @@ class BochsBackend(Backend):
             self._absorb(self.proc.resync())
             self._invalidate()
         self.stats["commands"] += 1
+        self.stats["round_trips"] += 1
         return self.proc.command(text, timeout)
+
+    def _cmds(self, texts: List[str]) -> List[str]:
+        """Several commands in one exchange (answers in order)."""
+        self._alive()
+        if self.proc.pending is not None:
+            self._absorb(self.proc.resync())
+            self._invalidate()
+        if not texts:
+            return []
+        self.stats["commands"] += len(texts)
+        self.stats["round_trips"] += 1
+        return self.proc.commands(texts)
 
     def _check_cpu(self, cpu: int) -> None:
         if not isinstance(cpu, int) or cpu not in self._cpus:
@@ -354,11 +384,220 @@ class BochsBackend(Backend):
             return tree[index]
         if index in (0xC0000100, 0xC0000101):
             return self.read_register(cpu, "fs.base" if index == 0xC0000100 else "gs.base")
+        if (cpu, index) in self._absent:
+            raise NotAvailable("RDMSR of it raised #GP on this processor (an MSR it does not have)",
+                               backend=NAME, cpu=cpu, what=f"MSR 0x{index:x}")
+        if (cpu, f"msr:{index:x}") in self._cache:
+            return self._cache[(cpu, f"msr:{index:x}")]
         if index in CONSTANT_MSRS:
             if (cpu, index) not in self._constant:
                 self._constant[(cpu, index)] = self.read_msr_by_rdmsr(cpu, index)
             return self._constant[(cpu, index)]
-        return self.read_msr_by_rdmsr(cpu, index)
+        try:
+            return self.read_msr_by_rdmsr(cpu, index)
+        except NotAvailable as e:
+            if "raised an exception" in str(e):
+                self._note_absent(cpu, index)
+            raise
+
+    def prefetch(self, cpu: int, msrs: Iterable[int] = (), leaves: Iterable[Tuple[int, int]] = ()) -> None:
+        """Read every MSR and CPUID leaf of the lists that this stop still needs with one injected
+        stub (vmxdbg/backends/stub.py): one step, one memory read. What is cached (per processor
+        for CONSTANT_MSRS and CONSTANT_LEAVES, else until the target runs), in the parameter
+        tree, or known to raise #GP is left out. An MSR that may not exist is stepped alone
+        inside the same injection, its #GP undone. Nothing is raised: what could not be read
+        stays for read_msr / cpuid to try (or refuse) one by one."""
+        self._check_cpu(cpu)
+        reads: List[S.Read] = []
+        where: Dict[Tuple[str, int, int], int] = {}
+
+        def add(read: S.Read) -> None:
+            where[(read.kind, read.index, read.subleaf)] = len(reads)
+            reads.append(read)
+        for leaf, sub in leaves:
+            if (leaf in CONSTANT_LEAVES and sub == 0 and (cpu, leaf, 0) in self._leaves) or \
+                    (cpu, f"cpuid:{leaf:x}.{sub:x}") in self._cache or ("cpuid", leaf, sub) in where:
+                continue
+            add(S.Read("cpuid", leaf & 0xFFFFFFFF, sub & 0xFFFFFFFF))
+        try:
+            tree = P.msrs_from_param(self._show(cpu, "MSR"))
+        except NotAvailable:
+            tree = {}
+        known = {i: v for (c, i), v in self._constant.items() if c == cpu}
+        for index in sorted(set(msrs), key=lambda i: (i not in range(0x480, 0x48B), i)):
+            if index in tree or index in (0xC0000100, 0xC0000101) or index in known or \
+                    (cpu, index) in self._absent or (cpu, f"msr:{index:x}") in self._cache:
+                continue
+            guard = self._batch_guard(cpu, index, where, known)
+            if guard is False:
+                continue                          # the architecture says it does not exist here
+            add(S.Read("rdmsr", index, guard=guard if isinstance(guard, tuple) else (),
+                       risky=guard is None))
+        if not reads:
+            return
+        try:
+            values, faulted = self._inject_batch(cpu, reads)
+        except NotAvailable:
+            return
+        for i, (read, value) in enumerate(zip(reads, values)):
+            if read.kind == "cpuid" and value is not None:
+                if read.index in CONSTANT_LEAVES and read.subleaf == 0:
+                    self._leaves[(cpu, read.index, 0)] = value  # type: ignore[assignment]
+                else:
+                    self._cache[(cpu, f"cpuid:{read.index:x}.{read.subleaf:x}")] = value
+            elif read.kind == "rdmsr":
+                if i in faulted:
+                    self._note_absent(cpu, read.index)
+                elif value is not None and read.index in CONSTANT_MSRS:
+                    self._constant[(cpu, read.index)] = value  # type: ignore[assignment]
+                elif value is not None:
+                    self._cache[(cpu, f"msr:{read.index:x}")] = value
+
+    def _batch_guard(self, cpu: int, index: int, where: Dict[Tuple[str, int, int], int],
+                     known: Dict[int, int]) -> Any:
+        """How a batched RDMSR of `index` is guarded: () none needed (it surely exists), a tuple
+        of (read position, bit) alternatives, False (it surely does not exist), None (it may
+        not exist: a risky read). The bits are those of _msr_surely_exists."""
+        if index in SURE_MSRS or 0xC0000080 <= index <= 0xC0000102:
+            return ()
+        rule = VMX_MSR_GUARDS.get(index)
+        if rule is None:
+            return None
+        options = []
+        for source, bit in rule:
+            if isinstance(source, tuple):                 # a CPUID leaf
+                leaf = self._leaves.get((cpu, source[0], 0))
+                if leaf is not None:
+                    if leaf[bit // 32] >> (bit % 32) & 1:
+                        return ()
+                    continue
+                pos = where.get(("cpuid", source[0], 0))
+            else:
+                if source in known:
+                    if known[source] >> bit & 1:
+                        return ()
+                    continue
+                pos = where.get(("rdmsr", source, 0))
+            if pos is None:
+                return None                              # its condition is not known: risky
+            options.append((pos, bit))
+        return tuple(options) if options else False
+
+    def _note_absent(self, cpu: int, index: int) -> None:
+        """RDMSR(index) raised #GP on `cpu`: it will again (an MSR does not come into existence),
+        except in the x2APIC range, which depends on the APIC mode (Vol.3A 11.12.1)."""
+        if not 0x800 <= index <= 0x8FF:
+            self._absent.add((cpu, index))
+
+    def _inject_batch(self, cpu: int, reads: Sequence[S.Read]) -> Tuple[List[Any], Set[int]]:
+        """Run one stub of `reads` on `cpu`; (values, positions that raised #GP). Restores every
+        byte and register; NotAvailable where _inject would refuse."""
+        if self._journal is not None:
+            self._undo()
+        insn = "rdmsr" if any(r.kind == "rdmsr" for r in reads) else "cpuid"
+        self._inject_preconditions(cpu, insn, "a batch of MSRs/CPUID leaves")
+        frame_stack: Optional[int] = None
+        if any(r.risky for r in reads):
+            gate = self._gp_gate(cpu)
+            if gate is None:                     # a #GP would shut the machine down: leave them out
+                keep = [r for r in reads if not r.risky]
+                if not keep:
+                    raise NotAvailable("no usable #GP gate for MSRs that may not exist", backend=NAME, cpu=cpu)
+                values, faulted = self._inject_batch(cpu, keep)
+                it = iter(values)
+                return [None if r.risky else next(it) for r in reads], set()
+            frame_stack = self._r(cpu)["rsp"] if gate == 0 else self._ist_pointer(cpu, gate)
+        stub = S.build(reads)
+        if stub.size > 0x1000:
+            raise NotAvailable("the batch stub is larger than a page", backend=NAME, cpu=cpu)
+        self.stats["injections"] += 1
+        self._held_log = self._take_log()
+        before = dict(self._r(cpu))
+        known = dict(self._cache)
+        site = self._stub_site(cpu, before["rip"])
+        p0, p1 = self.translate(cpu, site), self.translate(cpu, site + stub.size - 1)
+        saves = [(site, p0, p1, stub.size)]
+        if frame_stack is not None:
+            lin = (frame_stack & ~0xF) - STACK_SAVE
+            saves.append((lin, self.translate(cpu, lin), self.translate(cpu, lin + STACK_SAVE - 1), STACK_SAVE))
+        j = _Journal(cpu)
+        self._journal = j
+        faulted: Set[int] = set()
+        try:
+            for lin, a, b, n in saves:
+                j.memory += self._save_linear(lin, a, b, n)
+            self._poke_many(self._linear_pieces(site, p0, p1, stub.code + bytes(stub.buffer_size)))
+            j.stub = (site, p0)
+            j.invd = (site + stub.end_invd, site + stub.end)
+            for reg in ("rax", "rbx", "rcx", "rdx", "rdi", "rip"):
+                j.registers[reg] = before[reg]
+            j.registers["$eflags"] = before["rflags"]
+            self._set_regs([("rdi", site + stub.buffer_offset), ("rip", site)])
+            self._invalidate()
+            self._absorb(self._cmd(f"s {cpu} {stub.straight_steps}"))
+            if self._r(cpu)["rip"] != site + stub.end:
+                raise BackendError(f"the injected batch stopped at 0x{self._r(cpu)['rip']:x}, not at its end "
+                                   f"0x{site + stub.end:x}", backend=NAME, cpu=cpu)
+            for i, entry in sorted(stub.risky.items()):
+                insn_rip = site + stub.insn_at[i]
+                self._set_regs([("rip", site + entry)])
+                self._absorb(self._cmd(f"s {cpu} 2"))
+                if self._r(cpu)["rip"] != insn_rip + 2:
+                    self._unwind(cpu, before, insn_rip, site + stub.unwind)
+                    faulted.add(i)
+                    continue
+                self._absorb(self._cmd(f"s {cpu} 2"))
+            data = self.read_physical(*self._buffer_at(site, p0, p1, stub))
+            values = S.parse(stub, reads, data, faulted)
+        except BaseException:
+            try:
+                self._undo()
+            finally:
+                self.proc.read_log()
+            raise
+        self._undo()
+        self.proc.read_log()
+        self._cache = known
+        return values, faulted
+
+    @staticmethod
+    def _linear_pieces(lin: int, p0: int, p1: int, data: bytes) -> List[Tuple[int, bytes]]:
+        """(physical, bytes) pieces of `data` at linear `lin` (p0: physical of its first byte, p1:
+        of its last; at most one page boundary)."""
+        split = 0x1000 - (lin & 0xFFF)
+        if split >= len(data):
+            return [(p0, data)]
+        return [(p0, data[:split]), (p1 - (len(data) - 1 - split), data[split:])]
+
+    @staticmethod
+    def _buffer_at(site: int, p0: int, p1: int, stub: "S.Stub") -> Tuple[int, int]:
+        """(physical, size) of the results buffer; it must not straddle the page boundary."""
+        lin = site + stub.buffer_offset
+        first_page_end = (site & ~0xFFF) + 0x1000
+        if lin + stub.buffer_size <= first_page_end:
+            return p0 + stub.buffer_offset, stub.buffer_size
+        if lin >= first_page_end:
+            return p1 - (site + stub.size - 1 - lin), stub.buffer_size
+        raise NotAvailable("the results buffer straddles a page boundary", backend=NAME)
+
+    def _unwind(self, cpu: int, before: Dict[str, int], insn_rip: int, unwind: int) -> None:
+        """An exception was delivered at the injected RDMSR at `insn_rip`: IRETQ back through the
+        stub's `add rsp, 8; iretq`, so RSP, RFLAGS, CS and SS are the interrupted ones again."""
+        now = self._r(cpu)
+        frame = self.read_virtual(cpu, now["rsp"], 16)
+        q0, q1 = int.from_bytes(frame[:8], "little"), int.from_bytes(frame[8:], "little")
+        if q1 == insn_rip:
+            self._set_reg("rip", unwind)
+            self._step_to(cpu, unwind + 4, "ADD RSP, 8")
+        elif q0 == insn_rip:
+            self._set_reg("rip", unwind + 4)
+        else:
+            raise BackendError(f"the injected RDMSR was diverted to 0x{now['rip']:x} and no exception frame "
+                               "returns to it", backend=NAME, cpu=cpu)
+        self._step_to(cpu, insn_rip, "IRETQ")
+        back = self._r(cpu)
+        if back["rsp"] != before["rsp"]:
+            raise BackendError("IRETQ did not restore RSP after the injected RDMSR faulted", backend=NAME, cpu=cpu)
 
     def read_msr_by_rdmsr(self, cpu: int, index: int) -> int:
         """Execute RDMSR(index) on `cpu` and restore everything; NotAvailable if it faults."""
@@ -497,6 +736,7 @@ class BochsBackend(Backend):
             stub = b"\x0f\x08" + STUB_INSN[insn] + STUB_TAIL
             self._write_linear(stub_rip, phys[0], phys[1], stub)
             j.stub = (stub_rip, phys[0])
+            j.invd = (stub_rip + 10, stub_rip + 12)
             for reg, value in inputs.items():
                 j.registers[reg] = before[reg]
                 self._set_reg(reg, value)
@@ -627,6 +867,28 @@ class BochsBackend(Backend):
             self._setpmem(address + i, data[i:i + n])
             i += n
 
+    def _poke_many(self, pieces: Sequence[Tuple[int, bytes]]) -> None:
+        """setpmem every piece (physical address, bytes) in one exchange."""
+        cmds = []
+        for address, data in pieces:
+            self._check_physical(address, len(data))
+            i = 0
+            while i < len(data):
+                n = 4 if len(data) - i >= 4 else 2 if len(data) - i >= 2 else 1
+                cmds.append(f"setpmem 0x{address + i:x} {n} 0x{int.from_bytes(data[i:i + n], 'little'):x}")
+                i += n
+        for cmd, out in zip(cmds, self._cmds(cmds)):
+            if out.strip():
+                raise BackendError(f"`{cmd}` answered {out.strip()!r}", backend=NAME)
+
+    def _set_regs(self, values: Sequence[Tuple[str, int]]) -> None:
+        """`set` several registers of the selected processor in one exchange."""
+        cmds = [f"set {name} = 0x{value:x}" for name, value in values]
+        for cmd, out in zip(cmds, self._cmds(cmds)):
+            if out.strip():
+                raise BackendError(f"`{cmd}` answered {out.strip()!r}", backend=NAME, cpu=self._current)
+        self._invalidate()
+
     def _set_reg(self, name: str, value: int) -> None:
         out = self._cmd(f"set {name} = 0x{value:x}")
         if out.strip():
@@ -674,19 +936,17 @@ class BochsBackend(Backend):
         if j is None:
             return
         self.select(j.cpu)
-        if j.stub is not None:
-            stub_rip, _ = j.stub
-            self._set_reg("rip", stub_rip + 10)
+        if j.invd is not None:
+            self._set_reg("rip", j.invd[0])
             try:
-                self._step_to(j.cpu, stub_rip + 12, "INVD")
+                self._step_to(j.cpu, j.invd[1], "INVD")
             except BackendError:
                 pass
-        for at, data in j.memory:
-            self._poke(at, data)
+        self._poke_many(j.memory)
         now = self._r(j.cpu)
-        for reg, value in j.registers.items():
-            if now.get(reg) != value:
-                self._set_reg(reg, value)
+        sets = [(reg, value) for reg, value in j.registers.items()
+                if now.get("rflags" if reg == "$eflags" else reg) != value]
+        self._set_regs(sets)
         self._invalidate()
 
     # ---------------------------------------------------------- breakpoints
@@ -779,6 +1039,7 @@ class BochsBackend(Backend):
         finally:
             self._running = False
         self.stats["commands"] += 1
+        self.stats["round_trips"] += 1
         guest = self._absorb(text)
         log = self._take_log()
         rep = P.parse_stop(guest.debugger)

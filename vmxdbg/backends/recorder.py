@@ -135,6 +135,13 @@ class Recorder(Backend):
     def processors(self) -> List[int]:
         return self._call("processors", None, (), self.inner.processors)
 
+    def prefetch(self, cpu: int, msrs: Iterable[int] = (), leaves: Iterable[Tuple[int, int]] = ()) -> None:
+        """Passed to the backend when it has it, not recorded: it only fills the backend's caches;
+        the reads that follow are recorded one by one, as a replay asks for them."""
+        inner = getattr(self.inner, "prefetch", None)
+        if inner is not None:
+            inner(cpu, msrs, leaves)
+
     def read_register(self, cpu: int, name: str) -> int:
         return self._call("read_register", cpu, (name,), lambda: self.inner.read_register(cpu, name))
 

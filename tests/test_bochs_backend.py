@@ -14,6 +14,8 @@ from typing import Dict, Iterator, Tuple
 
 import pytest
 
+from vmxdbg import collect
+
 sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures"))
 from minihv import build as minihv_build  # noqa: E402
 from minihv import knobs  # noqa: E402
@@ -182,6 +184,26 @@ def test_step_vmxon_on_each_core(session) -> None:  # type: ignore[no-untyped-de
         for index in (0x2FF, 0x250, 0x200, 0xC0000084):                   # MSRs that need the IDT here
             assert b.read_msr_by_rdmsr(cpu, index) == b.read_msr(cpu, index), hex(index)
         assert full_state(b, cpu) == before
+        # everything a stop reads by RDMSR/CPUID, in one injected stub, as at the processor's first stop
+        saved = (dict(b._leaves), dict(b._constant), set(b._absent))
+        b._leaves.clear(), b._constant.clear(), b._absent.clear()
+        after_rip = b.read_virtual(cpu, before["rip"], 2048)
+        k = b.stats["injections"]
+        b.prefetch(cpu, collect.PREFETCH_MSRS, collect.CPUID_LEAVES)
+        assert b.stats["injections"] == k + 1
+        assert full_state(b, cpu) == before
+        assert b.read_virtual(cpu, before["rip"], 2048) == after_rip
+        assert b.read_virtual(cpu, before["rsp"] - 128, 160) == stack
+        assert b._constant[(cpu, 0x480)] == 0x00D810000000002B and (cpu, 0x48B) in b._constant
+        assert (cpu, 0x492) not in b._constant                       # IA32_VMX_PROCBASED_CTLS[49] = 0
+        assert (cpu, 0x1D9) in b._absent                              # Bochs 2.7 has no IA32_DEBUGCTL: #GP undone
+        assert b.cpuid(cpu, 1)[2] >> 5 & 1 and b.read_msr(cpu, 0x48C) == b.read_msr_by_rdmsr(cpu, 0x48C)
+        k = b.stats["injections"]
+        b.prefetch(cpu, collect.PREFETCH_MSRS, collect.CPUID_LEAVES)    # nothing left to read: no injection
+        assert b.stats["injections"] == k
+        with pytest.raises(NotAvailable, match="raised #GP"):
+            b.read_msr(cpu, 0x1D9)
+        b._leaves.update(saved[0]), b._constant.update(saved[1]), b._absent.update(saved[2])
         k = b.stats["injections"]                        # capability MSRs: once per processor
         assert b.read_msr(cpu, 0x480) == b.read_msr(cpu, 0x480) == 0x00D810000000002B
         assert b.stats["injections"] - k <= 1

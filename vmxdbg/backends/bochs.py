@@ -33,6 +33,7 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Sequence, Set, Tuple
 
+from ..decode.layouts import layout_for_revision
 from ..errors import BackendError, NotAvailable, TargetGone
 from . import bochs_parse as P
 from .base import CPUID, EXECUTION, MSR, PHYSICAL, REGISTERS, SEGMENT_NAMES, TABLE_NAMES, VIRTUAL, VMCS, VMX_STATE, \
@@ -346,8 +347,6 @@ class BochsBackend(Backend):
     def _current_vmcs(self, cpu: int) -> Tuple[Dict[int, int], Dict[str, int]]:
         """The current VMCS's fields and extras, read from its region in Bochs' own
         memory layout (structs/vmcs_layouts/bochs.yaml) in one read per stop."""
-        from ..decode.layouts import layout_for_revision
-
         def fetch() -> Tuple[Dict[int, int], Dict[str, int]]:
             st = P.vmx_state_from_param(self._show(cpu, "VMX"))
             ptr = st.get("vmcs_pointer")
@@ -526,7 +525,7 @@ class BochsBackend(Backend):
         try:
             for lin, a, b, n in saves:
                 j.memory += self._save_linear(lin, a, b, n)
-            self._poke_many(self._linear_pieces(site, p0, p1, stub.code + bytes(stub.buffer_size)))
+            self._poke_many(self._linear_pieces(site, p0, p1, stub.code))
             j.stub = (site, p0)
             j.invd = (site + stub.end_invd, site + stub.end)
             for reg in ("rax", "rbx", "rcx", "rdx", "rdi", "rip"):
@@ -540,14 +539,14 @@ class BochsBackend(Backend):
                                    f"0x{site + stub.end:x}", backend=NAME, cpu=cpu)
             for i, entry in sorted(stub.risky.items()):
                 insn_rip = site + stub.insn_at[i]
-                self._set_regs([("rip", site + entry)])
-                self._absorb(self._cmd(f"s {cpu} 2"))
+                self._set_regs([("rdi", site + stub.buffer_offset + stub.slots[i]), ("rip", site + entry)])
+                self._absorb(self._cmd(f"s {cpu} 2"))          # mov ecx; rdmsr
                 if self._r(cpu)["rip"] != insn_rip + 2:
                     self._unwind(cpu, before, insn_rip, site + stub.unwind)
                     faulted.add(i)
                     continue
-                self._absorb(self._cmd(f"s {cpu} 2"))
-            data = self.read_physical(*self._buffer_at(site, p0, p1, stub))
+                self._absorb(self._cmd(f"s {cpu} 3"))          # stosd; xchg; stosd
+            data = self._read_buffer(site, p0, p1, stub)
             values = S.parse(stub, reads, data, faulted)
         except BaseException:
             try:
@@ -562,23 +561,24 @@ class BochsBackend(Backend):
 
     @staticmethod
     def _linear_pieces(lin: int, p0: int, p1: int, data: bytes) -> List[Tuple[int, bytes]]:
-        """(physical, bytes) pieces of `data` at linear `lin` (p0: physical of its first byte, p1:
-        of its last; at most one page boundary)."""
+        """(physical, bytes) pieces of `data` at linear `lin`, in a range whose first byte is at
+        physical p0 and whose last byte (on the same or the next page) is at physical p1."""
         split = 0x1000 - (lin & 0xFFF)
         if split >= len(data):
             return [(p0, data)]
-        return [(p0, data[:split]), (p1 - (len(data) - 1 - split), data[split:])]
+        return [(p0, data[:split]), ((p1 & ~0xFFF), data[split:])]
 
-    @staticmethod
-    def _buffer_at(site: int, p0: int, p1: int, stub: "S.Stub") -> Tuple[int, int]:
-        """(physical, size) of the results buffer; it must not straddle the page boundary."""
+    def _read_buffer(self, site: int, p0: int, p1: int, stub: "S.Stub") -> bytes:
+        """The results buffer (it may cross into the stub range's second page)."""
         lin = site + stub.buffer_offset
         first_page_end = (site & ~0xFFF) + 0x1000
-        if lin + stub.buffer_size <= first_page_end:
-            return p0 + stub.buffer_offset, stub.buffer_size
-        if lin >= first_page_end:
-            return p1 - (site + stub.size - 1 - lin), stub.buffer_size
-        raise NotAvailable("the results buffer straddles a page boundary", backend=NAME)
+        out = b""
+        for at, n in ((lin, min(stub.buffer_size, max(0, first_page_end - lin))),
+                      (max(lin, first_page_end), stub.buffer_size - min(stub.buffer_size, max(0, first_page_end - lin)))):
+            if n:
+                phys = p0 + (at - site) if at < first_page_end else (p1 & ~0xFFF) + (at & 0xFFF)
+                out += self.read_physical(phys, n)
+        return out
 
     def _unwind(self, cpu: int, before: Dict[str, int], insn_rip: int, unwind: int) -> None:
         """An exception was delivered at the injected RDMSR at `insn_rip`: IRETQ back through the

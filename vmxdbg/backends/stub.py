@@ -11,7 +11,9 @@ linear address the caller puts in RDI.
 Layout of `Stub.code` (offsets in `Stub`):
 
     invd                                  flush a trace cache (Bochs: decode fresh bytes)
-    for each read:   [guard]  body        body stores the result at [rdi + slot]
+    cld
+    for each block of reads with the same guard:
+        [bt ...; jc/jnc]  bodies  [jmp over; xor eax, eax; mov ecx, n; rep stosd]
     invd                                  `end_invd`
     jmp $                                 `end`: extra steps spin here
     add rsp, 8 ; iretq                    `unwind`: back out of an exception frame
@@ -92,57 +94,98 @@ def _bt(disp: int, bit: int) -> bytes:
 
 def build(reads: Sequence[Read]) -> Stub:
     """One stub for `reads` (guards name earlier, non-risky reads)."""
-    slots, at = [], 0
-    for r in reads:
-        if r.kind not in ("cpuid", "rdmsr") or not 0 <= r.index <= 0xFFFFFFFF:
-            raise ValueError(f"not a read: {r}")
-        slots.append(at)
-        at += r.size
     for i, r in enumerate(reads):
+        if r.kind not in ("cpuid", "rdmsr") or not 0 <= r.index <= 0xFFFFFFFF or not 0 <= r.subleaf <= 0xFFFFFFFF:
+            raise ValueError(f"not a read: {r}")
         for pos, bit in r.guard:
             if not 0 <= pos < i or reads[pos].risky or not 0 <= bit < reads[pos].size * 8:
                 raise ValueError(f"read {i}: guard ({pos}, {bit}) is not a bit of an earlier safe read")
-    # code size does not depend on the buffer's place: assemble twice, with the real offset
-    code, info = _assemble(reads, slots, 0)
-    code, info = _assemble(reads, slots, len(code))
+    # the straight-line reads fill the buffer in order (STOSD), the risky ones after them
+    order = [i for i, r in enumerate(reads) if not r.risky] + [i for i, r in enumerate(reads) if r.risky]
+    slots, at = [0] * len(reads), 0
+    for i in order:
+        slots[i] = at
+        at += reads[i].size
+    code, info = _assemble(reads, slots)
     return Stub(code, len(code), at, slots, **info)  # type: ignore[arg-type]
 
 
-def _assemble(reads: Sequence[Read], slots: List[int], buffer_at: int) -> Tuple[bytes, dict]:
-    # RDI points at the buffer: displacements are relative to it
-    out = bytearray(INVD)
-    steps = 1
+def _body(r: Read, ecx: Optional[int]) -> bytes:
+    """The read, its result stored with STOSD at RDI (which advances); `ecx`: ECX before it."""
+    if r.kind == "cpuid":
+        sub = b"\x31\xc9" if r.subleaf == 0 else _mov_imm("ecx", r.subleaf)         # xor ecx, ecx
+        # cpuid; stosd; mov eax, ebx; stosd; mov eax, ecx; stosd; mov eax, edx; stosd
+        return _mov_imm("eax", r.index) + sub + b"\x0f\xa2\xab\x89\xd8\xab\x89\xc8\xab\x89\xd0\xab"
+    # ECX survives RDMSR: the next MSR of a run is `inc ecx`; rdmsr; stosd; xchg eax, edx; stosd
+    load = b"\xff\xc1" if ecx is not None and r.index == ecx + 1 else _mov_imm("ecx", r.index)
+    return load + b"\x0f\x32\xab\x92\xab"
+
+
+def _body_steps(r: Read) -> int:
+    return 10 if r.kind == "cpuid" else 5
+
+
+def _assemble(reads: Sequence[Read], slots: List[int]) -> Tuple[bytes, dict]:
+    out = bytearray(INVD + b"\xfc")                    # invd; cld (STOSD counts up)
+    steps = 2
     insn_at: Dict[int, int] = {}
-
-    def body(i: int, r: Read) -> bytes:
-        d = slots[i]
-        if r.kind == "cpuid":
-            return (_mov_imm("eax", r.index) + _mov_imm("ecx", r.subleaf) + b"\x0f\xa2" + _store("eax", d)
-                    + _store("ebx", d + 4) + _store("ecx", d + 8) + _store("edx", d + 12))
-        return _mov_imm("ecx", r.index) + b"\x0f\x32" + _store("eax", d) + _store("edx", d + 4)
-
-    for i, r in enumerate(reads):
-        if r.risky:
+    straight = [i for i, r in enumerate(reads) if not r.risky]
+    k = 0
+    while k < len(straight):
+        # a block: consecutive reads with the same guard share one test
+        guard = reads[straight[k]].guard
+        block = [straight[k]]
+        while k + len(block) < len(straight) and reads[straight[k + len(block)]].guard == guard:
+            block.append(straight[k + len(block)])
+        k += len(block)
+        body = bytearray()
+        ecx: Optional[int] = None
+        offsets = {}
+        for i in block:
+            r = reads[i]
+            piece = _body(r, ecx)
+            offsets[i] = len(body) + len(piece) - (12 if r.kind == "cpuid" else 5)   # the CPUID/RDMSR
+            body += piece
+            ecx = r.index if r.kind == "rdmsr" else None
+            steps += _body_steps(r)
+        if not guard:
+            for i in block:
+                insn_at[i] = len(out) + offsets[i]
+            out += body
             continue
-        b = body(i, r)
-        if r.guard:
-            # any guard bit set -> run the body; else jump over it
-            tests = bytearray()
-            for k, (pos, bit) in enumerate(r.guard):
-                tests += _bt(slots[pos] + bit // 32 * 4, bit % 32)
-                last = k == len(r.guard) - 1
-                skip = len(b) if last else None
-                if last:
-                    tests += b"\x73" + bytes([skip])                  # jnc over the body
-                else:
-                    # jc into the body: over the remaining tests (each 8 + 2 bytes)
-                    rest = (len(r.guard) - k - 1) * 10
-                    tests += b"\x72" + bytes([rest])
-                steps += 2
-            out += tests
-        insn_at[i] = len(out) + (10 if r.kind == "cpuid" else 5)
-        out += b
-        steps += 7 if r.kind == "cpuid" else 4
+        size = sum(reads[i].size for i in block)
+        # skipped: zero its slots (later guards test them): xor eax, eax; mov ecx, n; rep stosd
+        zero = b"\x31\xc0" + _mov_imm("ecx", size // 4) + b"\xf3\xab"
+        body += b"\xeb" + bytes([len(zero)])          # jmp over the zeroing
+        tests = bytearray()
+        here = slots[block[0]]                        # RDI at this point: buffer + here
+        for n, (pos, bit) in enumerate(guard):
+            disp = slots[pos] + bit // 32 * 4 - here
+            tests += (b"\x0f\xba\x67" + struct.pack("<b", disp) if -128 <= disp <= 127
+                      else b"\x0f\xba\xa7" + struct.pack("<i", disp)) + bytes([bit % 32])
+            tests.append(0)                           # placeholder: the jump, patched below
+            tests.append(0)
+            steps += 2
+        # patch the jumps: jc into the body after any test but the last; the last jnc to the zeroing
+        pos_jumps = []
+        at = 0
+        for pos, bit in guard:
+            disp = slots[pos] + bit // 32 * 4 - here
+            at += 5 if -128 <= disp <= 127 else 8
+            pos_jumps.append(at)
+            at += 2
+        end_tests = len(tests)
+        for n, j in enumerate(pos_jumps):
+            last = n == len(pos_jumps) - 1
+            target = end_tests + (len(body) if last else 0)
+            rel = target - (j + 2)
+            if not 0 <= rel <= 127:
+                raise ValueError("a guarded block is too long for a short jump")
+            tests[j], tests[j + 1] = (0x73 if last else 0x72), rel
+        for i in block:
+            insn_at[i] = len(out) + len(tests) + offsets[i]
+        out += tests + body + zero
+        steps += 1 + 3 + size // 4                    # jmp, or xor/mov/rep stosd (a step per iteration)
     end_invd = len(out)
     out += INVD
     end = len(out)
@@ -155,7 +198,7 @@ def _assemble(reads: Sequence[Read], slots: List[int], buffer_at: int) -> Tuple[
         if r.risky:
             risky[i] = len(out)
             insn_at[i] = len(out) + 5
-            out += body(i, r) + JMP_SELF
+            out += _body(r, None) + JMP_SELF
     return bytes(out), {"straight_steps": steps, "end_invd": end_invd, "end": end, "unwind": unwind,
                         "risky": risky, "insn_at": insn_at}
 

@@ -49,6 +49,9 @@ DREG_NAMES = ("dr0", "dr1", "dr2", "dr3", "dr6", "dr7")
 PARAM_GROUP = {"es": "ES", "cs": "CS", "ss": "SS", "ds": "DS", "fs": "FS", "gs": "GS", "ldtr": "LDTR",
                "tr": "TR", "gdtr": "GDTR", "idtr": "IDTR"}
 SEGMENT_PARTS = ("selector", "base", "limit", "attributes")
+#: the debugger answers a stop reads (registers, segments, tables, VMX state, the MSR group),
+#: fetched together in one exchange (`_fill`)
+STOP_GROUPS = ("r", "creg", "dreg") + tuple(PARAM_GROUP.values()) + ("VMX", "MSR", "in_smm")
 XP_CHUNK = 4096
 BIOS_ROM = (0xFFFE0000, 0x100000000)      # BIOS-bochs-latest, 128 KiB below 4 GiB
 STACK_SAVE = 64                           # bytes below RSP an exception frame may use
@@ -289,6 +292,57 @@ class BochsBackend(Backend):
             return P.parse_dreg(self._cmd("dreg"))
         return self._cached(cpu, "dreg", fetch)
 
+    def _fill(self, cpu: int, groups: Iterable[str]) -> None:
+        """Fetch the answers a stop needs in one exchange: `r`, `creg`, `dreg` and parameter-tree
+        groups (`show "cpuN.GROUP"`) not cached yet; each is parsed as its own command is."""
+        keys = [g for g in dict.fromkeys(groups) if (cpu, g if g in ("r", "creg", "dreg") else "show:" + g)
+                not in self._cache]
+        if len(keys) < 2:
+            return
+        self._check_cpu(cpu)
+        cmds = [] if self._current == cpu else [f"set $cpu = {cpu}"]
+        cmds += [k if k in ("r", "creg", "dreg") else f'show "cpu{cpu}.{k}"' for k in keys]
+        answers = self._cmds(cmds)
+        if len(cmds) > len(keys):
+            if answers[0].strip():
+                raise BackendError(f"`set $cpu = {cpu}` answered {answers[0].strip()!r}", backend=NAME, cpu=cpu)
+            self._current = cpu
+            answers = answers[1:]
+        for key, cmd, text in zip(keys, cmds[len(cmds) - len(keys):], answers):
+            if key == "r":
+                if P.parse_r_cpu(text) not in (None, cpu):
+                    raise BackendError(f"`r` answered for another processor: {text[:20]!r}", backend=NAME, cpu=cpu)
+                self._cache[(cpu, "r")] = P.parse_r(text)
+            elif key == "creg":
+                self._cache[(cpu, "creg")] = P.parse_creg(text)
+            elif key == "dreg":
+                self._cache[(cpu, "dreg")] = P.parse_dreg(text)
+            else:
+                tree = P.parse_param_tree(text, cmd)
+                if key not in tree:
+                    raise BackendError(f"`{cmd}` has no {key}", backend=NAME, cpu=cpu)
+                self._cache[(cpu, "show:" + key)] = tree[key]
+
+    def read_registers(self, cpu: int, names: Iterable[str]) -> Dict[str, int]:
+        """Several registers: every debugger answer they need is fetched in one exchange first."""
+        names = list(names)
+        groups = []
+        for n in (x.lower() for x in names):
+            base, _, part = n.partition(".")
+            if n in GPRS or n in ("rip", "rflags"):
+                groups.append("r")
+            elif n in CREG_NAMES:
+                groups.append("creg")
+            elif n in DREG_NAMES:
+                groups.append("dreg")
+            elif n == "cpl":
+                groups += ["creg", "r", "CS"]
+            elif base in PARAM_GROUP and part:
+                groups.append(PARAM_GROUP[base])
+        self._fill(cpu, groups + list(STOP_GROUPS))     # and what the same stop reads next
+
+        return super().read_registers(cpu, names)
+
     def read_register(self, cpu: int, name: str) -> int:
         """Registers named as in base.py; segment attributes in VMCS access-rights format."""
         self._check_cpu(cpu)
@@ -407,6 +461,7 @@ class BochsBackend(Backend):
         inside the same injection, its #GP undone. Nothing is raised: what could not be read
         stays for read_msr / cpuid to try (or refuse) one by one."""
         self._check_cpu(cpu)
+        self._fill(cpu, STOP_GROUPS)
         reads: List[S.Read] = []
         where: Dict[Tuple[str, int, int], int] = {}
 

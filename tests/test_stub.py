@@ -21,14 +21,15 @@ def test_the_code_reads_each_item_into_its_slot_behind_its_guard() -> None:
     s = build(READS)
     text = decoded(s.code)
     assert s.slots == [0, 16, 24, 32] and s.buffer_size == 40 and s.buffer_offset == len(s.code)
-    assert text[0] == "invd" and text[s.end_invd] == "invd" and text[s.end].startswith("jmp short")
-    assert text[s.unwind] == "add rsp,8" and text[s.unwind + 4] == "iretq"
+    assert text[0] == "invd" and text[2] == "cld" and text[s.end_invd] == "invd"
+    assert text[s.end].startswith("jmp short") and text[s.unwind] == "add rsp,8" and text[s.unwind + 4] == "iretq"
     assert text[s.insn_at[0]] == "cpuid" and text[s.insn_at[1]] == text[s.insn_at[2]] == "rdmsr"
     listing = list(text.values())
-    # CPUID.1:ECX bit 5 guards 0x480; IA32_VMX_BASIC bit 55 or EAX bit 1 guard 0x48B
-    assert "bt dword ptr [rdi+8],5" in listing and "bt dword ptr [rdi+14h],17h" in listing
-    assert "bt dword ptr [rdi],1" in listing
-    assert "mov [rdi+20h],eax" in listing and "mov [rdi+24h],edx" in listing
+    # RDI advances with each STOSD: a guard's displacement is its source's slot minus the block's
+    # CPUID.1:ECX bit 5 guards 0x480; IA32_VMX_BASIC bit 55 or CPUID.1:EAX bit 1 guard 0x48B
+    assert "bt dword ptr [rdi-8],5" in listing
+    assert "bt dword ptr [rdi-4],17h" in listing and "bt dword ptr [rdi-18h],1" in listing
+    assert listing.count("stosd [rdi]") == 4 + 2 + 2 + 2 and "rep stosd [rdi]" in listing
     # the risky read is outside the straight line: its own entry, ending in jmp $
     entry = s.risky[3]
     assert entry > s.unwind and text[entry] == "mov ecx,1D9h" and s.insn_at[3] == entry + 5
@@ -36,6 +37,9 @@ def test_the_code_reads_each_item_into_its_slot_behind_its_guard() -> None:
     for ip, ins in text.items():
         if ins.startswith(("jae", "jb", "jmp")):
             assert int(ins.split()[-1].rstrip("h"), 16) in text
+    # a run of consecutive MSRs loads ECX once
+    run = build([Read("rdmsr", 0x480), Read("rdmsr", 0x481), Read("rdmsr", 0x482)])
+    assert list(decoded(run.code).values()).count("inc ecx") == 2
 
 
 def test_results_come_back_by_slot_and_a_skipped_read_is_none() -> None:

@@ -20,7 +20,10 @@ def decoded(code: bytes):  # type: ignore[no-untyped-def]
 def test_the_code_reads_each_item_into_its_slot_behind_its_guard() -> None:
     s = build(READS)
     text = decoded(s.code)
-    assert s.slots == [0, 16, 24, 32] and s.buffer_size == 40 and s.buffer_offset == len(s.code)
+    assert s.slots == [0, 16, 24, 32] and s.buffer_size == 40
+    # the results go over code that has run: the stub covers its code only, and the buffer ends
+    # before the tail (final INVD, JMP $, unwind) that is still needed
+    assert s.buffer_offset == 0 and s.size == len(s.code) and s.buffer_size <= s.end_invd
     assert text[0] == "invd" and text[2] == "cld" and text[s.end_invd] == "invd"
     assert text[s.end].startswith("jmp short") and text[s.unwind] == "add rsp,8" and text[s.unwind + 4] == "iretq"
     assert text[s.insn_at[0]] == "cpuid" and text[s.insn_at[1]] == text[s.insn_at[2]] == "rdmsr"
@@ -37,9 +40,11 @@ def test_the_code_reads_each_item_into_its_slot_behind_its_guard() -> None:
     for ip, ins in text.items():
         if ins.startswith(("jae", "jb", "jmp")):
             assert int(ins.split()[-1].rstrip("h"), 16) in text
-    # a run of consecutive MSRs loads ECX once
-    run = build([Read("rdmsr", 0x480), Read("rdmsr", 0x481), Read("rdmsr", 0x482)])
-    assert list(decoded(run.code).values()).count("inc ecx") == 2
+    # a run of consecutive MSRs loads ECX once; 7 code bytes store 8, so a long run outgrows its
+    # code and the buffer goes after it
+    run = build([Read("rdmsr", 0x480 + k) for k in range(12)])
+    assert list(decoded(run.code).values()).count("inc ecx") == 11
+    assert run.buffer_offset == len(run.code) and run.size == len(run.code) + 96
 
 
 def test_results_come_back_by_slot_and_a_skipped_read_is_none() -> None:

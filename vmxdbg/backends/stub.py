@@ -18,7 +18,9 @@ Layout of `Stub.code` (offsets in `Stub`):
     jmp $                                 `end`: extra steps spin here
     add rsp, 8 ; iretq                    `unwind`: back out of an exception frame
 
-A read may have a guard: it runs only when a bit of an earlier read's result is
+The results buffer is `buffer_offset` bytes into the stub: after the code, or
+at offset 0 when every store lands on code that has already run (and before
+the tail), so the stub covers fewer bytes. A read may have a guard: it runs only when a bit of an earlier read's result is
 set (e.g. IA32_VMX_PROCBASED_CTLS2 only when IA32_VMX_PROCBASED_CTLS[63] is 1,
 Vol.3D A.3.3, SDM 325462-080US, 2023). The buffer must be zero before the stub
 runs, so a skipped read's bits read as 0 in later guards. A read marked `risky`
@@ -77,7 +79,8 @@ class Stub:
 
     @property
     def size(self) -> int:
-        return self.buffer_offset + self.buffer_size
+        """Bytes the stub covers: its code, and the buffer where it does not overlap the code."""
+        return max(len(self.code), self.buffer_offset + self.buffer_size)
 
 
 def _mov_imm(reg: str, value: int) -> bytes:
@@ -107,7 +110,12 @@ def build(reads: Sequence[Read]) -> Stub:
         slots[i] = at
         at += reads[i].size
     code, info = _assemble(reads, slots)
-    return Stub(code, len(code), at, slots, **info)  # type: ignore[arg-type]
+    writes = info.pop("writes")
+    # the results may go over code that has already run (fewer bytes to write back): when every
+    # store lands wholly before the instruction that makes it and before the tail (the final
+    # INVD, JMP $ and the unwind code, needed later)
+    overlap = all(end <= pos and end <= info["end_invd"] for pos, _, end in writes)
+    return Stub(code, 0 if overlap else len(code), at, slots, **info)  # type: ignore[arg-type]
 
 
 def _body(r: Read, ecx: Optional[int]) -> bytes:
@@ -129,6 +137,12 @@ def _assemble(reads: Sequence[Read], slots: List[int]) -> Tuple[bytes, dict]:
     out = bytearray(INVD + b"\xfc")                    # invd; cld (STOSD counts up)
     steps = 2
     insn_at: Dict[int, int] = {}
+    writes: List[Tuple[int, int, int]] = []          # (offset of a store, first and end byte it writes)
+
+    def stores(i: int, insn: int) -> None:
+        """The STOSDs after read i's CPUID/RDMSR at code offset `insn`."""
+        after = (2, 5, 8, 11) if reads[i].kind == "cpuid" else (2, 4)
+        writes.extend((insn + d, slots[i] + 4 * k, slots[i] + 4 * k + 4) for k, d in enumerate(after))
     straight = [i for i, r in enumerate(reads) if not r.risky]
     k = 0
     while k < len(straight):
@@ -151,6 +165,7 @@ def _assemble(reads: Sequence[Read], slots: List[int]) -> Tuple[bytes, dict]:
         if not guard:
             for i in block:
                 insn_at[i] = len(out) + offsets[i]
+                stores(i, insn_at[i])
             out += body
             continue
         size = sum(reads[i].size for i in block)
@@ -184,6 +199,9 @@ def _assemble(reads: Sequence[Read], slots: List[int]) -> Tuple[bytes, dict]:
             tests[j], tests[j + 1] = (0x73 if last else 0x72), rel
         for i in block:
             insn_at[i] = len(out) + len(tests) + offsets[i]
+            stores(i, insn_at[i])
+        rep_at = len(out) + len(tests) + len(body) + 7
+        writes.append((rep_at, slots[block[0]], slots[block[0]] + size))
         out += tests + body + zero
         steps += 1 + 3 + size // 4                    # jmp, or xor/mov/rep stosd (a step per iteration)
     end_invd = len(out)
@@ -198,9 +216,10 @@ def _assemble(reads: Sequence[Read], slots: List[int]) -> Tuple[bytes, dict]:
         if r.risky:
             risky[i] = len(out)
             insn_at[i] = len(out) + 5
+            stores(i, insn_at[i])
             out += _body(r, None) + JMP_SELF
     return bytes(out), {"straight_steps": steps, "end_invd": end_invd, "end": end, "unwind": unwind,
-                        "risky": risky, "insn_at": insn_at}
+                        "risky": risky, "insn_at": insn_at, "writes": writes}
 
 
 Value = Union[int, Tuple[int, int, int, int]]

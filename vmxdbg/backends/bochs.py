@@ -588,19 +588,18 @@ class BochsBackend(Backend):
             j.registers["$eflags"] = before["rflags"]
             self._set_regs([("rdi", site + stub.buffer_offset), ("rip", site)])
             self._invalidate()
-            self._absorb(self._cmd(f"s {cpu} {stub.straight_steps}"))
-            if self._r(cpu)["rip"] != site + stub.end:
-                raise BackendError(f"the injected batch stopped at 0x{self._r(cpu)['rip']:x}, not at its end "
-                                   f"0x{site + stub.end:x}", backend=NAME, cpu=cpu)
+            # a breakpoint inside the stub's range cuts a multi-step short: step on (the stub is
+            # straight-line code, extra steps spin on its JMP $)
+            self._step_through(cpu, stub.straight_steps, site + stub.end, site, site + stub.end)
             for i, entry in sorted(stub.risky.items()):
                 insn_rip = site + stub.insn_at[i]
                 self._set_regs([("rdi", site + stub.buffer_offset + stub.slots[i]), ("rip", site + entry)])
-                self._absorb(self._cmd(f"s {cpu} 2"))          # mov ecx; rdmsr
-                if self._r(cpu)["rip"] != insn_rip + 2:
+                self._step_raw(cpu)                                  # mov ecx, index
+                if self._step_raw(cpu)["rip"] != insn_rip + 2:       # rdmsr
                     self._unwind(cpu, before, insn_rip, site + stub.unwind)
                     faulted.add(i)
                     continue
-                self._absorb(self._cmd(f"s {cpu} 3"))          # stosd; xchg; stosd
+                self._step_through(cpu, 3, insn_rip + 5, insn_rip + 2, insn_rip + 5)   # stosd; xchg; stosd
             data = self._read_buffer(site, p0, p1, stub)
             values = S.parse(stub, reads, data, faulted)
         except BaseException:
@@ -634,6 +633,20 @@ class BochsBackend(Backend):
                 phys = p0 + (at - site) if at < first_page_end else (p1 & ~0xFFF) + (at & 0xFFF)
                 out += self.read_physical(phys, n)
         return out
+
+    def _step_through(self, cpu: int, count: int, target: int, lo: int, hi: int) -> None:
+        """Step `cpu` until RIP is `target` (`s N count`, again while RIP stays in [lo, hi]:
+        a breakpoint there stopped it early); BackendError if RIP leaves that range."""
+        for _ in range(8):
+            self._invalidate()
+            self._absorb(self._cmd(f"s {cpu} {count}"))
+            rip = self._r(cpu)["rip"]
+            if rip == target:
+                return
+            if not lo <= rip <= hi:
+                break
+        raise BackendError(f"the injected code stopped at 0x{self._r(cpu)['rip']:x}, not at 0x{target:x}",
+                           backend=NAME, cpu=cpu)
 
     def _unwind(self, cpu: int, before: Dict[str, int], insn_rip: int, unwind: int) -> None:
         """An exception was delivered at the injected RDMSR at `insn_rip`: IRETQ back through the

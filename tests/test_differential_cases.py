@@ -23,6 +23,8 @@ CASES = {
     "seed752014-003697-deviation": (["ok"], "entry-fail:33:0", ["GUEST247"]),
     # an unrestricted 32-bit guest with SS DPL 3 beside a CS of DPL 0 = CS RPL: Bochs skips the SS DPL comparison
     "seed356194-008888-deviation": (["entry-fail:33:0"], "ok", ["GUEST247"]),
+    # a usable SS with a null selector in a 64-bit guest, read-only data: Bochs skips its checks
+    "seed160810-005221-deviation": (["entry-fail:33:0"], "ok", ["GUEST231"]),
     # "use TSC scaling" with a TSC multiplier of 0
     "seed752014-001765-deviation": (["ok"], "VMfailValid:7", ["CTL003"]),
     # an MSR-load entry for IA32_DEBUGCTL, which Bochs 2.7 does not have

@@ -125,6 +125,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.mutations < 1 or args.jobs < 1:
         print("differential_bochs.py: --mutations and --jobs must be at least 1", file=sys.stderr)
         return 2
+    if args.save:
+        try:
+            Path(args.save).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            print(f"differential_bochs.py: --save {args.save}: cannot create the directory ({e.strerror})",
+                  file=sys.stderr)
+            return 2
     from vmxdbg.minihv_demo import require_tools
     require_tools()
     rows, reboots, elapsed = run(args.seed, args.mutations, args.first, args.jobs, args.save, not args.quiet, only)

@@ -8,10 +8,18 @@ planned stop before each VMX instruction) and runs the same trace as
   boot        bochs-bin start to the first stop (cfg_stop: BIOS + image + long mode)
   trace       the whole trace: boot, every stop on every core, Bochs' exit
   per core    a full check of one core = its stops at VMXON, VMCLEAR, VMPTRLD and
-              VMLAUNCH: debugger round trips (the backend's `stats["commands"]`,
-              RDMSR/CPUID injections included) and wall time spent at those stops
-              (read state, predict, step, read the outcome), the mean over cores
+              VMLAUNCH: debugger round trips (the backend's `stats["round_trips"]`:
+              exchanges with Bochs, a batch of commands sent together counting once),
+              debugger commands (`stats["commands"]`), injections, and wall time spent
+              at those stops (read state, predict, step, read the outcome), the mean
+              over cores
 Each figure is the median over --runs runs. Needs bochs-bin and nasm.
+
+The last line compares the core check of the largest machine with the bare
+debugger's full stop, measured on that same machine at its first stop: switch
+processor, GPRs, CRs, DRs, the 8 segments, GDTR/IDTR, the VMX state, the MSR
+group, 4 KiB of memory and one step (bench/bench_bochs.py's "full stop"):
+    core check: X ms, Y round trips; bare full stop: Z ms; ratio R
 """
 from __future__ import annotations
 
@@ -23,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Dict, List
+
+from vmxdbg.backends.base import SEGMENT_NAMES, TABLE_NAMES  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -45,18 +55,20 @@ def one_run(cpus: int) -> Dict[str, float]:
             boot = time.perf_counter() - t0
             assert first.kind == "magic", first
             code = vmx_code(backend, built["symbols"])  # type: ignore[arg-type]
+            bare = bare_full_stop_ms(backend, cpus)     # at cfg_stop, before the trace (Bochs exits at its end)
             sites = [s for a, b in sorted(code.items()) for s in find_vmx_instructions(b, a)]
             stepper = Stepper(backend, sites, physical=True, breakpoints=False, assume=ASSUME)
             per_core: Dict[int, List[float]] = {}      # cpu -> [seconds, commands]
             plain = stepper.handle_stop
 
             def timed(event):  # type: ignore[no-untyped-def]
-                c0, s0 = backend.stats["commands"], time.perf_counter()
+                c0, r0, s0 = backend.stats["commands"], backend.stats["round_trips"], time.perf_counter()
                 got = plain(event)
                 if got is not None:
-                    acc = per_core.setdefault(got.cpu, [0.0, 0.0])
+                    acc = per_core.setdefault(got.cpu, [0.0, 0.0, 0.0])
                     acc[0] += time.perf_counter() - s0
                     acc[1] += backend.stats["commands"] - c0
+                    acc[2] += backend.stats["round_trips"] - r0
                 return got
             stepper.handle_stop = timed  # type: ignore[assignment]
             results = stepper.run(timeout=60)
@@ -68,9 +80,32 @@ def one_run(cpus: int) -> Dict[str, float]:
         return {"boot": boot, "trace": total, "stops": len(results),
                 "core_s": statistics.mean(v[0] for v in per_core.values()),
                 "core_cmds": statistics.mean(v[1] for v in per_core.values()),
-                "injections": backend.stats["injections"] / cpus}
+                "core_rt": statistics.mean(v[2] for v in per_core.values()),
+                "injections": backend.stats["injections"] / cpus, "bare_ms": bare}
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+REGS = (["rax", "rip", "rflags", "cr0", "cr3", "cr4", "efer", "dr7"]
+        + [f"{s}.{p}" for s in SEGMENT_NAMES for p in ("selector", "base", "limit", "attributes")]
+        + [f"{t}.{p}" for t in TABLE_NAMES for p in ("base", "limit")])
+
+
+def bare_full_stop_ms(backend: BochsBackend, cpus: int, n: int = 20) -> float:
+    """Median ms of the bare debugger's full stop of one processor (no rules, no injection)."""
+    times: List[float] = []
+    for _ in range(n):
+        t = time.perf_counter()
+        cpu = 0
+        backend._invalidate()
+        backend.select(cpu)
+        backend.read_registers(cpu, REGS)
+        backend.vmx_state(cpu)
+        backend._show(cpu, "MSR")
+        backend.read_physical(0x100000, 4096)
+        backend.step(cpu)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1000
 
 
 def main() -> int:
@@ -80,12 +115,15 @@ def main() -> int:
     args = ap.parse_args()
     require_tools()
     print(f"{'cpus':>4}  {'boot s':>7}  {'trace s':>7}  {'stops':>5}  {'per core: round trips':>21}  "
-          f"{'injections':>10}  {'ms':>6}")
+          f"{'commands':>8}  {'injections':>10}  {'ms':>6}")
     for cpus in args.cpus:
         runs = [one_run(cpus) for _ in range(args.runs)]
         med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-        print(f"{cpus:>4}  {med['boot']:7.2f}  {med['trace']:7.2f}  {med['stops']:5.0f}  {med['core_cmds']:21.0f}  "
-              f"{med['injections']:10.0f}  {med['core_s'] * 1000:6.0f}")
+        print(f"{cpus:>4}  {med['boot']:7.2f}  {med['trace']:7.2f}  {med['stops']:5.0f}  {med['core_rt']:21.0f}  "
+              f"{med['core_cmds']:8.0f}  {med['injections']:10.0f}  {med['core_s'] * 1000:6.0f}")
+    core_ms, bare = med["core_s"] * 1000, med["bare_ms"]
+    print(f"core check: {core_ms:.1f} ms, {med['core_rt']:.0f} round trips; bare full stop: {bare:.1f} ms; "
+          f"ratio {core_ms / bare:.1f}")
     return 0
 
 

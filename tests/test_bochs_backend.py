@@ -12,6 +12,7 @@ from typing import Dict, Iterator, Tuple
 
 import pytest
 
+from vmxdbg.state import collect
 from vmxdbg.hypervisors.minihv import build as minihv_build  # noqa: E402
 from vmxdbg.hypervisors.minihv import knobs  # noqa: E402
 
@@ -179,6 +180,29 @@ def test_step_vmxon_on_each_core(session) -> None:  # type: ignore[no-untyped-de
         for index in (0x2FF, 0x250, 0x200, 0xC0000084):                   # MSRs that need the IDT here
             assert b.read_msr_by_rdmsr(cpu, index) == b.read_msr(cpu, index), hex(index)
         assert full_state(b, cpu) == before
+        # everything a stop reads by RDMSR/CPUID, in one injected stub, as at the processor's first stop
+        saved = (dict(b._leaves), dict(b._constant), set(b._absent))
+        b._leaves.clear(), b._constant.clear(), b._absent.clear()
+        after_rip = b.read_virtual(cpu, before["rip"], 2048)
+        k = b.stats["injections"]
+        b.prefetch(cpu, collect.PREFETCH_MSRS, collect.CPUID_LEAVES)
+        assert b.stats["injections"] == k + 1
+        assert full_state(b, cpu) == before
+        assert b.read_virtual(cpu, before["rip"], 2048) == after_rip
+        assert b.read_virtual(cpu, before["rsp"] - 128, 160) == stack
+        assert b._constant[(cpu, 0x480)] == 0x00D810000000002B and (cpu, 0x48B) in b._constant
+        assert (cpu, 0x492) not in b._constant                       # IA32_VMX_PROCBASED_CTLS[49] = 0
+        assert (cpu, 0x1D9) in b._absent                              # Bochs 2.7 has no IA32_DEBUGCTL: #GP undone
+        assert b.cpuid(cpu, 1)[2] >> 5 & 1 and b.read_msr(cpu, 0x48C) == b.read_msr_by_rdmsr(cpu, 0x48C)
+        k = b.stats["injections"]
+        b.prefetch(cpu, collect.PREFETCH_MSRS, collect.CPUID_LEAVES)    # nothing left to read: no injection
+        assert b.stats["injections"] == k
+        with pytest.raises(NotAvailable, match="raised #GP"):
+            b.read_msr(cpu, 0x1D9)
+        b._leaves.update(saved[0]), b._constant.update(saved[1]), b._absent.update(saved[2])
+        k = b.stats["injections"]                        # capability MSRs: once per processor
+        assert b.read_msr(cpu, 0x480) == b.read_msr(cpu, 0x480) == 0x00D810000000002B
+        assert b.stats["injections"] - k <= 1
         st = b.step(cpu)
         assert (st.kind, st.cpu, st.address) == ("step", cpu, sym["at_vmxon"] + 9)
         flags[cpu] = b.read_register(cpu, "rflags") & 0x41
@@ -187,13 +211,21 @@ def test_step_vmxon_on_each_core(session) -> None:  # type: ignore[no-untyped-de
     assert flags == {0: 0, 1: 1}                                        # cpu0 ok, cpu1 VMfailInvalid (CF)
     assert b.vmx_state(0) == {"vmx": "root", "vmxon_pointer": 0x100000, "vmcs_pointer": 2**64 - 1, "smm": False}
     assert b.vmx_state(1)["vmx"] == "off"
-    # the target ran since cpu0's capability MSRs were read: they are not read again (nor on cpu1:
-    # one cpu model for all), the TSC is
+    # the target ran since cpu0's capability MSRs and CPUID leaves were read: they are not read
+    # again; cpu1's are its own, read once; the TSC is read each time
     n = b.stats["injections"]
-    assert b.read_msr(0, 0x480) == b.read_msr(1, 0x480) == 0x00D810000000002B and b.stats["injections"] == n
+    assert b.read_msr(0, 0x480) == 0x00D810000000002B and b.cpuid(0, 1)[2] >> 5 & 1
+    assert b.stats["injections"] == n
+    assert b._constant[(1, 0x480)] == 0x00D810000000002B            # cpu1's own, read at its stop
     b.read_msr(0, 0x10)
     b.read_msr(0, 0x10)
     assert b.stats["injections"] == n + 2
+    # the bits CPUID recomputes from the state software sets follow it: OSXSAVE = CR4.OSXSAVE
+    assert b.cpuid(0, 1)[2] >> 27 & 1 == b.read_register(0, "cr4") >> 18 & 1
+    b._creg(0)["cr4"] ^= 1 << 18                      # as if the guest had toggled CR4.OSXSAVE
+    assert b.cpuid(0, 1)[2] >> 27 & 1 == b.read_register(0, "cr4") >> 18 & 1
+    assert b.stats["injections"] == n + 2
+    b._invalidate()
     assert b.bochs_log[1] and not any("VMXON" in x for x in b.bochs_log.get(0, []))
 
 

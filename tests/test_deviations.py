@@ -61,6 +61,37 @@ def test_a_different_outcome_is_explained_only_when_it_is_that_outcome():
     assert dev.explain(snap, 0, v, "entry-fail:33:4", BOCHS) == []
 
 
+def test_a_narrow_entry_explains_only_the_states_its_condition_names():
+    # Bochs reads the pending debug exceptions as 32 bits: bits 63:32 pass, bit 4 does not
+    snap, v = launch({"vmcs/0x6822": "0x100000000"})
+    assert v.outcome == "entry-fail:33:0"
+    assert [d.rule for d in dev.explain(snap, 0, v, "ok", BOCHS)] == ["GUEST520"]
+    snap, v = launch({"vmcs/0x6822": "0x10"})
+    assert v.outcome == "entry-fail:33:0" and dev.explain(snap, 0, v, "ok", BOCHS) == []
+
+
+def test_an_added_check_explains_its_outcome_where_its_condition_holds():
+    # unrestricted guest (no SS.RPL = CS.RPL check) and a CS selector with RPL 1 over a
+    # non-conforming CS of DPL 0 = SS.DPL: legal by the SDM, refused by Bochs 2.7
+    proc = int(BASE["processors"]["0"]["vmcs"]["0x4002"], 16) | 1 << 31
+    ug = {"vmcs/0x4002": hex(proc), "vmcs/0x401e": "0x82", "vmcs/0x201a": "0x1801e"}
+    snap, v = launch({**ug, "vmcs/0x802": "0x9"})
+    assert v.possible == ["ok"]
+    assert [d.rule for d in dev.explain(snap, 0, v, "entry-fail:33:0", BOCHS)] == ["GUEST247"]
+    assert dev.explain(snap, 0, v, "VMfailValid:7", BOCHS) == []        # not the outcome it adds
+    snap, v = launch({**ug, "vmcs/0x802": "0x8"})                       # RPL = DPL: the condition fails
+    assert v.possible == ["ok"] and dev.explain(snap, 0, v, "entry-fail:33:0", BOCHS) == []
+
+
+def test_a_condition_uses_only_fields_numbers_and_operators():
+    assert dev.compile_when("vmcs[0x6822] >> 32 != 0 and 0x1D9 in msr_load_indices")
+    for bad in ("__import__('os')", "vmcs.get(1)", "open", "'text' == 'text'", "[x for x in vmcs]"):
+        with pytest.raises((ValueError, SyntaxError)):
+            dev.compile_when(bad)
+    snap, _ = launch({})
+    assert dev.when_holds("vmcs[0x123456] == 0", snap, 0) is False        # a field it lacks: does not hold
+
+
 def test_the_implementation_comes_from_describe_or_the_recording():
     assert dev.implementation_of({"kind": "bochs", "version": "2.7", "model": "x"}) == "bochs-2.7"
     assert dev.implementation_of({"kind": "replay", "recorded": "bochs", "version": "2.7"}) == "bochs-2.7"

@@ -74,3 +74,34 @@ def test_breakpoints_removed_when_the_target_fails():
     with pytest.raises(KeyboardInterrupt):
         run(fake)
     assert not fake.breakpoints
+
+
+class _AfterLaunch(FakeLive):
+    """A processor back in VMX root operation at `rip` right after a VMLAUNCH step."""
+
+    def __init__(self, rip: int, reason: int, launch: str) -> None:
+        super().__init__(cores=1)
+        self.cpus[0].registers["rip"] = rip
+        self.vmcs_fields[0].update({0x4402: reason, 0x6C16: 0xB07F, 0x6400: 0})
+        self.launch = launch
+
+    def read_vmcs(self, cpu: int, encoding: int) -> int:
+        return self.vmcs_fields[cpu][encoding]
+
+    def vmx_state(self, cpu: int):  # type: ignore[no-untyped-def]
+        return {"vmx": "root", "vmcs_launch_state": self.launch}
+
+
+def test_an_entry_that_exits_within_the_step_is_ok() -> None:
+    from vmxdbg.state.snapshot import Processor
+    site = find_vmx_instructions(bytes.fromhex("0f01c2"), 0x1000)[0]
+    before = Processor(vmcs_launch_state="clear")
+    # the guest was entered and left at once (an injected event's delivery faulted, reason 0)
+    fake = _AfterLaunch(0xB07F, 0, "launched")
+    assert Stepper(fake, [site]).actual_outcome(0, site, before) == "ok"
+    # a failed entry leaves the VMCS clear and has bit 31 in the reason
+    fake = _AfterLaunch(0xB07F, 0x80000021, "clear")
+    assert Stepper(fake, [site]).actual_outcome(0, site, before) == "entry-fail:33:0"
+    # RIP elsewhere, or a VMCS that stayed clear: not a successful entry
+    assert Stepper(_AfterLaunch(0xC000, 0, "launched"), [site]).actual_outcome(0, site, before) != "ok"
+    assert Stepper(_AfterLaunch(0xB07F, 0, "clear"), [site]).actual_outcome(0, site, before) != "ok"

@@ -35,10 +35,13 @@ from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Seq
 
 from ..common import interrupt
 from ..common.errors import BackendError, NotAvailable, TargetGone
+from ..decode.header import first_dword, revision_id
+from ..decode.layouts import layout_for_revision
 from . import bochs_parse as P
 from . import stub
 from .base import CPUID, EXECUTION, MSR, PHYSICAL, REGISTERS, SEGMENT_NAMES, TABLE_NAMES, VIRTUAL, VMCS, VMX_STATE, \
     Backend, StopEvent
+from . import stub as S
 from .bochs_process import BochsMachine, BochsProcess
 
 NAME = "bochs"
@@ -49,6 +52,9 @@ DREG_NAMES = ("dr0", "dr1", "dr2", "dr3", "dr6", "dr7")
 PARAM_GROUP = {"es": "ES", "cs": "CS", "ss": "SS", "ds": "DS", "fs": "FS", "gs": "GS", "ldtr": "LDTR",
                "tr": "TR", "gdtr": "GDTR", "idtr": "IDTR"}
 SEGMENT_PARTS = ("selector", "base", "limit", "attributes")
+#: the debugger answers a stop reads (registers, segments, tables, VMX state, the MSR group),
+#: fetched together in one exchange (`_fill`)
+STOP_GROUPS = ("r", "creg", "dreg") + tuple(PARAM_GROUP.values()) + ("VMX", "MSR", "in_smm")
 XP_CHUNK = 4096
 BIOS_ROM = (0xFFFE0000, 0x100000000)      # BIOS-bochs-latest, 128 KiB below 4 GiB
 STACK_SAVE = 64                           # bytes below RSP an exception frame may use
@@ -65,11 +71,31 @@ RFLAGS_RF = 1 << 16
 STUB_INSN = {"rdmsr": stub.RDMSR, "cpuid": stub.CPUID}
 STUB_TAIL = b"\x48\x83\xc4\x08\x48\xcf\x0f\x08"
 STUB_LEN = 12
-#: MSRs a processor never changes, read by RDMSR once and kept across stops: the read-only VMX
-#: capability reports (Vol.3D A.1-A.13) and IA32_MTRRCAP (Vol.3A 12.11.2.1), SDM 325462-080US
-#: (2023). Bochs builds every processor of a machine from its one `cpu: model=` line, so one
-#: processor's values are every processor's.
+#: MSRs a processor never changes, read by RDMSR once per processor and kept across stops: the
+#: read-only VMX capability reports (Vol.3D A.1-A.13) and IA32_MTRRCAP (Vol.3A 12.11.2.1),
+#: SDM 325462-080US (2023).
 CONSTANT_MSRS = frozenset(range(0x480, 0x494)) | {0xFE}
+#: CPUID leaves read once per processor and kept across stops. What software can change in them
+#: is recomputed at each read from the register it mirrors (Vol.2A CPUID, SDM 325462-080US, 2023):
+#: (leaf, register 0-3 = EAX-EDX, bit) -> (source, bit), source a `creg` register or an MSR.
+#: MSRs RDMSR cannot #GP on (the architecture's, _msr_surely_exists)
+SURE_MSRS = frozenset({0x10, 0x1B, 0x3A, 0x174, 0x175, 0x176, 0x277})
+#: when a VMX capability MSR (and IA32_MTRRCAP) exists: any of these bits set, each (MSR, bit) or
+#: ((CPUID leaf,), bit of EAX..EDX as 0-127); Vol.3D A.1-A.11, Vol.3A 12.11.1 (SDM 325462-080US, 2023)
+_VMX = ((0x1,), 64 + 5)
+VMX_MSR_GUARDS: Dict[int, Tuple[Tuple[Any, int], ...]] = {
+    **{i: (_VMX,) for i in range(0x480, 0x48B)},
+    0x48B: ((0x482, 63),), 0x48C: ((0x48B, 33), (0x48B, 37)),
+    **{i: ((0x480, 55),) for i in range(0x48D, 0x491)},
+    0x491: ((0x48B, 45),), 0x492: ((0x482, 49),), 0x493: ((0x483, 63),),
+    0xFE: (((0x1,), 96 + 12),),
+}
+CONSTANT_LEAVES = frozenset({0x0, 0x1, 0x7, 0x80000000, 0x80000001, 0x80000008})
+CPUID_MIRRORS: Dict[Tuple[int, int, int], Tuple[object, int]] = {
+    (0x1, 2, 27): ("cr4", 18),      # OSXSAVE = CR4.OSXSAVE
+    (0x7, 2, 4): ("cr4", 22),       # OSPKE = CR4.PKE
+    (0x1, 3, 9): (0x1B, 11),        # APIC = IA32_APIC_BASE global enable
+}
 
 
 @dataclass
@@ -86,6 +112,7 @@ class _Journal:
     memory: List[Tuple[int, bytes]] = field(default_factory=list)   # (physical, original bytes)
     registers: Dict[str, int] = field(default_factory=dict)         # name -> original value
     stub: Optional[Tuple[int, int]] = None                          # (rip of stub, physical)
+    invd: Optional[Tuple[int, int]] = None      # (linear of the stub's final INVD, RIP after it)
 
 
 _OPEN: "weakref.WeakSet[BochsBackend]" = weakref.WeakSet()
@@ -144,7 +171,8 @@ class BochsBackend(Backend):
         self._cpus = list(range(machine.cpus))
         self._current: Optional[int] = None       # what `set $cpu` last chose
         self._cache: Dict[Tuple[int, str], Any] = {}
-        self._constant: Dict[int, int] = {}       # MSR -> value, CONSTANT_MSRS only (all processors)
+        self._constant: Dict[Tuple[int, int], int] = {}   # (cpu, MSR) -> value, CONSTANT_MSRS only
+        self._leaves: Dict[Tuple[int, int, int], Tuple[int, int, int, int]] = {}  # (cpu, leaf, subleaf)
         self._bps: Dict[int, _Breakpoint] = {}
         self._vmexit_armed: Set[int] = set()
         self._plan: Dict[int, List[int]] = {}
@@ -160,7 +188,10 @@ class BochsBackend(Backend):
         self.guest_lines: Dict[Optional[int], List[str]] = {}     # port 0xE9 lines by processor
         self.bochs_log: Dict[Optional[int], List[str]] = {}       # VMX/error log lines by processor
         self.close_report: Dict[str, Any] = {}
-        self.stats = {"commands": 0, "injections": 0}
+        #: commands: every debugger command; round_trips: exchanges with Bochs (a batch of
+        #: commands sent together, `_cmds`, is one); injections: stubs executed on a processor
+        self.stats = {"commands": 0, "round_trips": 0, "injections": 0}
+        self._absent: Set[Tuple[int, int]] = set()       # (cpu, MSR) whose RDMSR raised #GP
         _OPEN.add(self)
         _SigtermGuard.enter()
 
@@ -196,7 +227,20 @@ class BochsBackend(Backend):
             self._absorb(self.proc.resync())
             self._invalidate()
         self.stats["commands"] += 1
+        self.stats["round_trips"] += 1
         return self.proc.command(text, timeout)
+
+    def _cmds(self, texts: List[str]) -> List[str]:
+        """Several commands in one exchange (answers in order)."""
+        self._alive()
+        if self.proc.pending is not None:
+            self._absorb(self.proc.resync())
+            self._invalidate()
+        if not texts:
+            return []
+        self.stats["commands"] += len(texts)
+        self.stats["round_trips"] += 1
+        return self.proc.commands(texts)
 
     def _check_cpu(self, cpu: int) -> None:
         if not isinstance(cpu, int) or cpu not in self._cpus:
@@ -251,6 +295,57 @@ class BochsBackend(Backend):
             self.select(cpu)
             return P.parse_dreg(self._cmd("dreg"))
         return self._cached(cpu, "dreg", fetch)
+
+    def _fill(self, cpu: int, groups: Iterable[str]) -> None:
+        """Fetch the answers a stop needs in one exchange: `r`, `creg`, `dreg` and parameter-tree
+        groups (`show "cpuN.GROUP"`) not cached yet; each is parsed as its own command is."""
+        keys = [g for g in dict.fromkeys(groups) if (cpu, g if g in ("r", "creg", "dreg") else "show:" + g)
+                not in self._cache]
+        if len(keys) < 2:
+            return
+        self._check_cpu(cpu)
+        cmds = [] if self._current == cpu else [f"set $cpu = {cpu}"]
+        cmds += [k if k in ("r", "creg", "dreg") else f'show "cpu{cpu}.{k}"' for k in keys]
+        answers = self._cmds(cmds)
+        if len(cmds) > len(keys):
+            if answers[0].strip():
+                raise BackendError(f"`set $cpu = {cpu}` answered {answers[0].strip()!r}", backend=NAME, cpu=cpu)
+            self._current = cpu
+            answers = answers[1:]
+        for key, cmd, text in zip(keys, cmds[len(cmds) - len(keys):], answers):
+            if key == "r":
+                if P.parse_r_cpu(text) not in (None, cpu):
+                    raise BackendError(f"`r` answered for another processor: {text[:20]!r}", backend=NAME, cpu=cpu)
+                self._cache[(cpu, "r")] = P.parse_r(text)
+            elif key == "creg":
+                self._cache[(cpu, "creg")] = P.parse_creg(text)
+            elif key == "dreg":
+                self._cache[(cpu, "dreg")] = P.parse_dreg(text)
+            else:
+                tree = P.parse_param_tree(text, cmd)
+                if key not in tree:
+                    raise BackendError(f"`{cmd}` has no {key}", backend=NAME, cpu=cpu)
+                self._cache[(cpu, "show:" + key)] = tree[key]
+
+    def read_registers(self, cpu: int, names: Iterable[str]) -> Dict[str, int]:
+        """Several registers: every debugger answer they need is fetched in one exchange first."""
+        names = list(names)
+        groups = []
+        for n in (x.lower() for x in names):
+            base, _, part = n.partition(".")
+            if n in GPRS or n in ("rip", "rflags"):
+                groups.append("r")
+            elif n in CREG_NAMES:
+                groups.append("creg")
+            elif n in DREG_NAMES:
+                groups.append("dreg")
+            elif n == "cpl":
+                groups += ["creg", "r", "CS"]
+            elif base in PARAM_GROUP and part:
+                groups.append(PARAM_GROUP[base])
+        self._fill(cpu, groups + list(STOP_GROUPS))     # and what the same stop reads next
+
+        return super().read_registers(cpu, names)
 
     def read_register(self, cpu: int, name: str) -> int:
         """Registers named as in base.py; segment attributes in VMCS access-rights format."""
@@ -310,9 +405,6 @@ class BochsBackend(Backend):
     def _current_vmcs(self, cpu: int) -> Tuple[Dict[int, int], Dict[str, int]]:
         """The current VMCS's fields and extras, read from its region in Bochs' own
         memory layout (structs/vmcs_layouts/bochs.yaml) in one read per stop."""
-        from ..decode.header import first_dword, revision_id
-        from ..decode.layouts import layout_for_revision
-
         def fetch() -> Tuple[Dict[int, int], Dict[str, int]]:
             st = P.vmx_state_from_param(self._show(cpu, "VMX"))
             ptr = st.get("vmcs_pointer")
@@ -341,19 +433,243 @@ class BochsBackend(Backend):
         return {e: fields[e] for e in encodings if e in fields}
 
     def read_msr(self, cpu: int, index: int) -> int:
-        """From the parameter tree where it holds the MSR, else by executing RDMSR (once for
-        CONSTANT_MSRS, which no processor changes and all of Bochs' processors share)."""
+        """From the parameter tree where it holds the MSR, else by executing RDMSR (once per
+        processor for CONSTANT_MSRS, which no processor changes)."""
         self._check_cpu(cpu)
         tree = P.msrs_from_param(self._show(cpu, "MSR"))
         if index in tree:
             return tree[index]
         if index in (0xC0000100, 0xC0000101):
             return self.read_register(cpu, "fs.base" if index == 0xC0000100 else "gs.base")
+        if (cpu, index) in self._absent:
+            raise NotAvailable("RDMSR of it raised #GP on this processor (an MSR it does not have)",
+                               backend=NAME, cpu=cpu, what=f"MSR 0x{index:x}")
+        if (cpu, f"msr:{index:x}") in self._cache:
+            return self._cache[(cpu, f"msr:{index:x}")]
         if index in CONSTANT_MSRS:
-            if index not in self._constant:
-                self._constant[index] = self.read_msr_by_rdmsr(cpu, index)
-            return self._constant[index]
-        return self.read_msr_by_rdmsr(cpu, index)
+            if (cpu, index) not in self._constant:
+                self._constant[(cpu, index)] = self.read_msr_by_rdmsr(cpu, index)
+            return self._constant[(cpu, index)]
+        try:
+            return self.read_msr_by_rdmsr(cpu, index)
+        except NotAvailable as e:
+            if "raised an exception" in str(e):
+                self._note_absent(cpu, index)
+            raise
+
+    def prefetch(self, cpu: int, msrs: Iterable[int] = (), leaves: Iterable[Tuple[int, int]] = ()) -> None:
+        """Read every MSR and CPUID leaf of the lists that this stop still needs with one injected
+        stub (vmxdbg/backends/stub.py): one step, one memory read. What is cached (per processor
+        for CONSTANT_MSRS and CONSTANT_LEAVES, else until the target runs), in the parameter
+        tree, or known to raise #GP is left out. An MSR that may not exist is stepped alone
+        inside the same injection, its #GP undone. Nothing is raised: what could not be read
+        stays for read_msr / cpuid to try (or refuse) one by one."""
+        self._check_cpu(cpu)
+        self._fill(cpu, STOP_GROUPS)
+        reads: List[S.Read] = []
+        where: Dict[Tuple[str, int, int], int] = {}
+
+        def add(read: S.Read) -> None:
+            where[(read.kind, read.index, read.subleaf)] = len(reads)
+            reads.append(read)
+        for leaf, sub in leaves:
+            if (leaf in CONSTANT_LEAVES and sub == 0 and (cpu, leaf, 0) in self._leaves) or \
+                    (cpu, f"cpuid:{leaf:x}.{sub:x}") in self._cache or ("cpuid", leaf, sub) in where:
+                continue
+            add(S.Read("cpuid", leaf & 0xFFFFFFFF, sub & 0xFFFFFFFF))
+        try:
+            tree = P.msrs_from_param(self._show(cpu, "MSR"))
+        except NotAvailable:
+            tree = {}
+        known = {i: v for (c, i), v in self._constant.items() if c == cpu}
+        for index in sorted(set(msrs), key=lambda i: (i not in range(0x480, 0x48B), i)):
+            if index in tree or index in (0xC0000100, 0xC0000101) or index in known or \
+                    (cpu, index) in self._absent or (cpu, f"msr:{index:x}") in self._cache:
+                continue
+            guard = self._batch_guard(cpu, index, where, known)
+            if guard is False:
+                continue                          # the architecture says it does not exist here
+            add(S.Read("rdmsr", index, guard=guard if isinstance(guard, tuple) else (),
+                       risky=guard is None))
+        if not reads:
+            return
+        try:
+            values, faulted = self._inject_batch(cpu, reads)
+        except NotAvailable:
+            return
+        for i, (read, value) in enumerate(zip(reads, values)):
+            if read.kind == "cpuid" and value is not None:
+                if read.index in CONSTANT_LEAVES and read.subleaf == 0:
+                    self._leaves[(cpu, read.index, 0)] = value  # type: ignore[assignment]
+                else:
+                    self._cache[(cpu, f"cpuid:{read.index:x}.{read.subleaf:x}")] = value
+            elif read.kind == "rdmsr":
+                if i in faulted:
+                    self._note_absent(cpu, read.index)
+                elif value is not None and read.index in CONSTANT_MSRS:
+                    self._constant[(cpu, read.index)] = value  # type: ignore[assignment]
+                elif value is not None:
+                    self._cache[(cpu, f"msr:{read.index:x}")] = value
+
+    def _batch_guard(self, cpu: int, index: int, where: Dict[Tuple[str, int, int], int],
+                     known: Dict[int, int]) -> Any:
+        """How a batched RDMSR of `index` is guarded: () none needed (it surely exists), a tuple
+        of (read position, bit) alternatives, False (it surely does not exist), None (it may
+        not exist: a risky read). The bits are those of _msr_surely_exists."""
+        if index in SURE_MSRS or 0xC0000080 <= index <= 0xC0000102:
+            return ()
+        rule = VMX_MSR_GUARDS.get(index)
+        if rule is None:
+            return None
+        options = []
+        for source, bit in rule:
+            if isinstance(source, tuple):                 # a CPUID leaf
+                leaf = self._leaves.get((cpu, source[0], 0))
+                if leaf is not None:
+                    if leaf[bit // 32] >> (bit % 32) & 1:
+                        return ()
+                    continue
+                pos = where.get(("cpuid", source[0], 0))
+            else:
+                if source in known:
+                    if known[source] >> bit & 1:
+                        return ()
+                    continue
+                pos = where.get(("rdmsr", source, 0))
+            if pos is None:
+                return None                              # its condition is not known: risky
+            options.append((pos, bit))
+        return tuple(options) if options else False
+
+    def _note_absent(self, cpu: int, index: int) -> None:
+        """RDMSR(index) raised #GP on `cpu`: it will again (an MSR does not come into existence),
+        except in the x2APIC range, which depends on the APIC mode (Vol.3A 11.12.1)."""
+        if not 0x800 <= index <= 0x8FF:
+            self._absent.add((cpu, index))
+
+    def _inject_batch(self, cpu: int, reads: Sequence[S.Read]) -> Tuple[List[Any], Set[int]]:
+        """Run one stub of `reads` on `cpu`; (values, positions that raised #GP). Restores every
+        byte and register; NotAvailable where _inject would refuse."""
+        if self._journal is not None:
+            self._undo()
+        insn = "rdmsr" if any(r.kind == "rdmsr" for r in reads) else "cpuid"
+        self._inject_preconditions(cpu, insn, "a batch of MSRs/CPUID leaves")
+        frame_stack: Optional[int] = None
+        if any(r.risky for r in reads):
+            gate = self._gp_gate(cpu)
+            if gate is None:                     # a #GP would shut the machine down: leave them out
+                keep = [r for r in reads if not r.risky]
+                if not keep:
+                    raise NotAvailable("no usable #GP gate for MSRs that may not exist", backend=NAME, cpu=cpu)
+                values, faulted = self._inject_batch(cpu, keep)
+                it = iter(values)
+                return [None if r.risky else next(it) for r in reads], set()
+            frame_stack = self._r(cpu)["rsp"] if gate == 0 else self._ist_pointer(cpu, gate)
+        stub = S.build(reads)
+        if stub.size > 0x1000:
+            raise NotAvailable("the batch stub is larger than a page", backend=NAME, cpu=cpu)
+        self.stats["injections"] += 1
+        self._held_log = self._take_log()
+        before = dict(self._r(cpu))
+        known = dict(self._cache)
+        site = self._stub_site(cpu, before["rip"])
+        p0, p1 = self.translate(cpu, site), self.translate(cpu, site + stub.size - 1)
+        saves = [(site, p0, p1, stub.size)]
+        if frame_stack is not None:
+            lin = (frame_stack & ~0xF) - STACK_SAVE
+            saves.append((lin, self.translate(cpu, lin), self.translate(cpu, lin + STACK_SAVE - 1), STACK_SAVE))
+        j = _Journal(cpu)
+        self._journal = j
+        faulted: Set[int] = set()
+        try:
+            for lin, a, b, n in saves:
+                j.memory += self._save_linear(lin, a, b, n)
+            self._poke_many(self._linear_pieces(site, p0, p1, stub.code))
+            j.stub = (site, p0)
+            j.invd = (site + stub.end_invd, site + stub.end)
+            for reg in ("rax", "rbx", "rcx", "rdx", "rdi", "rip"):
+                j.registers[reg] = before[reg]
+            j.registers["$eflags"] = before["rflags"]
+            self._set_regs([("rdi", site + stub.buffer_offset), ("rip", site)])
+            self._invalidate()
+            # a breakpoint inside the stub's range cuts a multi-step short: step on (the stub is
+            # straight-line code, extra steps spin on its JMP $)
+            self._step_through(cpu, stub.straight_steps, site + stub.end, site, site + stub.end)
+            for i, entry in sorted(stub.risky.items()):
+                insn_rip = site + stub.insn_at[i]
+                self._set_regs([("rdi", site + stub.buffer_offset + stub.slots[i]), ("rip", site + entry)])
+                self._step_raw(cpu)                                  # mov ecx, index
+                if self._step_raw(cpu)["rip"] != insn_rip + 2:       # rdmsr
+                    self._unwind(cpu, before, insn_rip, site + stub.unwind)
+                    faulted.add(i)
+                    continue
+                self._step_through(cpu, 3, insn_rip + 5, insn_rip + 2, insn_rip + 5)   # stosd; xchg; stosd
+            data = self._read_buffer(site, p0, p1, stub)
+            values = S.parse(stub, reads, data, faulted)
+        except BaseException:
+            try:
+                self._undo()
+            finally:
+                self.proc.read_log()
+            raise
+        self._undo()
+        self.proc.read_log()
+        self._cache = known
+        return values, faulted
+
+    @staticmethod
+    def _linear_pieces(lin: int, p0: int, p1: int, data: bytes) -> List[Tuple[int, bytes]]:
+        """(physical, bytes) pieces of `data` at linear `lin`, in a range whose first byte is at
+        physical p0 and whose last byte (on the same or the next page) is at physical p1."""
+        split = 0x1000 - (lin & 0xFFF)
+        if split >= len(data):
+            return [(p0, data)]
+        return [(p0, data[:split]), ((p1 & ~0xFFF), data[split:])]
+
+    def _read_buffer(self, site: int, p0: int, p1: int, stub: "S.Stub") -> bytes:
+        """The results buffer (it may cross into the stub range's second page)."""
+        lin = site + stub.buffer_offset
+        first_page_end = (site & ~0xFFF) + 0x1000
+        out = b""
+        for at, n in ((lin, min(stub.buffer_size, max(0, first_page_end - lin))),
+                      (max(lin, first_page_end), stub.buffer_size - min(stub.buffer_size, max(0, first_page_end - lin)))):
+            if n:
+                phys = p0 + (at - site) if at < first_page_end else (p1 & ~0xFFF) + (at & 0xFFF)
+                out += self.read_physical(phys, n)
+        return out
+
+    def _step_through(self, cpu: int, count: int, target: int, lo: int, hi: int) -> None:
+        """Step `cpu` until RIP is `target` (`s N count`, again while RIP stays in [lo, hi]:
+        a breakpoint there stopped it early); BackendError if RIP leaves that range."""
+        for _ in range(8):
+            self._invalidate()
+            self._absorb(self._cmd(f"s {cpu} {count}"))
+            rip = self._r(cpu)["rip"]
+            if rip == target:
+                return
+            if not lo <= rip <= hi:
+                break
+        raise BackendError(f"the injected code stopped at 0x{self._r(cpu)['rip']:x}, not at 0x{target:x}",
+                           backend=NAME, cpu=cpu)
+
+    def _unwind(self, cpu: int, before: Dict[str, int], insn_rip: int, unwind: int) -> None:
+        """An exception was delivered at the injected RDMSR at `insn_rip`: IRETQ back through the
+        stub's `add rsp, 8; iretq`, so RSP, RFLAGS, CS and SS are the interrupted ones again."""
+        now = self._r(cpu)
+        frame = self.read_virtual(cpu, now["rsp"], 16)
+        q0, q1 = int.from_bytes(frame[:8], "little"), int.from_bytes(frame[8:], "little")
+        if q1 == insn_rip:
+            self._set_reg("rip", unwind)
+            self._step_to(cpu, unwind + 4, "ADD RSP, 8")
+        elif q0 == insn_rip:
+            self._set_reg("rip", unwind + 4)
+        else:
+            raise BackendError(f"the injected RDMSR was diverted to 0x{now['rip']:x} and no exception frame "
+                               "returns to it", backend=NAME, cpu=cpu)
+        self._step_to(cpu, insn_rip, "IRETQ")
+        back = self._r(cpu)
+        if back["rsp"] != before["rsp"]:
+            raise BackendError("IRETQ did not restore RSP after the injected RDMSR faulted", backend=NAME, cpu=cpu)
 
     def read_msr_by_rdmsr(self, cpu: int, index: int) -> int:
         """Execute RDMSR(index) on `cpu` and restore everything; NotAvailable if it faults."""
@@ -363,7 +679,23 @@ class BochsBackend(Backend):
         return (regs["rdx"] & 0xFFFFFFFF) << 32 | (regs["rax"] & 0xFFFFFFFF)
 
     def cpuid(self, cpu: int, leaf: int, subleaf: int = 0) -> Tuple[int, int, int, int]:
-        """Execute CPUID(leaf, subleaf) on `cpu` and restore everything (cached until the target runs)."""
+        """Execute CPUID(leaf, subleaf) on `cpu` and restore everything. CONSTANT_LEAVES (subleaf 0)
+        are executed once per processor, their CPUID_MIRRORS bits recomputed at every call; other
+        leaves are cached until the target runs."""
+        if leaf in CONSTANT_LEAVES and subleaf == 0:
+            self._check_cpu(cpu)
+            key3 = (cpu, leaf, subleaf)
+            if key3 not in self._leaves:
+                self._leaves[key3] = self._cpuid_now(cpu, leaf, subleaf)
+            regs = list(self._leaves[key3])
+            for (lf, reg, bit), (source, sbit) in CPUID_MIRRORS.items():
+                if lf == leaf:
+                    value = self._creg(cpu)[source] if isinstance(source, str) else self.read_msr(cpu, int(source))
+                    regs[reg] = (regs[reg] & ~(1 << bit)) | (value >> sbit & 1) << bit
+            return tuple(regs)  # type: ignore[return-value]
+        return self._cpuid_now(cpu, leaf, subleaf)
+
+    def _cpuid_now(self, cpu: int, leaf: int, subleaf: int) -> Tuple[int, int, int, int]:
         def fetch() -> Tuple[int, int, int, int]:
             regs = self._inject(cpu, "cpuid", {"rax": leaf & 0xFFFFFFFF, "rcx": subleaf & 0xFFFFFFFF},
                                 what=f"CPUID 0x{leaf:x}.{subleaf:x}")
@@ -480,6 +812,7 @@ class BochsBackend(Backend):
             stub = b"\x0f\x08" + STUB_INSN[insn] + STUB_TAIL
             self._write_linear(stub_rip, phys[0], phys[1], stub)
             j.stub = (stub_rip, phys[0])
+            j.invd = (stub_rip + 10, stub_rip + 12)
             for reg, value in inputs.items():
                 j.registers[reg] = before[reg]
                 self._set_reg(reg, value)
@@ -631,6 +964,28 @@ class BochsBackend(Backend):
             self._setpmem(address + i, data[i:i + n])
             i += n
 
+    def _poke_many(self, pieces: Sequence[Tuple[int, bytes]]) -> None:
+        """setpmem every piece (physical address, bytes) in one exchange."""
+        cmds = []
+        for address, data in pieces:
+            self._check_physical(address, len(data))
+            i = 0
+            while i < len(data):
+                n = 4 if len(data) - i >= 4 else 2 if len(data) - i >= 2 else 1
+                cmds.append(f"setpmem 0x{address + i:x} {n} 0x{int.from_bytes(data[i:i + n], 'little'):x}")
+                i += n
+        for cmd, out in zip(cmds, self._cmds(cmds)):
+            if out.strip():
+                raise BackendError(f"`{cmd}` answered {out.strip()!r}", backend=NAME)
+
+    def _set_regs(self, values: Sequence[Tuple[str, int]]) -> None:
+        """`set` several registers of the selected processor in one exchange."""
+        cmds = [f"set {name} = 0x{value:x}" for name, value in values]
+        for cmd, out in zip(cmds, self._cmds(cmds)):
+            if out.strip():
+                raise BackendError(f"`{cmd}` answered {out.strip()!r}", backend=NAME, cpu=self._current)
+        self._invalidate()
+
     def _set_reg(self, name: str, value: int) -> None:
         out = self._cmd(f"set {name} = 0x{value:x}")
         if out.strip():
@@ -678,19 +1033,17 @@ class BochsBackend(Backend):
         if j is None:
             return
         self.select(j.cpu)
-        if j.stub is not None:
-            stub_rip, _ = j.stub
-            self._set_reg("rip", stub_rip + 10)
+        if j.invd is not None:
+            self._set_reg("rip", j.invd[0])
             try:
-                self._step_to(j.cpu, stub_rip + 12, "INVD")
+                self._step_to(j.cpu, j.invd[1], "INVD")
             except BackendError:
                 pass
-        for at, data in j.memory:
-            self._poke(at, data)
+        self._poke_many(j.memory)
         now = self._r(j.cpu)
-        for reg, value in j.registers.items():
-            if now.get(reg) != value:
-                self._set_reg(reg, value)
+        sets = [(reg, value) for reg, value in j.registers.items()
+                if now.get("rflags" if reg == "$eflags" else reg) != value]
+        self._set_regs(sets)
         self._invalidate()
 
     # ---------------------------------------------------------- breakpoints
@@ -784,6 +1137,7 @@ class BochsBackend(Backend):
         finally:
             self._running = False
         self.stats["commands"] += 1
+        self.stats["round_trips"] += 1
         guest = self._absorb(text)
         log = self._take_log()
         rep = P.parse_stop(guest.debugger)

@@ -33,6 +33,7 @@ from ..common.errors import BackendError, TargetGone
 
 BACKEND = "bochs"
 PROMPT = re.compile(rb"<bochs:(\d+)> $")
+PROMPT_ANY = re.compile(rb"<bochs:(\d+)> ")      # a prompt with more answers after it (commands())
 DEFAULT_BXSHARE = "/usr/share/bochs"
 
 
@@ -157,9 +158,22 @@ class BochsProcess:
         status = self.proc.poll()
         tail = bytes(self._buf[-300:]).decode("latin-1").strip().replace("\n", " | ")
         why = f"exited with status {status}" if status is not None else "stopped answering"
+        said = self.panic_line()
         self.kill()
-        return TargetGone(f"Bochs {why} during {what}" + (f"; last output: {tail}" if tail else ""),
-                          backend=BACKEND)
+        return TargetGone(f"Bochs {why} during {what}" + (f" (Bochs says: {said})" if said else "")
+                          + (f"; last output: {tail}" if tail else ""), backend=BACKEND)
+
+    def panic_line(self) -> Optional[str]:
+        """The last PANIC or FATAL line of Bochs' log (why it ended), without its prefix."""
+        try:
+            lines = self.log_path.read_bytes()[-8192:].decode("latin-1").splitlines()
+        except OSError:
+            return None
+        for line in reversed(lines):
+            m = re.search(r"\b(PANIC|FATAL)\b\W*(.*)", line)
+            if m:
+                return f"{m.group(1)} {m.group(2).strip()}"
+        return None
 
     # ------------------------------------------------------------ I/O
     def _read_some(self, deadline: float) -> bool:
@@ -224,6 +238,50 @@ class BochsProcess:
         self.transcript.append((cmd, out))
         del self.transcript[:-200]
         return out
+
+    def commands(self, cmds: List[str], timeout: Optional[float] = None) -> List[str]:
+        """Several commands that return promptly, sent together (one exchange): their answers.
+
+        Bochs reads them one line at a time from the pipe and prompts after each, so the
+        answers arrive in order, one prompt apart."""
+        if self.pending is not None:
+            raise BackendError(f"`{cmds[0] if cmds else ''}` while `{self.pending}` has not answered "
+                               "(call resync)", backend=BACKEND)
+        if not cmds:
+            return []
+        for cmd in cmds:
+            if "\n" in cmd or "\r" in cmd:
+                raise BackendError(f"debugger command {cmd!r} holds a line break", backend=BACKEND)
+        if not self.alive:
+            raise self._gone(f"`{cmds[0]}`")
+        try:
+            self.proc.stdin.write("".join(c + "\n" for c in cmds).encode("ascii"))  # type: ignore[union-attr]
+            self.proc.stdin.flush()  # type: ignore[union-attr]
+        except (BrokenPipeError, OSError):
+            raise self._gone(f"`{cmds[0]}`") from None
+        deadline = time.monotonic() + (timeout or self.command_timeout) + 0.002 * len(cmds)
+        out: List[str] = []
+        for cmd in cmds:
+            self.pending = cmd
+            answer = self._strip_echo(cmd, self._until_prompt_keep(deadline, f"`{cmd}`"))
+            out.append(answer)
+        self.pending = None
+        self.transcript += list(zip(cmds, out))
+        del self.transcript[:-200]
+        return out
+
+    def _until_prompt_keep(self, deadline: float, what: str) -> str:
+        """Up to the next prompt, keeping what follows it (the next answers) in the buffer."""
+        while True:
+            m = PROMPT_ANY.search(self._buf)
+            if m:
+                out = bytes(self._buf[:m.start()]).decode("latin-1")
+                self.prompt_number = int(m.group(1))
+                del self._buf[:m.end()]
+                return out
+            if not self._read_some(deadline):
+                if time.monotonic() >= deadline:
+                    raise self._gone(f"{what} (no prompt within the time limit)")
 
     def run(self, cmd: str, timeout: float, interrupt_timeout: float = 10.0) -> Tuple[str, bool]:
         """Run a command that lets the guest run (`c`); after `timeout` s send SIGINT.

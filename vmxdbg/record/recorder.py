@@ -150,6 +150,13 @@ class Recorder(Backend):
         """Passed on, not recorded: a hint that answers nothing (a replay needs no answer)."""
         self.inner.known_vmx_root(cpu, why)
 
+    def prefetch(self, cpu: int, msrs: Iterable[int] = (), leaves: Iterable[Tuple[int, int]] = ()) -> None:
+        """Passed to the backend when it has it, not recorded: it only fills the backend's caches;
+        the reads that follow are recorded one by one, as a replay asks for them."""
+        inner = getattr(self.inner, "prefetch", None)
+        if inner is not None:
+            inner(cpu, msrs, leaves)
+
     # ------------------------------------------------------------ lifetime
     def close(self, exception: Optional[BaseException] = None) -> None:
         """Finish the recording (trailer, rename); then close the wrapped backend if owned."""

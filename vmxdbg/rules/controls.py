@@ -819,12 +819,15 @@ def inject_length_zero(ctx: Context, info: int) -> object:
 
 @_inject_rule("CTL101", "ctl-inject-fred-length", "FRED SYSCALL/SYSENTER injection needs a length of at most 15",
               ("CTRL.ENTRY.FRED_EVENT_LEN",),
-              "for type 7 with vector 1 or 2 (FRED: SYSCALL/SYSENTER), VM_ENTRY_INSTRUCTION_LEN is at most 15 "
-              "(FRED architecture spec 346446, VMX interactions).",
+              "for type 7 with vector 1 or 2 (FRED: SYSCALL/SYSENTER, events that exist only with guest "
+              "CR4.FRED = 1, CTL094), VM_ENTRY_INSTRUCTION_LEN is at most 15 (FRED architecture spec 346446, "
+              "VMX interactions).",
               "Write the SYSCALL/SYSENTER length (2) to VM_ENTRY_INSTRUCTION_LEN.",
-              [B(inj(0x80000701, VM_ENTRY_INSTRUCTION_LEN=16)), G(inj(0x80000701, VM_ENTRY_INSTRUCTION_LEN=2))])
+              [B(inj(0x80000701, VM_ENTRY_INSTRUCTION_LEN=16, GUEST_CR4=0x1003726F8)),
+               G(inj(0x80000701, VM_ENTRY_INSTRUCTION_LEN=2, GUEST_CR4=0x1003726F8)),
+               G(inj(0x80000701, VM_ENTRY_INSTRUCTION_LEN=16))])
 def inject_fred_length(ctx: Context, info: int) -> object:
-    if INFO_TYPE(info) != 7 or INFO_VECTOR(info) not in (1, 2):
+    if INFO_TYPE(info) != 7 or INFO_VECTOR(info) not in (1, 2) or not read(ctx, "GUEST_CR4") & CR4_FRED:
         return None
     n = read(ctx, "VM_ENTRY_INSTRUCTION_LEN")
     if n > 15:

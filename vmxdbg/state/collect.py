@@ -21,6 +21,8 @@ CPUID_LEAVES = ((0x0, 0), (0x1, 0), (0x7, 0), (0x80000000, 0), (0x80000001, 0), 
 PLAIN_REGISTERS = ("cr0", "cr3", "cr4", "rflags", "rip", "dr7", "efer", "cpl")
 ALWAYS_MSRS = (0x3A, 0xC0000080, 0x277, 0x1D9, 0x174, 0x175, 0x176, 0xC0000100, 0xC0000101)
 VMX_BASE_MSRS = tuple(range(0x480, 0x48B))  # BASIC .. VMCS_ENUM exist wherever VMX does
+#: what a stop may read by RDMSR, for a backend's prefetch(): it reads those that exist
+PREFETCH_MSRS = ALWAYS_MSRS + (MTRRCAP, MTRR_DEF_TYPE) + tuple(range(0x480, 0x494))
 
 
 def leaf_has(p: Processor, leaf: int, reg: int, bit: int) -> bool:
@@ -81,6 +83,10 @@ def collect_processor(backend: Backend, cpu: int, snap: Snapshot,
         snap.memory.fallback = lambda address, size: _try(backend.read_physical, address, size)
     if operands:
         p.operands.update(operands)
+    prefetch = getattr(backend, "prefetch", None)
+    if prefetch is not None and (CPUID in caps or MSR in caps):
+        # a backend that injects code reads all of them with one stub (docs/bochs.md)
+        prefetch(cpu, msrs=PREFETCH_MSRS if MSR in caps else (), leaves=CPUID_LEAVES if CPUID in caps else ())
     if CPUID in caps:
         for leaf, sub in CPUID_LEAVES:
             regs = _try(backend.cpuid, cpu, leaf, sub)

@@ -38,7 +38,7 @@ MNEMONICS = {ix.Mnemonic.VMXON: "vmxon", ix.Mnemonic.VMCLEAR: "vmclear", ix.Mnem
 _REG_NAMES = {getattr(ix.Register, n): n.lower() for n in dir(ix.Register) if n.isupper()}
 _WIDE = {f"e{r}": f"r{r}" for r in ("ax", "bx", "cx", "dx", "si", "di", "sp", "bp")}
 _WIDE.update({f"r{i}d": f"r{i}" for i in range(8, 16)})
-VM_INSTRUCTION_ERROR, EXIT_REASON, EXIT_QUALIFICATION = 0x4400, 0x4402, 0x6400
+VM_INSTRUCTION_ERROR, EXIT_REASON, EXIT_QUALIFICATION, HOST_RIP = 0x4400, 0x4402, 0x6400, 0x6C16
 CF, ZF = 1, 1 << 6
 #: `actual` of the row where a session ended early (Ctrl-C, SIGTERM, a killed recorder)
 INTERRUPTED = "interrupted"
@@ -324,8 +324,23 @@ class Stepper:
                 except NotAvailable:
                     qual = None
                 return f"entry-fail:{reason & 0xFFFF}:{'?' if qual is None else qual}"
+            if reason is not None and self._exited_after_entry(cpu, rip, before, site.instruction):
+                return "ok"
         vector = self._exception_at(cpu, rip, before)
         return vector or f"jumped to {rip:#x}"
+
+    def _exited_after_entry(self, cpu: int, rip: int, before: Processor, instruction: str) -> bool:
+        """The entry succeeded and a VM exit followed within the same step (e.g. an injected
+        event whose delivery faulted, a VMX-preemption timer of 0): RIP is the host RIP, the
+        exit reason has no entry-failure bit, and the VMCS is launched (a VMLAUNCH found it
+        clear: only a successful one sets it; Vol.3C 27.1, 28.1; SDM 325462-080US, 2023)."""
+        try:
+            host_rip = self.backend.read_vmcs(cpu, HOST_RIP)
+            launch = self.backend.vmx_state(cpu).get("vmcs_launch_state")
+        except NotAvailable:
+            return False
+        was = before.vmcs_launch_state
+        return rip == host_rip and launch == "launched" and (instruction == "vmresume" or was == "clear")
 
     def _vmx_mode(self, cpu: int) -> Optional[str]:
         try:

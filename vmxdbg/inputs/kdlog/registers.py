@@ -38,9 +38,8 @@ FLAG_MNEMONICS = set("nv ov up dn di ei pl ng nz zr na ac po pe nc cy".split())
 
 _OTHER_REGISTER_PREFIXES = ("xmm", "ymm", "zmm", "st", "mm", "k")
 _HEXDIGITS = "0123456789abcdef"
-# a register line: only `name=value` tokens and flag mnemonics, separated by blanks
-_LINE = re.compile(r"\s*(?:(?:[a-z][a-z0-9]*=\S*|" + "|".join(sorted(FLAG_MNEMONICS)) + r")(?:\s+|$))+")
-_PAIR = re.compile(r"([a-z][a-z0-9]*)=(\S*)")
+# the name of a `name=value` token of a register line
+_NAME = re.compile(r"[a-z][a-z0-9]*")
 
 
 class BadValue(ValueError):
@@ -58,25 +57,40 @@ def parse_register_line(text: str) -> Optional[List[Tuple[str, int]]]:
     """
     if "=" not in text:
         return None
-    low = text.lower()
-    if _LINE.fullmatch(low) is None:
-        return None
+    # Token by token with str methods (a hot loop: every `=` line of every register
+    # output): each blank-separated token must be `name=value` or a flag mnemonic.
     out: List[Tuple[str, int]] = []
     bad: List[str] = []
-    for name, value in _PAIR.findall(low):
+    too_wide: Optional[str] = None   # the first known register wider than 64 bits
+    for token in text.lower().split():
+        name, eq, value = token.partition("=")
+        if not eq:
+            if token in FLAG_MNEMONICS:
+                continue
+            return None
+        if too_wide is not None:
+            if not _NAME.fullmatch(name):
+                return None
+            continue
         if name in REGISTERS:
             digits = value.replace("`", "")
-            if len(digits.lstrip("0")) > 16 and not digits.strip(_HEXDIGITS):
+            if (len(value) <= 17 and digits and len(value) - len(digits) <= 1
+                    and not digits.strip(_HEXDIGITS)
+                    and (len(digits) <= 16 or len(digits.lstrip("0")) <= 16)):
+                # hex digits, at most one backtick (`00000000`0012f9a8`)
+                out.append((name, int(digits, 16)))
+            elif len(digits.lstrip("0")) > 16 and not digits.strip(_HEXDIGITS):
                 # no register a kd `r` prints is wider than 64 bits
-                raise TooWide(f"{name} = {value[:24]}{'...' if len(value) > 24 else ''} is too wide "
-                              f"({len(digits.lstrip('0'))} hex digits; a register holds at most 64 bits)")
-            # hex digits, at most one backtick (`00000000`0012f9a8`): str methods, not a regex
-            if len(value) > 17 or not digits or digits.strip(_HEXDIGITS) or len(value) - len(digits) > 1:
+                too_wide = (f"{name} = {value[:24]}{'...' if len(value) > 24 else ''} is too wide "
+                            f"({len(digits.lstrip('0'))} hex digits; a register holds at most 64 bits)")
+            else:
                 bad.append(f"{name}={value}")
-                continue
-            out.append((name, int(digits, 16)))
+        elif not _NAME.fullmatch(name):
+            return None
         elif name not in IGNORED and not (name.isalnum() and name.startswith(_OTHER_REGISTER_PREFIXES)):
             return None
+    if too_wide is not None:
+        raise TooWide(too_wide)
     if bad:
         raise BadValue(f"register value does not parse: {', '.join(bad)}")
     return out or None

@@ -279,3 +279,30 @@ def test_reading_a_long_kd_log_shows_progress_on_a_terminal_only(tmp_path):
     piped = subprocess.run([sys.executable, "-m", "vmxdbg", "check", str(big)], capture_output=True, text=True,
                            timeout=120)
     assert "MiB of the log read" not in piped.stderr and "\x1b" not in piped.stderr
+
+
+def test_a_signal_while_a_recording_line_is_written_waits_for_the_line_and_its_count(tmp_path):
+    """The trailer's event count must match the lines: a SIGINT between writing a line and
+    counting it is held until both are done (it once left 'trailer says 487, file has 488')."""
+    import signal
+    from vmxdbg.common import interrupt
+    from vmxdbg.record.recording import RecordingWriter, new_header, read_recording
+    writer = RecordingWriter(tmp_path / "s.vmxrec.jsonl", new_header({"kind": "test"}, []))
+    replaced = interrupt.install()
+    original = writer._line
+
+    def line_then_signal(obj):
+        original(obj)
+        if obj.get("seq") == 2:
+            signal.raise_signal(signal.SIGINT)     # lands after the line, before it is counted
+    writer._line = line_then_signal
+    try:
+        writer.write({"op": "processors", "result": [0]})
+        with pytest.raises(KeyboardInterrupt):
+            writer.write({"op": "processors", "result": [0]})
+        assert writer.events == 2
+        writer.close()
+    finally:
+        interrupt.restore(replaced)
+        interrupt.reset()
+    assert len(read_recording(tmp_path / "s.vmxrec.jsonl").records) == 2

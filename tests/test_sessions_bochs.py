@@ -98,7 +98,7 @@ def test_sigkill_before_the_first_stop_leaves_a_file_that_says_nothing_was_reach
 
 @pytest.mark.parametrize("name, status", [("SIGINT", 130), ("SIGTERM", 143)])
 def test_a_signal_during_an_injection_undoes_it_and_says_so_in_one_line(tmp_path, name, status):
-    got = subprocess.run([sys.executable, str(INJECTION), name, "30", "--", "trace", "--bochs", "--cpus", "2"],
+    got = subprocess.run([sys.executable, str(INJECTION), name, "3", "--", "trace", "--bochs", "--cpus", "2"],
                          capture_output=True, text=True, env=ENV, timeout=120)
     assert got.returncode == status, got.stderr
     line = got.stderr

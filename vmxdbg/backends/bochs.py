@@ -550,6 +550,10 @@ class BochsBackend(Backend):
     def _inject_batch(self, cpu: int, reads: Sequence[S.Read]) -> Tuple[List[Any], Set[int]]:
         """Run one stub of `reads` on `cpu`; (values, positions that raised #GP). Restores every
         byte and register; NotAvailable where _inject would refuse."""
+        with interrupt.doing(f"{len(reads)} MSRs and CPUID leaves read by an injected stub on cpu {cpu}"):
+            return self._inject_batch_now(cpu, reads)
+
+    def _inject_batch_now(self, cpu: int, reads: Sequence[S.Read]) -> Tuple[List[Any], Set[int]]:
         if self._journal is not None:
             self._undo()
         insn = "rdmsr" if any(r.kind == "rdmsr" for r in reads) else "cpuid"
@@ -561,7 +565,7 @@ class BochsBackend(Backend):
                 keep = [r for r in reads if not r.risky]
                 if not keep:
                     raise NotAvailable("no usable #GP gate for MSRs that may not exist", backend=NAME, cpu=cpu)
-                values, faulted = self._inject_batch(cpu, keep)
+                values, faulted = self._inject_batch_now(cpu, keep)
                 it = iter(values)
                 return [None if r.risky else next(it) for r in reads], set()
             frame_stack = self._r(cpu)["rsp"] if gate == 0 else self._ist_pointer(cpu, gate)
@@ -606,6 +610,10 @@ class BochsBackend(Backend):
                 self._step_through(cpu, 3, insn_rip + 5, insn_rip + 2, insn_rip + 5)   # stosd; xchg; stosd
             data = self._read_buffer(site, p0, p1, stub)
             values = S.parse(stub, reads, data, faulted)
+        except (KeyboardInterrupt, SystemExit):
+            # a signal: put everything back, say so, and end with the signal, never with an undo error
+            interrupt.confirm(self._undo_after_signal(j, "read stub"))
+            raise
         except BaseException:
             try:
                 self._undo()
@@ -845,12 +853,12 @@ class BochsBackend(Backend):
     def _undo_after_signal(self, j: _Journal, insn: str) -> str:
         """Undo an injection a signal cut short, then read back every register and byte it
         changed; one phrase saying what was confirmed (or what could not be)."""
-        name = f"the injected {insn.upper()} on cpu {j.cpu}"
+        name = f"the injected {insn.upper() if insn in STUB_INSN else insn} on cpu {j.cpu}"
         try:
             self._undo()
             self.proc.read_log()
             regs = self._r(j.cpu)
-            wrong = [r for r, v in j.registers.items() if regs.get(r) != v]
+            wrong = [r for r, v in j.registers.items() if regs.get("rflags" if r == "$eflags" else r) != v]
             wrong += [f"memory 0x{at:x}" for at, data in j.memory if self.read_physical(at, len(data)) != data]
         except BaseException as exc:   # a second signal, or Bochs gone: say it, keep the first
             return f"{name} could not be undone ({type(exc).__name__}: {str(exc)[:120]})"

@@ -59,15 +59,39 @@ def _note(signame: str) -> None:
         _state.update(signal=signame, during=current() or None)
 
 
+_held: Dict[str, Any] = {"depth": 0, "pending": None}
+
+
+@contextlib.contextmanager
+def held() -> Iterator[None]:
+    """A signal that comes inside waits until the enclosed code is done, then is raised
+    (a recording's line and its count are written together, never one without the other)."""
+    _held["depth"] += 1
+    try:
+        yield
+    finally:
+        _held["depth"] -= 1
+        if not _held["depth"] and _held["pending"] is not None:
+            pending, _held["pending"] = _held["pending"], None
+            raise pending
+
+
+def _raise(exc: BaseException) -> None:
+    if _held["depth"]:
+        _held["pending"] = _held["pending"] or exc
+        return
+    raise exc
+
+
 def _on_sigint(signum: int, frame: Any) -> None:
     _note("SIGINT")
-    raise KeyboardInterrupt
+    _raise(KeyboardInterrupt())
 
 
 def on_sigterm(signum: int = signal.SIGTERM, frame: Any = None) -> None:
     """The SIGTERM handler: note what was being done and raise Terminated."""
     _note("SIGTERM")
-    raise Terminated()
+    _raise(Terminated())
 
 
 def install() -> Dict[int, Any]:

@@ -38,6 +38,7 @@ from typing import Any, Callable, Dict, IO, Iterator, List, Optional, Tuple, Uni
 from .. import __version__
 from ..backends.base import StopEvent
 from ..common.statekeys import BOOL_STATES
+from ..common import interrupt
 from ..common.errors import InputError, one_line, refuse_special_output
 from ..common.numbers import fits, hexs, parse_int, vmcs_field_bits
 from ..common.schema import validate
@@ -698,8 +699,9 @@ class RecordingWriter:
         if self.closed:
             raise ValueError("recording already closed")
         seq = self.events + 1
-        self._line({"seq": seq, **record})
-        self.events = seq
+        with interrupt.held():      # the line and the count that the trailer states go together
+            self._line({"seq": seq, **record})
+            self.events = seq
         return seq
 
     def abandon(self) -> None:

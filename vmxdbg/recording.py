@@ -249,6 +249,10 @@ OPS: Dict[str, OpSpec] = {
     "go": OpSpec(False, (("timeout", "float"),), "event"),
     "step": OpSpec(True, (), "event"),
     "stop": OpSpec(False, (), "none"),
+    # faults injected through the debugger (vmxdbg.kvm_knobs)
+    "write_physical": OpSpec(False, (("address", "int"), ("data", "bytes")), "none"),
+    "write_vmcs": OpSpec(True, (("encoding", "int"), ("value", "int")), "none"),
+    "write_cr4": OpSpec(True, (("value", "int"),), "none"),
 }
 EVENT_OPS = frozenset(op for op, spec in OPS.items() if spec.result == "event")
 

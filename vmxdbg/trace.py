@@ -22,17 +22,22 @@ from .recording import Recording
 from .report import FORMAT as REPORT_FORMAT, VERSION as REPORT_VERSION
 from .stepper import StepResult, Stepper, VmxSite, deviations, find_vmx_instructions, mismatches
 from .values import hexs, parse_int
+from .kvm_knobs import injector
 
 TRACE = "trace"
 
 
 def trace_params(code: Dict[int, bytes], *, physical: bool, bitness: int, max_stops: int,
                  breakpoints: bool = True, assume: Optional[Dict[str, Any]] = None,
-                 source: str = "") -> Dict[str, Any]:
-    """Header params of a trace: the code the sites were decoded from, by address."""
-    return {"code": {hexs(a): b.hex() for a, b in sorted(code.items())}, "bitness": bitness,
-            "physical": physical, "breakpoints": breakpoints, "assume": dict(assume or {}),
-            "max_stops": max_stops, "source": source}
+                 source: str = "", knobs: Sequence[str] = ()) -> Dict[str, Any]:
+    """Header params of a trace: the code the sites were decoded from, by address, and the
+    faults injected through the debugger (`knobs`, vmxdbg.kvm_knobs; left out when none)."""
+    params = {"code": {hexs(a): b.hex() for a, b in sorted(code.items())}, "bitness": bitness,
+              "physical": physical, "breakpoints": breakpoints, "assume": dict(assume or {}),
+              "max_stops": max_stops, "source": source}
+    if knobs:
+        params["knobs"] = list(knobs)
+    return params
 
 
 def sites_from_params(rec: Recording) -> Dict[str, Any]:
@@ -63,14 +68,22 @@ def sites_from_params(rec: Recording) -> Dict[str, Any]:
         assumed = parse_assumptions(f"{k}={str(v).lower()}" for k, v in assume.items())
     except InputError as exc:
         raise bad("assume", exc.detail) from None
+    knobs = p.get("knobs", [])
+    if not isinstance(knobs, list) or not all(isinstance(k, str) for k in knobs):
+        raise bad("knobs", "expected a list of CPU:KNOB strings")
+    try:
+        prepare = injector(knobs)
+    except InputError as exc:
+        raise bad("knobs", exc.detail) from None
     return {"sites": sites, "physical": bool(p.get("physical", False)),
-            "breakpoints": bool(p.get("breakpoints", True)), "assume": assumed, "max_stops": max_stops}
+            "breakpoints": bool(p.get("breakpoints", True)), "assume": assumed, "max_stops": max_stops,
+            "prepare": prepare}
 
 
 def run_trace(backend: Backend, code: Dict[int, bytes], *, bitness: int = 64, physical: bool = False,
               timeout: float = 60.0, max_stops: int = 1000, record: Optional[Union[str, "os.PathLike[str]"]] = None,
               argv: Optional[List[str]] = None, source: str = "", breakpoints: bool = True,
-              assume: Optional[Dict[str, Any]] = None) -> List[StepResult]:
+              assume: Optional[Dict[str, Any]] = None, knobs: Sequence[str] = ()) -> List[StepResult]:
     """Find the VMX instructions in `code` (address -> bytes) and step the target through them,
     recording the session to `record` when given."""
     sites: List[VmxSite] = []
@@ -78,14 +91,15 @@ def run_trace(backend: Backend, code: Dict[int, bytes], *, bitness: int = 64, ph
         sites += find_vmx_instructions(data, address, bitness)
     if not sites:
         raise InputError("no VMXON, VMCLEAR, VMPTRLD, VMLAUNCH or VMRESUME in the code range given")
+    prepare = injector(knobs)
     if record is None:
-        return Stepper(backend, sites, physical=physical, breakpoints=breakpoints, assume=assume).run(
-            timeout=timeout, max_stops=max_stops)
+        return Stepper(backend, sites, physical=physical, breakpoints=breakpoints, assume=assume,
+                       prepare=prepare).run(timeout=timeout, max_stops=max_stops)
     params = trace_params(code, physical=physical, bitness=bitness, max_stops=max_stops,
-                          breakpoints=breakpoints, assume=assume, source=source)
+                          breakpoints=breakpoints, assume=assume, source=source, knobs=knobs)
     with Recorder(backend, record, command=TRACE, argv=argv or [TRACE], params=params) as rec:
-        return Stepper(rec, sites, physical=physical, breakpoints=breakpoints, assume=assume).run(
-            timeout=timeout, max_stops=max_stops)
+        return Stepper(rec, sites, physical=physical, breakpoints=breakpoints, assume=assume,
+                       prepare=prepare).run(timeout=timeout, max_stops=max_stops)
 
 
 def replay_trace(rec: Recording) -> List[StepResult]:
@@ -95,7 +109,7 @@ def replay_trace(rec: Recording) -> List[StepResult]:
     replay = ReplayBackend(rec, strict=True)
     try:
         return Stepper(replay, args["sites"], physical=args["physical"], breakpoints=args["breakpoints"],
-                       assume=args["assume"]).run(max_stops=args["max_stops"])
+                       assume=args["assume"], prepare=args["prepare"]).run(max_stops=args["max_stops"])
     except BackendError as exc:   # a recorded error the stepper does not handle, or a call past the end
         raise InputError(f"replaying it: {exc}", source=rec.path) from None
 

@@ -60,9 +60,10 @@ RFLAGS_RF = 1 << 16
 #   +4  48 83 C4 08  ADD RSP, 8   } only after an exception: pop the error code
 #   +8  48 CF        IRETQ        } and return to +2 with RSP/RFLAGS/CS/SS as before
 #   +10 0F 08        INVD: drop the traces that hold these bytes
-STUB_INSN = {"rdmsr": b"\x0f\x32", "cpuid": b"\x0f\xa2"}
+STUB_INSN = {"rdmsr": b"\x0f\x32", "cpuid": b"\x0f\xa2",
+             "mov_cr4": b"\x0f\x22\xe0"}   # mov cr4, rax: a fault injected on purpose (write_cr4)
 STUB_TAIL = b"\x48\x83\xc4\x08\x48\xcf\x0f\x08"
-STUB_LEN = 12
+STUB_LEN = 2 + max(len(i) for i in STUB_INSN.values()) + len(STUB_TAIL)   # bytes saved around the stub
 #: MSRs a processor never changes, read by RDMSR once and kept across stops: the read-only VMX
 #: capability reports (Vol.3D A.1-A.13) and IA32_MTRRCAP (Vol.3A 12.11.2.1), SDM 325462-080US
 #: (2023). Bochs builds every processor of a machine from its one `cpu: model=` line, so one
@@ -84,6 +85,7 @@ class _Journal:
     memory: List[Tuple[int, bytes]] = field(default_factory=list)   # (physical, original bytes)
     registers: Dict[str, int] = field(default_factory=dict)         # name -> original value
     stub: Optional[Tuple[int, int]] = None                          # (rip of stub, physical)
+    insn_len: int = 2                                               # the injected instruction's length
 
 
 _OPEN: "weakref.WeakSet[BochsBackend]" = weakref.WeakSet()
@@ -329,6 +331,20 @@ class BochsBackend(Backend):
             raise NotAvailable("field not in this VMCS layout", backend=NAME, cpu=cpu, what=f"VMCS field 0x{encoding:04x}")
         return fields[encoding]
 
+    def write_vmcs(self, cpu: int, encoding: int, value: int) -> None:
+        """Write a field of the current VMCS in its region, through Bochs' memory layout
+        (Bochs' VMLAUNCH/VMREAD read the region itself, so this is what a VMWRITE would do)."""
+        from ..decode.layouts import layout_for_revision
+        st = P.vmx_state_from_param(self._show(cpu, "VMX"))
+        ptr = st.get("vmcs_pointer")
+        if st.get("vmx") == "off" or not isinstance(ptr, int) or ptr == 0xFFFFFFFFFFFFFFFF:
+            raise NotAvailable("no current VMCS", backend=NAME, cpu=cpu, what=f"VMCS field 0x{encoding:04x}")
+        layout = layout_for_revision(int.from_bytes(self.read_physical(ptr, 4), "little") & 0x7FFFFFFF)
+        slot = layout.by_encoding.get(encoding) if layout is not None else None
+        if slot is None:
+            raise NotAvailable("field not in this VMCS layout", backend=NAME, cpu=cpu, what=f"VMCS field 0x{encoding:04x}")
+        self.write_physical(ptr + slot.offset, slot.encode(value).to_bytes(slot.size, "little"))
+
     def read_vmcs_fields(self, cpu: int, encodings: Iterable[int]) -> Dict[int, int]:
         try:
             fields, _ = self._current_vmcs(cpu)
@@ -357,6 +373,20 @@ class BochsBackend(Backend):
             raise BackendError(f"MSR index 0x{index:x} is not 32-bit", backend=NAME, cpu=cpu)
         regs = self._inject(cpu, "rdmsr", {"rcx": index}, what=f"MSR 0x{index:x}")
         return (regs["rdx"] & 0xFFFFFFFF) << 32 | (regs["rax"] & 0xFFFFFFFF)
+
+    def write_register(self, cpu: int, name: str, value: int) -> None:
+        """Set a register the debugger can set (`set NAME = VALUE`: GPRs, RIP, RFLAGS) on `cpu`."""
+        self._check_cpu(cpu)
+        self.select(cpu)
+        self._set_reg(name, value)
+
+    def write_cr4(self, cpu: int, value: int) -> None:
+        """Load CR4 on `cpu` by executing MOV CR4, RAX there (the debugger cannot set control
+        registers): the injection machinery puts back every byte and register but CR4.
+        NotAvailable (and nothing changed) if the processor faults, e.g. #GP for a value
+        CR4 cannot take (SDM Vol.3A 2.5, 325462-080US)."""
+        self._inject(cpu, "mov_cr4", {"rax": value}, what="CR4")
+        self._invalidate()
 
     def cpuid(self, cpu: int, leaf: int, subleaf: int = 0) -> Tuple[int, int, int, int]:
         """Execute CPUID(leaf, subleaf) on `cpu` and restore everything (cached until the target runs)."""
@@ -445,10 +475,13 @@ class BochsBackend(Backend):
             self._undo()
         self._inject_preconditions(cpu, insn, what)
         frame_stack: Optional[int] = None
-        if insn == "rdmsr":      # RDMSR of an MSR that does not exist #GPs: its frame must be undone
-            gate = self._gp_gate(cpu)
+        if insn in ("rdmsr", "mov_cr4"):   # these can #GP (an MSR that does not exist, a bad CR4 value):
+            gate = self._gp_gate(cpu)       # the exception frame must be undone
             if gate is not None:
                 frame_stack = self._r(cpu)["rsp"] if gate == 0 else self._ist_pointer(cpu, gate)
+            elif insn == "mov_cr4":
+                raise NotAvailable("cannot execute MOV CR4 here: no usable #GP gate in the IDT", backend=NAME,
+                                   cpu=cpu, what=what)
             elif not self._msr_surely_exists(cpu, inputs["rcx"]):
                 raise NotAvailable("cannot execute RDMSR here: no usable #GP gate in the IDT, and this MSR "
                                    "may not exist (a #GP would shut the machine down)", backend=NAME,
@@ -470,6 +503,7 @@ class BochsBackend(Backend):
             for lin, (p0, p1), n in saves:
                 j.memory += self._save_linear(lin, p0, p1, n)
             stub = b"\x0f\x08" + STUB_INSN[insn] + STUB_TAIL
+            n = j.insn_len = len(STUB_INSN[insn])
             self._write_linear(stub_rip, phys[0], phys[1], stub)
             j.stub = (stub_rip, phys[0])
             for reg, value in inputs.items():
@@ -479,8 +513,8 @@ class BochsBackend(Backend):
             self._set_reg("rip", stub_rip)
             self._step_to(cpu, stub_rip + 2, "INVD")
             after = self._step_raw(cpu)
-            if after["rip"] != stub_rip + 4:
-                self._recover_from_event(cpu, before, stub_rip)
+            if after["rip"] != stub_rip + 2 + n:
+                self._recover_from_event(cpu, before, stub_rip, n)
                 raise NotAvailable(f"{insn.upper()} raised an exception on this processor (the state is "
                                    "restored)", backend=NAME, cpu=cpu, what=what)
             for reg in ("rax", "rbx", "rcx", "rdx"):
@@ -510,8 +544,8 @@ class BochsBackend(Backend):
             raise refuse("only 64-bit mode is supported")
         if self._r(cpu)["rflags"] & (1 << 8):
             raise refuse("RFLAGS.TF is set")
-        if insn == "rdmsr" and self._cpl(cpu) != 0:
-            raise refuse(f"CPL {self._cpl(cpu)} (RDMSR needs CPL 0)")
+        if insn in ("rdmsr", "mov_cr4") and self._cpl(cpu) != 0:
+            raise refuse(f"CPL {self._cpl(cpu)} ({insn.upper()} needs CPL 0)")
         def unmasked() -> int:
             pending = P.parse_param_tree(self._cmd(f'show "cpu{cpu}.pending_event"'))["pending_event"]
             mask = P.parse_param_tree(self._cmd(f'show "cpu{cpu}.event_mask"'))["event_mask"]
@@ -619,7 +653,7 @@ class BochsBackend(Backend):
             raise BackendError(f"after the injected {what} RIP is 0x{regs['rip']:x}, expected "
                                f"0x{expected_rip:x}", backend=NAME, cpu=cpu)
 
-    def _recover_from_event(self, cpu: int, before: Dict[str, int], stub_rip: int) -> None:
+    def _recover_from_event(self, cpu: int, before: Dict[str, int], stub_rip: int, n: int = 2) -> None:
         """An exception was delivered at the injected instruction: IRETQ back through the
         stub, so RSP, RFLAGS, CS and SS are the interrupted ones again."""
         now = self._r(cpu)
@@ -627,10 +661,10 @@ class BochsBackend(Backend):
         q0, q1 = int.from_bytes(frame[:8], "little"), int.from_bytes(frame[8:], "little")
         insn_rip = stub_rip + 2
         if q1 == insn_rip:       # error code, then the return RIP
-            self._set_reg("rip", stub_rip + 4)
-            self._step_to(cpu, stub_rip + 8, "ADD RSP, 8")
+            self._set_reg("rip", stub_rip + 2 + n)
+            self._step_to(cpu, stub_rip + 6 + n, "ADD RSP, 8")
         elif q0 == insn_rip:
-            self._set_reg("rip", stub_rip + 8)
+            self._set_reg("rip", stub_rip + 6 + n)
         else:
             raise BackendError(f"the injected instruction was diverted to 0x{now['rip']:x} and no "
                                "exception frame returns to it: registers may be changed", backend=NAME, cpu=cpu)
@@ -651,9 +685,9 @@ class BochsBackend(Backend):
         self.select(j.cpu)
         if j.stub is not None:
             stub_rip, _ = j.stub
-            self._set_reg("rip", stub_rip + 10)
+            self._set_reg("rip", stub_rip + 8 + j.insn_len)
             try:
-                self._step_to(j.cpu, stub_rip + 12, "INVD")
+                self._step_to(j.cpu, stub_rip + 10 + j.insn_len, "INVD")
             except BackendError:
                 pass
         for at, data in j.memory:

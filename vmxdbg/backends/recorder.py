@@ -161,6 +161,18 @@ class Recorder(Backend):
     def vmx_state(self, cpu: int) -> Dict[str, object]:
         return self._call("vmx_state", cpu, (), lambda: self.inner.vmx_state(cpu))
 
+    # ------------------------------------------------------------ writes (injected faults)
+    def write_physical(self, address: int, data: bytes) -> None:
+        return self._call("write_physical", None, (address, bytes(data)),
+                          lambda: self.inner.write_physical(address, data))  # type: ignore[attr-defined]
+
+    def write_vmcs(self, cpu: int, encoding: int, value: int) -> None:
+        return self._call("write_vmcs", cpu, (encoding, value),
+                          lambda: self.inner.write_vmcs(cpu, encoding, value))  # type: ignore[attr-defined]
+
+    def write_cr4(self, cpu: int, value: int) -> None:
+        return self._call("write_cr4", cpu, (value,), lambda: self.inner.write_cr4(cpu, value))  # type: ignore[attr-defined]
+
     # ------------------------------------------------------------ execution
     def set_breakpoint(self, address: int, physical: bool = False) -> int:
         return self._call("set_breakpoint", None, (address, physical),

@@ -316,6 +316,15 @@ class ReplayBackend(Backend):
     def vmx_state(self, cpu: int) -> Dict[str, object]:
         return dict(self._answer("vmx_state", cpu, ()))
 
+    def write_physical(self, address: int, data: bytes) -> None:
+        self._answer("write_physical", None, (address, bytes(data)))
+
+    def write_vmcs(self, cpu: int, encoding: int, value: int) -> None:
+        self._answer("write_vmcs", cpu, (encoding, value))
+
+    def write_cr4(self, cpu: int, value: int) -> None:
+        self._answer("write_cr4", cpu, (value,))
+
     def set_breakpoint(self, address: int, physical: bool = False) -> int:
         return self._answer("set_breakpoint", None, (address, bool(physical)))
 

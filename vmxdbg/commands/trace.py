@@ -15,8 +15,10 @@ from ..trace import TRACE, render_trace, replay_trace, trace_report_json
 
 NAME = "trace"
 HELP = "step every core through its VMX instructions (live Bochs, or a recorded trace) and compare predictions"
-DESCRIPTION = (HELP + ". With --bochs, boots the bundled test hypervisor (tests/fixtures/minihv) under Bochs; "
-               "--knob CPU:NAME breaks one thing on one core (names: see tests/fixtures/minihv/README.md).")
+DESCRIPTION = (HELP + ". With --bochs, boots the bundled test hypervisor (tests/fixtures/minihv) under Bochs, or "
+               "with --hypervisor linux-kvm Linux with KVM (docs/kvm.md); --knob CPU:NAME breaks one thing on one "
+               "core (minihv: see tests/fixtures/minihv/README.md; linux-kvm: injected through the debugger, "
+               "vmxdbg/kvm_knobs.py).")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,6 +26,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group(required=not live)
     src.add_argument("--bochs", action="store_true", help="boot the test hypervisor under a live Bochs")
     src.add_argument("--replay", type=Path, metavar="REC", help="replay a recorded trace (*.vmxrec.jsonl)")
+    parser.add_argument("--hypervisor", choices=("minihv", "linux-kvm"), default="minihv",
+                        help="--bochs: the bundled test hypervisor (default), or Debian's Linux kernel with "
+                             "its unmodified kvm_intel module (an image built and cached on first use)")
+    parser.add_argument("--cold-boot", action="store_true",
+                        help="--hypervisor linux-kvm: boot Linux from scratch, without the machine state "
+                             "saved after an earlier boot (and save none)")
     parser.add_argument("--cpus", type=int, default=2, help="processors for --bochs (default 2)")
     parser.add_argument("--knob", action="append", default=[], metavar="CPU:NAME[=VALUE]",
                         help="break something on one core of the test hypervisor (repeatable)")
@@ -64,6 +72,14 @@ def run(args: argparse.Namespace) -> int:
         return show_recorded_trace(args.replay, args.partial, args.format, args.verbose)
     if live_backend(args) is not None and not args.bochs:
         results = live_trace(args, live_backend(args))  # type: ignore[arg-type]
+    elif args.hypervisor == "linux-kvm":
+        from ..kvm_demo import kvm_trace
+        if args.breakpoints:
+            raise InputError("--breakpoints is for minihv: KVM has no magic breakpoints, it is always "
+                             "stepped with code breakpoints")
+        results = kvm_trace(cpus=args.cpus, knobs=args.knob, record=args.record, timeout=args.timeout,
+                            argv=sys.argv[1:], log=lambda line: print(line, file=sys.stderr),
+                            saved_state=not args.cold_boot)
     else:
         from ..minihv_demo import bochs_trace
         results = bochs_trace(cpus=args.cpus, knobs=args.knob, record=args.record, timeout=args.timeout,

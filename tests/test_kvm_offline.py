@@ -11,7 +11,6 @@ from typing import Dict, List, Tuple
 import pytest
 
 from vmxdbg import kvm_image
-from vmxdbg.backends.bochs_process import retarget_saved_config
 from vmxdbg.elfcode import module_vmx_sites
 from vmxdbg.errors import InputError
 from vmxdbg.kvm_knobs import injector, parse_knobs
@@ -209,11 +208,3 @@ def test_initramfs_is_newc_with_init_modules_and_test_program(tmp_path):
     assert "insmod /lib/modules/kvm-intel.ko" in init and "/sys/module/kvm_intel/sections/" in init
     assert init.index("insmod") < init.index("vmxdbg-section") < init.index("/kvmtest")
     assert entries["dev/console"][0] == 0o020600
-
-
-def test_a_saved_state_is_pointed_at_this_sessions_log_and_serial(tmp_path):
-    (tmp_path / "config").write_text("megs: 256\nlog: /tmp/old/bochs.log\n"
-                                     "com1: enabled=1, mode=file, dev=/tmp/old/serial.txt\n")
-    retarget_saved_config(tmp_path, "/tmp/new/bochs.log", "/tmp/new/serial.txt")
-    assert (tmp_path / "config").read_text() == ("megs: 256\nlog: /tmp/new/bochs.log\n"
-                                                 "com1: enabled=1, mode=file, dev=/tmp/new/serial.txt\n")

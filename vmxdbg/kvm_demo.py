@@ -13,9 +13,6 @@
 """
 from __future__ import annotations
 
-import json
-import os
-import re
 import shutil
 import tempfile
 import time
@@ -32,45 +29,12 @@ IPS = 10_000_000          # ips=4M and 10M boot equally fast; 50M is slower (doc
 BOOT_TIMEOUT = 1200.0
 
 
-def machine(iso: Path, serial: Path, cpus: int, restore: Optional[Path] = None) -> object:
+def machine(iso: Path, serial: Path, cpus: int) -> object:
     from .backends.bochs_process import BochsMachine
     # Linux reads MSRs Bochs does not model (0x1a0, 0xe7, ...) before it has a #GP handler:
     # Bochs must answer them with 0 (ignore_bad_msrs), as on the machine the figures come from.
     return BochsMachine(floppy="", cdrom=str(iso), serial=str(serial), cpus=cpus, megs=MEGS, ips=IPS,
-                        ignore_bad_msrs=True, magic_break=True, restore=str(restore or ""))
-
-
-def state_dir(image_iso: Path, cpus: int) -> Path:
-    """Where the machine booted to the test program's stop is saved (next to the image)."""
-    return image_iso.parent / f"state-{cpus}cpu"
-
-
-def saved_sections(state: Path) -> Optional[Dict[str, int]]:
-    """The module's section addresses saved with a booted state, or None when there is no usable state."""
-    try:
-        data = json.loads((state / "vmxdbg-sections.json").read_text())
-        if not (state / "config").exists():
-            return None
-        return {str(k): int(v) for k, v in data.items()}
-    except (OSError, ValueError, TypeError, AttributeError):
-        return None
-
-
-def save_booted_state(backend: object, state: Path, sections: Dict[str, int], log: Callable[[str], None]) -> int:
-    """Save the machine (stopped at the test program's wait) so the next run skips the boot;
-    returns the processor of the magic stop the guest comes to after the save."""
-    tmp = state.with_name(state.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.rmtree(state, ignore_errors=True)
-    log(f"saving the booted machine to {state} (once)")
-    answer = backend.proc.save_state(tmp)  # type: ignore[attr-defined]
-    backend._invalidate()  # type: ignore[attr-defined]
-    m = re.search(r"\((\d+)\) Magic breakpoint", answer)
-    if not m:
-        raise VmxdbgError(f"after saving the state Bochs stopped elsewhere: {answer.strip()[-200:]!r}")
-    (tmp / "vmxdbg-sections.json").write_text(json.dumps({k: v for k, v in sorted(sections.items())}) + "\n")
-    os.replace(tmp, state)
-    return int(m.group(1))
+                        ignore_bad_msrs=True, magic_break=True)
 
 
 def serial_tail(serial: Path, lines: int = 5) -> str:
@@ -104,12 +68,8 @@ def module_code(backend: object, cpu: int, ko: Path, sections: Dict[str, int]) -
 def kvm_trace(*, cpus: int = 2, knobs: Sequence[str] = (), record: Optional[Path] = None,
               timeout: float = 60.0, argv: Optional[List[str]] = None, boot_timeout: float = BOOT_TIMEOUT,
               log: Callable[[str], None] = lambda line: None,
-              timings: Optional[Dict[str, float]] = None, saved_state: bool = True) -> List[StepResult]:
-    """Boot Linux with kvm_intel on `cpus` processors under Bochs and trace KVM's VMX instructions.
-
-    `saved_state`: start from the machine saved at the test program's stop by an
-    earlier run (Bochs' save/restore), and save it after a cold boot; False: always
-    boot cold and save nothing."""
+              timings: Optional[Dict[str, float]] = None) -> List[StepResult]:
+    """Boot Linux with kvm_intel on `cpus` processors under Bochs and trace KVM's VMX instructions."""
     from . import kvm_image
     from .backends.bochs import BochsBackend
     from .kvm_knobs import parse_knobs
@@ -124,24 +84,19 @@ def kvm_trace(*, cpus: int = 2, knobs: Sequence[str] = (), record: Optional[Path
     image = kvm_image.build(log=log)
     work = Path(tempfile.mkdtemp(prefix="vmxdbg-kvm-"))
     serial = work / "serial.txt"
-    state = state_dir(image.iso, cpus)
-    sections = saved_sections(state) if saved_state else None
     try:
         t_boot = time.monotonic()
-        backend = BochsBackend(machine(image.iso, serial, cpus, state if sections else None))  # type: ignore[arg-type]
+        backend = BochsBackend(machine(image.iso, serial, cpus))  # type: ignore[arg-type]
         try:
             first = backend.go(timeout=boot_timeout)
             if first.kind != "magic" or first.cpu is None:
                 raise VmxdbgError(f"Linux did not reach the test program's stop ({first.kind}); serial "
                                   f"console: {serial_tail(serial)}")
-            if sections is None:
-                sections = kvm_image.parse_sections(serial.read_text(errors="replace"), image.traced_module)
-                if not sections:
-                    raise VmxdbgError(f"the image printed no section of {image.traced_module}; serial console: "
-                                      f"{serial_tail(serial)}")
+            sections = kvm_image.parse_sections(serial.read_text(errors="replace"), image.traced_module)
+            if not sections:
+                raise VmxdbgError(f"the image printed no section of {image.traced_module}; serial console: "
+                                  f"{serial_tail(serial)}")
             cpu = first.cpu
-            if saved_state and not (state / "vmxdbg-sections.json").exists():
-                cpu = save_booted_state(backend, state, sections, log)
             if timings is not None:
                 timings["boot_to_ready"] = time.monotonic() - t_boot
             code = module_code(backend, cpu, image.module, sections)

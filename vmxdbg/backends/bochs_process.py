@@ -50,7 +50,6 @@ class BochsMachine:
     cdrom: str = ""                      # a bootable ISO: boot from it instead of the floppy
     serial: str = ""                     # a file COM1's output goes to ("": no COM1)
     ips: int = 0                         # emulated instructions per second (0: Bochs' default)
-    restore: str = ""                    # a folder of a state saved by `save_state`: start from it (-r)
 
 
 _RC_UNSAFE = re.compile(r"[\s,\"#]")
@@ -59,7 +58,7 @@ _RC_UNSAFE = re.compile(r"[\s,\"#]")
 def machine_rc(machine: BochsMachine, log_path: str) -> str:
     """The bochsrc text for `machine`, logging to `log_path` (headless, port 0xE9 on)."""
     for what, path in (("floppy", machine.floppy), ("log", log_path), ("bxshare", machine.bxshare),
-                       ("cdrom", machine.cdrom), ("serial", machine.serial), ("restore", machine.restore)):
+                       ("cdrom", machine.cdrom), ("serial", machine.serial)):
         if _RC_UNSAFE.search(path):
             raise BackendError(f"{what} path {path!r}: a bochsrc cannot take spaces, commas, quotes or #",
                                backend=BACKEND)
@@ -133,10 +132,6 @@ class BochsProcess:
         self.log_path = self.workdir / "bochs.log"
         self.rc_path = self.workdir / "bochsrc"
         self.rc_path.write_text(machine_rc(machine, str(self.log_path)))
-        restore: List[str] = []
-        if machine.restore:
-            retarget_saved_config(Path(machine.restore), str(self.log_path), machine.serial)
-            restore = ["-r", machine.restore]
         self._buf = bytearray()
         self._log_offset = 0
         self._log_partial = b""
@@ -145,7 +140,7 @@ class BochsProcess:
         self.pending: Optional[str] = None   # a command whose prompt has not been read yet
         with open(self.workdir / "stderr.txt", "wb") as err:
             self.proc = subprocess.Popen(
-                [self.bochs, "-q", "-f", str(self.rc_path), *restore], cwd=self.workdir,
+                [self.bochs, "-q", "-f", str(self.rc_path)], cwd=self.workdir,
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
                 start_new_session=True, preexec_fn=_die_with_parent)
         _LIVE.add(self)
@@ -297,64 +292,6 @@ class BochsProcess:
         self._log_partial = lines.pop()
         return [x.decode("latin-1").rstrip("\r") for x in lines]
 
-    # ------------------------------------------------------------ save state
-    def rfb_port(self) -> Optional[int]:
-        """The TCP port of Bochs' RFB display (the last port its log says it tried is the one it bound)."""
-        try:
-            ports = re.findall(r"Trying port (\d+)", self.log_path.read_text(errors="replace"))
-        except OSError:
-            return None
-        return int(ports[-1]) if ports else None
-
-    def save_state(self, folder: Path, timeout: float = 300.0) -> str:
-        """Save the whole machine to `folder` (Bochs' own save/restore, restored with -r), at a prompt.
-
-        The debugger has no command for it: Bochs saves when its display's "save
-        state" header-bar button is pressed. So the button is clicked through the
-        RFB display, the guest runs (`c`) until Bochs handles the click, and the
-        questions the text configuration interface asks on stdout are answered
-        (the folder; "continue simulation": yes). Returns the answer of the next
-        prompt (the guest's next stop, e.g. "(1) Magic breakpoint"), with the state saved."""
-        port = self.rfb_port()
-        if port is None:
-            raise BackendError("cannot save the state: Bochs' log names no RFB port", backend=BACKEND)
-        folder.mkdir(parents=True, exist_ok=True)
-        sock = rfb_click_save(port)
-        try:
-            deadline = time.monotonic() + timeout
-            asked_folder = asked_continue = False
-            self._send("c")
-            while True:
-                text = bytes(self._buf)
-                if not asked_folder and b"state to folder" in text:
-                    self._write_line(str(folder))
-                    asked_folder = True
-                    del self._buf[:]
-                    continue
-                if asked_folder and not asked_continue and b"Continue simulation" in text:
-                    self._write_line("y")
-                    asked_continue = True
-                    del self._buf[:]
-                    continue
-                m = PROMPT.search(self._buf)
-                if m:
-                    out = self._until_prompt(deadline, "save state")
-                    if asked_continue:
-                        return out
-                    self._send("c")          # a guest stop came before Bochs handled the click
-                    continue
-                if not self._read_some(deadline) and time.monotonic() >= deadline:
-                    raise self._gone("save state (Bochs did not ask where to save)")
-        finally:
-            sock.close()
-
-    def _write_line(self, text: str) -> None:
-        try:
-            self.proc.stdin.write(text.encode() + b"\n")  # type: ignore[union-attr]
-            self.proc.stdin.flush()  # type: ignore[union-attr]
-        except (BrokenPipeError, OSError):
-            raise self._gone("an answer to Bochs") from None
-
     # ------------------------------------------------------------ end
     def quit(self, timeout: float = 5.0) -> None:
         """Ask the debugger to quit (`q`); kill Bochs if it does not go."""
@@ -395,56 +332,3 @@ class BochsProcess:
             tmp.cleanup()
             self._tmp = None  # type: ignore[assignment]
 
-
-#: Bochs' header bar: buttons are 32 pixels wide; on the right, from the right edge,
-#: "power" then "save state" (bochs gui/gui.cc, the order the buttons are created).
-HEADERBAR_BUTTON = 32
-
-
-def rfb_click_save(port: int, host: str = "127.0.0.1") -> "socket.socket":
-    """Press and release the "save state" header-bar button of Bochs' RFB display (RFB 3.3,
-    no authentication). Returns the connection: closing it before Bochs handled the
-    click may drop the click."""
-    import socket
-    import struct
-    sock = socket.create_connection((host, port), timeout=10)
-    version = sock.recv(12)
-    if not version.startswith(b"RFB "):
-        sock.close()
-        raise BackendError(f"port {port} is not an RFB display ({version!r})", backend=BACKEND)
-    sock.sendall(version)
-    sock.recv(4)                       # security type (1: none)
-    sock.sendall(b"\x01")             # ClientInit: shared
-    init = b""
-    while len(init) < 24:
-        chunk = sock.recv(24 - len(init))
-        if not chunk:
-            raise BackendError("the RFB display closed during its ServerInit", backend=BACKEND)
-        init += chunk
-    width = struct.unpack(">H", init[:2])[0]
-    name_len = struct.unpack(">I", init[20:24])[0]
-    sock.recv(name_len)
-    x, y = width - HEADERBAR_BUTTON - HEADERBAR_BUTTON // 2, HEADERBAR_BUTTON // 2
-    sock.sendall(struct.pack(">BBHH", 5, 1, x, y))   # PointerEvent: button 1 down
-    time.sleep(0.1)
-    sock.sendall(struct.pack(">BBHH", 5, 0, x, y))   # and up
-    return sock
-
-
-def retarget_saved_config(folder: Path, log_path: str, serial: str) -> None:
-    """Point a saved state's bochsrc (`folder`/config) at this session's log and serial files."""
-    cfg = folder / "config"
-    try:
-        lines = cfg.read_text().splitlines()
-    except OSError as exc:
-        raise BackendError(f"{cfg}: cannot read the saved state's configuration ({exc.strerror})",
-                           backend=BACKEND) from None
-    out = []
-    for line in lines:
-        key = line.split(":", 1)[0].strip()
-        if key == "log":
-            line = f"log: {log_path}"
-        elif key == "com1" and serial:
-            line = re.sub(r"dev=[^,]*", f"dev={serial}", line)
-        out.append(line)
-    cfg.write_text("\n".join(out) + "\n")

@@ -29,9 +29,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hypervisor", choices=("minihv", "linux-kvm"), default="minihv",
                         help="--bochs: the bundled test hypervisor (default), or Debian's Linux kernel with "
                              "its unmodified kvm_intel module (an image built and cached on first use)")
-    parser.add_argument("--cold-boot", action="store_true",
-                        help="--hypervisor linux-kvm: boot Linux from scratch, without the machine state "
-                             "saved after an earlier boot (and save none)")
     parser.add_argument("--cpus", type=int, default=2, help="processors for --bochs (default 2)")
     parser.add_argument("--knob", action="append", default=[], metavar="CPU:NAME[=VALUE]",
                         help="break something on one core of the test hypervisor (repeatable)")
@@ -78,8 +75,7 @@ def run(args: argparse.Namespace) -> int:
             raise InputError("--breakpoints is for minihv: KVM has no magic breakpoints, it is always "
                              "stepped with code breakpoints")
         results = kvm_trace(cpus=args.cpus, knobs=args.knob, record=args.record, timeout=args.timeout,
-                            argv=sys.argv[1:], log=lambda line: print(line, file=sys.stderr),
-                            saved_state=not args.cold_boot)
+                            argv=sys.argv[1:], log=lambda line: print(line, file=sys.stderr))
     else:
         from ..minihv_demo import bochs_trace
         results = bochs_trace(cpus=args.cpus, knobs=args.knob, record=args.record, timeout=args.timeout,

@@ -208,3 +208,60 @@ def test_initramfs_is_newc_with_init_modules_and_test_program(tmp_path):
     assert "insmod /lib/modules/kvm-intel.ko" in init and "/sys/module/kvm_intel/sections/" in init
     assert init.index("insmod") < init.index("vmxdbg-section") < init.index("/kvmtest")
     assert entries["dev/console"][0] == 0o020600
+
+
+def test_a_saved_state_is_restored_through_a_per_session_view_with_its_own_log_and_serial(tmp_path):
+    from vmxdbg.backends.bochs_process import session_copy_of_state
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "config").write_text("megs: 256\nlog: /tmp/old/bochs.log\n"
+                                  "com1: enabled=1, mode=file, dev=/tmp/old/serial.txt\n")
+    (state / "memory.ram").write_bytes(b"\0" * 16)
+    view = session_copy_of_state(state, tmp_path / "view", "/tmp/new/bochs.log", "/tmp/new/serial.txt")
+    assert (view / "config").read_text() == ("megs: 256\nlog: /tmp/new/bochs.log\n"
+                                             "com1: enabled=1, mode=file, dev=/tmp/new/serial.txt\n")
+    assert (view / "memory.ram").is_symlink() and (view / "memory.ram").resolve() == (state / "memory.ram")
+    assert "/tmp/old/bochs.log" in (state / "config").read_text()     # the saved state is not changed
+
+
+def test_the_save_button_is_clicked_and_the_folder_typed_on_bochs_rfb_display():
+    """Against a minimal RFB 3.3 server that answers as Bochs' rfb display does (gui/rfb.cc:
+    version, security type 1, ServerInit of 720x530 named Bochs-RFB) and keeps what it gets."""
+    import socket
+    import struct
+    import threading
+    from vmxdbg.backends.bochs_process import KEY_RETURN, rfb_click, rfb_connect, rfb_key, rfb_type
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    got: List[bytes] = []
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        conn.sendall(b"RFB 003.003\n")
+        conn.recv(12)
+        conn.sendall(struct.pack(">I", 1))
+        conn.recv(1)
+        conn.sendall(struct.pack(">HH16sI", 720, 530, b"\0" * 16, 9) + b"Bochs-RFB")
+        data = b""
+        while True:
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        got.append(data)
+        conn.close()
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    sock = rfb_connect(server.getsockname()[1])
+    rfb_click(sock, 2)
+    rfb_type(sock, "/a")
+    rfb_key(sock, KEY_RETURN)
+    sock.close()
+    t.join(5)
+    server.close()
+    data = got[0]
+    assert data[:12] == struct.pack(">BBHH", 5, 1, 720 - 64 + 16, 16) + struct.pack(">BBHH", 5, 0, 720 - 64 + 16, 16)
+    keys = [struct.unpack(">BBxxI", data[12 + 8 * i:20 + 8 * i]) for i in range((len(data) - 12) // 8)]
+    assert keys == [(4, 1, ord("/")), (4, 0, ord("/")), (4, 1, ord("a")), (4, 0, ord("a")),
+                    (4, 1, 0xFF0D), (4, 0, 0xFF0D)]

@@ -13,8 +13,6 @@
 """
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import tempfile
 import time
@@ -31,59 +29,12 @@ IPS = 10_000_000          # ips=4M and 10M boot equally fast; 50M is slower (doc
 BOOT_TIMEOUT = 1200.0
 
 
-def machine(iso: Path, serial: Path, cpus: int, restore: Optional[Path] = None) -> object:
+def machine(iso: Path, serial: Path, cpus: int) -> object:
     from .backends.bochs_process import BochsMachine
     # Linux reads MSRs Bochs does not model (0x1a0, 0xe7, ...) before it has a #GP handler:
     # Bochs must answer them with 0 (ignore_bad_msrs), as on the machine the figures come from.
     return BochsMachine(floppy="", cdrom=str(iso), serial=str(serial), cpus=cpus, megs=MEGS, ips=IPS,
-                        ignore_bad_msrs=True, magic_break=True, restore=str(restore or ""))
-
-
-def state_dir(image_iso: Path, cpus: int) -> Path:
-    """Where the machine booted to the test program's stop is saved (next to the image)."""
-    return image_iso.parent / f"state-{cpus}cpu"
-
-
-def saved_sections(state: Path) -> Optional[Dict[str, int]]:
-    """The traced module's section addresses saved with a booted state; None without a usable state."""
-    try:
-        data = json.loads((state / "vmxdbg-sections.json").read_text())
-        if not (state / "config").exists():
-            return None
-        return {str(k): int(v) for k, v in data.items()}
-    except (OSError, ValueError, TypeError, AttributeError):
-        return None
-
-
-def boot_and_save(image: object, cpus: int, work: Path, boot_timeout: float,
-                  log: Callable[[str], None]) -> Dict[str, int]:
-    """Boot the image cold to the test program's stop, read the module's sections from the serial
-    console and save the machine (Bochs' save/restore) for every later run; returns the sections."""
-    from . import kvm_image
-    from .backends.bochs import BochsBackend
-    serial = work / "boot-serial.txt"
-    state = state_dir(image.iso, cpus)  # type: ignore[attr-defined]
-    log(f"booting Linux under Bochs ({cpus} processors; once per image, minutes)")
-    backend = BochsBackend(machine(image.iso, serial, cpus))  # type: ignore[arg-type,attr-defined]
-    try:
-        first = backend.go(timeout=boot_timeout)
-        if first.kind != "magic" or first.cpu is None:
-            raise VmxdbgError(f"Linux did not reach the test program's stop ({first.kind}); serial "
-                              f"console: {serial_tail(serial)}")
-        sections = kvm_image.parse_sections(serial.read_text(errors="replace"), image.traced_module)  # type: ignore[attr-defined]
-        if not sections:
-            raise VmxdbgError(f"the image printed no section of its module; serial console: {serial_tail(serial)}")
-        tmp = state.with_name(f"{state.name}.{os.getpid()}.partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        log(f"saving the booted machine to {state}")
-        backend.proc.save_state(tmp)  # type: ignore[attr-defined]
-        (tmp / "vmxdbg-sections.json").write_text(json.dumps(dict(sorted(sections.items()))) + "\n")
-        shutil.rmtree(state, ignore_errors=True)
-        os.replace(tmp, state)
-        return sections
-    finally:
-        backend.proc.kill()        # it waits in Bochs' "continue?" dialog  # type: ignore[attr-defined]
-        backend.close()
+                        ignore_bad_msrs=True, magic_break=True)
 
 
 def serial_tail(serial: Path, lines: int = 5) -> str:
@@ -135,16 +86,17 @@ def kvm_trace(*, cpus: int = 2, knobs: Sequence[str] = (), record: Optional[Path
     serial = work / "serial.txt"
     try:
         t_boot = time.monotonic()
-        state = state_dir(image.iso, cpus)
-        sections = saved_sections(state)
-        if sections is None:
-            sections = boot_and_save(image, cpus, work, boot_timeout, log)
-        backend = BochsBackend(machine(image.iso, serial, cpus, restore=state))  # type: ignore[arg-type]
+        log(f"booting Linux under Bochs ({cpus} processors; minutes)")
+        backend = BochsBackend(machine(image.iso, serial, cpus))  # type: ignore[arg-type]
         try:
-            first = backend.go(timeout=boot_timeout)     # the test program's next wait, right after the restore
+            first = backend.go(timeout=boot_timeout)
             if first.kind != "magic" or first.cpu is None:
-                raise VmxdbgError(f"the machine restored from {state} did not come to the test program's stop "
-                                  f"({first.kind}); delete that folder to boot cold")
+                raise VmxdbgError(f"Linux did not reach the test program's stop ({first.kind}); serial "
+                                  f"console: {serial_tail(serial)}")
+            sections = kvm_image.parse_sections(serial.read_text(errors="replace"), image.traced_module)
+            if not sections:
+                raise VmxdbgError(f"the image printed no section of {image.traced_module}; serial console: "
+                                  f"{serial_tail(serial)}")
             cpu = first.cpu
             if timings is not None:
                 timings["boot_to_ready"] = time.monotonic() - t_boot

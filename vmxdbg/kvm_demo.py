@@ -24,7 +24,7 @@ from .stepper import StepResult, find_vmx_instructions
 
 #: Linux's boot code enables the A20 gate and nothing in it asserts A20M# afterwards.
 ASSUME = {"a20m": False}
-MEGS = 256
+MEGS = 512
 IPS = 10_000_000          # ips=4M and 10M boot equally fast; 50M is slower (docs/kvm.md)
 BOOT_TIMEOUT = 1200.0
 
@@ -109,6 +109,9 @@ def kvm_trace(*, cpus: int = 2, knobs: Sequence[str] = (), record: Optional[Path
                                        f"knobs {list(knobs)}", assume=ASSUME, knobs=knobs)
             if timings is not None:
                 timings["total"] = time.monotonic() - t0
+            console = serial.read_text(errors="replace").split(kvm_image.READY_TAG, 1)[-1]
+            for line in console.strip().splitlines()[-40:]:
+                log(f"console: {line.rstrip()}")
             return results
         finally:
             backend.close()

@@ -183,7 +183,11 @@ def encode_event(ev: StopEvent) -> Dict[str, Any]:
     if ev.detail:
         out["detail"] = ev.detail
     if ev.log:
-        out["log"] = list(ev.log)
+        log = list(ev.log)
+        if len(log) > MAX_LIST:     # e.g. a guest rebooting in a loop: keep both ends, say what is left out
+            keep = MAX_LIST // 2 - 1
+            log = log[:keep] + [f"[vmxdbg: {len(log) - 2 * keep} log lines left out]"] + log[-keep:]
+        out["log"] = log
     return out
 
 

@@ -104,4 +104,19 @@ def module_vmx_sites(data: bytes, source: str = "module", sections: Optional[Lis
     return sorted(sites, key=lambda s: (s.section, s.offset))
 
 
-__all__ = ["ModuleSite", "module_vmx_sites"]
+def symbol_value(data: bytes, name: str, source: str = "ELF file") -> int:
+    """The value (for an executable: the address) of symbol `name` in .symtab."""
+    secs = _sections(data, source)
+    for sec in secs:
+        if sec.type != SHT_SYMTAB:
+            continue
+        strs = secs[sec.link]
+        for k in range(sec.size // 24):
+            name_i, _info, _other, _shndx, value, _size = struct.unpack_from("<IBBHQQ", data, sec.offset + k * 24)
+            end = data.find(b"\0", strs.offset + name_i)
+            if data[strs.offset + name_i:end] == name.encode():
+                return value
+    raise InputError(f"{source}: no symbol {name}")
+
+
+__all__ = ["ModuleSite", "module_vmx_sites", "symbol_value"]

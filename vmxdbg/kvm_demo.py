@@ -65,6 +65,15 @@ def module_code(backend: object, cpu: int, ko: Path, sections: Dict[str, int]) -
     return code
 
 
+def release(backend: object, cpu: int, test_program: Path) -> None:
+    """Let the test program, stopped at its magic breakpoint on `cpu`, go on to KVM: write 1 into
+    its `vmxdbg_go` (a memory write; the program's registers are left alone)."""
+    from .elfcode import symbol_value
+    go = symbol_value(test_program.read_bytes(), "vmxdbg_go", str(test_program))
+    phys = backend.translate(cpu, go)  # type: ignore[attr-defined]
+    backend.write_physical(phys, (1).to_bytes(8, "little"))  # type: ignore[attr-defined]
+
+
 def kvm_trace(*, cpus: int = 2, knobs: Sequence[str] = (), record: Optional[Path] = None,
               timeout: float = 60.0, argv: Optional[List[str]] = None, boot_timeout: float = BOOT_TIMEOUT,
               log: Callable[[str], None] = lambda line: None,
@@ -101,7 +110,7 @@ def kvm_trace(*, cpus: int = 2, knobs: Sequence[str] = (), record: Optional[Path
             if timings is not None:
                 timings["boot_to_ready"] = time.monotonic() - t_boot
             code = module_code(backend, cpu, image.module, sections)
-            backend.write_register(cpu, "rax", 1)     # the test program goes on to KVM
+            release(backend, cpu, image.test_program)
             log(f"{len(code)} VMX instructions in {image.module.name} "
                 f"({', '.join(f'{k} 0x{v:x}' for k, v in sorted(sections.items()))})")
             results = run_trace(backend, code, physical=False, timeout=timeout, record=record, argv=argv,

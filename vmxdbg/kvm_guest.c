@@ -1,10 +1,11 @@
 /* kvmtest: create a VM with KVM and run a tiny real-mode guest on each processor.
  *
  * Built static by vmxdbg's image builder (vmxdbg/kvm_image.py) and run as the
- * last step of the image's /init. Before it opens /dev/kvm it waits at Bochs'
- * magic breakpoint (xchg bx, bx) until the debugger sets RAX to 1 there, so the
- * debugger can set its breakpoints (or save the machine's state) after
- * kvm_intel is loaded and before KVM's first VMXON; between stops it sleeps.
+ * last step of the image's /init. Before it opens /dev/kvm it stops at Bochs'
+ * magic breakpoint (xchg bx, bx), sleeping between stops, until the debugger
+ * writes 1 into `vmxdbg_go` (found in this program's symbol table), so the
+ * debugger can set its breakpoints after kvm_intel is loaded and before KVM's
+ * first VMXON. No register of the program is changed from outside.
  * For each processor in turn: pin to it, KVM_CREATE_VM (KVM runs VMXON on
  * every processor here), one vCPU whose guest writes 'K' to port 0x10 and
  * halts, KVM_RUN until HLT. Every VM stays open until the program exits, so KVM
@@ -27,6 +28,8 @@ static const unsigned char guest_code[] = {
     0xe6, 0x10,       /* out 0x10, al */
     0xf4,             /* hlt */
 };
+
+volatile long vmxdbg_go;      /* the debugger writes 1 here */
 
 static int run_on(int cpu)
 {
@@ -81,11 +84,9 @@ int main(void)
     setvbuf(stdout, NULL, _IONBF, 0);
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     printf("kvmtest: %ld processors\n", n);
-    long go = 0;
-    for (;;) {
-        __asm__ volatile("xchg %%bx, %%bx" : "+a"(go) :: "memory");   /* Bochs magic breakpoint */
-        if (go == 1)
-            break;
+    vmxdbg_go = 0;   /* written first: its page is this process's own, not the shared zero page */
+    while (vmxdbg_go != 1) {
+        __asm__ volatile("xchg %%bx, %%bx" ::: "memory");   /* Bochs magic breakpoint */
         usleep(20000);
     }
     int bad = 0;

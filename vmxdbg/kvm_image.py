@@ -70,6 +70,7 @@ class Image:
 
     iso: Path
     module: Path                       # the traced .ko, uncompressed
+    test_program: Path                 # kvmtest as put in the image (its symbols)
     traced_module: str
     key: str
     kernel_release: str
@@ -222,8 +223,8 @@ def build(spec: Optional[ImageSpec] = None, cache: Optional[Path] = None, log=pr
     meta_path = out / "image.json"
     release = spec.kernel.name[len("vmlinuz-"):] if spec.kernel.name.startswith("vmlinuz-") else spec.kernel.name
     traced = out / ko_name(spec.modules[-1])
-    if meta_path.exists() and (out / "boot.iso").exists() and traced.exists():
-        return Image(out / "boot.iso", traced, spec.traced_module, key, release)
+    if meta_path.exists() and (out / "boot.iso").exists() and traced.exists() and (out / "kvmtest").exists():
+        return Image(out / "boot.iso", traced, out / "kvmtest", spec.traced_module, key, release)
     log(f"building the KVM image in {out} (once; kernel {release})")
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="vmxdbg-kvm-build-", dir=str(out.parent)) as tmp:
@@ -245,13 +246,14 @@ def build(spec: Optional[ImageSpec] = None, cache: Optional[Path] = None, log=pr
         stage.mkdir()
         os.replace(t / "boot.iso", stage / "boot.iso")
         (stage / traced.name).write_bytes(read_ko(spec.modules[-1]))
+        shutil.copyfile(t / "kvmtest", stage / "kvmtest")
         (stage / "image.json").write_text(json.dumps(
             {"kernel": str(spec.kernel), "release": release, "modules": [str(m) for m in spec.modules],
              "traced_module": spec.traced_module, "cmdline": spec.cmdline}, indent=1) + "\n")
         if out.exists():
             shutil.rmtree(out)
         os.replace(stage, out)
-    return Image(out / "boot.iso", traced, spec.traced_module, key, release)
+    return Image(out / "boot.iso", traced, out / "kvmtest", spec.traced_module, key, release)
 
 
 def parse_sections(serial_text: str, module: str) -> Dict[str, int]:

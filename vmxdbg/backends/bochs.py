@@ -701,21 +701,13 @@ class BochsBackend(Backend):
     # ---------------------------------------------------------- breakpoints
     def set_breakpoint(self, address: int, physical: bool = False) -> int:
         """`lb` (linear) or `pb` (physical) on every processor; returns Bochs' number.
-
-        Bochs 2.7 has 16 slots of each kind (BX_DBG_MAX_LIN_BPOINTS / _PHY_): when the
-        linear ones are used up, a linear address is translated (the selected
-        processor's paging, e.g. kernel code every processor maps alike) and set
-        as a physical breakpoint; the stop's RIP is still the linear address."""
+        Bochs 2.7 has 16 of each kind: a 17th is a BackendError with Bochs' own words."""
         before = {b.number for b in P.parse_blist(self._cmd("blist"))}
-        listed = address
         out = self._cmd(f"{'pb' if physical else 'lb'} 0x{address:x}")
-        if not physical and "no more linear breakpoint slots" in out:
-            listed = self.translate(self._current if self._current is not None else 0, address)
-            out = self._cmd(f"pb 0x{listed:x}")
         if out.strip():
             raise BackendError(f"breakpoint at 0x{address:x}: {out.strip()}", backend=NAME)
         new = [b for b in P.parse_blist(self._cmd("blist")) if b.number not in before]
-        if len(new) != 1 or new[0].address != listed:
+        if len(new) != 1 or new[0].address != address:
             raise BackendError(f"breakpoint at 0x{address:x} not found in blist after setting it", backend=NAME)
         self._bps[new[0].number] = _Breakpoint(address, physical)
         return new[0].number

@@ -21,7 +21,7 @@ from typing import Dict
 
 from vmxdbg import kvm_image
 from vmxdbg.backends.bochs import BochsBackend
-from vmxdbg.kvm_demo import BOOT_TIMEOUT, machine, module_code, release
+from vmxdbg.kvm_demo import BOOT_TIMEOUT, go_flag, machine, module_code, release, stop_in_kernel
 
 #: serial console text -> the phase that begins when it appears
 LANDMARKS = {"KASLR disabled": "kernel decompressor runs", "BIOS-e820": "kernel runs",
@@ -56,7 +56,9 @@ def to_first_vmxon(cpus: int) -> Dict[str, float]:
             seen["test program stops (before KVM)"] = time.monotonic() - t0
             sections = kvm_image.parse_sections(serial.read_text(errors="replace"), image.traced_module)
             code = module_code(backend, first.cpu, image.module, sections)
-            release(backend, first.cpu, image.test_program)
+            flag = go_flag(backend, first.cpu, image.test_program)
+            stop_in_kernel(backend, cpus)
+            release(backend, flag)
             bps = [backend.set_breakpoint(a) for a, b in code.items() if b[:3] == b"\xf3\x0f\xc7"]
             hit = backend.go(timeout=BOOT_TIMEOUT)
             assert hit.kind == "breakpoint", hit

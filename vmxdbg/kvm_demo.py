@@ -74,13 +74,32 @@ def module_code(backend: object, cpu: int, ko: Path, sections: Dict[str, int],
     return code
 
 
-def release(backend: object, cpu: int, test_program: Path) -> None:
-    """Let the test program, stopped at its magic breakpoint on `cpu`, go on to KVM: write 1 into
-    its `vmxdbg_go` (a memory write; the program's registers are left alone)."""
+def go_flag(backend: object, cpu: int, test_program: Path) -> int:
+    """Physical address of the test program's `vmxdbg_go`, through the page tables of `cpu`
+    (stopped at the program's magic breakpoint)."""
     from .elfcode import symbol_value
     go = symbol_value(test_program.read_bytes(), "vmxdbg_go", str(test_program))
-    phys = backend.translate(cpu, go)  # type: ignore[attr-defined]
-    backend.write_physical(phys, (1).to_bytes(8, "little"))  # type: ignore[attr-defined]
+    return backend.translate(cpu, go)  # type: ignore[attr-defined,no-any-return]
+
+
+def stop_in_kernel(backend: object, cpus: int, tries: int = 100) -> None:
+    """Run on and interrupt until every processor is at CPL 0 (the test program sleeps between its
+    magic stops, so most interrupts find the processors idle in the kernel).
+
+    Breakpoints set while a processor was stopped in user mode crashed Linux at the next
+    `c`: that processor went on in user code with the kernel's CS (docs/kvm.md)."""
+    for _ in range(tries):
+        ev = backend.go(timeout=0.3)  # type: ignore[attr-defined]
+        if ev.kind == "exited":
+            raise VmxdbgError("Bochs exited while vmxdbg waited for a stop in the kernel")
+        if all(backend.read_register(c, "cpl") == 0 for c in range(cpus)):  # type: ignore[attr-defined]
+            return
+    raise VmxdbgError(f"no stop with every processor in the kernel in {tries} tries")
+
+
+def release(backend: object, flag: int) -> None:
+    """Let the test program go on to KVM: 1 into its `vmxdbg_go` (its registers are left alone)."""
+    backend.write_physical(flag, (1).to_bytes(8, "little"))  # type: ignore[attr-defined]
 
 
 def kvm_trace(*, cpus: int = 2, knobs: Sequence[str] = (), record: Optional[Path] = None,
@@ -119,7 +138,9 @@ def kvm_trace(*, cpus: int = 2, knobs: Sequence[str] = (), record: Optional[Path
             if timings is not None:
                 timings["boot_to_ready"] = time.monotonic() - t_boot
             code = module_code(backend, cpu, image.module, sections)
-            release(backend, cpu, image.test_program)
+            flag = go_flag(backend, cpu, image.test_program)
+            stop_in_kernel(backend, cpus)
+            release(backend, flag)
             log(f"{len(code)} VMX instructions in {image.module.name} "
                 f"({', '.join(f'{k} 0x{v:x}' for k, v in sorted(sections.items()))})")
             results = run_trace(backend, code, physical=False, timeout=timeout, record=record, argv=argv,

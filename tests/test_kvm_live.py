@@ -36,8 +36,8 @@ def test_kvm_on_two_processors_every_prediction_right_and_the_injected_fault_pre
         assert by_cpu[cpu][names.index("vmxon")].actual == "ok"
     launch0 = next(r for r in by_cpu[0] if r.instruction == "vmlaunch")
     launch1 = next(r for r in by_cpu[1] if r.instruction == "vmlaunch")
-    assert launch0.actual == "ok" and launch0.verdict.outcome == "ok"
-    assert launch1.actual.startswith("entry-fail:33:") and launch1.verdict.outcome == launch1.actual
+    assert launch0.actual == "ok" and "ok" in launch0.verdict.possible
+    assert launch1.actual.startswith("entry-fail:33:") and launch1.actual in launch1.verdict.possible
     assert [f.id for f in launch1.verdict.findings if f.status == "fail"] == ["GUEST404"]   # RFLAGS bit 1
     replayed = replay_trace(read_recording(rec))
     assert [(r.cpu, r.instruction, r.actual, r.match) for r in replayed] == \

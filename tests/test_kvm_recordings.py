@@ -50,7 +50,7 @@ def test_every_stop_is_predicted_right_on_every_processor(rec):
     if name in FAULTS:
         cpu, instruction, actual = FAULTS[name]
         broken = next(r for r in results if r.cpu == cpu and r.instruction == instruction)
-        assert (broken.actual, broken.verdict.outcome) == (actual, actual)
+        assert broken.actual == actual and broken.match and actual in broken.verdict.possible
         assert any(f.status == "fail" for f in broken.verdict.findings)
 
 

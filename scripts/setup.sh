@@ -6,6 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 debs="bochs bochsbios vgabios bochs-term nasm python3-venv"
+# Linux KVM under Bochs (trace --hypervisor linux-kvm, docs/kvm.md): the kernel and its kvm modules,
+# busybox, the ISO tools and gcc for the image's static test program
+debs="$debs linux-image-amd64 busybox-static cpio isolinux syslinux-common genisoimage gcc libc6-dev"
 missing=""
 for p in $debs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then
@@ -14,7 +17,7 @@ if [ -n "$missing" ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
   else
-    echo "setup: not root, cannot install:$missing (live Bochs tests will be skipped and say so)"
+    echo "setup: not root, cannot install:$missing (live Bochs and KVM tests will be skipped and say so)"
   fi
 fi
 

@@ -139,7 +139,8 @@ def test_a_report_with_any_verdicts_is_read_or_refused_in_one_line(work, procs, 
 
 ARG_VALUE = {"int": st.one_of(HEXS, ODD), "str": st.one_of(REG, ODD), "strs": st.one_of(st.lists(REG, max_size=3), ODD),
              "bool": st.one_of(st.booleans(), ODD), "float": st.one_of(st.floats(allow_nan=True), ODD),
-             "num": st.one_of(st.integers(0, 8), ODD)}
+             "num": st.one_of(st.integers(0, 8), ODD),
+             "bytes": st.one_of(st.binary(max_size=16).map(bytes.hex), ODD)}   # write_physical's data
 RESULT = {"int": st.one_of(HEXS, ODD), "nums": st.one_of(st.lists(st.integers(0, 3), max_size=3), ODD),
           "int_map": st.one_of(st.dictionaries(REG, HEXS, max_size=3), ODD),
           "int4": st.one_of(st.lists(HEXS, min_size=4, max_size=4), ODD),

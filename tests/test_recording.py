@@ -194,3 +194,12 @@ def test_unknown_keys_ignored(check_rec):
         return out
     _rewrite(check_rec, extra)
     assert read_recording(check_rec).complete
+
+
+def test_an_event_with_more_log_lines_than_a_recording_holds_keeps_both_ends():
+    from vmxdbg.backends.base import StopEvent
+    from vmxdbg.record.recording import MAX_LIST, encode_event
+    lines = [f"line {i}" for i in range(3 * MAX_LIST)]
+    log = encode_event(StopEvent(kind="stopped", log=lines))["log"]
+    assert len(log) <= MAX_LIST and log[0] == "line 0" and log[-1] == lines[-1]
+    assert f"[vmxdbg: {3 * MAX_LIST - len(log) + 1} log lines left out]" in log

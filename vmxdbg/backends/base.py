@@ -163,6 +163,19 @@ class Backend(abc.ABC):
         at VMLAUNCH/VMRESUME, its VMXON succeeded, or the person said so). A backend that executes
         VMX instructions on the target (WinDbg --inject) runs them only after this; others ignore it."""
 
+    # ------------------------------------------- writes (faults injected on purpose)
+    def write_physical(self, address: int, data: bytes) -> None:
+        """Write `data` to physical memory at `address` (a fault injected through the debugger)."""
+        raise self._unsupported(f"writing physical memory at 0x{address:x}")
+
+    def write_vmcs(self, cpu: int, encoding: int, value: int) -> None:
+        """Write field `encoding` of processor `cpu`'s current VMCS."""
+        raise self._unsupported(f"writing VMCS field 0x{encoding:04x}", cpu)
+
+    def write_cr4(self, cpu: int, value: int) -> None:
+        """Load CR4 of processor `cpu` as the processor would (MOV to CR4), not only the debugger's view."""
+        raise self._unsupported("writing CR4", cpu)
+
     # ------------------------------------------------------ execution control
     def set_breakpoint(self, address: int, physical: bool = False) -> int:
         """Set a code breakpoint on every processor; returns its id."""

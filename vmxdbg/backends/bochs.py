@@ -68,9 +68,10 @@ RFLAGS_RF = 1 << 16
 #   +4  48 83 C4 08  ADD RSP, 8   } only after an exception: pop the error code
 #   +8  48 CF        IRETQ        } and return to +2 with RSP/RFLAGS/CS/SS as before
 #   +10 0F 08        INVD: drop the traces that hold these bytes
-STUB_INSN = {"rdmsr": stub.RDMSR, "cpuid": stub.CPUID}
+STUB_INSN = {"rdmsr": stub.RDMSR, "cpuid": stub.CPUID,
+             "mov_cr4": b"\x0f\x22\xe0"}   # mov cr4, rax: a fault injected on purpose (write_cr4)
 STUB_TAIL = b"\x48\x83\xc4\x08\x48\xcf\x0f\x08"
-STUB_LEN = 12
+STUB_LEN = 2 + max(len(i) for i in STUB_INSN.values()) + len(STUB_TAIL)   # bytes saved around the stub
 #: MSRs a processor never changes, read by RDMSR once per processor and kept across stops: the
 #: read-only VMX capability reports (Vol.3D A.1-A.13) and IA32_MTRRCAP (Vol.3A 12.11.2.1),
 #: SDM 325462-080US (2023).
@@ -425,6 +426,20 @@ class BochsBackend(Backend):
             raise NotAvailable("field not in this VMCS layout", backend=NAME, cpu=cpu, what=f"VMCS field 0x{encoding:04x}")
         return fields[encoding]
 
+    def write_vmcs(self, cpu: int, encoding: int, value: int) -> None:
+        """Write a field of the current VMCS in its region, through Bochs' memory layout
+        (Bochs' VMLAUNCH/VMREAD read the region itself, so this is what a VMWRITE would do)."""
+        from ..decode.layouts import layout_for_revision
+        st = P.vmx_state_from_param(self._show(cpu, "VMX"))
+        ptr = st.get("vmcs_pointer")
+        if st.get("vmx") == "off" or not isinstance(ptr, int) or ptr == 0xFFFFFFFFFFFFFFFF:
+            raise NotAvailable("no current VMCS", backend=NAME, cpu=cpu, what=f"VMCS field 0x{encoding:04x}")
+        layout = layout_for_revision(int.from_bytes(self.read_physical(ptr, 4), "little") & 0x7FFFFFFF)
+        slot = layout.by_encoding.get(encoding) if layout is not None else None
+        if slot is None:
+            raise NotAvailable("field not in this VMCS layout", backend=NAME, cpu=cpu, what=f"VMCS field 0x{encoding:04x}")
+        self.write_physical(ptr + slot.offset, slot.encode(value).to_bytes(slot.size, "little"))
+
     def read_vmcs_fields(self, cpu: int, encodings: Iterable[int]) -> Dict[int, int]:
         try:
             fields, _ = self._current_vmcs(cpu)
@@ -686,6 +701,20 @@ class BochsBackend(Backend):
         regs = self._inject(cpu, "rdmsr", {"rcx": index}, what=f"MSR 0x{index:x}")
         return (regs["rdx"] & 0xFFFFFFFF) << 32 | (regs["rax"] & 0xFFFFFFFF)
 
+    def write_register(self, cpu: int, name: str, value: int) -> None:
+        """Set a register the debugger can set (`set NAME = VALUE`: GPRs, RIP, RFLAGS) on `cpu`."""
+        self._check_cpu(cpu)
+        self.select(cpu)
+        self._set_reg(name, value)
+
+    def write_cr4(self, cpu: int, value: int) -> None:
+        """Load CR4 on `cpu` by executing MOV CR4, RAX there (the debugger cannot set control
+        registers): the injection machinery puts back every byte and register but CR4.
+        NotAvailable (and nothing changed) if the processor faults, e.g. #GP for a value
+        CR4 cannot take (SDM Vol.3A 2.5, 325462-080US)."""
+        self._inject(cpu, "mov_cr4", {"rax": value}, what="CR4")
+        self._invalidate()
+
     def cpuid(self, cpu: int, leaf: int, subleaf: int = 0) -> Tuple[int, int, int, int]:
         """Execute CPUID(leaf, subleaf) on `cpu` and restore everything. CONSTANT_LEAVES (subleaf 0)
         are executed once per processor, their CPUID_MIRRORS bits recomputed at every call; other
@@ -793,10 +822,13 @@ class BochsBackend(Backend):
             self._undo()
         self._inject_preconditions(cpu, insn, what)
         frame_stack: Optional[int] = None
-        if insn == "rdmsr":      # RDMSR of an MSR that does not exist #GPs: its frame must be undone
-            gate = self._gp_gate(cpu)
+        if insn in ("rdmsr", "mov_cr4"):   # these can #GP (an MSR that does not exist, a bad CR4 value):
+            gate = self._gp_gate(cpu)       # the exception frame must be undone
             if gate is not None:
                 frame_stack = self._r(cpu)["rsp"] if gate == 0 else self._ist_pointer(cpu, gate)
+            elif insn == "mov_cr4":
+                raise NotAvailable("cannot execute MOV CR4 here: no usable #GP gate in the IDT", backend=NAME,
+                                   cpu=cpu, what=what)
             elif not self._msr_surely_exists(cpu, inputs["rcx"]):
                 raise NotAvailable("cannot execute RDMSR here: no usable #GP gate in the IDT, and this MSR "
                                    "may not exist (a #GP would shut the machine down)", backend=NAME,
@@ -818,9 +850,10 @@ class BochsBackend(Backend):
             for lin, (p0, p1), n in saves:
                 j.memory += self._save_linear(lin, p0, p1, n)
             stub = b"\x0f\x08" + STUB_INSN[insn] + STUB_TAIL
+            n = len(STUB_INSN[insn])
             self._write_linear(stub_rip, phys[0], phys[1], stub)
             j.stub = (stub_rip, phys[0])
-            j.invd = (stub_rip + 10, stub_rip + 12)
+            j.invd = (stub_rip + 8 + n, stub_rip + 10 + n)     # INVD(2) insn(n) add rsp,8(4) iretq(2) INVD
             for reg, value in inputs.items():
                 j.registers[reg] = before[reg]
                 self._set_reg(reg, value)
@@ -828,8 +861,8 @@ class BochsBackend(Backend):
             self._set_reg("rip", stub_rip)
             self._step_to(cpu, stub_rip + 2, "INVD")
             after = self._step_raw(cpu)
-            if after["rip"] != stub_rip + 4:
-                self._recover_from_event(cpu, before, stub_rip)
+            if after["rip"] != stub_rip + 2 + n:
+                self._recover_from_event(cpu, before, stub_rip, n)
                 raise NotAvailable(f"{insn.upper()} raised an exception on this processor (the state is "
                                    "restored)", backend=NAME, cpu=cpu, what=what)
             for reg in ("rax", "rbx", "rcx", "rdx"):
@@ -880,8 +913,8 @@ class BochsBackend(Backend):
             raise refuse("only 64-bit mode is supported")
         if self._r(cpu)["rflags"] & (1 << 8):
             raise refuse("RFLAGS.TF is set")
-        if insn == "rdmsr" and self._cpl(cpu) != 0:
-            raise refuse(f"CPL {self._cpl(cpu)} (RDMSR needs CPL 0)")
+        if insn in ("rdmsr", "mov_cr4") and self._cpl(cpu) != 0:
+            raise refuse(f"CPL {self._cpl(cpu)} ({insn.upper()} needs CPL 0)")
         def unmasked() -> int:
             pending = P.parse_param_tree(self._cmd(f'show "cpu{cpu}.pending_event"'))["pending_event"]
             mask = P.parse_param_tree(self._cmd(f'show "cpu{cpu}.event_mask"'))["event_mask"]
@@ -1011,7 +1044,7 @@ class BochsBackend(Backend):
             raise BackendError(f"after the injected {what} RIP is 0x{regs['rip']:x}, expected "
                                f"0x{expected_rip:x}", backend=NAME, cpu=cpu)
 
-    def _recover_from_event(self, cpu: int, before: Dict[str, int], stub_rip: int) -> None:
+    def _recover_from_event(self, cpu: int, before: Dict[str, int], stub_rip: int, n: int = 2) -> None:
         """An exception was delivered at the injected instruction: IRETQ back through the
         stub, so RSP, RFLAGS, CS and SS are the interrupted ones again."""
         now = self._r(cpu)
@@ -1019,10 +1052,10 @@ class BochsBackend(Backend):
         q0, q1 = int.from_bytes(frame[:8], "little"), int.from_bytes(frame[8:], "little")
         insn_rip = stub_rip + 2
         if q1 == insn_rip:       # error code, then the return RIP
-            self._set_reg("rip", stub_rip + 4)
-            self._step_to(cpu, stub_rip + 8, "ADD RSP, 8")
+            self._set_reg("rip", stub_rip + 2 + n)
+            self._step_to(cpu, stub_rip + 6 + n, "ADD RSP, 8")
         elif q0 == insn_rip:
-            self._set_reg("rip", stub_rip + 8)
+            self._set_reg("rip", stub_rip + 6 + n)
         else:
             raise BackendError(f"the injected instruction was diverted to 0x{now['rip']:x} and no "
                                "exception frame returns to it: registers may be changed", backend=NAME, cpu=cpu)
@@ -1056,7 +1089,8 @@ class BochsBackend(Backend):
 
     # ---------------------------------------------------------- breakpoints
     def set_breakpoint(self, address: int, physical: bool = False) -> int:
-        """`lb` (linear) or `pb` (physical) on every processor; returns Bochs' number."""
+        """`lb` (linear) or `pb` (physical) on every processor; returns Bochs' number.
+        Bochs 2.7 has 16 of each kind: a 17th is a BackendError with Bochs' own words."""
         before = {b.number for b in P.parse_blist(self._cmd("blist"))}
         out = self._cmd(f"{'pb' if physical else 'lb'} 0x{address:x}")
         if out.strip():

@@ -27,7 +27,7 @@ import time
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 from ..common.errors import BackendError, TargetGone
 
@@ -41,13 +41,17 @@ DEFAULT_BXSHARE = "/usr/share/bochs"
 class BochsMachine:
     """The emulated machine: what `machine_rc` turns into a bochsrc."""
 
-    floppy: str                          # a 1.44 MB boot floppy image
+    floppy: str                          # a 1.44 MB boot floppy image ("" with `cdrom`)
     cpus: int = 2
     cpu_model: str = "corei7_skylake_x"
     megs: int = 64
     magic_break: bool = True
     bxshare: str = DEFAULT_BXSHARE       # BIOS-bochs-latest, VGABIOS-lgpl-latest
     ignore_bad_msrs: bool = False        # False: unknown MSRs #GP, as on hardware
+    cdrom: str = ""                      # a bootable ISO: boot from it instead of the floppy
+    serial: str = ""                     # a file COM1's output goes to ("": no COM1)
+    ips: int = 0                         # emulated instructions per second (0: Bochs' default)
+    restore: str = ""                    # a folder of a state saved by `save_state`: start from it (-r)
 
 
 _RC_UNSAFE = re.compile(r"[\s,\"#]")
@@ -55,7 +59,8 @@ _RC_UNSAFE = re.compile(r"[\s,\"#]")
 
 def machine_rc(machine: BochsMachine, log_path: str) -> str:
     """The bochsrc text for `machine`, logging to `log_path` (headless, port 0xE9 on)."""
-    for what, path in (("floppy", machine.floppy), ("log", log_path), ("bxshare", machine.bxshare)):
+    for what, path in (("floppy", machine.floppy), ("log", log_path), ("bxshare", machine.bxshare),
+                       ("cdrom", machine.cdrom), ("serial", machine.serial), ("restore", machine.restore)):
         if _RC_UNSAFE.search(path):
             raise BackendError(f"{what} path {path!r}: a bochsrc cannot take spaces, commas, quotes or #",
                                backend=BACKEND)
@@ -63,14 +68,20 @@ def machine_rc(machine: BochsMachine, log_path: str) -> str:
         raise BackendError(f"cpus={machine.cpus}: expected 1-32", backend=BACKEND)
     if not re.fullmatch(r"[a-z0-9_]+", machine.cpu_model):
         raise BackendError(f"cpu model {machine.cpu_model!r} is not a Bochs model name", backend=BACKEND)
+    if machine.cdrom:
+        media = [f"ata0-master: type=cdrom, path={machine.cdrom}, status=inserted", "boot: cdrom"]
+    else:
+        media = [f"floppya: 1_44={machine.floppy}, status=inserted", "boot: floppy"]
+    if machine.serial:
+        media.append(f"com1: enabled=1, mode=file, dev={machine.serial}")
+    ips = f", ips={int(machine.ips)}" if machine.ips else ""
     return "\n".join([
         f"megs: {int(machine.megs)}",
         f"romimage: file={machine.bxshare}/BIOS-bochs-latest",
         f"vgaromimage: file={machine.bxshare}/VGABIOS-lgpl-latest",
-        f"floppya: 1_44={machine.floppy}, status=inserted",
-        "boot: floppy",
+        *media,
         f"cpu: model={machine.cpu_model}, count={machine.cpus}, "
-        f"ignore_bad_msrs={int(machine.ignore_bad_msrs)}",
+        f"ignore_bad_msrs={int(machine.ignore_bad_msrs)}{ips}",
         'display_library: rfb, options="timeout=0"',
         "port_e9_hack: enabled=1",
         f"magic_break: enabled={int(machine.magic_break)}",
@@ -123,6 +134,11 @@ class BochsProcess:
         self.log_path = self.workdir / "bochs.log"
         self.rc_path = self.workdir / "bochsrc"
         self.rc_path.write_text(machine_rc(machine, str(self.log_path)))
+        restore: List[str] = []
+        if machine.restore:
+            view = session_copy_of_state(Path(machine.restore), self.workdir / "state", str(self.log_path),
+                                         machine.serial)
+            restore = ["-r", str(view)]
         self._buf = bytearray()
         self._log_offset = 0
         self._log_partial = b""
@@ -131,7 +147,7 @@ class BochsProcess:
         self.pending: Optional[str] = None   # a command whose prompt has not been read yet
         with open(self.workdir / "stderr.txt", "wb") as err:
             self.proc = subprocess.Popen(
-                [self.bochs, "-q", "-f", str(self.rc_path)], cwd=self.workdir,
+                [self.bochs, "-q", "-f", str(self.rc_path), *restore], cwd=self.workdir,
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
                 start_new_session=True, preexec_fn=_die_with_parent)
         _LIVE.add(self)
@@ -344,6 +360,72 @@ class BochsProcess:
         self._log_partial = lines.pop()
         return [x.decode("latin-1").rstrip("\r") for x in lines]
 
+    # ------------------------------------------------------------ save state
+    def rfb_port(self) -> Optional[int]:
+        """The TCP port of Bochs' RFB display (the last port its log says it tried is the one it bound)."""
+        try:
+            ports = re.findall(r"Trying port (\d+)", self.log_path.read_text(errors="replace"))
+        except OSError:
+            return None
+        return int(ports[-1]) if ports else None
+
+    def save_state(self, folder: Path, timeout: float = 300.0, settle: float = 1.5) -> None:
+        """Save the whole machine to `folder` (Bochs' own save/restore; start from it with
+        BochsMachine.restore), from a prompt. Bochs is left waiting in a dialog: close() it after.
+
+        The debugger has no command for it: Bochs saves when its display's "save
+        state" header-bar button is pressed, then asks for the folder in a dialog
+        drawn on that display. So, through the RFB display: click the button, let
+        the guest run (`c`) until Bochs handles the click (a guest stop that comes
+        first is continued; no prompt for `settle` seconds means the dialog is up),
+        type the folder and Enter, and wait until every file of the state is
+        written (Bochs writes `config` first and the RAM image whole; the files
+        stop changing). The dialog's keystrokes also reach the guest's keyboard."""
+        port = self.rfb_port()
+        if port is None:
+            raise BackendError("cannot save the state: Bochs' log names no RFB port", backend=BACKEND)
+        folder.mkdir(parents=True, exist_ok=True)      # Bochs writes into the folder, it does not create it
+        deadline = time.monotonic() + timeout
+        sock = rfb_connect(port)
+        try:
+            rfb_click(sock, HEADERBAR_SAVE)
+            self._send("c")
+            self.pending = "c"
+            quiet_since = time.monotonic()
+            while time.monotonic() - quiet_since < settle:
+                if PROMPT.search(self._buf):
+                    self._until_prompt(deadline, "save state")   # a guest stop before the click was handled
+                    self._send("c")
+                    quiet_since = time.monotonic()
+                    continue
+                if self._read_some(min(deadline, time.monotonic() + 0.2)):
+                    continue
+                if time.monotonic() >= deadline:
+                    raise self._gone("save state (the guest did not let Bochs handle the click)")
+            rfb_type(sock, str(folder))
+            rfb_key(sock, KEY_RETURN)
+            last: Optional[Tuple[Tuple[str, int], ...]] = None
+            stable_since = time.monotonic()
+            while True:
+                now = tuple(sorted((f.name, f.stat().st_size) for f in folder.iterdir()))
+                if now != last:
+                    last, stable_since = now, time.monotonic()
+                elif any(n == "config" for n, _ in now) and len(now) > 5 and time.monotonic() - stable_since > 3:
+                    return
+                if time.monotonic() >= deadline:
+                    raise BackendError(f"Bochs did not write its state to {folder} in {timeout:.0f} s",
+                                       backend=BACKEND)
+                time.sleep(0.5)
+        finally:
+            sock.close()
+
+    def _write_line(self, text: str) -> None:
+        try:
+            self.proc.stdin.write(text.encode() + b"\n")  # type: ignore[union-attr]
+            self.proc.stdin.flush()  # type: ignore[union-attr]
+        except (BrokenPipeError, OSError):
+            raise self._gone("an answer to Bochs") from None
+
     # ------------------------------------------------------------ end
     def quit(self, timeout: float = 5.0) -> None:
         """Ask the debugger to quit (`q`); kill Bochs if it does not go."""
@@ -383,3 +465,113 @@ class BochsProcess:
         if tmp is not None:
             tmp.cleanup()
             self._tmp = None  # type: ignore[assignment]
+
+
+#: Bochs' header bar: buttons are 32 pixels wide; on the right, from the right edge,
+#: "power" then "save state" (bochs gui/gui.cc creates them in that order).
+HEADERBAR_BUTTON = 32
+HEADERBAR_SAVE = 2           # the second button from the right
+KEY_RETURN, KEY_BACKSPACE = 0xFF0D, 0xFF08   # X keysyms (RFB KeyEvent)
+
+
+class RfbSession:
+    """A connection to Bochs' RFB display and the display's width."""
+
+    def __init__(self, sock: Any, width: int) -> None:   # a socket.socket
+        self.sock, self.width = sock, width
+
+    def sendall(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def rfb_connect(port: int, host: str = "127.0.0.1") -> RfbSession:
+    """An RFB 3.3 session (no authentication) with Bochs' display; raises BackendError otherwise."""
+    import socket
+    import struct
+    sock = socket.create_connection((host, port), timeout=10)
+    version = sock.recv(12)
+    if not version.startswith(b"RFB "):
+        sock.close()
+        raise BackendError(f"port {port} is not an RFB display ({version!r})", backend=BACKEND)
+    sock.sendall(version)
+    sock.recv(4)                       # security type (1: none)
+    sock.sendall(b"\x01")             # ClientInit: shared
+    init = b""
+    while len(init) < 24:
+        chunk = sock.recv(24 - len(init))
+        if not chunk:
+            raise BackendError("the RFB display closed during its ServerInit", backend=BACKEND)
+        init += chunk
+    sock.recv(struct.unpack(">I", init[20:24])[0])
+    return RfbSession(sock, struct.unpack(">H", init[:2])[0])
+
+
+def _drain(session: RfbSession) -> None:
+    """Read (and drop) what the display sent, so its updates never fill the connection."""
+    import socket
+    sock = session.sock
+    sock.settimeout(0.05)
+    try:
+        for _ in range(64):
+            if not sock.recv(1 << 20):
+                break
+    except (socket.timeout, BlockingIOError):
+        pass
+    finally:
+        sock.settimeout(10)
+
+
+def rfb_click(sock: RfbSession, button_from_right: int) -> None:
+    """Press and release a header-bar button, counted from the right edge (1 = rightmost)."""
+    import struct
+    x = sock.width - HEADERBAR_BUTTON * button_from_right + HEADERBAR_BUTTON // 2
+    y = HEADERBAR_BUTTON // 2
+    sock.sendall(struct.pack(">BBHH", 5, 1, x, y))   # PointerEvent: button 1 down
+    time.sleep(0.1)
+    sock.sendall(struct.pack(">BBHH", 5, 0, x, y))   # and up
+    _drain(sock)
+
+
+def rfb_key(sock: RfbSession, keysym: int) -> None:
+    import struct
+    sock.sendall(struct.pack(">BBxxI", 4, 1, keysym))
+    time.sleep(0.03)
+    sock.sendall(struct.pack(">BBxxI", 4, 0, keysym))
+    time.sleep(0.03)
+    _drain(sock)
+
+
+def rfb_type(sock: RfbSession, text: str) -> None:
+    for ch in text:
+        if not 0x20 <= ord(ch) < 0x7F:
+            raise BackendError(f"cannot type {ch!r} into Bochs' dialog", backend=BACKEND)
+        rfb_key(sock, ord(ch))
+
+
+def session_copy_of_state(folder: Path, into: Path, log_path: str, serial: str) -> Path:
+    """A view of a saved state for one session: every file linked, except `config` (the saved
+    bochsrc), copied and pointed at this session's log and serial files, so sessions restoring
+    the same state at once do not share a log."""
+    cfg = folder / "config"
+    try:
+        lines = cfg.read_text().splitlines()
+    except OSError as exc:
+        raise BackendError(f"{cfg}: cannot read the saved state's configuration ({exc.strerror})",
+                           backend=BACKEND) from None
+    into.mkdir(parents=True, exist_ok=True)
+    for f in folder.iterdir():
+        if f.name != "config":
+            os.symlink(f.resolve(), into / f.name)
+    out = []
+    for line in lines:
+        key = line.split(":", 1)[0].strip()
+        if key == "log":
+            line = f"log: {log_path}"
+        elif key == "com1" and serial:
+            line = re.sub(r"dev=[^,]*", f"dev={serial}", line)
+        out.append(line)
+    (into / "config").write_text("\n".join(out) + "\n")
+    return into

@@ -15,8 +15,10 @@ from ..trace.session import TRACE, interruption, render_trace, replay_trace, tra
 
 NAME = "trace"
 HELP = "step every core through its VMX instructions (live Bochs, or a recorded trace) and compare predictions"
-DESCRIPTION = (HELP + ". With --bochs, boots the bundled test hypervisor (vmxdbg/hypervisors/minihv) under Bochs; "
-               "--knob CPU:NAME breaks one thing on one core (names: see vmxdbg/hypervisors/minihv/README.md).")
+DESCRIPTION = (HELP + ". With --bochs, boots the bundled test hypervisor (vmxdbg/hypervisors/minihv) under Bochs, "
+               "or with --hypervisor linux-kvm Linux with KVM (docs/kvm.md); --knob CPU:NAME breaks one thing on "
+               "one core (minihv: see vmxdbg/hypervisors/minihv/README.md; linux-kvm: injected through the "
+               "debugger, vmxdbg/trace/faults.py).")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group(required=not live)
     src.add_argument("--bochs", action="store_true", help="boot the test hypervisor under a live Bochs")
     src.add_argument("--replay", type=Path, metavar="REC", help="replay a recorded trace (*.vmxrec.jsonl)")
+    parser.add_argument("--hypervisor", choices=("minihv", "linux-kvm"), default="minihv",
+                        help="--bochs: the bundled test hypervisor (default), or Debian's Linux kernel with "
+                             "its unmodified kvm_intel module (an image built and cached on first use)")
     parser.add_argument("--cpus", type=int, default=None, help="processors for --bochs (default 2)")
     parser.add_argument("--knob", action="append", default=[], metavar="CPU:NAME[=VALUE]",
                         help="break something on one core of the test hypervisor (repeatable)")
@@ -100,6 +105,13 @@ def run(args: argparse.Namespace) -> int:
     refuse_existing(args.record, "the recording", args.force)
     if live_backend(args) is not None and not args.bochs:
         results = live_trace(args, live_backend(args))  # type: ignore[arg-type]
+    elif args.hypervisor == "linux-kvm":
+        from ..hypervisors.linux_kvm.demo import kvm_trace
+        if args.breakpoints:
+            raise InputError("--breakpoints is for minihv: KVM has no magic breakpoints, it is always "
+                             "stepped with code breakpoints")
+        results = kvm_trace(cpus=args.cpus, knobs=args.knob, record=args.record, timeout=args.timeout,
+                            argv=sys.argv[1:], log=lambda line: print(line, file=sys.stderr))
     else:
         from ..hypervisors.minihv.demo import bochs_trace
         results = bochs_trace(cpus=args.cpus, knobs=args.knob, record=args.record, timeout=args.timeout,

@@ -202,7 +202,11 @@ def encode_event(ev: StopEvent) -> Dict[str, Any]:
     if ev.detail:
         out["detail"] = ev.detail
     if ev.log:
-        out["log"] = list(ev.log)
+        log = list(ev.log)
+        if len(log) > MAX_LIST:     # e.g. a guest rebooting in a loop: keep both ends, say what is left out
+            keep = MAX_LIST // 2 - 1
+            log = log[:keep] + [f"[vmxdbg: {len(log) - 2 * keep} log lines left out]"] + log[-keep:]
+        out["log"] = log
     return out
 
 
@@ -268,6 +272,10 @@ OPS: Dict[str, OpSpec] = {
     "go": OpSpec(False, (("timeout", "float"),), "event"),
     "step": OpSpec(True, (), "event"),
     "stop": OpSpec(False, (), "none"),
+    # faults injected through the debugger (vmxdbg.trace.faults)
+    "write_physical": OpSpec(False, (("address", "int"), ("data", "bytes")), "none"),
+    "write_vmcs": OpSpec(True, (("encoding", "int"), ("value", "int")), "none"),
+    "write_cr4": OpSpec(True, (("value", "int"),), "none"),
 }
 EVENT_OPS = frozenset(op for op, spec in OPS.items() if spec.result == "event")
 

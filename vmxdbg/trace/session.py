@@ -24,20 +24,24 @@ from ..report.model import FORMAT as REPORT_FORMAT, VERSION as REPORT_VERSION
 from .stepper import (INTERRUPTED, NOT_REACHED, StepResult, Stepper, VmxSite, deviations, find_vmx_instructions,
                       mismatches, share_cross_findings)
 from ..common.numbers import hexs, parse_int
+from .faults import injector
 
 TRACE = "trace"
 
 
 def trace_params(code: Dict[int, bytes], *, physical: bool, bitness: int, max_stops: int,
                  breakpoints: bool = True, assume: Optional[Dict[str, Any]] = None,
-                 source: str = "", timeout: Optional[float] = None) -> Dict[str, Any]:
-    """Header params of a trace: the code the sites were decoded from, by address (and the
-    timeout per stop, which the recorded go() calls carry)."""
+                 source: str = "", timeout: Optional[float] = None, knobs: Sequence[str] = ()) -> Dict[str, Any]:
+    """Header params of a trace: the code the sites were decoded from, by address, the
+    timeout per stop (which the recorded go() calls carry), and the faults injected through
+    the debugger (`knobs`, vmxdbg.trace.faults; left out when none)."""
     params = {"code": {hexs(a): b.hex() for a, b in sorted(code.items())}, "bitness": bitness,
               "physical": physical, "breakpoints": breakpoints, "assume": dict(assume or {}),
               "max_stops": max_stops, "source": source}
     if timeout is not None:
         params["timeout"] = float(timeout)
+    if knobs:
+        params["knobs"] = list(knobs)
     return params
 
 
@@ -72,14 +76,22 @@ def sites_from_params(rec: Recording) -> Dict[str, Any]:
     timeout = p.get("timeout", 60.0)
     if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not timeout > 0:
         raise bad("timeout", "expected a positive number of seconds")
+    knobs = p.get("knobs", [])
+    if not isinstance(knobs, list) or not all(isinstance(k, str) for k in knobs):
+        raise bad("knobs", "expected a list of CPU:KNOB strings")
+    try:
+        prepare = injector(knobs)
+    except InputError as exc:
+        raise bad("knobs", exc.detail) from None
     return {"sites": sites, "physical": bool(p.get("physical", False)), "timeout": float(timeout),
-            "breakpoints": bool(p.get("breakpoints", True)), "assume": assumed, "max_stops": max_stops}
+            "breakpoints": bool(p.get("breakpoints", True)), "assume": assumed, "max_stops": max_stops,
+            "prepare": prepare}
 
 
 def run_trace(backend: Backend, code: Dict[int, bytes], *, bitness: int = 64, physical: bool = False,
               timeout: float = 60.0, max_stops: int = 1000, record: Optional[Union[str, "os.PathLike[str]"]] = None,
               argv: Optional[List[str]] = None, source: str = "", breakpoints: bool = True,
-              assume: Optional[Dict[str, Any]] = None) -> List[StepResult]:
+              assume: Optional[Dict[str, Any]] = None, knobs: Sequence[str] = ()) -> List[StepResult]:
     """Find the VMX instructions in `code` (address -> bytes) and step the target through them,
     recording the session to `record` when given."""
     sites: List[VmxSite] = []
@@ -87,15 +99,17 @@ def run_trace(backend: Backend, code: Dict[int, bytes], *, bitness: int = 64, ph
         sites += find_vmx_instructions(data, address, bitness)
     if not sites:
         raise InputError("no VMXON, VMCLEAR, VMPTRLD, VMLAUNCH or VMRESUME in the code range given")
+    prepare = injector(knobs)
     if record is None:
-        return Stepper(backend, sites, physical=physical, breakpoints=breakpoints, assume=assume).run(
-            timeout=timeout, max_stops=max_stops)
+        return Stepper(backend, sites, physical=physical, breakpoints=breakpoints, assume=assume,
+                       prepare=prepare).run(timeout=timeout, max_stops=max_stops)
     params = trace_params(code, physical=physical, bitness=bitness, max_stops=max_stops,
-                          breakpoints=breakpoints, assume=assume, source=source, timeout=timeout)
+                          breakpoints=breakpoints, assume=assume, source=source, timeout=timeout, knobs=knobs)
     stepper: Optional[Stepper] = None
     try:
         with Recorder(backend, record, command=TRACE, argv=argv or [TRACE], params=params) as rec:
-            stepper = Stepper(rec, sites, physical=physical, breakpoints=breakpoints, assume=assume)
+            stepper = Stepper(rec, sites, physical=physical, breakpoints=breakpoints, assume=assume,
+                              prepare=prepare)
             return stepper.run(timeout=timeout, max_stops=max_stops)
     except (KeyboardInterrupt, SystemExit):
         done = len(stepper.results) if stepper is not None else 0
@@ -118,7 +132,7 @@ def replay_trace(rec: Recording) -> List[StepResult]:
     replay = _EndAwareReplay(rec, strict=True)
     try:
         stepper = Stepper(replay, args["sites"], physical=args["physical"], breakpoints=args["breakpoints"],
-                          assume=args["assume"])
+                          assume=args["assume"], prepare=args["prepare"])
     except BackendError as exc:
         raise InputError(f"replaying it: {exc}", source=rec.path) from None
     replay.stepper = stepper

@@ -112,11 +112,14 @@ class Stepper:
 
     def __init__(self, backend: Backend, sites: Sequence[VmxSite], *, physical: bool = False,
                  breakpoints: bool = True, assume: Optional[Dict[str, object]] = None,
-                 log: Optional[Callable[[str], None]] = None) -> None:
+                 log: Optional[Callable[[str], None]] = None,
+                 prepare: Optional[Callable[[Backend, int, VmxSite], None]] = None) -> None:
         """`breakpoints=False`: the target stops by itself at each site (a magic
         breakpoint right before it); every stop whose RIP is a site is handled.
         `assume`: state no debugger shows, filled where the target did not give it
-        (vmxdbg.state.assume)."""
+        (vmxdbg.state.assume). `prepare(backend, cpu, site)`: runs at each stop on a VMX
+        instruction before the state is read (faults injected through the debugger,
+        vmxdbg.trace.faults)."""
         if EXECUTION not in backend.capabilities():
             raise NotAvailable("stepping needs a live target", backend=backend.name)
         self.backend = backend
@@ -124,6 +127,7 @@ class Stepper:
         self.physical = physical
         self.use_breakpoints = breakpoints
         self.assume = dict(assume or {})
+        self.prepare = prepare
         self.results: List[StepResult] = []
         self.in_root: set = set()               # processors whose VMXON this trace saw succeed
         self.state: Dict[int, Processor] = {}   # each processor as read at its last stop
@@ -218,6 +222,8 @@ class Stepper:
             return self._handle_site(event, cpu, site)
 
     def _handle_site(self, event: StopEvent, cpu: int, site: VmxSite) -> StepResult:
+        if self.prepare is not None:
+            self.prepare(self.backend, cpu, site)
         self.hint_vmx_root(cpu, site)
         snap, operand = self.read_state(cpu, site, magic=event.kind == "magic")
         verdict = self.predict(snap, cpu, site.instruction)

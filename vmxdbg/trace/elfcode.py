@@ -1,0 +1,122 @@
+"""VMX instructions in a relocatable ELF64 object (a Linux kernel module, .ko).
+
+The module's code sections are decoded with iced-x86 function by function
+(from each STT_FUNC symbol of .symtab, so padding and data between functions
+never desynchronise the decoder), or the whole section when it has no
+function symbols. Each VMX instruction is reported as (section, offset,
+length, mnemonic, function); the loaded address is the section's load address
+(e.g. from /sys/module/NAME/sections/) plus the offset.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+from ..common.errors import InputError
+from .stepper import find_vmx_instructions
+
+SHF_EXECINSTR = 0x4
+SHT_SYMTAB = 2
+STT_FUNC = 2
+
+
+@dataclass(frozen=True)
+class ModuleSite:
+    """One VMX instruction in a module: where it is and what it is."""
+
+    section: str
+    offset: int
+    length: int
+    instruction: str
+    function: str
+
+
+@dataclass
+class _Section:
+    name: str
+    type: int
+    flags: int
+    offset: int
+    size: int
+    link: int
+
+
+def _sections(data: bytes, source: str) -> List[_Section]:
+    if data[:4] != b"\x7fELF" or len(data) < 64:
+        raise InputError(f"{source}: not an ELF file")
+    if data[4] != 2 or data[5] != 1:
+        raise InputError(f"{source}: not a 64-bit little-endian ELF file")
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
+    if shentsize != 64 or shoff + shnum * 64 > len(data) or shstrndx >= shnum:
+        raise InputError(f"{source}: section header table out of the file")
+    raw = []
+    for i in range(shnum):
+        name, typ, flags, _addr, off, size, link = struct.unpack_from("<IIQQQQI", data, shoff + i * 64)
+        raw.append((name, typ, flags, off, size, link))
+    strtab_off, strtab_size = raw[shstrndx][3], raw[shstrndx][4]
+
+    def name_at(i: int) -> str:
+        end = data.find(b"\0", strtab_off + i, strtab_off + strtab_size)
+        return data[strtab_off + i:end].decode("ascii", "replace") if end >= 0 else "?"
+    return [_Section(name_at(n), t, f, o, s, lk) for n, t, f, o, s, lk in raw]
+
+
+def _functions(data: bytes, secs: List[_Section]) -> Dict[int, List[Tuple[int, int, str]]]:
+    """section index -> [(offset, size, name)] of its function symbols."""
+    out: Dict[int, List[Tuple[int, int, str]]] = {}
+    for sec in secs:
+        if sec.type != SHT_SYMTAB:
+            continue
+        strs = secs[sec.link] if sec.link < len(secs) else None
+        for k in range(sec.size // 24):
+            name_i, info, _other, shndx, value, size = struct.unpack_from("<IBBHQQ", data, sec.offset + k * 24)
+            if info & 0xF != STT_FUNC or size == 0 or shndx >= len(secs):
+                continue
+            name = "?"
+            if strs is not None:
+                end = data.find(b"\0", strs.offset + name_i)
+                name = data[strs.offset + name_i:end].decode("ascii", "replace")
+            out.setdefault(shndx, []).append((value, size, name))
+    return out
+
+
+def module_vmx_sites(data: bytes, source: str = "module", sections: Optional[List[str]] = None) -> List[ModuleSite]:
+    """Every VMXON, VMCLEAR, VMPTRLD, VMLAUNCH, VMRESUME in the code sections of an ELF64 object
+    (`sections`: only those names)."""
+    secs = _sections(data, source)
+    funcs = _functions(data, secs)
+    sites: List[ModuleSite] = []
+    for i, sec in enumerate(secs):
+        if not sec.flags & SHF_EXECINSTR or (sections is not None and sec.name not in sections):
+            continue
+        if sec.offset + sec.size > len(data):
+            raise InputError(f"{source}: section {sec.name} runs past the end of the file")
+        body = data[sec.offset:sec.offset + sec.size]
+        ranges = sorted(set(funcs.get(i, []))) or [(0, sec.size, sec.name)]
+        seen = set()
+        for start, size, fname in ranges:
+            for s in find_vmx_instructions(body[start:start + size], start):
+                if s.address not in seen:
+                    seen.add(s.address)
+                    sites.append(ModuleSite(sec.name, s.address, s.length, s.instruction, fname))
+    return sorted(sites, key=lambda s: (s.section, s.offset))
+
+
+def symbol_value(data: bytes, name: str, source: str = "ELF file") -> int:
+    """The value (for an executable: the address) of symbol `name` in .symtab."""
+    secs = _sections(data, source)
+    for sec in secs:
+        if sec.type != SHT_SYMTAB:
+            continue
+        strs = secs[sec.link]
+        for k in range(sec.size // 24):
+            name_i, _info, _other, _shndx, value, _size = struct.unpack_from("<IBBHQQ", data, sec.offset + k * 24)
+            end = data.find(b"\0", strs.offset + name_i)
+            if data[strs.offset + name_i:end] == name.encode():
+                return value
+    raise InputError(f"{source}: no symbol {name}")
+
+
+__all__ = ["ModuleSite", "module_vmx_sites", "symbol_value"]

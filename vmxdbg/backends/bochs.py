@@ -71,6 +71,7 @@ RFLAGS_RF = 1 << 16
 STUB_INSN = {"rdmsr": stub.RDMSR, "cpuid": stub.CPUID,
              "mov_cr4": b"\x0f\x22\xe0"}   # mov cr4, rax: a fault injected on purpose (write_cr4)
 STUB_TAIL = b"\x48\x83\xc4\x08\x48\xcf\x0f\x08"
+RFLAGS_IF = 1 << 9          # the interrupt flag (Vol.1 3.4.3, SDM 325462-080US)
 STUB_LEN = 2 + max(len(i) for i in STUB_INSN.values()) + len(STUB_TAIL)   # bytes saved around the stub
 #: MSRs a processor never changes, read by RDMSR once per processor and kept across stops: the
 #: read-only VMX capability reports (Vol.3D A.1-A.13) and IA32_MTRRCAP (Vol.3A 12.11.2.1),
@@ -165,8 +166,12 @@ class BochsBackend(Backend):
     name = NAME
 
     def __init__(self, machine: BochsMachine, *, bochs: Optional[str] = None, startup_timeout: float = 30.0,
-                 command_timeout: float = 10.0, done_line: str = r"^done$") -> None:
+                 command_timeout: float = 10.0, done_line: str = r"^done$", batched: bool = True) -> None:
+        """`batched=False`: no multi-step read stub (`prefetch` does nothing), every MSR and CPUID
+        leaf is read by its own two-step injection: for a guest such as a Linux kernel, where a
+        stub stepped over many instructions was carried away from its range (measured under KVM)."""
         self.machine = machine
+        self.batched = batched
         self.proc = BochsProcess(machine, bochs=bochs, startup_timeout=startup_timeout,
                                  command_timeout=command_timeout)
         self._cpus = list(range(machine.cpus))
@@ -480,6 +485,8 @@ class BochsBackend(Backend):
         inside the same injection, its #GP undone. Nothing is raised: what could not be read
         stays for read_msr / cpuid to try (or refuse) one by one."""
         self._check_cpu(cpu)
+        if not self.batched:
+            return
         self._fill(cpu, STOP_GROUPS)
         reads: List[S.Read] = []
         where: Dict[Tuple[str, int, int], int] = {}
@@ -609,7 +616,10 @@ class BochsBackend(Backend):
             for reg in ("rax", "rbx", "rcx", "rdx", "rdi", "rip"):
                 j.registers[reg] = before[reg]
             j.registers["$eflags"] = before["rflags"]
-            self._set_regs([("rdi", site + stub.buffer_offset), ("rip", site)])
+            # interrupts masked while the stub runs (RFLAGS is put back with the rest): with IF = 1, as
+            # in a Linux kernel, a timer interrupt taken between two steps would carry RIP away
+            self._set_regs([("rdi", site + stub.buffer_offset), ("rip", site),
+                            ("$eflags", before["rflags"] & ~RFLAGS_IF)])
             self._invalidate()
             # a breakpoint inside the stub's range cuts a multi-step short: step on (the stub is
             # straight-line code, extra steps spin on its JMP $)

@@ -22,14 +22,21 @@ def test_kvm_on_two_processors_every_prediction_right_and_the_injected_fault_pre
     from vmxdbg.hypervisors.linux_kvm.demo import kvm_trace
     from vmxdbg.record.recording import read_recording
     from vmxdbg.trace.session import replay_trace
-    rec = tmp_path / "kvm.vmxrec.jsonl"
-    results = kvm_trace(cpus=2, knobs=["1:rflags_bit1"], record=rec, timeout=120)
-    by_cpu = {}
-    for r in results:
-        by_cpu.setdefault(r.cpu, []).append(r)
-    assert sorted(by_cpu) == [0, 1]
-    assert all(r.match for r in results), [(r.cpu, r.instruction, r.verdict and r.verdict.outcome, r.actual)
-                                          for r in results if not r.match]
+    # A live Linux decides which processor runs which VM entry, and Bochs can miss a code breakpoint
+    # (docs/bochs.md): a run where processor 1 made no VMLAUNCH stop never reached the knob's stop.
+    # Every prediction must hold in every run; the knob's outcome is checked in the first run that
+    # reached it (at most two runs).
+    for attempt in range(2):
+        rec = tmp_path / f"kvm-{attempt}.vmxrec.jsonl"
+        results = kvm_trace(cpus=2, knobs=["1:rflags_bit1"], record=rec, timeout=120)
+        by_cpu = {}
+        for r in results:
+            by_cpu.setdefault(r.cpu, []).append(r)
+        assert sorted(by_cpu) == [0, 1]
+        assert all(r.match for r in results), [(r.cpu, r.instruction, r.verdict and r.verdict.outcome, r.actual)
+                                              for r in results if not r.match]
+        if all("vmlaunch" in [r.instruction for r in by_cpu[c]] for c in (0, 1)):
+            break
     for cpu in (0, 1):
         names = [r.instruction for r in by_cpu[cpu]]
         assert "vmxon" in names and "vmptrld" in names and "vmlaunch" in names

@@ -26,12 +26,13 @@ says what was done.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import re
 import signal
 import threading
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, FrozenSet, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
 from ..common import interrupt
 from ..common.errors import BackendError, NotAvailable, TargetGone
@@ -607,7 +608,7 @@ class BochsBackend(Backend):
         j = _Journal(cpu)
         self._journal = j
         faulted: Set[int] = set()
-        try:
+        with self._journaled(j, "read stub"):
             for lin, a, b, n in saves:
                 j.memory += self._save_linear(lin, a, b, n)
             self._poke_many(self._linear_pieces(site, p0, p1, stub.code))
@@ -635,18 +636,6 @@ class BochsBackend(Backend):
                 self._step_through(cpu, 3, insn_rip + 5, insn_rip + 2, insn_rip + 5)   # stosd; xchg; stosd
             data = self._read_buffer(site, p0, p1, stub)
             values = S.parse(stub, reads, data, faulted)
-        except (KeyboardInterrupt, SystemExit):
-            # a signal: put everything back, say so, and end with the signal, never with an undo error
-            interrupt.confirm(self._undo_after_signal(j, "read stub"))
-            raise
-        except BaseException:
-            try:
-                self._undo()
-            finally:
-                self.proc.read_log()
-            raise
-        self._undo()
-        self.proc.read_log()
         self._cache = known
         return values, faulted
 
@@ -856,7 +845,7 @@ class BochsBackend(Backend):
             saves.append((stack_lin, [self.translate(cpu, stack_lin + k) for k in (0, STACK_SAVE - 1)], STACK_SAVE))
         j = _Journal(cpu)
         self._journal = j
-        try:
+        with self._journaled(j, insn):
             for lin, (p0, p1), n in saves:
                 j.memory += self._save_linear(lin, p0, p1, n)
             stub = b"\x0f\x08" + STUB_INSN[insn] + STUB_TAIL
@@ -878,9 +867,17 @@ class BochsBackend(Backend):
             for reg in ("rax", "rbx", "rcx", "rdx"):
                 j.registers.setdefault(reg, before[reg])
             result = dict(after)
+        self._cache = known
+        return result
+
+    @contextlib.contextmanager
+    def _journaled(self, j: _Journal, name: str) -> Iterator[None]:
+        """An injection whose changes `j` records: everything is put back however it ends. After a
+        signal it is also read back and said in the line the run ends with, never an undo error."""
+        try:
+            yield
         except (KeyboardInterrupt, SystemExit):
-            # a signal: put everything back, say so, and end with the signal, never with an undo error
-            interrupt.confirm(self._undo_after_signal(j, insn))
+            interrupt.confirm(self._undo_after_signal(j, name))
             raise
         except BaseException:
             try:
@@ -890,8 +887,6 @@ class BochsBackend(Backend):
             raise
         self._undo()
         self.proc.read_log()
-        self._cache = known
-        return result
 
     def _undo_after_signal(self, j: _Journal, insn: str) -> str:
         """Undo an injection a signal cut short, then read back every register and byte it

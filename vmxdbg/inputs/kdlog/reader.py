@@ -69,6 +69,42 @@ class Block(NamedTuple):
     truncated: bool = False
 
 
+class _Cutter:
+    """Cuts decoded text (LF line ends, any chunking) into Blocks of whole lines; a line
+    longer than max_line is cut there and the rest of it dropped up to its end."""
+
+    def __init__(self, max_line: int) -> None:
+        self.max_line = max_line
+        self.number = 1         # the number of the next line
+        self.carry = ""         # the current, unfinished line (at most max_line characters)
+        self.skipping = False   # the current line is past max_line: drop the rest up to its end
+
+    def feed(self, text: str) -> Iterator[Block]:
+        if text and self.skipping:
+            end = text.find("\n")
+            if end < 0:
+                return
+            yield Block(self.carry, self.number, True, True)
+            self.number += 1
+            self.carry, self.skipping, text = "", False, text[end + 1:]
+        if text:
+            last = text.rfind("\n")
+            if last < 0:
+                self.carry += text
+            else:
+                block = self.carry + text[:last + 1] if self.carry else text[:last + 1]
+                self.carry = text[last + 1:]
+                yield Block(block, self.number)
+                self.number += block.count("\n")
+            if len(self.carry) > self.max_line:
+                self.carry, self.skipping = self.carry[:self.max_line], True
+
+    def end(self) -> Iterator[Block]:
+        """The last line, when the log does not end with a line end (or ends inside a cut line)."""
+        if self.carry or self.skipping:
+            yield Block(self.carry, self.number, False, self.skipping)
+
+
 def iter_blocks(stream: BinaryIO, *, max_line: int = MAX_LINE, chunk: int = CHUNK,
                 progress: Optional[Callable[[int], None]] = None) -> Iterator[Block]:
     """Yield the log as blocks of whole lines, about `chunk` bytes each; `progress`
@@ -80,9 +116,7 @@ def iter_blocks(stream: BinaryIO, *, max_line: int = MAX_LINE, chunk: int = CHUN
         yield from _blocks_of_text(stream, encoding, skip, max_line, chunk, progress)
         return
     decoder = codecs.getincrementaldecoder(encoding)("replace")
-    number = 1              # the number of the next line
-    carry = ""              # the current, unfinished line (at most max_line characters)
-    skipping = False        # the current line is past max_line: drop the rest up to its end
+    cut = _Cutter(max_line)
     pending_cr = False      # the previous piece ended in CR: a leading LF belongs to it
     data = head[skip:]
     done = len(head)
@@ -98,33 +132,14 @@ def iter_blocks(stream: BinaryIO, *, max_line: int = MAX_LINE, chunk: int = CHUN
         if "\r" in text:
             pending_cr = text[-1] == "\r"
             text = text.replace("\r\n", "\n").replace("\r", "\n")
-        if text and skipping:
-            end = text.find("\n")
-            if end < 0:
-                text = ""
-            else:
-                yield Block(carry, number, True, True)
-                number += 1
-                carry, skipping, text = "", False, text[end + 1:]
-        if text:
-            last = text.rfind("\n")
-            if last < 0:
-                carry += text
-            else:
-                block = carry + text[:last + 1] if carry else text[:last + 1]
-                carry = text[last + 1:]
-                yield Block(block, number)
-                number += block.count("\n")
-            if len(carry) > max_line:
-                carry, skipping = carry[:max_line], True
+        yield from cut.feed(text)
         if progress is not None:
             progress(done)
         if final:
             break
         data = stream.read(chunk)
         done += len(data)
-    if carry or skipping:
-        yield Block(carry, number, False, skipping)
+    yield from cut.end()
 
 
 def _seekable(stream: BinaryIO) -> bool:
@@ -139,9 +154,7 @@ def _blocks_of_text(stream: BinaryIO, encoding: str, skip: int, max_line: int, c
     """iter_blocks for a seekable stream: the same blocks, decoded by a TextIOWrapper."""
     stream.seek(skip)
     text_stream = io.TextIOWrapper(stream, encoding=encoding, errors="replace", newline=None)  # type: ignore[arg-type]
-    number = 1
-    carry = ""
-    skipping = False
+    cut = _Cutter(max_line)
     try:
         while True:
             text = text_stream.read(chunk)
@@ -149,23 +162,7 @@ def _blocks_of_text(stream: BinaryIO, encoding: str, skip: int, max_line: int, c
                 break
             if "\x00" in text:
                 text = text.replace("\x00", "")
-            if skipping:
-                end = text.find("\n")
-                if end < 0:
-                    continue
-                yield Block(carry, number, True, True)
-                number += 1
-                carry, skipping, text = "", False, text[end + 1:]
-            last = text.rfind("\n")
-            if last < 0:
-                carry += text
-            else:
-                block = carry + text[:last + 1] if carry else text[:last + 1]
-                carry = text[last + 1:]
-                yield Block(block, number)
-                number += block.count("\n")
-            if len(carry) > max_line:
-                carry, skipping = carry[:max_line], True
+            yield from cut.feed(text)
             if progress is not None:
                 progress(stream.tell())
     finally:
@@ -173,8 +170,7 @@ def _blocks_of_text(stream: BinaryIO, encoding: str, skip: int, max_line: int, c
             text_stream.detach()   # the caller's file stays theirs to close
         except ValueError:         # already closed: the parse ended in an error and the file went first
             pass
-    if carry or skipping:
-        yield Block(carry, number, False, skipping)
+    yield from cut.end()
 
 
 def iter_lines(stream: BinaryIO, *, max_line: int = MAX_LINE, chunk: int = CHUNK) -> Iterator[Line]:

@@ -2,8 +2,8 @@
 # Make the KVM recordings in recordings/kvm/ from real runs: Debian's kernel with its
 # unmodified kvm_intel under Bochs (docs/kvm.md), traced through every VMX instruction on
 # every processor, one fault injected through the debugger per recording, and the expected
-# report (the trace replayed) written next to each. The first run builds the image and
-# boots it cold (minutes), saving the booted machine; later runs start from that state.
+# report (the trace replayed) written next to each. The first run builds the image (cached);
+# every run boots it cold (minutes: docs/kvm.md says why no saved machine is used).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VMXDBG=${VMXDBG:-python -m vmxdbg}

@@ -53,7 +53,7 @@ def watch(work: Path, t0: float, seen: Dict[str, float], stop: threading.Event) 
         stop.wait(0.2)
 
 
-def to_first_vmxon(cpus: int, cold: bool) -> Dict[str, float]:
+def to_first_vmxon(cpus: int, cold: bool, boot_timeout: float) -> Dict[str, float]:
     image = kvm_image.build()
     with tempfile.TemporaryDirectory(prefix="vmxdbg-bench-kvm-") as tmp:
         work = Path(tmp)
@@ -62,7 +62,7 @@ def to_first_vmxon(cpus: int, cold: bool) -> Dict[str, float]:
         t0 = time.monotonic()
         watcher = threading.Thread(target=watch, args=(work, t0, seen, stop), daemon=True)
         watcher.start()
-        backend, cpu, sections = boot(image, work, cpus, cold=cold, boot_timeout=BOOT_TIMEOUT,
+        backend, cpu, sections = boot(image, work, cpus, cold=cold, boot_timeout=boot_timeout,
                                       log=lambda line: None)
         try:
             seen[READY] = time.monotonic() - t0
@@ -85,9 +85,9 @@ def to_first_vmxon(cpus: int, cold: bool) -> Dict[str, float]:
     return seen
 
 
-def whole_trace(cpus: int, cold: bool) -> Dict[str, float]:
+def whole_trace(cpus: int, cold: bool, boot_timeout: float) -> Dict[str, float]:
     timings: Dict[str, float] = {}
-    results = kvm_trace(cpus=cpus, cold=cold, timings=timings)
+    results = kvm_trace(cpus=cpus, cold=cold, timings=timings, boot_timeout=boot_timeout)
     if not results or not all(r.match for r in results):
         raise SystemExit("the trace had a mismatch or no stop: not a run to time")
     return {TRACE: timings["total"]}
@@ -98,12 +98,13 @@ def main() -> int:
     ap.add_argument("--cpus", type=int, default=2)
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--skip-cold", action="store_true", help="time only the restored machine")
+    ap.add_argument("--boot-timeout", type=float, default=BOOT_TIMEOUT, help="seconds a boot may take")
     args = ap.parse_args()
     ways = ([("cold", True)] if not args.skip_cold else []) + [("restored", False)]
     print(f"preparing: image and saved machine ({args.cpus} processors), built when not cached", file=sys.stderr)
     kvm_image.build(log=lambda line: print(line, file=sys.stderr))
     with tempfile.TemporaryDirectory(prefix="vmxdbg-bench-kvm-") as tmp:   # makes the saved machine if needed
-        backend, _, _ = boot(kvm_image.build(), Path(tmp), args.cpus, cold=False, boot_timeout=BOOT_TIMEOUT,
+        backend, _, _ = boot(kvm_image.build(), Path(tmp), args.cpus, cold=False, boot_timeout=args.boot_timeout,
                              log=lambda line: print(line, file=sys.stderr))
         backend.close()  # type: ignore[attr-defined]
     table: Dict[str, Dict[str, List[float]]] = {name: {} for name, _ in ways}
@@ -112,7 +113,7 @@ def main() -> int:
         for name, cold in ways:
             for measure in (to_first_vmxon, whole_trace):
                 before = load()
-                got = measure(args.cpus, cold)
+                got = measure(args.cpus, cold, args.boot_timeout)
                 loads[name].append(f"{before} -> {load()}")
                 print(f"{name} {measure.__name__}: " + ", ".join(f"{k} {v:.1f}" for k, v in got.items()),
                       file=sys.stderr)

@@ -265,3 +265,12 @@ def test_the_save_button_is_clicked_and_the_folder_typed_on_bochs_rfb_display():
     keys = [struct.unpack(">BBxxI", data[12 + 8 * i:20 + 8 * i]) for i in range((len(data) - 12) // 8)]
     assert keys == [(4, 1, ord("/")), (4, 0, ord("/")), (4, 1, ord("a")), (4, 0, ord("a")),
                     (4, 1, 0xFF0D), (4, 0, 0xFF0D)]
+
+
+def test_a_knob_whose_stop_never_came_is_said():
+    from vmxdbg.trace.faults import unapplied
+    stops = [(0, "vmxon"), (0, "vmlaunch"), (1, "vmxon"), (1, "vmresume")]
+    said = unapplied(["1:rflags_bit1", "0:fs_base_noncanonical", "1:vmxe_clear"], stops)
+    assert said == ["knob 1:rflags_bit1 was not applied: processor 1 made no VMLAUNCH stop (the target did not "
+                    "run it, or the debugger missed that stop)"]
+    assert unapplied([], stops) == []

@@ -202,7 +202,7 @@ def kvm_trace(*, cpus: int = 2, knobs: Sequence[str] = (), record: Optional[Path
     """Boot Linux with kvm_intel on `cpus` processors under Bochs and trace KVM's VMX instructions.
     `cold`: boot from the CD, not from the booted machine saved next to the image."""
     from . import image as kvm_image
-    from ...trace.faults import parse_knobs
+    from ...trace.faults import parse_knobs, unapplied
     from ...trace.session import run_trace
 
     if not 1 <= cpus <= 4:
@@ -230,6 +230,8 @@ def kvm_trace(*, cpus: int = 2, knobs: Sequence[str] = (), record: Optional[Path
                                        f"knobs {list(knobs)}", assume=ASSUME, knobs=knobs)
             if timings is not None:
                 timings["total"] = time.monotonic() - t0
+            for line in unapplied(knobs, [(r.cpu, r.instruction) for r in results if r.verdict is not None]):
+                log(line)
             try:
                 console = serial_text(serial).split(kvm_image.READY_TAG, 1)[-1]
             except OSError:

@@ -226,3 +226,10 @@ def test_cold_boot_option_reaches_the_kvm_run(monkeypatch, capsys):
     assert seen["cold"] is True
     main(["trace", "--bochs", "--hypervisor", "linux-kvm"])
     assert seen["cold"] is False
+
+
+def test_the_console_text_leaves_out_the_echoed_nul_bytes_of_a_restored_machine(tmp_path):
+    serial = tmp_path / "serial.txt"
+    serial.write_bytes(b"\0\0: 2 processors\n^@^@^@kvmtest cpu0: exit hlt\n^@\nkvmtest done\n")
+    assert demo.serial_text(serial) == ": 2 processors\nkvmtest cpu0: exit hlt\n\nkvmtest done\n"
+    assert demo.serial_tail(serial, 2) == "kvmtest cpu0: exit hlt | kvmtest done"

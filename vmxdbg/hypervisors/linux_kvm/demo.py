@@ -44,9 +44,9 @@ def machine(iso: Path, serial: Path, cpus: int, restore: Optional[Path] = None) 
 
 
 def serial_text(serial: Path) -> str:
-    """The serial console's text. A restored machine's serial port goes on at the offset where the
-    saved one was, so its file starts with that many NUL bytes: they are left out."""
-    return serial.read_text(errors="replace").replace("\0", "")
+    """The serial console's text. On a restored machine Linux's console tty echoes NUL bytes it
+    reads from the serial port as `^@` (thousands per run; a cold boot has none): left out."""
+    return serial.read_text(errors="replace").replace("^@", "").replace("\0", "")
 
 
 def serial_tail(serial: Path, lines: int = 5) -> str:
@@ -54,7 +54,8 @@ def serial_tail(serial: Path, lines: int = 5) -> str:
         text = serial_text(serial)
     except OSError:
         return "(no serial output)"
-    return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:]) or "(no serial output)"
+    said = [line.strip() for line in text.splitlines() if line.strip()]
+    return " | ".join(said[-lines:]) or "(no serial output)"
 
 
 #: KVM's emulation of VMX for its guests (nested VMX) runs only when a guest itself uses VMX,

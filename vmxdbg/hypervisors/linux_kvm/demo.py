@@ -86,6 +86,26 @@ def module_code(backend: object, cpu: int, ko: Path, sections: Dict[str, int],
     return code
 
 
+def module_approaches(backend: object, cpu: int, ko: Path, sections: Dict[str, int],
+                      skip: Optional["re.Pattern[str]"] = NESTED_ONLY) -> Dict[int, bytes]:
+    """address -> bytes of each instruction leading straight into a VMLAUNCH/VMRESUME of the module
+    (vmxdbg.trace.elfcode.entry_approaches), read back from the target; one whose loaded bytes
+    do not decode to the file's instruction is left out (its entry is still a stop)."""
+    import iced_x86 as ix
+    from ...trace.elfcode import entry_approaches
+    out: Dict[int, bytes] = {}
+    for a in entry_approaches(ko.read_bytes(), str(ko), sections=list(sections)):
+        if skip is not None and skip.search(a.function):
+            continue
+        address = sections[a.section] + a.offset
+        data = backend.read_virtual(cpu, address, a.length)  # type: ignore[attr-defined]
+        ins = next(iter(ix.Decoder(64, data, ip=address)))
+        if not ins.is_invalid and ins.len == a.length and \
+                ix.Formatter(ix.FormatterSyntax.INTEL).format(ins).split()[0] == a.instruction:
+            out[address] = data
+    return out
+
+
 def go_flag(backend: object, cpu: int, test_program: Path) -> int:
     """Physical address of the test program's `vmxdbg_go`, through the page tables of `cpu`
     (stopped at the program's magic breakpoint)."""
@@ -221,14 +241,15 @@ def kvm_trace(*, cpus: int = 2, knobs: Sequence[str] = (), record: Optional[Path
             if timings is not None:
                 timings["boot_to_ready"] = time.monotonic() - t0
             code = module_code(backend, cpu, image.module, sections)
+            approaches = module_approaches(backend, cpu, image.module, sections)
             flag = go_flag(backend, cpu, image.test_program)
             stop_in_kernel(backend, cpus)
             release(backend, flag)
-            log(f"{len(code)} VMX instructions in {image.module.name} "
-                f"({', '.join(f'{k} 0x{v:x}' for k, v in sorted(sections.items()))})")
+            log(f"{len(code)} VMX instructions and {len(approaches)} instruction(s) leading into a VM entry in "
+                f"{image.module.name} ({', '.join(f'{k} 0x{v:x}' for k, v in sorted(sections.items()))})")
             results = run_trace(backend, code, physical=False, timeout=timeout, record=record, argv=argv,  # type: ignore[arg-type]
                                 source=f"Linux {image.kernel_release} kvm_intel on Bochs, {cpus} cpus, "
-                                       f"knobs {list(knobs)}", assume=ASSUME, knobs=knobs)
+                                       f"knobs {list(knobs)}", assume=ASSUME, knobs=knobs, approaches=approaches)
             if timings is not None:
                 timings["total"] = time.monotonic() - t0
             for line in unapplied(knobs, [(r.cpu, r.instruction) for r in results if r.verdict is not None]):

@@ -2,8 +2,9 @@
 # Make the KVM recordings in recordings/kvm/ from real runs: Debian's kernel with its
 # unmodified kvm_intel under Bochs (docs/kvm.md), traced through every VMX instruction on
 # every processor, one fault injected through the debugger per recording, and the expected
-# report (the trace replayed) written next to each. The first run builds the image (cached);
-# every run boots it cold (minutes: docs/kvm.md says why no saved machine is used).
+# report (the trace replayed) written next to each. The first run builds the image and boots it
+# from its CD once, saving the booted machine next to it (minutes); every later run restores
+# that machine (seconds). VMXDBG_TRACE_ARGS adds options to each run (e.g. --cold-boot).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VMXDBG=${VMXDBG:-python -m vmxdbg}
@@ -14,7 +15,7 @@ record() {  # NAME CPUS [KNOB...]
   local knobs=()
   for k in "$@"; do knobs+=(--knob "$k"); done
   rm -f "$out/$name.vmxrec.jsonl"
-  $VMXDBG trace --bochs --hypervisor linux-kvm --cpus "$cpus" "${knobs[@]}" \
+  $VMXDBG trace --bochs --hypervisor linux-kvm --cpus "$cpus" "${knobs[@]}" ${VMXDBG_TRACE_ARGS:-} \
     --record "$out/$name.vmxrec.jsonl" > /dev/null || true
   $VMXDBG trace --replay "$out/$name.vmxrec.jsonl" --format json > "$out/$name.expected.json" || true
   echo "recorded $out/$name.vmxrec.jsonl ($cpus cpus${*:+, knobs: $*})"

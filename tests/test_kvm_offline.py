@@ -265,3 +265,48 @@ def test_the_save_button_is_clicked_and_the_folder_typed_on_bochs_rfb_display():
     keys = [struct.unpack(">BBxxI", data[12 + 8 * i:20 + 8 * i]) for i in range((len(data) - 12) // 8)]
     assert keys == [(4, 1, ord("/")), (4, 0, ord("/")), (4, 1, ord("a")), (4, 0, ord("a")),
                     (4, 1, 0xFF0D), (4, 0, 0xFF0D)]
+
+
+def test_a_knob_whose_stop_never_came_is_said():
+    from vmxdbg.trace.faults import unapplied
+    stops = [(0, "vmxon"), (0, "vmlaunch"), (1, "vmxon"), (1, "vmresume")]
+    said = unapplied(["1:rflags_bit1", "0:fs_base_noncanonical", "1:vmxe_clear"], stops)
+    assert said == ["knob 1:rflags_bit1 was not applied: processor 1 made no VMLAUNCH stop (the target did not "
+                    "run it, or the debugger missed that stop)"]
+    assert unapplied([], stops) == []
+
+
+ENTRY_ASM = """
+    .text
+    .globl enter
+    .type enter, @function
+enter:
+    test $1, %bl
+    jz 1f
+    vmresume
+    jmp 2f
+1:  vmlaunch
+2:  ret
+    .size enter, .-enter
+    .type after_ss, @function
+after_ss:
+    mov %ax, %ss
+    vmlaunch
+    vmptrld (%rdi)
+    vmresume
+    ret
+    .size after_ss, .-after_ss
+"""
+
+
+def test_the_instructions_leading_into_a_vm_entry_are_found(tmp_path):
+    from vmxdbg.trace.elfcode import entry_approaches
+    if shutil.which("as") is None:
+        pytest.skip("needs the GNU assembler (binutils; scripts/setup.sh installs gcc as root)")
+    (tmp_path / "e.s").write_text(ENTRY_ASM)
+    subprocess.run(["as", "--64", "-o", str(tmp_path / "e.o"), str(tmp_path / "e.s")], check=True)
+    got = [(a.function, a.offset, a.instruction) for a in entry_approaches((tmp_path / "e.o").read_bytes(), "e.o")]
+    # the conditional jump leads into both entries (taken: VMLAUNCH, not taken: VMRESUME); the
+    # unconditional jump before VMLAUNCH does not; MOV SS falls into a VMLAUNCH; VMPTRLD before
+    # VMRESUME is a stop of its own
+    assert got == [("enter", 3, "je"), ("after_ss", 14, "mov")]

@@ -105,3 +105,69 @@ def test_an_entry_that_exits_within_the_step_is_ok() -> None:
     # RIP elsewhere, or a VMCS that stayed clear: not a successful entry
     assert Stepper(_AfterLaunch(0xC000, 0, "launched"), [site]).actual_outcome(0, site, before) != "ok"
     assert Stepper(_AfterLaunch(0xB07F, 0, "clear"), [site]).actual_outcome(0, site, before) != "ok"
+
+
+class _Approached(FakeLive):
+    """vmxon [rsp+8] ; APPROACH ; vmlaunch ; hlt: the VM entry is reached through one more instruction."""
+
+    def __init__(self, approach: bytes) -> None:
+        super().__init__(cores=1)
+        self.approach = CODE + 6
+        self.launch = self.approach + len(approach)
+        self.write(CODE + 6, approach + bytes.fromhex("0f01c2f4"))
+
+    def _execute(self, cpu: int) -> bool:
+        p = self.cpus[cpu]
+        rip = p.registers["rip"]
+        if rip == self.approach:
+            p.registers["rip"] = self.launch
+            return True
+        if rip == self.launch:              # the base double's VMLAUNCH, moved here
+            p.registers["rip"] = CODE + 6
+            alive = super()._execute(cpu)
+            if p.registers["rip"] == CODE + 9:
+                p.registers["rip"] = self.launch + 3
+            return alive
+        return super()._execute(cpu)
+
+
+@pytest.mark.parametrize("approach, mov_ss", [(bytes.fromhex("7400"), False), (bytes.fromhex("8ed0"), True)])
+def test_an_entry_reached_by_stepping_its_approach_knows_its_mov_ss_blocking(approach, mov_ss):
+    fake = _Approached(approach)
+    program = bytes.fromhex("f30fc7742408") + approach + bytes.fromhex("0f01c2")
+    sites = find_vmx_instructions(program, CODE)
+    stepper = Stepper(fake, sites, approaches={fake.approach: approach})
+    results = stepper.run(timeout=5)
+    assert [(r.instruction, r.match) for r in results] == [("vmxon", True), ("vmlaunch", True)]
+    state = stepper.state[0]
+    assert state.state["blocking_by_mov_ss"] is mov_ss
+    assert "executed by a single step" in state.provenance["state:blocking_by_mov_ss"]
+    assert ("mov ss,ax" if mov_ss else "je") in state.provenance["state:blocking_by_mov_ss"]
+    assert not fake.breakpoints
+    # without the approach the stop is on the VMLAUNCH itself and the blocking is not known
+    plain = Stepper(_Approached(approach), sites)
+    plain.run(timeout=5)
+    assert "blocking_by_mov_ss" not in plain.state[0].state
+
+
+def test_a_trace_stepped_through_an_approach_replays_the_same(tmp_path):
+    import json
+    from vmxdbg.record.recording import read_recording
+    from vmxdbg.trace.session import replay_trace, run_trace
+    from vmxdbg.common.errors import InputError
+    approach = bytes.fromhex("8ed0")
+    fake = _Approached(approach)
+    rec = tmp_path / "t.vmxrec.jsonl"
+    live = run_trace(fake, {CODE: bytes.fromhex("f30fc7742408") + approach + bytes.fromhex("0f01c2")}, record=rec,
+                     approaches={fake.approach: approach})
+    again = replay_trace(read_recording(rec))
+    assert [(r.instruction, r.actual, r.verdict.outcome) for r in again] == \
+        [(r.instruction, r.actual, r.verdict.outcome) for r in live]
+    lines = rec.read_text().splitlines()
+    head = json.loads(lines[0])
+    assert head["params"]["approaches"] == {hex(fake.approach): "8ed0"}
+    head["params"]["approaches"] = {hex(fake.approach): "zz"}
+    bad = tmp_path / "bad.vmxrec.jsonl"
+    bad.write_text("\n".join([json.dumps(head)] + lines[1:]) + "\n")
+    with pytest.raises(InputError, match="approaches"):
+        replay_trace(read_recording(bad))

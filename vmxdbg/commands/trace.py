@@ -37,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--breakpoints", action="store_true",
                         help="--bochs: stop with code breakpoints, not the test hypervisor's magic breakpoints "
                              "(as for a hypervisor that has none; Bochs may miss one, and says so)")
+    parser.add_argument("--cold-boot", action="store_true",
+                        help="--hypervisor linux-kvm: boot Linux from its CD (minutes), not from the booted "
+                             "machine saved next to the image on first use")
     parser.add_argument("--partial", action="store_true", help="accept an unfinished (.partial) recording")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each stop")
     parser.add_argument("--format", choices=("text", "json"), default="text")
@@ -99,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
         for attr, option, why in LIVE_ONLY:
             if getattr(args, attr, None) not in (None, []):
                 raise InputError(f"{option} does not go with --replay: {why}")
+        if args.cold_boot:
+            raise InputError("--cold-boot does not go with --replay: a replay boots nothing")
         return show_recorded_trace(args.replay, args.partial, args.format, args.verbose)
     if args.cpus is None:
         args.cpus = 2
@@ -111,8 +116,10 @@ def run(args: argparse.Namespace) -> int:
             raise InputError("--breakpoints is for minihv: KVM has no magic breakpoints, it is always "
                              "stepped with code breakpoints")
         results = kvm_trace(cpus=args.cpus, knobs=args.knob, record=args.record, timeout=args.timeout,
-                            argv=sys.argv[1:], log=lambda line: print(line, file=sys.stderr))
+                            argv=sys.argv[1:], cold=args.cold_boot, log=lambda line: print(line, file=sys.stderr))
     else:
+        if args.cold_boot:
+            raise InputError("--cold-boot is for --hypervisor linux-kvm: minihv boots from its floppy in seconds")
         from ..hypervisors.minihv.demo import bochs_trace
         results = bochs_trace(cpus=args.cpus, knobs=args.knob, record=args.record, timeout=args.timeout,
                               magic=not args.breakpoints,

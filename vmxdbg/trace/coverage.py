@@ -47,7 +47,8 @@ def exercised_by(paths: Iterable[Path]) -> Dict[str, str]:
         rec = read_recording(path)
         args = sites_from_params(rec)
         stepper = _Keeping(ReplayBackend(rec, strict=True), args["sites"], physical=args["physical"],
-                           breakpoints=args["breakpoints"], assume=args["assume"], prepare=args["prepare"])
+                           breakpoints=args["breakpoints"], assume=args["assume"], prepare=args["prepare"],
+                           approaches=args["approaches"])
         stepper.run(max_stops=args["max_stops"])
         for snap, cpu, instruction in stepper.entry_states:
             for r in rules:

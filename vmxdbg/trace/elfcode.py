@@ -104,6 +104,38 @@ def module_vmx_sites(data: bytes, source: str = "module", sections: Optional[Lis
     return sorted(sites, key=lambda s: (s.section, s.offset))
 
 
+def entry_approaches(data: bytes, source: str = "module", sections: Optional[List[str]] = None) -> List[ModuleSite]:
+    """The instructions that lead straight into a VMLAUNCH or VMRESUME of the object, in the same
+    function: the one before it when execution falls through (not a jump, call or return), and
+    every jump to it. Breaking there and stepping once shows what ran just before the VM entry
+    (vmxdbg.trace.stepper.Stepper's `approaches`). `instruction` is the approach's mnemonic;
+    approaches that are VMX instructions themselves are left out (they are stops already)."""
+    import iced_x86 as ix
+    secs = _sections(data, source)
+    funcs = _functions(data, secs)
+    out: List[ModuleSite] = []
+    for i, sec in enumerate(secs):
+        if not sec.flags & SHF_EXECINSTR or (sections is not None and sec.name not in sections):
+            continue
+        body = data[sec.offset:sec.offset + sec.size]
+        for start, size, fname in sorted(set(funcs.get(i, []))):
+            decoded = list(ix.Decoder(64, body[start:start + size], ip=start))
+            entries = {s.address for s in find_vmx_instructions(body[start:start + size], start)
+                       if s.instruction in ("vmlaunch", "vmresume")}
+            vmx = {s.address for s in find_vmx_instructions(body[start:start + size], start)}
+            if not entries:
+                continue
+            for ins in decoded:
+                flow = ins.flow_control
+                falls = flow in (ix.FlowControl.NEXT, ix.FlowControl.CONDITIONAL_BRANCH) and ins.next_ip in entries
+                jumps = flow in (ix.FlowControl.CONDITIONAL_BRANCH, ix.FlowControl.UNCONDITIONAL_BRANCH) and \
+                    ins.near_branch_target in entries
+                if (falls or jumps) and ins.ip not in vmx and not ins.is_invalid:
+                    out.append(ModuleSite(sec.name, ins.ip, ins.len, ix.Formatter(ix.FormatterSyntax.INTEL)
+                                          .format(ins).split()[0], fname))
+    return sorted(out, key=lambda s: (s.section, s.offset))
+
+
 def symbol_value(data: bytes, name: str, source: str = "ELF file") -> int:
     """The value (for an executable: the address) of symbol `name` in .symtab."""
     secs = _sections(data, source)

@@ -104,4 +104,16 @@ def injector(specs: Sequence[str]) -> Optional[Callable[[Any, int, Any], None]]:
     return prepare
 
 
-__all__ = ["KNOBS", "parse_knobs", "injector"]
+def unapplied(specs: Sequence[str], stops: Sequence[Tuple[int, str]]) -> List[str]:
+    """One line per knob that never applied: its processor made no stop on its instruction in
+    `stops` ((cpu, instruction) of each stop reached), so the trace shows no fault of it."""
+    out = []
+    for cpu, name in parse_knobs(specs):
+        at = KNOBS[name][0]
+        if not any(c == cpu and i in at for c, i in stops):
+            out.append(f"knob {cpu}:{name} was not applied: processor {cpu} made no {'/'.join(at).upper()} "
+                       "stop (the target did not run it, or the debugger missed that stop)")
+    return out
+
+
+__all__ = ["KNOBS", "parse_knobs", "injector", "unapplied"]

@@ -18,7 +18,7 @@ from ..record.recorder import Recorder
 from ..record.replay import PastEnd, ReplayBackend
 from ..state.assume import parse_assumptions
 from ..common import interrupt
-from ..common.errors import BackendError, InputError, one_line
+from ..common.errors import BackendError, InputError, VmxdbgError, one_line
 from ..record.recording import Recording
 from ..report.model import FORMAT as REPORT_FORMAT, VERSION as REPORT_VERSION
 from .stepper import (INTERRUPTED, NOT_REACHED, StepResult, Stepper, VmxSite, deviations, find_vmx_instructions,
@@ -31,7 +31,8 @@ TRACE = "trace"
 
 def trace_params(code: Dict[int, bytes], *, physical: bool, bitness: int, max_stops: int,
                  breakpoints: bool = True, assume: Optional[Dict[str, Any]] = None,
-                 source: str = "", timeout: Optional[float] = None, knobs: Sequence[str] = ()) -> Dict[str, Any]:
+                 source: str = "", timeout: Optional[float] = None, knobs: Sequence[str] = (),
+                 approaches: Optional[Dict[int, bytes]] = None) -> Dict[str, Any]:
     """Header params of a trace: the code the sites were decoded from, by address, the
     timeout per stop (which the recorded go() calls carry), and the faults injected through
     the debugger (`knobs`, vmxdbg.trace.faults; left out when none)."""
@@ -42,6 +43,8 @@ def trace_params(code: Dict[int, bytes], *, physical: bool, bitness: int, max_st
         params["timeout"] = float(timeout)
     if knobs:
         params["knobs"] = list(knobs)
+    if approaches:
+        params["approaches"] = {hexs(a): b.hex() for a, b in sorted(approaches.items())}
     return params
 
 
@@ -83,7 +86,16 @@ def sites_from_params(rec: Recording) -> Dict[str, Any]:
         prepare = injector(knobs)
     except InputError as exc:
         raise bad("knobs", exc.detail) from None
-    return {"sites": sites, "physical": bool(p.get("physical", False)), "timeout": float(timeout),
+    raw = p.get("approaches", {})
+    if not isinstance(raw, dict):
+        raise bad("approaches", "expected an object of address -> instruction bytes")
+    approaches: Dict[int, bytes] = {}
+    for addr_s, hexbytes in raw.items():
+        try:
+            approaches[parse_int(addr_s, what="address")] = bytes.fromhex(str(hexbytes))
+        except (ValueError, InputError) as exc:
+            raise bad(f"approaches.{addr_s}", str(exc)) from None
+    return {"approaches": approaches, "sites": sites, "physical": bool(p.get("physical", False)), "timeout": float(timeout),
             "breakpoints": bool(p.get("breakpoints", True)), "assume": assumed, "max_stops": max_stops,
             "prepare": prepare}
 
@@ -91,9 +103,10 @@ def sites_from_params(rec: Recording) -> Dict[str, Any]:
 def run_trace(backend: Backend, code: Dict[int, bytes], *, bitness: int = 64, physical: bool = False,
               timeout: float = 60.0, max_stops: int = 1000, record: Optional[Union[str, "os.PathLike[str]"]] = None,
               argv: Optional[List[str]] = None, source: str = "", breakpoints: bool = True,
-              assume: Optional[Dict[str, Any]] = None, knobs: Sequence[str] = ()) -> List[StepResult]:
+              assume: Optional[Dict[str, Any]] = None, knobs: Sequence[str] = (),
+              approaches: Optional[Dict[int, bytes]] = None) -> List[StepResult]:
     """Find the VMX instructions in `code` (address -> bytes) and step the target through them,
-    recording the session to `record` when given."""
+    recording the session to `record` when given (`approaches`: Stepper's)."""
     sites: List[VmxSite] = []
     for address, data in sorted(code.items()):
         sites += find_vmx_instructions(data, address, bitness)
@@ -102,14 +115,15 @@ def run_trace(backend: Backend, code: Dict[int, bytes], *, bitness: int = 64, ph
     prepare = injector(knobs)
     if record is None:
         return Stepper(backend, sites, physical=physical, breakpoints=breakpoints, assume=assume,
-                       prepare=prepare).run(timeout=timeout, max_stops=max_stops)
+                       prepare=prepare, approaches=approaches).run(timeout=timeout, max_stops=max_stops)
     params = trace_params(code, physical=physical, bitness=bitness, max_stops=max_stops,
-                          breakpoints=breakpoints, assume=assume, source=source, timeout=timeout, knobs=knobs)
+                          breakpoints=breakpoints, assume=assume, source=source, timeout=timeout, knobs=knobs,
+                          approaches=approaches)
     stepper: Optional[Stepper] = None
     try:
         with Recorder(backend, record, command=TRACE, argv=argv or [TRACE], params=params) as rec:
             stepper = Stepper(rec, sites, physical=physical, breakpoints=breakpoints, assume=assume,
-                              prepare=prepare)
+                              prepare=prepare, approaches=approaches)
             return stepper.run(timeout=timeout, max_stops=max_stops)
     except (KeyboardInterrupt, SystemExit):
         done = len(stepper.results) if stepper is not None else 0
@@ -132,8 +146,8 @@ def replay_trace(rec: Recording) -> List[StepResult]:
     replay = _EndAwareReplay(rec, strict=True)
     try:
         stepper = Stepper(replay, args["sites"], physical=args["physical"], breakpoints=args["breakpoints"],
-                          assume=args["assume"], prepare=args["prepare"])
-    except BackendError as exc:
+                          assume=args["assume"], prepare=args["prepare"], approaches=args["approaches"])
+    except (BackendError, VmxdbgError) as exc:
         raise InputError(f"replaying it: {exc}", source=rec.path) from None
     replay.stepper = stepper
     try:

@@ -113,13 +113,17 @@ class Stepper:
     def __init__(self, backend: Backend, sites: Sequence[VmxSite], *, physical: bool = False,
                  breakpoints: bool = True, assume: Optional[Dict[str, object]] = None,
                  log: Optional[Callable[[str], None]] = None,
-                 prepare: Optional[Callable[[Backend, int, VmxSite], None]] = None) -> None:
+                 prepare: Optional[Callable[[Backend, int, VmxSite], None]] = None,
+                 approaches: Optional[Dict[int, bytes]] = None) -> None:
         """`breakpoints=False`: the target stops by itself at each site (a magic
         breakpoint right before it); every stop whose RIP is a site is handled.
         `assume`: state no debugger shows, filled where the target did not give it
         (vmxdbg.state.assume). `prepare(backend, cpu, site)`: runs at each stop on a VMX
         instruction before the state is read (faults injected through the debugger,
-        vmxdbg.trace.faults)."""
+        vmxdbg.trace.faults). `approaches`: address -> bytes of instructions that lead straight
+        into a VM entry (vmxdbg.trace.elfcode.entry_approaches): a breakpoint there is stepped
+        once, and when that lands on a site the instruction just executed is known, which
+        settles blocking by MOV SS and by STI at the site (read_state)."""
         if EXECUTION not in backend.capabilities():
             raise NotAvailable("stepping needs a live target", backend=backend.name)
         self.backend = backend
@@ -128,6 +132,13 @@ class Stepper:
         self.use_breakpoints = breakpoints
         self.assume = dict(assume or {})
         self.prepare = prepare
+        self.approaches: Dict[int, ix.Instruction] = {}
+        for address, data in sorted((approaches or {}).items()):
+            ins = next(iter(ix.Decoder(64, data, ip=address)))
+            if ins.is_invalid or ins.len != len(data):
+                raise VmxdbgError(f"approach at {address:#x}: {data.hex()} is not one instruction")
+            if address not in self.sites:
+                self.approaches[address] = ins
         self.results: List[StepResult] = []
         self.in_root: set = set()               # processors whose VMXON this trace saw succeed
         self.state: Dict[int, Processor] = {}   # each processor as read at its last stop
@@ -151,7 +162,7 @@ class Stepper:
     def _run(self, timeout: float, max_stops: int,
              until: Optional[Callable[[StopEvent], bool]]) -> List[StepResult]:
         try:
-            for address in (self.sites if self.use_breakpoints else ()):
+            for address in (list(self.sites) + list(self.approaches) if self.use_breakpoints else ()):
                 self._breakpoints.append(self.backend.set_breakpoint(address, physical=self.physical))
             for _ in range(max_stops):
                 with interrupt.doing(f"the target running to its next stop, after {len(self.results)} stop(s)"):
@@ -214,18 +225,28 @@ class Stepper:
         assert cpu is not None
         rip = self.backend.read_register(cpu, "rip")
         site = self.sites.get(rip)
+        before: Optional[ix.Instruction] = None
+        if site is None and rip in self.approaches:
+            step = self.backend.step(cpu)      # the instruction before a VM entry: run it, note it
+            landed = self.backend.read_register(cpu, "rip")
+            site = self.sites.get(landed)
+            if site is None:                   # an event was delivered instead: the site's own stop follows
+                return None
+            before = self.approaches[rip]
+            event = StopEvent(event.kind, cpu, landed, breakpoint=event.breakpoint, log=list(event.log) + list(step.log))
         if site is None:
             return None
         self.at = (cpu, site)
         with interrupt.doing(f"cpu {cpu}'s {site.instruction} at {site.address:#x} "
                              f"(after {len(self.results)} stop(s))"):
-            return self._handle_site(event, cpu, site)
+            return self._handle_site(event, cpu, site, before)
 
-    def _handle_site(self, event: StopEvent, cpu: int, site: VmxSite) -> StepResult:
+    def _handle_site(self, event: StopEvent, cpu: int, site: VmxSite,
+                     before: Optional[ix.Instruction] = None) -> StepResult:
         if self.prepare is not None:
             self.prepare(self.backend, cpu, site)
         self.hint_vmx_root(cpu, site)
-        snap, operand = self.read_state(cpu, site, magic=event.kind == "magic")
+        snap, operand = self.read_state(cpu, site, magic=event.kind == "magic", before=before)
         verdict = self.predict(snap, cpu, site.instruction)
         step = self.backend.step(cpu)
         actual = self.actual_outcome(cpu, site, snap.processors[cpu])
@@ -243,11 +264,16 @@ class Stepper:
         self.at = None
         return result
 
-    def read_state(self, cpu: int, site: VmxSite, magic: bool = False) -> Tuple[Snapshot, Optional[int]]:
+    def read_state(self, cpu: int, site: VmxSite, magic: bool = False,
+                   before: Optional[ix.Instruction] = None) -> Tuple[Snapshot, Optional[int]]:
         """A snapshot with this processor read now and the others as last seen.
 
         At a magic-breakpoint stop the instruction just executed was `xchg bx, bx`,
-        which blocks no events: no blocking by MOV SS or by STI."""
+        which blocks no events: no blocking by MOV SS or by STI. When the stop was
+        reached by stepping `before` (an approach), blocking by MOV SS is there exactly
+        when `before` loaded SS (MOV SS / POP SS: events are blocked until the end of
+        the next instruction, SDM 325462-080US Vol.2B MOV, POP; Vol.3C 25.4.2 Table 25-3),
+        and blocking by STI only when it was STI (then left unknown: it also needs IF=0)."""
         snap = Snapshot(source=f"{self.backend.name} stop on cpu {cpu} at {site.address:#x}")
         for other, p in self.state.items():
             if other != cpu:
@@ -267,6 +293,19 @@ class Stepper:
                 if key not in p.state:
                     p.state[key] = False
                     p.provenance[f"state:{key}"] = "the instruction before was the magic breakpoint xchg bx, bx"
+        elif before is not None:
+            text = ix.Formatter(ix.FormatterSyntax.INTEL).format(before)
+            loads_ss = before.op0_kind == ix.OpKind.REGISTER and before.op0_register == ix.Register.SS and \
+                before.mnemonic in (ix.Mnemonic.MOV, ix.Mnemonic.POP)
+            why = (f"the instruction before was `{text}` at {before.ip:#x}, executed by a single step "
+                   "from a breakpoint on it")
+            known = {"blocking_by_mov_ss": loads_ss}
+            if before.mnemonic != ix.Mnemonic.STI:
+                known["blocking_by_sti"] = False
+            for key, value in known.items():
+                if key not in p.state:
+                    p.state[key] = value
+                    p.provenance[f"state:{key}"] = why
         apply_to_processor(p, self.assume)  # type: ignore[arg-type]
         self.state[cpu] = copy.deepcopy(p)
         return snap, operand

@@ -104,6 +104,25 @@ def test_memory(session) -> None:  # type: ignore[no-untyped-def]
     assert b.read_physical(0, 4) is not None and b.proc.alive
 
 
+def test_many_writes_go_through_one_sourced_file(session) -> None:  # type: ignore[no-untyped-def]
+    b, _ = session
+    scratch = 0x3F0000                               # RAM minihv does not use (64 MiB machine)
+    old = b.read_physical(scratch, 23)
+    data = bytes(range(0x41, 0x41 + 23))             # 5 dwords, a word and a byte per piece
+    rt = b.stats["round_trips"]
+    b._poke_many([(scratch, data[:11]), (scratch + 11, data[11:])])
+    assert b.stats["round_trips"] == rt + 1          # one exchange for every setpmem
+    assert b.read_physical(scratch, 23) == data
+    b._poke_many([(scratch, old)])
+    assert b.read_physical(scratch, 23) == old
+    # Bochs' own error line comes back in the answer, and the prompt after it
+    said = b.proc.source(["setpmem 0xfffffff000 1 0x0", "setpmem 0x3f0000 1 0x7"])
+    assert "could not set memory" in said and b.read_physical(scratch, 1) == b"\x07" and b.proc.alive
+    b._poke_many([(scratch, old[:1])])
+    with pytest.raises(BackendError, match="empty or holds a line break"):
+        b.proc.source(["r", "s\n"])
+
+
 def test_msrs_and_cpuid_by_injection_restore_everything(session) -> None:  # type: ignore[no-untyped-def]
     b, sym = session
     before = full_state(b, 0)

@@ -249,6 +249,18 @@ class BochsBackend(Backend):
         self.stats["round_trips"] += 1
         return self.proc.commands(texts)
 
+    def _source(self, texts: List[str]) -> str:
+        """Commands this backend built, run from a file in one exchange (their output joined)."""
+        self._alive()
+        if self.proc.pending is not None:
+            self._absorb(self.proc.resync())
+            self._invalidate()
+        if not texts:
+            return ""
+        self.stats["commands"] += len(texts)
+        self.stats["round_trips"] += 1
+        return self.proc.source(texts)
+
     def _check_cpu(self, cpu: int) -> None:
         if not isinstance(cpu, int) or cpu not in self._cpus:
             raise BackendError(f"no processor {cpu!r} (this machine has {len(self._cpus)})", backend=NAME)
@@ -994,24 +1006,11 @@ class BochsBackend(Backend):
         return [(p0, self.read_physical(p0, split)), (p1 - (n - 1 - split), self.read_physical(p1 - (n - 1 - split), n - split))]
 
     def _write_linear(self, lin: int, p0: int, p1: int, data: bytes) -> None:
-        split = 0x1000 - (lin & 0xFFF)
-        if split >= len(data):
-            self._poke(p0, data)
-        else:
-            self._poke(p0, data[:split])
-            self._poke(p1 - (len(data) - 1 - split), data[split:])
-
-    def _poke(self, address: int, data: bytes) -> None:
-        """setpmem `data` at a physical address, 4, 2 or 1 bytes per command."""
-        self._check_physical(address, len(data))
-        i = 0
-        while i < len(data):
-            n = 4 if len(data) - i >= 4 else 2 if len(data) - i >= 2 else 1
-            self._setpmem(address + i, data[i:i + n])
-            i += n
+        self._poke_many(self._linear_pieces(lin, p0, p1, data))
 
     def _poke_many(self, pieces: Sequence[Tuple[int, bytes]]) -> None:
-        """setpmem every piece (physical address, bytes) in one exchange."""
+        """setpmem every piece (physical address, bytes), 4, 2 or 1 bytes per command, all of them
+        run from one sourced file (one exchange, no per-character echo)."""
         cmds = []
         for address, data in pieces:
             self._check_physical(address, len(data))
@@ -1020,9 +1019,9 @@ class BochsBackend(Backend):
                 n = 4 if len(data) - i >= 4 else 2 if len(data) - i >= 2 else 1
                 cmds.append(f"setpmem 0x{address + i:x} {n} 0x{int.from_bytes(data[i:i + n], 'little'):x}")
                 i += n
-        for cmd, out in zip(cmds, self._cmds(cmds)):
-            if out.strip():
-                raise BackendError(f"`{cmd}` answered {out.strip()!r}", backend=NAME)
+        out = self._source(cmds)
+        if out.strip():
+            raise BackendError(f"setpmem of {len(cmds)} pieces answered {out.strip()[:200]!r}", backend=NAME)
 
     def _set_regs(self, values: Sequence[Tuple[str, int]]) -> None:
         """`set` several registers of the selected processor in one exchange."""

@@ -145,6 +145,7 @@ class BochsProcess:
         self.transcript: List[Tuple[str, str]] = []   # (command, answer) for diagnostics
         self.prompt_number = 0
         self.pending: Optional[str] = None   # a command whose prompt has not been read yet
+        self._sourced = 0                    # files of commands written for `source`
         with open(self.workdir / "stderr.txt", "wb") as err:
             self.proc = subprocess.Popen(
                 [self.bochs, "-q", "-f", str(self.rc_path), *restore], cwd=self.workdir,
@@ -284,6 +285,28 @@ class BochsProcess:
         self.pending = None
         self.transcript += list(zip(cmds, out))
         del self.transcript[:-200]
+        return out
+
+    def source(self, cmds: List[str], timeout: Optional[float] = None) -> str:
+        """Several commands run from a file (`source FILE`): one prompt, their output together.
+
+        Bochs 2.7 reads stdin through readline, one byte and two pselect calls per character,
+        and echoes each character in its own write; lines of a sourced file are read with fgets
+        (bx_debug/dbg_main.cc, bx_get_command), so many commands cost about one. Only for
+        commands the caller built itself: a line the debugger's parser rejects inside a
+        sourced file makes Bochs exit ("ERROR in source file causes exit", bxerror)."""
+        if not cmds:
+            return ""
+        for cmd in cmds:
+            if "\n" in cmd or "\r" in cmd or not cmd.strip():
+                raise BackendError(f"debugger command {cmd!r} is empty or holds a line break", backend=BACKEND)
+        self._sourced += 1
+        path = self.workdir / f"batch{self._sourced % 2}.txt"
+        if "\n" in str(path) or "\r" in str(path):
+            raise BackendError(f"the folder {self.workdir} holds a line break", backend=BACKEND)
+        path.write_text("".join(c + "\n" for c in cmds), encoding="ascii")
+        out = self.command(f"source {path}", timeout)
+        self.transcript[-1] = (f"source {path} ({len(cmds)} commands: {cmds[0]} ...)", out)
         return out
 
     def _until_prompt_keep(self, deadline: float, what: str) -> str:

@@ -56,6 +56,7 @@ SEGMENT_PARTS = ("selector", "base", "limit", "attributes")
 #: the debugger answers a stop reads (registers, segments, tables, VMX state, the MSR group),
 #: fetched together in one exchange (`_fill`)
 STOP_GROUPS = ("r", "creg", "dreg") + tuple(PARAM_GROUP.values()) + ("VMX", "MSR", "in_smm")
+_STOP_KEYS = frozenset(g if g in ("r", "creg", "dreg") else "show:" + g for g in STOP_GROUPS)
 XP_CHUNK = 4096
 BIOS_ROM = (0xFFFE0000, 0x100000000)      # BIOS-bochs-latest, 128 KiB below 4 GiB
 STACK_SAVE = 64                           # bytes below RSP an exception frame may use
@@ -182,6 +183,7 @@ class BochsBackend(Backend):
         self._leaves: Dict[Tuple[int, int, int], Tuple[int, int, int, int]] = {}  # (cpu, leaf, subleaf)
         self._bps: Dict[int, _Breakpoint] = {}
         self._vmexit_armed: Set[int] = set()
+        self._unread: Set[int] = set()           # processors whose stop has not been read since go()
         self._plan: Dict[int, List[int]] = {}
         self._progress: Dict[int, int] = {}
         self._queued: List[StopEvent] = []
@@ -279,6 +281,16 @@ class BochsBackend(Backend):
 
     def _cached(self, cpu: int, key: str, fetch: Callable[[], Any]) -> Any:
         k = (cpu, key)
+        if k not in self._cache and cpu in self._unread and key in _STOP_KEYS:
+            # the first read of a processor's registers since the target ran: everything a stop
+            # reads comes in one exchange (a failure there leaves each to its own command)
+            self._unread.discard(cpu)
+            try:
+                self._fill(cpu, STOP_GROUPS)
+            except TargetGone:
+                raise
+            except BackendError:
+                pass
         if k not in self._cache:
             self._cache[k] = fetch()
         return self._cache[k]
@@ -922,8 +934,17 @@ class BochsBackend(Backend):
             return NotAvailable(f"cannot execute {insn.upper()} here: {why}", backend=NAME, cpu=cpu, what=what)
         if self.vmx_state(cpu)["vmx"] == "non-root":
             raise refuse("the processor is in VMX non-root operation (it would cause a VM exit)")
-        activity = self._cached(cpu, "activity", lambda: P.parse_param_tree(
-            self._cmd(f'show "cpu{cpu}.activity_state"'))["activity_state"])
+        if (cpu, "activity") not in self._cache or (cpu, "events") not in self._cache:
+            names = ("activity_state", "pending_event", "event_mask")      # one exchange for the three
+            cmds = [f'show "cpu{cpu}.{n}"' for n in names]
+            got = {n: P.parse_param_tree(text, cmd).get(n) for n, cmd, text in zip(names, cmds, self._cmds(cmds))}
+            if any(not isinstance(v, int) for v in got.values()):
+                raise BackendError(f"`show \"cpu{cpu}.activity_state/pending_event/event_mask\"` answered {got}",
+                                   backend=NAME, cpu=cpu)
+            self._cache[(cpu, "activity")] = got["activity_state"]
+            # pending events that are not masked, e.g. an external interrupt is masked while RFLAGS.IF = 0
+            self._cache[(cpu, "events")] = got["pending_event"] & ~got["event_mask"]
+        activity = self._cache[(cpu, "activity")]
         if activity != 0:
             raise refuse(f"activity state {activity} (halted or waiting for SIPI)")
         if not self._long64(cpu):
@@ -932,11 +953,7 @@ class BochsBackend(Backend):
             raise refuse("RFLAGS.TF is set")
         if insn in ("rdmsr", "mov_cr4") and self._cpl(cpu) != 0:
             raise refuse(f"CPL {self._cpl(cpu)} ({insn.upper()} needs CPL 0)")
-        def unmasked() -> int:
-            pending = P.parse_param_tree(self._cmd(f'show "cpu{cpu}.pending_event"'))["pending_event"]
-            mask = P.parse_param_tree(self._cmd(f'show "cpu{cpu}.event_mask"'))["event_mask"]
-            return pending & ~mask      # e.g. an external interrupt is masked while RFLAGS.IF = 0
-        events = self._cached(cpu, "events", unmasked)
+        events = self._cache[(cpu, "events")]
         if events:
             raise refuse(f"an unmasked event is pending (0x{events:x}); stepping would deliver it")
 
@@ -1171,6 +1188,7 @@ class BochsBackend(Backend):
         if self._queued:
             return self._queued.pop(0)
         self._invalidate()
+        self._unread = set(self._cpus)
         self._running = True
         try:
             try:

@@ -146,6 +146,7 @@ class BochsProcess:
         self.prompt_number = 0
         self.pending: Optional[str] = None   # a command whose prompt has not been read yet
         self._sourced = 0                    # files of commands written for `source`
+        self._owed = 0                       # prompts a batch (commands()) still owes
         with open(self.workdir / "stderr.txt", "wb") as err:
             self.proc = subprocess.Popen(
                 [self.bochs, "-q", "-f", str(self.rc_path), *restore], cwd=self.workdir,
@@ -278,10 +279,12 @@ class BochsProcess:
             raise self._gone(f"`{cmds[0]}`") from None
         deadline = time.monotonic() + (timeout or self.command_timeout) + 0.002 * len(cmds)
         out: List[str] = []
+        self._owed = len(cmds)
         for cmd in cmds:
             self.pending = cmd
             answer = self._strip_echo(cmd, self._until_prompt_keep(deadline, f"`{cmd}`"))
             out.append(answer)
+            self._owed -= 1
         self.pending = None
         self.transcript += list(zip(cmds, out))
         del self.transcript[:-200]
@@ -301,12 +304,10 @@ class BochsProcess:
             if "\n" in cmd or "\r" in cmd or not cmd.strip():
                 raise BackendError(f"debugger command {cmd!r} is empty or holds a line break", backend=BACKEND)
         self._sourced += 1
-        path = self.workdir / f"batch{self._sourced % 2}.txt"
-        if "\n" in str(path) or "\r" in str(path):
-            raise BackendError(f"the folder {self.workdir} holds a line break", backend=BACKEND)
-        path.write_text("".join(c + "\n" for c in cmds), encoding="ascii")
-        out = self.command(f"source {path}", timeout)
-        self.transcript[-1] = (f"source {path} ({len(cmds)} commands: {cmds[0]} ...)", out)
+        name = f"b{self._sourced % 2}"        # in Bochs' working folder: a short line to send
+        (self.workdir / name).write_text("".join(c + "\n" for c in cmds), encoding="ascii")
+        out = self.command(f"source {name}", timeout)
+        self.transcript[-1] = (f"source {name} ({len(cmds)} commands: {cmds[0]} ...)", out)
         return out
 
     def _until_prompt_keep(self, deadline: float, what: str) -> str:
@@ -353,8 +354,12 @@ class BochsProcess:
         command is given `timeout` seconds to answer.  Returns what was read.
         """
         cmd, self.pending = self.pending, None
+        owed, self._owed = self._owed, 0
         if cmd is None:
             return ""
+        if owed > 1:        # cut short inside a batch (commands()): a prompt per command not read yet
+            deadline = time.monotonic() + timeout
+            return "".join(self._until_prompt_keep(deadline, f"`{cmd}` (resync)") for _ in range(owed))
         m = PROMPT.search(self._buf)
         if m:
             return self._until_prompt(time.monotonic() + timeout, f"`{cmd}` (resync)")

@@ -61,6 +61,7 @@ XP_CHUNK = 4096
 BIOS_ROM = (0xFFFE0000, 0x100000000)      # BIOS-bochs-latest, 128 KiB below 4 GiB
 STACK_SAVE = 64                           # bytes below RSP an exception frame may use
 EFER_LMA = 1 << 10
+VMCS_HEAD = 16                            # bytes of a VMCS region read for its revision id and launch state
 RFLAGS_RF = 1 << 16
 
 # The injected stub (64-bit mode), written mid-instruction so no stale trace
@@ -417,6 +418,12 @@ class BochsBackend(Backend):
         """vmx off/root/non-root, vmxon_pointer, vmcs_pointer (show "cpuN.VMX"), smm
         (show "cpuN.in_smm"; left out where the tree lacks it), and the current VMCS's
         launch state from its region (Bochs' layout keeps it at byte 8)."""
+        try:
+            self._fill(cpu, ("VMX", "in_smm"))          # both in one exchange when neither is cached
+        except TargetGone:
+            raise
+        except BackendError:
+            pass
         state: Dict[str, object] = dict(P.vmx_state_from_param(self._show(cpu, "VMX")))
         try:
             state["smm"] = bool(self._show(cpu, "in_smm"))
@@ -425,9 +432,12 @@ class BochsBackend(Backend):
         except BackendError:
             pass
         try:
-            _, extras = self._current_vmcs(cpu)
+            _, layout, head = self._vmcs_head(cpu)     # the launch state without reading every field
         except NotAvailable:
             return state
+        extras = layout.parse_extras(head)
+        if "launch_state" not in extras and any(e.name == "launch_state" for e in layout.extras):
+            _, extras = self._current_vmcs(cpu)
         launch = {0: "clear", 1: "launched"}.get(extras.get("launch_state", -1))
         if launch:
             state["vmcs_launch_state"] = launch
@@ -437,18 +447,26 @@ class BochsBackend(Backend):
         """The current VMCS's fields and extras, read from its region in Bochs' own
         memory layout (structs/vmcs_layouts/bochs.yaml) in one read per stop."""
         def fetch() -> Tuple[Dict[int, int], Dict[str, int]]:
+            ptr, layout, _ = self._vmcs_head(cpu)
+            data = self.read_physical(ptr, layout.span)
+            return layout.parse(data), layout.parse_extras(data)
+        return self._cached(cpu, "vmcs", fetch)
+
+    def _vmcs_head(self, cpu: int) -> Tuple[int, Any, bytes]:
+        """(pointer, layout, first VMCS_HEAD bytes) of the current VMCS, once per stop."""
+        def fetch() -> Tuple[int, Any, bytes]:
             st = P.vmx_state_from_param(self._show(cpu, "VMX"))
             ptr = st.get("vmcs_pointer")
             if st.get("vmx") == "off" or not isinstance(ptr, int) or ptr == 0xFFFFFFFFFFFFFFFF:
                 raise NotAvailable("no current VMCS", backend=NAME, cpu=cpu, what="VMCS fields")
-            revision = revision_id(first_dword(self.read_physical(ptr, 4)))
+            head = self.read_physical(ptr, VMCS_HEAD)
+            revision = revision_id(first_dword(head))
             layout = layout_for_revision(revision)
             if layout is None:
                 raise NotAvailable(f"no VMCS layout for revision id 0x{revision:x}", backend=NAME, cpu=cpu,
                                    what=f"VMCS at 0x{ptr:x}")
-            data = self.read_physical(ptr, layout.span)
-            return layout.parse(data), layout.parse_extras(data)
-        return self._cached(cpu, "vmcs", fetch)
+            return ptr, layout, head
+        return self._cached(cpu, "vmcs_head", fetch)
 
     def read_vmcs(self, cpu: int, encoding: int) -> int:
         fields, _ = self._current_vmcs(cpu)
@@ -477,11 +495,20 @@ class BochsBackend(Backend):
             return {}
         return {e: fields[e] for e in encodings if e in fields}
 
+    def _tree_msrs(self, cpu: int) -> Dict[int, int]:
+        """The MSRs of the parameter tree's MSR group by index (parsed once per read of the group)."""
+        group = self._show(cpu, "MSR")
+        got = self._cache.get((cpu, "msrs"))
+        if got is None or got[0] is not group:
+            got = (group, P.msrs_from_param(group))
+            self._cache[(cpu, "msrs")] = got
+        return got[1]
+
     def read_msr(self, cpu: int, index: int) -> int:
         """From the parameter tree where it holds the MSR, else by executing RDMSR (once per
         processor for CONSTANT_MSRS, which no processor changes)."""
         self._check_cpu(cpu)
-        tree = P.msrs_from_param(self._show(cpu, "MSR"))
+        tree = self._tree_msrs(cpu)
         if index in tree:
             return tree[index]
         if index in (0xC0000100, 0xC0000101):
@@ -525,7 +552,7 @@ class BochsBackend(Backend):
                 continue
             add(S.Read("cpuid", leaf & 0xFFFFFFFF, sub & 0xFFFFFFFF))
         try:
-            tree = P.msrs_from_param(self._show(cpu, "MSR"))
+            tree = self._tree_msrs(cpu)
         except NotAvailable:
             tree = {}
         known = {i: v for (c, i), v in self._constant.items() if c == cpu}

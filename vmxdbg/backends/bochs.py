@@ -715,9 +715,7 @@ class BochsBackend(Backend):
         """Step `cpu` until RIP is `target` (`s N count`, again while RIP stays in [lo, hi]:
         a breakpoint there stopped it early); BackendError if RIP leaves that range."""
         for _ in range(8):
-            self._invalidate()
-            self._absorb(self._cmd(f"s {cpu} {count}"))
-            rip = self._r(cpu)["rip"]
+            rip = self._step_read(cpu, count)[1]["rip"]
             if rip == target:
                 return
             if not lo <= rip <= hi:
@@ -1082,9 +1080,25 @@ class BochsBackend(Backend):
         self._invalidate()
 
     def _step_raw(self, cpu: int) -> Dict[str, int]:
+        return self._step_read(cpu, 1)[1]
+
+    def _step_read(self, cpu: int, count: int) -> Tuple[str, Dict[str, int]]:
+        """`s N count` and `r` in one exchange: (the step's answer without the guest's port 0xE9
+        output, the registers after it)."""
+        self._check_cpu(cpu)
         self._invalidate()
-        self._absorb(self._cmd(f"s {cpu} 1"))
-        return self._r(cpu)
+        cmds = ([] if self._current == cpu else [f"set $cpu = {cpu}"]) + [f"s {cpu} {count}", "r"]
+        answers = self._cmds(cmds)
+        if len(cmds) == 3:
+            if answers[0].strip():
+                raise BackendError(f"`set $cpu = {cpu}` answered {answers[0].strip()!r}", backend=NAME, cpu=cpu)
+            self._current = cpu
+        step, text = self._absorb(answers[-2]).debugger, answers[-1]
+        if P.parse_r_cpu(text) not in (None, cpu):
+            raise BackendError(f"`r` answered for another processor: {text[:20]!r}", backend=NAME, cpu=cpu)
+        regs = P.parse_r(text)
+        self._cache[(cpu, "r")] = regs
+        return step, regs
 
     def _step_to(self, cpu: int, expected_rip: int, what: str) -> None:
         regs = self._step_raw(cpu)
@@ -1296,9 +1310,8 @@ class BochsBackend(Backend):
         self._check_cpu(cpu)
         if self._journal is not None:
             self._undo()
-        self._invalidate()
-        guest = self._absorb(self._cmd(f"s {cpu} 1"))
-        rep = P.parse_stop(guest.debugger)
+        text, _ = self._step_read(cpu, 1)       # the registers after it come in the same exchange
+        rep = P.parse_stop(text)
         return StopEvent("step", cpu=cpu, address=rep.rips.get(cpu), log=self._take_log())
 
     def stop(self) -> None:

@@ -254,10 +254,14 @@ def test_breakpoint_guest_and_a_missed_stop(session) -> None:  # type: ignore[no
     b.plan_stops([sym["write_vmcs"], sym["at_vmlaunch"]], cpus=[0])
     bp = b.set_breakpoint(sym["guest_entry"], physical=True)
     assert b.breakpoints() == {bp: (sym["guest_entry"], True)}
-    events = []
+    events, seen = [], {}
     for _ in range(8):
         ev = b.go(20)
         events.append(ev)
+        if (ev.kind, ev.cpu, ev.address) == ("magic", 0, sym["at_vmlaunch"]):
+            # what a stop reads is kept until the target runs (read here, then stale after the entry)
+            seen = {"rip": b.read_register(0, "rip"), "launch": b.vmx_state(0)["vmcs_launch_state"],
+                    "cs": b.read_register(0, "cs.selector")}
         if ev.kind == "breakpoint":
             break
     kinds = [(e.kind, e.cpu, e.address) for e in events]
@@ -265,6 +269,9 @@ def test_breakpoint_guest_and_a_missed_stop(session) -> None:  # type: ignore[no
     assert kinds[i + 1] == ("magic", 0, sym["at_vmlaunch"]) and "debugger miss" in events[i].detail
     assert kinds[-1] == ("breakpoint", 0, sym["guest_entry"]) and events[-1].breakpoint == bp
     assert b.vmx_state(0)["vmx"] == "non-root"
+    assert seen["launch"] == "clear" and b.vmx_state(0)["vmcs_launch_state"] == "launched"
+    assert seen["rip"] == sym["at_vmlaunch"] and b.read_register(0, "rip") == sym["guest_entry"]
+    assert b.read_register(0, "cs.selector") == b._show(0, "CS")["selector"]
     with pytest.raises(NotAvailable, match="VMX non-root"):
         b.read_msr(0, 0x10)
     assert b.read_msr(0, 0x480) == 0x00D810000000002B         # read before, in root operation: kept

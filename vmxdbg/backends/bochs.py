@@ -651,17 +651,17 @@ class BochsBackend(Backend):
         before = dict(self._r(cpu))
         known = dict(self._cache)
         site = self._stub_site(cpu, before["rip"])
+        lin = (frame_stack & ~0xF) - STACK_SAVE if frame_stack is not None else site
+        self._translate_pages(cpu, (site, site + stub.size - 1, lin, lin + STACK_SAVE - 1))
         p0, p1 = self.translate(cpu, site), self.translate(cpu, site + stub.size - 1)
         saves = [(site, p0, p1, stub.size)]
         if frame_stack is not None:
-            lin = (frame_stack & ~0xF) - STACK_SAVE
             saves.append((lin, self.translate(cpu, lin), self.translate(cpu, lin + STACK_SAVE - 1), STACK_SAVE))
         j = _Journal(cpu)
         self._journal = j
         faulted: Set[int] = set()
         with self._journaled(j, "read stub"):
-            for lin, a, b, n in saves:
-                j.memory += self._save_linear(lin, a, b, n)
+            j.memory += self._save_linear(saves)
             self._poke_many(self._linear_pieces(site, p0, p1, stub.code))
             j.stub = (site, p0)
             j.invd = (site + stub.end_invd, site + stub.end)
@@ -802,16 +802,29 @@ class BochsBackend(Backend):
                                what=f"physical 0x{address:x}+0x{size:x}")
 
     def read_physical(self, address: int, size: int) -> bytes:
+        return self.read_physical_many([(address, size)])[0]
+
+    def read_physical_many(self, ranges: Sequence[Tuple[int, int]]) -> List[bytes]:
+        """Several (physical address, size) ranges, every `xp` they need sent in one exchange."""
+        plans = [self._xp_plan(address, size) for address, size in ranges]
+        cmds = [cmd for plan in plans for cmd, _, _, _ in plan]
+        answers = iter(self._cmds(cmds) if len(cmds) > 1 else [self._cmd(c) for c in cmds])
+        return [b"".join(P.parse_xp(next(answers), at, n, unit, cmd) for cmd, at, n, unit in plan)
+                for plan in plans]
+
+    def _xp_plan(self, address: int, size: int) -> List[Tuple[str, int, int, str]]:
+        """The `xp` commands of a range, (command, address, bytes, unit), XP_CHUNK bytes at most each."""
         self._check_physical(address, size)
-        out = bytearray()
-        while len(out) < size:
-            at, n = address + len(out), min(XP_CHUNK, size - len(out))
+        plan = []
+        at, end = address, address + size
+        while at < end:
+            n = min(XP_CHUNK, end - at)
             unit = "g" if at % 8 == 0 and n >= 8 else "b"    # 8-byte items: 8x less text to print and parse
             if unit == "g":
                 n -= n % 8
-            cmd = f"xp /{n // P.XP_UNITS[unit]}{unit}x 0x{at:x}"
-            out += P.parse_xp(self._cmd(cmd), at, n, unit, cmd)
-        return bytes(out)
+            plan.append((f"xp /{n // P.XP_UNITS[unit]}{unit}x 0x{at:x}", at, n, unit))
+            at += n
+        return plan
 
     def write_physical(self, address: int, data: bytes) -> None:
         """Write guest memory (e.g. minihv's configuration block); only changed dwords are sent."""
@@ -829,6 +842,17 @@ class BochsBackend(Backend):
         out = self._cmd(f"setpmem 0x{address:x} {len(data)} 0x{int.from_bytes(data, 'little'):x}")
         if out.strip():
             raise BackendError(f"setpmem at 0x{address:x}: {out.strip()}", backend=NAME)
+
+    def _translate_pages(self, cpu: int, linears: Iterable[int]) -> None:
+        """Translate the pages of `linears` not translated yet in one exchange (`page` each)."""
+        if not self._creg(cpu)["cr0"] & (1 << 31):
+            return
+        pages = [p for p in dict.fromkeys(x & ~0xFFF for x in linears) if (cpu, f"page:{p:x}") not in self._cache]
+        if len(pages) < 2:
+            return
+        self.select(cpu)
+        for page, text in zip(pages, self._cmds([f"page 0x{p:x}" for p in pages])):
+            self._cache[(cpu, f"page:{page:x}")] = P.parse_page(text)
 
     def translate(self, cpu: int, linear: int) -> int:
         """Physical address of `linear` as processor `cpu` sees it (paging via `page`)."""
@@ -895,8 +919,7 @@ class BochsBackend(Backend):
         j = _Journal(cpu)
         self._journal = j
         with self._journaled(j, insn):
-            for lin, (p0, p1), n in saves:
-                j.memory += self._save_linear(lin, p0, p1, n)
+            j.memory += self._save_linear([(lin, p0, p1, n) for lin, (p0, p1), n in saves])
             stub = b"\x0f\x08" + STUB_INSN[insn] + STUB_TAIL
             n = len(STUB_INSN[insn])
             self._write_linear(stub_rip, phys[0], phys[1], stub)
@@ -1041,11 +1064,14 @@ class BochsBackend(Backend):
                                what=f"stub site near 0x{rip:x}")
         return self._cached(cpu, f"site:{rip:x}", fetch)
 
-    def _save_linear(self, lin: int, p0: int, p1: int, n: int) -> List[Tuple[int, bytes]]:
-        split = 0x1000 - (lin & 0xFFF)
-        if split >= n:
-            return [(p0, self.read_physical(p0, n))]
-        return [(p0, self.read_physical(p0, split)), (p1 - (n - 1 - split), self.read_physical(p1 - (n - 1 - split), n - split))]
+    def _save_linear(self, saves: Sequence[Tuple[int, int, int, int]]) -> List[Tuple[int, bytes]]:
+        """(physical, bytes now there) of linear ranges (linear, physical of the first byte, of the
+        last byte, size), each split where it crosses a page; read in one exchange."""
+        ranges: List[Tuple[int, int]] = []
+        for lin, p0, p1, n in saves:
+            split = 0x1000 - (lin & 0xFFF)
+            ranges += [(p0, n)] if split >= n else [(p0, split), (p1 - (n - 1 - split), n - split)]
+        return [(at, data) for (at, _), data in zip(ranges, self.read_physical_many(ranges))]
 
     def _write_linear(self, lin: int, p0: int, p1: int, data: bytes) -> None:
         self._poke_many(self._linear_pieces(lin, p0, p1, data))

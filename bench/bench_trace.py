@@ -15,6 +15,10 @@ planned stop before each VMX instruction) and runs the same trace as
               over cores
 Each figure is the median over --runs runs. Needs bochs-bin and nasm.
 
+--profile also prints, for processor 0 of the last run, each stop: its wall time, the
+exchanges with Bochs and the time spent waiting for their answers, and the exchanges by
+kind (the first word of each command), so what is left is where the Python side went.
+
 The last line compares the core check of the largest machine with the bare
 debugger's full stop, measured on that same machine at its first stop: switch
 processor, GPRs, CRs, DRs, the 8 segments, GDTR/IDTR, the VMX state, the MSR
@@ -30,7 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional, Tuple
 
 from vmxdbg.backends.base import SEGMENT_NAMES, TABLE_NAMES  # noqa: E402
 
@@ -43,8 +47,9 @@ from vmxdbg.hypervisors.minihv.demo import ASSUME, build_image, require_tools, v
 from vmxdbg.trace.stepper import Stepper, find_vmx_instructions  # noqa: E402
 
 
-def one_run(cpus: int) -> Dict[str, float]:
-    """Boot, trace and time one machine; every stop must match its prediction."""
+def one_run(cpus: int, profile: Optional[List[str]] = None) -> Dict[str, float]:
+    """Boot, trace and time one machine; every stop must match its prediction. With `profile`
+    (a list), lines saying where processor 0's stops spent their time are appended to it."""
     work = Path(tempfile.mkdtemp(prefix="vmxdbg-bench-trace-"))
     try:
         built = build_image(work, cpus, [])
@@ -60,10 +65,16 @@ def one_run(cpus: int) -> Dict[str, float]:
             stepper = Stepper(backend, sites, physical=True, breakpoints=False, assume=ASSUME)
             per_core: Dict[int, List[float]] = {}      # cpu -> [seconds, commands]
             plain = stepper.handle_stop
+            exchanges: List[Tuple[str, float]] = []    # (kind, seconds waiting) at the stop being handled
+            if profile is not None:
+                _record_exchanges(backend, exchanges)
 
             def timed(event):  # type: ignore[no-untyped-def]
                 c0, r0, s0 = backend.stats["commands"], backend.stats["round_trips"], time.perf_counter()
+                exchanges.clear()
                 got = plain(event)
+                if profile is not None and got is not None and got.cpu == 0:
+                    profile.append(_stop_profile(got.instruction, time.perf_counter() - s0, exchanges))
                 if got is not None:
                     acc = per_core.setdefault(got.cpu, [0.0, 0.0, 0.0])
                     acc[0] += time.perf_counter() - s0
@@ -84,6 +95,42 @@ def one_run(cpus: int) -> Dict[str, float]:
                 "injections": backend.stats["injections"] / cpus, "bare_ms": bare}
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _record_exchanges(backend: BochsBackend, into: List[Tuple[str, float]]) -> None:
+    """Wrap the backend's process so each exchange with Bochs is noted (kind, seconds)."""
+    proc = backend.proc
+    one, many, sourced = proc.command, proc.commands, proc.source
+
+    def command(cmd: str, timeout: Optional[float] = None) -> str:
+        t = time.perf_counter()
+        out = one(cmd, timeout)
+        into.append((cmd.split()[0], time.perf_counter() - t))
+        return out
+
+    def commands(cmds: List[str], timeout: Optional[float] = None) -> List[str]:
+        t = time.perf_counter()
+        out = many(cmds, timeout)
+        into.append(("+".join(sorted({c.split()[0] for c in cmds})) + f"({len(cmds)})", time.perf_counter() - t))
+        return out
+
+    def source(cmds: List[str], timeout: Optional[float] = None) -> str:
+        into.append((f"source({len(cmds)})", 0.0))      # its `source` command is timed as one command
+        return sourced(cmds, timeout)
+    proc.command, proc.commands, proc.source = command, commands, source  # type: ignore[method-assign]
+
+
+def _stop_profile(insn: str, seconds: float, exchanges: List[Tuple[str, float]]) -> str:
+    waiting = sum(t for _, t in exchanges)
+    kinds: Dict[str, List[float]] = {}
+    for kind, t in exchanges:
+        acc = kinds.setdefault(kind, [0, 0.0])
+        acc[0] += 1
+        acc[1] += t
+    top = sorted(kinds.items(), key=lambda kv: -kv[1][1])[:6]
+    return (f"  cpu0 {insn:9} {seconds * 1000:6.1f} ms: {sum(1 for k, _ in exchanges if not k.startswith('source('))} "
+            f"exchanges, {waiting * 1000:5.1f} ms waiting for Bochs, {(seconds - waiting) * 1000:5.1f} ms else; "
+            + ", ".join(f"{k} x{n:.0f} {t * 1000:.1f} ms" for k, (n, t) in top))
 
 
 REGS = (["rax", "rip", "rflags", "cr0", "cr3", "cr4", "efer", "dr7"]
@@ -112,15 +159,21 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cpus", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--profile", action="store_true", help="where processor 0's stops spent their time")
     args = ap.parse_args()
+    profile: Optional[List[str]] = [] if args.profile else None
     require_tools()
     print(f"{'cpus':>4}  {'boot s':>7}  {'trace s':>7}  {'stops':>5}  {'per core: round trips':>21}  "
           f"{'commands':>8}  {'injections':>10}  {'ms':>6}")
     for cpus in args.cpus:
-        runs = [one_run(cpus) for _ in range(args.runs)]
+        if profile is not None:
+            profile.clear()
+        runs = [one_run(cpus, profile) for _ in range(args.runs)]
         med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
         print(f"{cpus:>4}  {med['boot']:7.2f}  {med['trace']:7.2f}  {med['stops']:5.0f}  {med['core_rt']:21.0f}  "
               f"{med['core_cmds']:8.0f}  {med['injections']:10.0f}  {med['core_s'] * 1000:6.0f}")
+        if profile:
+            print("\n".join(profile[-4:]))
     core_ms, bare = med["core_s"] * 1000, med["bare_ms"]
     print(f"core check: {core_ms:.1f} ms, {med['core_rt']:.0f} round trips; bare full stop: {bare:.1f} ms; "
           f"ratio {core_ms / bare:.1f}")

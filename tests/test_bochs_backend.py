@@ -104,6 +104,25 @@ def test_memory(session) -> None:  # type: ignore[no-untyped-def]
     assert b.read_physical(0, 4) is not None and b.proc.alive
 
 
+def test_many_writes_go_through_one_sourced_file(session) -> None:  # type: ignore[no-untyped-def]
+    b, _ = session
+    scratch = 0x3F0000                               # RAM minihv does not use (64 MiB machine)
+    old = b.read_physical(scratch, 23)
+    data = bytes(range(0x41, 0x41 + 23))             # 5 dwords, a word and a byte per piece
+    rt = b.stats["round_trips"]
+    b._poke_many([(scratch, data[:11]), (scratch + 11, data[11:])])
+    assert b.stats["round_trips"] == rt + 1          # one exchange for every setpmem
+    assert b.read_physical(scratch, 23) == data
+    b._poke_many([(scratch, old)])
+    assert b.read_physical(scratch, 23) == old
+    # Bochs' own error line comes back in the answer, and the prompt after it
+    said = b.proc.source(["setpmem 0xfffffff000 1 0x0", "setpmem 0x3f0000 1 0x7"])
+    assert "could not set memory" in said and b.read_physical(scratch, 1) == b"\x07" and b.proc.alive
+    b._poke_many([(scratch, old[:1])])
+    with pytest.raises(BackendError, match="empty or holds a line break"):
+        b.proc.source(["r", "s\n"])
+
+
 def test_msrs_and_cpuid_by_injection_restore_everything(session) -> None:  # type: ignore[no-untyped-def]
     b, sym = session
     before = full_state(b, 0)
@@ -235,10 +254,14 @@ def test_breakpoint_guest_and_a_missed_stop(session) -> None:  # type: ignore[no
     b.plan_stops([sym["write_vmcs"], sym["at_vmlaunch"]], cpus=[0])
     bp = b.set_breakpoint(sym["guest_entry"], physical=True)
     assert b.breakpoints() == {bp: (sym["guest_entry"], True)}
-    events = []
+    events, seen = [], {}
     for _ in range(8):
         ev = b.go(20)
         events.append(ev)
+        if (ev.kind, ev.cpu, ev.address) == ("magic", 0, sym["at_vmlaunch"]):
+            # what a stop reads is kept until the target runs (read here, then stale after the entry)
+            seen = {"rip": b.read_register(0, "rip"), "launch": b.vmx_state(0)["vmcs_launch_state"],
+                    "cs": b.read_register(0, "cs.selector")}
         if ev.kind == "breakpoint":
             break
     kinds = [(e.kind, e.cpu, e.address) for e in events]
@@ -246,6 +269,9 @@ def test_breakpoint_guest_and_a_missed_stop(session) -> None:  # type: ignore[no
     assert kinds[i + 1] == ("magic", 0, sym["at_vmlaunch"]) and "debugger miss" in events[i].detail
     assert kinds[-1] == ("breakpoint", 0, sym["guest_entry"]) and events[-1].breakpoint == bp
     assert b.vmx_state(0)["vmx"] == "non-root"
+    assert seen["launch"] == "clear" and b.vmx_state(0)["vmcs_launch_state"] == "launched"
+    assert seen["rip"] == sym["at_vmlaunch"] and b.read_register(0, "rip") == sym["guest_entry"]
+    assert b.read_register(0, "cs.selector") == b._show(0, "CS")["selector"]
     with pytest.raises(NotAvailable, match="VMX non-root"):
         b.read_msr(0, 0x10)
     assert b.read_msr(0, 0x480) == 0x00D810000000002B         # read before, in root operation: kept

@@ -56,10 +56,12 @@ SEGMENT_PARTS = ("selector", "base", "limit", "attributes")
 #: the debugger answers a stop reads (registers, segments, tables, VMX state, the MSR group),
 #: fetched together in one exchange (`_fill`)
 STOP_GROUPS = ("r", "creg", "dreg") + tuple(PARAM_GROUP.values()) + ("VMX", "MSR", "in_smm")
+_STOP_KEYS = frozenset(g if g in ("r", "creg", "dreg") else "show:" + g for g in STOP_GROUPS)
 XP_CHUNK = 4096
 BIOS_ROM = (0xFFFE0000, 0x100000000)      # BIOS-bochs-latest, 128 KiB below 4 GiB
 STACK_SAVE = 64                           # bytes below RSP an exception frame may use
 EFER_LMA = 1 << 10
+VMCS_HEAD = 16                            # bytes of a VMCS region read for its revision id and launch state
 RFLAGS_RF = 1 << 16
 
 # The injected stub (64-bit mode), written mid-instruction so no stale trace
@@ -182,6 +184,7 @@ class BochsBackend(Backend):
         self._leaves: Dict[Tuple[int, int, int], Tuple[int, int, int, int]] = {}  # (cpu, leaf, subleaf)
         self._bps: Dict[int, _Breakpoint] = {}
         self._vmexit_armed: Set[int] = set()
+        self._unread: Set[int] = set()           # processors whose stop has not been read since go()
         self._plan: Dict[int, List[int]] = {}
         self._progress: Dict[int, int] = {}
         self._queued: List[StopEvent] = []
@@ -249,6 +252,18 @@ class BochsBackend(Backend):
         self.stats["round_trips"] += 1
         return self.proc.commands(texts)
 
+    def _source(self, texts: List[str]) -> str:
+        """Commands this backend built, run from a file in one exchange (their output joined)."""
+        self._alive()
+        if self.proc.pending is not None:
+            self._absorb(self.proc.resync())
+            self._invalidate()
+        if not texts:
+            return ""
+        self.stats["commands"] += len(texts)
+        self.stats["round_trips"] += 1
+        return self.proc.source(texts)
+
     def _check_cpu(self, cpu: int) -> None:
         if not isinstance(cpu, int) or cpu not in self._cpus:
             raise BackendError(f"no processor {cpu!r} (this machine has {len(self._cpus)})", backend=NAME)
@@ -267,6 +282,16 @@ class BochsBackend(Backend):
 
     def _cached(self, cpu: int, key: str, fetch: Callable[[], Any]) -> Any:
         k = (cpu, key)
+        if k not in self._cache and cpu in self._unread and key in _STOP_KEYS:
+            # the first read of a processor's registers since the target ran: everything a stop
+            # reads comes in one exchange (a failure there leaves each to its own command)
+            self._unread.discard(cpu)
+            try:
+                self._fill(cpu, STOP_GROUPS)
+            except TargetGone:
+                raise
+            except BackendError:
+                pass
         if k not in self._cache:
             self._cache[k] = fetch()
         return self._cache[k]
@@ -393,6 +418,12 @@ class BochsBackend(Backend):
         """vmx off/root/non-root, vmxon_pointer, vmcs_pointer (show "cpuN.VMX"), smm
         (show "cpuN.in_smm"; left out where the tree lacks it), and the current VMCS's
         launch state from its region (Bochs' layout keeps it at byte 8)."""
+        try:
+            self._fill(cpu, ("VMX", "in_smm"))          # both in one exchange when neither is cached
+        except TargetGone:
+            raise
+        except BackendError:
+            pass
         state: Dict[str, object] = dict(P.vmx_state_from_param(self._show(cpu, "VMX")))
         try:
             state["smm"] = bool(self._show(cpu, "in_smm"))
@@ -401,9 +432,12 @@ class BochsBackend(Backend):
         except BackendError:
             pass
         try:
-            _, extras = self._current_vmcs(cpu)
+            _, layout, head = self._vmcs_head(cpu)     # the launch state without reading every field
         except NotAvailable:
             return state
+        extras = layout.parse_extras(head)
+        if "launch_state" not in extras and any(e.name == "launch_state" for e in layout.extras):
+            _, extras = self._current_vmcs(cpu)
         launch = {0: "clear", 1: "launched"}.get(extras.get("launch_state", -1))
         if launch:
             state["vmcs_launch_state"] = launch
@@ -413,18 +447,26 @@ class BochsBackend(Backend):
         """The current VMCS's fields and extras, read from its region in Bochs' own
         memory layout (structs/vmcs_layouts/bochs.yaml) in one read per stop."""
         def fetch() -> Tuple[Dict[int, int], Dict[str, int]]:
+            ptr, layout, _ = self._vmcs_head(cpu)
+            data = self.read_physical(ptr, layout.span)
+            return layout.parse(data), layout.parse_extras(data)
+        return self._cached(cpu, "vmcs", fetch)
+
+    def _vmcs_head(self, cpu: int) -> Tuple[int, Any, bytes]:
+        """(pointer, layout, first VMCS_HEAD bytes) of the current VMCS, once per stop."""
+        def fetch() -> Tuple[int, Any, bytes]:
             st = P.vmx_state_from_param(self._show(cpu, "VMX"))
             ptr = st.get("vmcs_pointer")
             if st.get("vmx") == "off" or not isinstance(ptr, int) or ptr == 0xFFFFFFFFFFFFFFFF:
                 raise NotAvailable("no current VMCS", backend=NAME, cpu=cpu, what="VMCS fields")
-            revision = revision_id(first_dword(self.read_physical(ptr, 4)))
+            head = self.read_physical(ptr, VMCS_HEAD)
+            revision = revision_id(first_dword(head))
             layout = layout_for_revision(revision)
             if layout is None:
                 raise NotAvailable(f"no VMCS layout for revision id 0x{revision:x}", backend=NAME, cpu=cpu,
                                    what=f"VMCS at 0x{ptr:x}")
-            data = self.read_physical(ptr, layout.span)
-            return layout.parse(data), layout.parse_extras(data)
-        return self._cached(cpu, "vmcs", fetch)
+            return ptr, layout, head
+        return self._cached(cpu, "vmcs_head", fetch)
 
     def read_vmcs(self, cpu: int, encoding: int) -> int:
         fields, _ = self._current_vmcs(cpu)
@@ -453,11 +495,20 @@ class BochsBackend(Backend):
             return {}
         return {e: fields[e] for e in encodings if e in fields}
 
+    def _tree_msrs(self, cpu: int) -> Dict[int, int]:
+        """The MSRs of the parameter tree's MSR group by index (parsed once per read of the group)."""
+        group = self._show(cpu, "MSR")
+        got = self._cache.get((cpu, "msrs"))
+        if got is None or got[0] is not group:
+            got = (group, P.msrs_from_param(group))
+            self._cache[(cpu, "msrs")] = got
+        return got[1]
+
     def read_msr(self, cpu: int, index: int) -> int:
         """From the parameter tree where it holds the MSR, else by executing RDMSR (once per
         processor for CONSTANT_MSRS, which no processor changes)."""
         self._check_cpu(cpu)
-        tree = P.msrs_from_param(self._show(cpu, "MSR"))
+        tree = self._tree_msrs(cpu)
         if index in tree:
             return tree[index]
         if index in (0xC0000100, 0xC0000101):
@@ -501,7 +552,7 @@ class BochsBackend(Backend):
                 continue
             add(S.Read("cpuid", leaf & 0xFFFFFFFF, sub & 0xFFFFFFFF))
         try:
-            tree = P.msrs_from_param(self._show(cpu, "MSR"))
+            tree = self._tree_msrs(cpu)
         except NotAvailable:
             tree = {}
         known = {i: v for (c, i), v in self._constant.items() if c == cpu}
@@ -600,17 +651,17 @@ class BochsBackend(Backend):
         before = dict(self._r(cpu))
         known = dict(self._cache)
         site = self._stub_site(cpu, before["rip"])
+        lin = (frame_stack & ~0xF) - STACK_SAVE if frame_stack is not None else site
+        self._translate_pages(cpu, (site, site + stub.size - 1, lin, lin + STACK_SAVE - 1))
         p0, p1 = self.translate(cpu, site), self.translate(cpu, site + stub.size - 1)
         saves = [(site, p0, p1, stub.size)]
         if frame_stack is not None:
-            lin = (frame_stack & ~0xF) - STACK_SAVE
             saves.append((lin, self.translate(cpu, lin), self.translate(cpu, lin + STACK_SAVE - 1), STACK_SAVE))
         j = _Journal(cpu)
         self._journal = j
         faulted: Set[int] = set()
         with self._journaled(j, "read stub"):
-            for lin, a, b, n in saves:
-                j.memory += self._save_linear(lin, a, b, n)
+            j.memory += self._save_linear(saves)
             self._poke_many(self._linear_pieces(site, p0, p1, stub.code))
             j.stub = (site, p0)
             j.invd = (site + stub.end_invd, site + stub.end)
@@ -664,9 +715,7 @@ class BochsBackend(Backend):
         """Step `cpu` until RIP is `target` (`s N count`, again while RIP stays in [lo, hi]:
         a breakpoint there stopped it early); BackendError if RIP leaves that range."""
         for _ in range(8):
-            self._invalidate()
-            self._absorb(self._cmd(f"s {cpu} {count}"))
-            rip = self._r(cpu)["rip"]
+            rip = self._step_read(cpu, count)[1]["rip"]
             if rip == target:
                 return
             if not lo <= rip <= hi:
@@ -753,16 +802,29 @@ class BochsBackend(Backend):
                                what=f"physical 0x{address:x}+0x{size:x}")
 
     def read_physical(self, address: int, size: int) -> bytes:
+        return self.read_physical_many([(address, size)])[0]
+
+    def read_physical_many(self, ranges: Sequence[Tuple[int, int]]) -> List[bytes]:
+        """Several (physical address, size) ranges, every `xp` they need sent in one exchange."""
+        plans = [self._xp_plan(address, size) for address, size in ranges]
+        cmds = [cmd for plan in plans for cmd, _, _, _ in plan]
+        answers = iter(self._cmds(cmds) if len(cmds) > 1 else [self._cmd(c) for c in cmds])
+        return [b"".join(P.parse_xp(next(answers), at, n, unit, cmd) for cmd, at, n, unit in plan)
+                for plan in plans]
+
+    def _xp_plan(self, address: int, size: int) -> List[Tuple[str, int, int, str]]:
+        """The `xp` commands of a range, (command, address, bytes, unit), XP_CHUNK bytes at most each."""
         self._check_physical(address, size)
-        out = bytearray()
-        while len(out) < size:
-            at, n = address + len(out), min(XP_CHUNK, size - len(out))
+        plan = []
+        at, end = address, address + size
+        while at < end:
+            n = min(XP_CHUNK, end - at)
             unit = "g" if at % 8 == 0 and n >= 8 else "b"    # 8-byte items: 8x less text to print and parse
             if unit == "g":
                 n -= n % 8
-            cmd = f"xp /{n // P.XP_UNITS[unit]}{unit}x 0x{at:x}"
-            out += P.parse_xp(self._cmd(cmd), at, n, unit, cmd)
-        return bytes(out)
+            plan.append((f"xp /{n // P.XP_UNITS[unit]}{unit}x 0x{at:x}", at, n, unit))
+            at += n
+        return plan
 
     def write_physical(self, address: int, data: bytes) -> None:
         """Write guest memory (e.g. minihv's configuration block); only changed dwords are sent."""
@@ -780,6 +842,17 @@ class BochsBackend(Backend):
         out = self._cmd(f"setpmem 0x{address:x} {len(data)} 0x{int.from_bytes(data, 'little'):x}")
         if out.strip():
             raise BackendError(f"setpmem at 0x{address:x}: {out.strip()}", backend=NAME)
+
+    def _translate_pages(self, cpu: int, linears: Iterable[int]) -> None:
+        """Translate the pages of `linears` not translated yet in one exchange (`page` each)."""
+        if not self._creg(cpu)["cr0"] & (1 << 31):
+            return
+        pages = [p for p in dict.fromkeys(x & ~0xFFF for x in linears) if (cpu, f"page:{p:x}") not in self._cache]
+        if len(pages) < 2:
+            return
+        self.select(cpu)
+        for page, text in zip(pages, self._cmds([f"page 0x{p:x}" for p in pages])):
+            self._cache[(cpu, f"page:{page:x}")] = P.parse_page(text)
 
     def translate(self, cpu: int, linear: int) -> int:
         """Physical address of `linear` as processor `cpu` sees it (paging via `page`)."""
@@ -846,8 +919,7 @@ class BochsBackend(Backend):
         j = _Journal(cpu)
         self._journal = j
         with self._journaled(j, insn):
-            for lin, (p0, p1), n in saves:
-                j.memory += self._save_linear(lin, p0, p1, n)
+            j.memory += self._save_linear([(lin, p0, p1, n) for lin, (p0, p1), n in saves])
             stub = b"\x0f\x08" + STUB_INSN[insn] + STUB_TAIL
             n = len(STUB_INSN[insn])
             self._write_linear(stub_rip, phys[0], phys[1], stub)
@@ -910,8 +982,17 @@ class BochsBackend(Backend):
             return NotAvailable(f"cannot execute {insn.upper()} here: {why}", backend=NAME, cpu=cpu, what=what)
         if self.vmx_state(cpu)["vmx"] == "non-root":
             raise refuse("the processor is in VMX non-root operation (it would cause a VM exit)")
-        activity = self._cached(cpu, "activity", lambda: P.parse_param_tree(
-            self._cmd(f'show "cpu{cpu}.activity_state"'))["activity_state"])
+        if (cpu, "activity") not in self._cache or (cpu, "events") not in self._cache:
+            names = ("activity_state", "pending_event", "event_mask")      # one exchange for the three
+            cmds = [f'show "cpu{cpu}.{n}"' for n in names]
+            got = {n: P.parse_param_tree(text, cmd).get(n) for n, cmd, text in zip(names, cmds, self._cmds(cmds))}
+            if any(not isinstance(v, int) for v in got.values()):
+                raise BackendError(f"`show \"cpu{cpu}.activity_state/pending_event/event_mask\"` answered {got}",
+                                   backend=NAME, cpu=cpu)
+            self._cache[(cpu, "activity")] = got["activity_state"]
+            # pending events that are not masked, e.g. an external interrupt is masked while RFLAGS.IF = 0
+            self._cache[(cpu, "events")] = got["pending_event"] & ~got["event_mask"]
+        activity = self._cache[(cpu, "activity")]
         if activity != 0:
             raise refuse(f"activity state {activity} (halted or waiting for SIPI)")
         if not self._long64(cpu):
@@ -920,11 +1001,7 @@ class BochsBackend(Backend):
             raise refuse("RFLAGS.TF is set")
         if insn in ("rdmsr", "mov_cr4") and self._cpl(cpu) != 0:
             raise refuse(f"CPL {self._cpl(cpu)} ({insn.upper()} needs CPL 0)")
-        def unmasked() -> int:
-            pending = P.parse_param_tree(self._cmd(f'show "cpu{cpu}.pending_event"'))["pending_event"]
-            mask = P.parse_param_tree(self._cmd(f'show "cpu{cpu}.event_mask"'))["event_mask"]
-            return pending & ~mask      # e.g. an external interrupt is masked while RFLAGS.IF = 0
-        events = self._cached(cpu, "events", unmasked)
+        events = self._cache[(cpu, "events")]
         if events:
             raise refuse(f"an unmasked event is pending (0x{events:x}); stepping would deliver it")
 
@@ -987,31 +1064,21 @@ class BochsBackend(Backend):
                                what=f"stub site near 0x{rip:x}")
         return self._cached(cpu, f"site:{rip:x}", fetch)
 
-    def _save_linear(self, lin: int, p0: int, p1: int, n: int) -> List[Tuple[int, bytes]]:
-        split = 0x1000 - (lin & 0xFFF)
-        if split >= n:
-            return [(p0, self.read_physical(p0, n))]
-        return [(p0, self.read_physical(p0, split)), (p1 - (n - 1 - split), self.read_physical(p1 - (n - 1 - split), n - split))]
+    def _save_linear(self, saves: Sequence[Tuple[int, int, int, int]]) -> List[Tuple[int, bytes]]:
+        """(physical, bytes now there) of linear ranges (linear, physical of the first byte, of the
+        last byte, size), each split where it crosses a page; read in one exchange."""
+        ranges: List[Tuple[int, int]] = []
+        for lin, p0, p1, n in saves:
+            split = 0x1000 - (lin & 0xFFF)
+            ranges += [(p0, n)] if split >= n else [(p0, split), (p1 - (n - 1 - split), n - split)]
+        return [(at, data) for (at, _), data in zip(ranges, self.read_physical_many(ranges))]
 
     def _write_linear(self, lin: int, p0: int, p1: int, data: bytes) -> None:
-        split = 0x1000 - (lin & 0xFFF)
-        if split >= len(data):
-            self._poke(p0, data)
-        else:
-            self._poke(p0, data[:split])
-            self._poke(p1 - (len(data) - 1 - split), data[split:])
-
-    def _poke(self, address: int, data: bytes) -> None:
-        """setpmem `data` at a physical address, 4, 2 or 1 bytes per command."""
-        self._check_physical(address, len(data))
-        i = 0
-        while i < len(data):
-            n = 4 if len(data) - i >= 4 else 2 if len(data) - i >= 2 else 1
-            self._setpmem(address + i, data[i:i + n])
-            i += n
+        self._poke_many(self._linear_pieces(lin, p0, p1, data))
 
     def _poke_many(self, pieces: Sequence[Tuple[int, bytes]]) -> None:
-        """setpmem every piece (physical address, bytes) in one exchange."""
+        """setpmem every piece (physical address, bytes), 4, 2 or 1 bytes per command, all of them
+        run from one sourced file (one exchange, no per-character echo)."""
         cmds = []
         for address, data in pieces:
             self._check_physical(address, len(data))
@@ -1020,9 +1087,9 @@ class BochsBackend(Backend):
                 n = 4 if len(data) - i >= 4 else 2 if len(data) - i >= 2 else 1
                 cmds.append(f"setpmem 0x{address + i:x} {n} 0x{int.from_bytes(data[i:i + n], 'little'):x}")
                 i += n
-        for cmd, out in zip(cmds, self._cmds(cmds)):
-            if out.strip():
-                raise BackendError(f"`{cmd}` answered {out.strip()!r}", backend=NAME)
+        out = self._source(cmds)
+        if out.strip():
+            raise BackendError(f"setpmem of {len(cmds)} pieces answered {out.strip()[:200]!r}", backend=NAME)
 
     def _set_regs(self, values: Sequence[Tuple[str, int]]) -> None:
         """`set` several registers of the selected processor in one exchange."""
@@ -1039,9 +1106,25 @@ class BochsBackend(Backend):
         self._invalidate()
 
     def _step_raw(self, cpu: int) -> Dict[str, int]:
+        return self._step_read(cpu, 1)[1]
+
+    def _step_read(self, cpu: int, count: int) -> Tuple[str, Dict[str, int]]:
+        """`s N count` and `r` in one exchange: (the step's answer without the guest's port 0xE9
+        output, the registers after it)."""
+        self._check_cpu(cpu)
         self._invalidate()
-        self._absorb(self._cmd(f"s {cpu} 1"))
-        return self._r(cpu)
+        cmds = ([] if self._current == cpu else [f"set $cpu = {cpu}"]) + [f"s {cpu} {count}", "r"]
+        answers = self._cmds(cmds)
+        if len(cmds) == 3:
+            if answers[0].strip():
+                raise BackendError(f"`set $cpu = {cpu}` answered {answers[0].strip()!r}", backend=NAME, cpu=cpu)
+            self._current = cpu
+        step, text = self._absorb(answers[-2]).debugger, answers[-1]
+        if P.parse_r_cpu(text) not in (None, cpu):
+            raise BackendError(f"`r` answered for another processor: {text[:20]!r}", backend=NAME, cpu=cpu)
+        regs = P.parse_r(text)
+        self._cache[(cpu, "r")] = regs
+        return step, regs
 
     def _step_to(self, cpu: int, expected_rip: int, what: str) -> None:
         regs = self._step_raw(cpu)
@@ -1172,6 +1255,7 @@ class BochsBackend(Backend):
         if self._queued:
             return self._queued.pop(0)
         self._invalidate()
+        self._unread = set(self._cpus)
         self._running = True
         try:
             try:
@@ -1252,9 +1336,8 @@ class BochsBackend(Backend):
         self._check_cpu(cpu)
         if self._journal is not None:
             self._undo()
-        self._invalidate()
-        guest = self._absorb(self._cmd(f"s {cpu} 1"))
-        rep = P.parse_stop(guest.debugger)
+        text, _ = self._step_read(cpu, 1)       # the registers after it come in the same exchange
+        rep = P.parse_stop(text)
         return StopEvent("step", cpu=cpu, address=rep.rips.get(cpu), log=self._take_log())
 
     def stop(self) -> None:

@@ -9,6 +9,7 @@ so a long dump costs one merge, not one per line.
 """
 from __future__ import annotations
 
+import functools
 import re
 from array import array
 from typing import Dict, List, Optional, Pattern
@@ -36,17 +37,24 @@ _SEPARATORS = re.compile(r"[ -]+")
 _SWAP = {2: "H", 4: "I", 8: "Q"}   # array codes: byteswap turns the shown (big-endian) digits into memory order
 
 
-def _line_pattern(width: int, physical_prefix: bool) -> Pattern[str]:
+def _line_pattern(width: int, physical_prefix: bool, blank: str = r"\s", flags: int = 0) -> Pattern[str]:
     elem, sep = _ELEMENTS[width]
-    prefix = r"#\s*" if physical_prefix else r"(?:[0-9a-f]{4}:)?"
+    prefix = rf"#{blank}*" if physical_prefix else r"(?:[0-9a-f]{4}:)?"
     # the element run, then (for db/dc) the characters column: two spaces before it in
     # a virtual dump, one in a physical one (`#   e9000 000ea002 ... ................`)
-    return re.compile(rf"^\s*{prefix}{_ADDR}\s+((?:{elem}{sep})*{elem})-?(?:\s+\S.*)?\s*$", re.I)
+    return re.compile(rf"^{blank}*{prefix}{_ADDR}{blank}+((?:{elem}{sep})*{elem})-?(?:{blank}+\S.*)?{blank}*$",
+                      re.I | flags)
 
 
 _PATTERNS: Dict[tuple, Pattern[str]] = {(w, p): _line_pattern(w, p) for w in _ELEMENTS for p in (True, False)}
+# The same patterns matched at a line start inside a block of lines: no part of them can
+# match a line end ("\s" is "[^\S\n]", "$" is a line end), so each matches as it does on
+# the line alone.
+_IN_BLOCK: Dict[tuple, Pattern[str]] = {(w, p): _line_pattern(w, p, r"[^\S\n]", re.M)
+                                        for w in _ELEMENTS for p in (True, False)}
 
 
+@functools.lru_cache(maxsize=4096)   # once per distinct command: every dump's reader asks
 def dump_kind(command: str) -> Optional[tuple]:
     """(element width, physical) for a dump command, or None for other commands."""
     m = _DUMP_COMMAND.match(command.strip())
@@ -88,6 +96,32 @@ class DumpOutput(CommandOutput):
         self.block_start = address
         self.block += data
         return True
+
+    def feed_segment(self, text: str, start: int, end: int, first: int) -> None:
+        """A run of rows matched in place, row by row, without cutting the run into lines;
+        what `feed_lines` would not take as a plain row goes to it, one line at a time."""
+        if self.state.frozen_line is not None or text.find("?", start, end) >= 0 \
+                or text.find("failed", start, end) >= 0:
+            self.feed_lines(text[start:end].split("\n")[:-1], first)
+            return
+        width, physical = self.width, self.physical
+        code = _SWAP.get(width)
+        match = _IN_BLOCK[(width, physical)].match
+        pos, n = start, first
+        while pos < end:
+            m = match(text, pos, end)
+            line_end = m.end() if m is not None else text.find("\n", pos, end)
+            if m is None or line_end - pos > MAX_LINE:
+                self.feed_lines([text[pos:line_end]], n)
+            else:
+                address = int(m.group(1).replace("`", ""), 16)
+                data = bytes.fromhex(m.group(2).replace("`", "").replace("-", " "))
+                if code is not None:
+                    swapped = array(code, data)
+                    swapped.byteswap()
+                    data = swapped.tobytes()
+                self._add_row(address, data, n)
+            pos, n = line_end + 1, n + 1
 
     def feed_lines(self, lines: List[str], first: int) -> None:
         """The common case at C speed: a whole row of known values is one bytes.fromhex

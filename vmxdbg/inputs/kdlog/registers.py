@@ -42,6 +42,18 @@ _HEXDIGITS = "0123456789abcdef"
 _NAME = re.compile(r"[a-z][a-z0-9]*")
 
 
+# A run of consecutive register lines, matched in place in a block of lines: each line
+# only blank-separated `name=hexvalue` tokens (at most 16 hex digits, or 8`8) and flag
+# mnemonics, within bounds that keep a line far below MAX_LINE. It takes a subset of the
+# lines parse_register_line takes (pure ASCII, so `.lower().split()` cuts the same
+# tokens); every other line with a `=` goes to the line-by-line path.
+_TOKEN = (r"(?:[a-z][a-z0-9]{0,15}=(?:[0-9a-f]{1,16}|[0-9a-f]{8}`[0-9a-f]{8})|"
+          + "|".join(sorted(FLAG_MNEMONICS)) + ")")
+_REGISTER_RUN = re.compile(rf"(?:[ \t]{{0,64}}{_TOKEN}(?:[ \t]{{1,64}}{_TOKEN}){{0,63}}[ \t]{{0,64}}\n)+",
+                           re.IGNORECASE | re.ASCII)
+_PAIR = re.compile(r"([a-z][a-z0-9]*)=([0-9a-f`]+)")
+
+
 class BadValue(ValueError):
     """A known register with a value that is not hex."""
 
@@ -209,6 +221,61 @@ class RegisterOutput(CommandOutput):
                     provenance[_REG_KEY[place[1]]] = where
                 else:
                     apply_register(state, self.cpu, name, value, n)
+
+    def feed_segment(self, text: str, start: int, end: int, first: int) -> None:
+        """Only lines with a `=` are looked at (found with str.find); consecutive register
+        lines are matched as one run, and their `name=value` pairs taken with one findall
+        per line. Any other line with a `=` (the current instruction, a bad value, a name
+        this module does not know) goes to `feed_lines`, one line at a time."""
+        if self.state.frozen_line is not None:
+            super().feed_segment(text, start, end, first)
+            return
+        if self.writes and not self.refused and "error" in text[start:end].lower():
+            self.refused = True
+        find, count, match = text.find, text.count, _REGISTER_RUN.match
+        pos, n = start, first
+        while True:
+            k = find("=", pos, end)
+            if k < 0:
+                return
+            line_start = text.rfind("\n", pos, k) + 1 or pos
+            n += count("\n", pos, line_start)
+            m = match(text, line_start, end)
+            if m is None:
+                line_end = find("\n", k, end)
+                self.feed_lines([text[line_start:line_end]], n)
+                pos, n = line_end + 1, n + 1
+                continue
+            pos = m.end()
+            run = text[line_start:pos - 1]
+            for line, low in zip(run.split("\n"), run.lower().split("\n")):
+                values: Optional[List[Tuple[str, int]]] = []
+                for name, value in _PAIR.findall(low):
+                    if name in REGISTERS:
+                        values.append((name, int(value.replace("`", ""), 16)))
+                    elif name not in IGNORED and not name.startswith(_OTHER_REGISTER_PREFIXES):
+                        values = None   # not a register line: the line-by-line path decides
+                        break
+                if values is None:
+                    self.feed_lines([line], n)
+                elif values:
+                    self._apply(values, n)
+                n += 1
+
+    def _apply(self, values: List[Tuple[str, int]], line: int) -> None:
+        """The values of one register line (the state is not frozen)."""
+        if self.context is not None:
+            self.context.registers.update(values)
+            return
+        p = self.state.processor(self.cpu)
+        where = f"{self.state.result.source}:{line}"
+        for name, value in values:
+            place = REGISTERS[name]
+            if place[0] == "reg" and place[1] != "efer":
+                p.registers[place[1]] = value
+                p.provenance[_REG_KEY[place[1]]] = where
+            else:
+                apply_register(self.state, self.cpu, name, value, line)
 
     def feed(self, line: Line) -> None:
         try:

@@ -1,0 +1,126 @@
+"""The readers' fast paths (whole runs of output lines, found with str.find and one
+regex per run) against the reference: the same log fed to every reader line by line
+(`fast=False`). Both must give the same KdLog (snapshot with provenance, warnings,
+notes, non-live contexts, identities, prompts, lines) or the same error, on the real
+excerpts, on the benchmark's generated session, on logs cut into blocks anywhere
+(a command's output split across blocks), and on mixes of real and damaged pieces."""
+from __future__ import annotations
+
+import importlib.util
+import io
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from vmxdbg.common.errors import InputError
+from vmxdbg.inputs.kdlog import parse_text
+from vmxdbg.inputs.kdlog.parser import parse_blocks
+from vmxdbg.inputs.kdlog.reader import iter_blocks
+
+ROOT = Path(__file__).resolve().parent.parent
+EXCERPTS = sorted((ROOT / "tests" / "data" / "kdreal").glob("*.log")) + sorted((ROOT / "recordings" / "kdlogs").glob("*.log"))
+BUDGET = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_kdlog", ROOT / "bench" / "bench_kdlog.py")
+    module = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(module)
+    return module
+
+
+def outcome(text: str, *, fast: bool, chunk: int = 1 << 20, at_line=None):
+    """Everything a parse gives, comparable with ==; an InputError as its message."""
+    try:
+        blocks = iter_blocks(io.BytesIO(text.encode("utf-8")), chunk=chunk)
+        log = parse_blocks(blocks, "t.log", at_line, fast=fast)
+    except InputError as exc:
+        return ("error", str(exc))
+    return (log.snapshot, log.warnings, log.warnings_dropped, log.notes, log.contexts, log.identity,
+            log.prompts, log.lines)
+
+
+def assert_same(text: str, chunk: int = 1 << 20, at_line=None) -> None:
+    reference = outcome(text, fast=False, at_line=at_line)
+    assert outcome(text, fast=True, chunk=chunk, at_line=at_line) == reference
+
+
+@pytest.mark.parametrize("path", EXCERPTS, ids=lambda p: p.name)
+def test_each_real_excerpt(path):
+    text = path.read_text(encoding="utf-8")
+    reference = outcome(text, fast=False)
+    assert reference[0] != "error" and reference[6] > 0 or path.name.startswith(("hyperdbg", "windbg-feedback"))
+    assert_same(text)
+
+
+def test_all_excerpts_joined_and_cut_into_small_blocks():
+    text = "".join(p.read_text(encoding="utf-8").rstrip("\n") + "\n" for p in EXCERPTS)
+    assert_same(text)
+    for chunk in (97, 1000, 4093):
+        assert_same(text, chunk=chunk)
+
+
+def test_the_benchmark_session_cut_anywhere():
+    bench = _bench()
+    text = "".join(bench._round(i) for i in range(6))
+    log = parse_text(text)
+    assert log.snapshot.processors[1].registers["cr4"] == 0x3506F8 | (1 << 13)
+    assert_same(text)
+    for chunk in (50, 333, 2048):
+        assert_same(text, chunk=chunk)
+    for at_line in (3, 17, 40, 200):
+        assert_same(text, at_line=at_line)
+
+
+# Pieces of real output and damaged variants of them: every reader's fast path meets
+# lines it must hand back to the line-by-line path (bad values, `??`, failed reads,
+# annotations, quoted prompts, odd case and blanks).
+PROMPTS = ["0: kd> ", "1: kd> ", "kd> ", "lkd> ", "> 0: kd> ", "  2: kd>", "99999: kd> "]
+COMMANDS = ["r", "r cr4", "r cr4=426f8", "rM 80", "rdmsr 480", "rdmsr c0000080", "!dq 1a2b3000", "!dd 1000",
+            "!db 2000", "dq fffff800`04289000", "db fffff800`04289000", "dp 1000", "dd /p 1000", "!kext.dd 9000",
+            "dg 10", ".formats cr4", ".formats 0x1", "? @cr0", "? 1+1", "!cpuid", "!cpuinfo", ".cxr ffff", ".cxr",
+            ".trap 1", ".ecxr", "g", "t", "!analyze -v", ".frame /r 2", "~1s", ".process /p ff779190", "k", "lm"]
+OUTPUT = [
+    "rax=0000000000000000 rbx=fffff80002c4fe80 rcx=0000000000000001",
+    " r8=0000000000000000  r9=0000000000000000 r10=0000000000000000",
+    "iopl=0         nv up ei pl zr na po nc",
+    "cs=0010  ss=0018  ds=002b  es=002b  fs=0053  gs=002b             efl=00000246",
+    "CS=0010  SS=0018  EFL=00000246 NV UP",
+    "rax=00000000`0012f9a8 rbx=zz rcx=1",
+    "rax=00000000000000000000000000000001",
+    "cr4=00000000003506f8", "cr4=0000000000000000001", "gdtr=fffff80000b95000 gdtl=0057", "gdtl=100000000",
+    "xmm0=0 fpcw=027F mxcsr=00001f80", "foo=1 rax=2", "eax=00000001 ebx=7ffdf000 fs=0030 efl=00000202",
+    "fffff800`02a7e490 cc              int     3",
+    "fffff800`01dc87b8 8a4128          mov     al,byte ptr [rcx+28h] ds:002b:00000000`00000028=??",
+    "mov rbx,qword ptr [r12] ds:002b:00000000`002cfd40=4242424242424242",
+    "fffff801`0465100c f30fc7742408    vmxon   qword ptr [rsp+8] ss:0018:fffff880`0312a9f8=00000000`1a2b3000",
+    "fffff801`0465100c f30fc7742408    vmptrld qword ptr [rsp+8] ss:0018:fffff880`0312a9f8=????????`????????",
+    "msr[480] = 00da0400`00000004", "MSR[3A] = 00000000`00000005", "msr[480] = 00da0400`00000004 // note",
+    "msr[480] = 1", "msr[c0000080] = 00000000`00000d01", "msr[480] = 100000000`00000000000",
+    "#1a2b3000 00000000`00000004 00000000`00000000", "#    1000 0000f002 00000000 00000000 00000000",
+    "#1a2b3010 00000000`0000000x 00000000`00000000", "#1a2b3020 ????????`???????? 00000000`00000000",
+    "# 7a3c100 00000001 00000000 ........", "Physical memory read at 1000 failed",
+    "fffff800`04289000  00 00 00 00 00 9b 20 00-ff ff 00 00 00 93 cf 00  ...... .........",
+    "fffff800`04289010  00 00 00 00 00 ?? 20 00-ff ff 00 00 00 93 cf 00  ...... .........",
+    "00000000`002cfd40  42424242`42424242 43434343`43434343", "00001000  00000001 00000002 00000003 00000004",
+    "0010 00000000`00000000 00000000`00000000 Code RE Ac 0 Nb By P  Lo 0000029b", "0010 00000000`0000 bad",
+    "Evaluate expression:", "  Hex:     00000000`00b50ef8", "  HEX:  1", "  Decimal: 11866872",
+    "Evaluate expression: 2147811379 = 00000000`80050033", "Evaluate expression: x = 1",
+    " 0  6,158,10  GenuineIntel  3192", " 1 6,1,9 GenuineIntel  198 000000d200000000 000000ff", " 2 6,x,1 Foo",
+    "CONTEXT:  fffff8801b90cc20 -- (.cxr 0xfffff8801b90cc20)", "TRAP_FRAME:  ffff", "error: bad register",
+    "Implicit process is now ff779190", "01 ffffd001`1399b658 fffff803`71b00001 nt!KiRoutine1+0x3", "",
+    "   ", "\t", "a=b", "====",
+]
+
+
+@BUDGET
+@given(st.lists(st.one_of(st.tuples(st.sampled_from(PROMPTS), st.sampled_from(COMMANDS)).map("".join),
+                          st.sampled_from(OUTPUT)), max_size=80),
+       st.sampled_from([1 << 20, 40, 200]), st.sampled_from(["\n", "\r\n"]), st.booleans())
+def test_mixes_of_real_and_damaged_pieces(lines, chunk, eol, end_with_eol):
+    text = eol.join(lines) + (eol if end_with_eol else "")
+    reference = outcome(text, fast=False)
+    assert outcome(text.replace("\r\n", "\n"), fast=True, chunk=chunk) == reference

@@ -124,3 +124,14 @@ def test_mixes_of_real_and_damaged_pieces(lines, chunk, eol, end_with_eol):
     text = eol.join(lines) + (eol if end_with_eol else "")
     reference = outcome(text, fast=False)
     assert outcome(text.replace("\r\n", "\n"), fast=True, chunk=chunk) == reference
+
+
+def test_quote_marks_are_taken_off_as_before():
+    import re
+    import sys
+
+    from vmxdbg.inputs.kdlog.parser import _QUOTE_AFTER_LF, BLANK, QUOTE
+    every = "".join(map(chr, range(sys.maxunicode + 1)))
+    assert re.findall(BLANK, every) == re.findall(r"[^\S\n]", every)
+    for text in ("> 0: kd> r\n>> x\n > > y\n\t>z\n>\n\n  >  w\n", "plain\n> q\n", ">\n", "a >b\n\u3000> c\n"):
+        assert _QUOTE_AFTER_LF.sub("\n", "\n" + text)[1:] == QUOTE.sub("", text)

@@ -32,6 +32,12 @@ PROMPT = re.compile(r"^\s*(?:(\d{1,5}):\s?)?(l?kd)>\s?(.*)$")
 PROMPT_AT = re.compile(r"[^\S\n]*(?:(\d{1,5}):[^\S\n]?)?(l?kd)>[^\S\n]?([^\n]*)")
 # e-mail / issue-reply quote marks at the start of a line, nested or not: `> `, `>>`, `> > `
 QUOTE = re.compile(r"^[^\S\n]*>(?:[^\S\n]?>)*[^\S\n]?", re.M)
+# every character `[^\S\n]` matches (str.isspace() but the line end), spelled out: a class
+# of characters is checked faster than a category
+BLANK = "[\t\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+# QUOTE as it is used on a block of lines: matched after each line end (a pattern that starts
+# with a character is searched for much faster than one that starts with `^`)
+_QUOTE_AFTER_LF = re.compile(rf"\n{BLANK}*>(?:{BLANK}?>)*{BLANK}?")
 _SWITCH = re.compile(r"^~\s*(\d{1,5})\s*s$", re.I)
 _EXECUTION = re.compile(r"^(?:g|gu|gh|gn|p|t|pa|ta|pc|tc|pt|tt|ph|th|wt)(?:\s|$)", re.I)
 _CONTEXT = re.compile(r"^\.(cxr|trap|thread|ecxr)(?:\s+(.*))?$", re.I)
@@ -176,7 +182,7 @@ class KdParser:
         found with str.find; output between them goes to the current reader in one call
         (a slice of `text`), or is not looked at when no reader wants it (most of a real log)."""
         if text[:1] == ">" or "\n>" in text:
-            text = QUOTE.sub("", text)
+            text = _QUOTE_AFTER_LF.sub("\n", "\n" + text)[1:]   # = QUOTE.sub("", text)
         find, rfind, count = text.find, text.rfind, text.count
         cache = self._prompts
         state, processors, result = self.state, self._processors, self.state.result

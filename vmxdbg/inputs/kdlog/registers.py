@@ -7,6 +7,7 @@ this module knows. Known names map to snapshot places (data, below).
 """
 from __future__ import annotations
 
+import itertools
 import re
 from typing import Dict, List, Optional, Tuple
 
@@ -52,6 +53,25 @@ _TOKEN = (r"(?:[a-z][a-z0-9]{0,15}=(?:[0-9a-f]{1,16}|[0-9a-f]{8}`[0-9a-f]{8})|"
 _REGISTER_RUN = re.compile(rf"(?:[ \t]{{0,64}}{_TOKEN}(?:[ \t]{{1,64}}{_TOKEN}){{0,63}}[ \t]{{0,64}}\n)+",
                            re.IGNORECASE | re.ASCII)
 _PAIR = re.compile(r"([a-z][a-z0-9]*)=([0-9a-f`]+)")
+
+# The full register dump of a 64-bit target as WinDbg prints it (lower case, one layout),
+# matched as one piece: 8 lines, 24 values. Its lines are register-run lines (above), so
+# it gives what the run gives; any other dump goes through the run.
+_X64_LINES = (("rax", "rbx", "rcx"), ("rdx", "rsi", "rdi"), ("rip", "rsp", "rbp"), ("r8", "r9", "r10"),
+              ("r11", "r12", "r13"), ("r14", "r15"), ("iopl",), ("cs", "ss", "ds", "es", "fs", "gs", "efl"))
+_FLAGS = "(?:" + "|".join(sorted(FLAG_MNEMONICS)) + ")"
+_X64_DUMP = re.compile("".join(
+    " {0,64}iopl=[0-9a-f]{1,16}(?: {1,64}" + _FLAGS + "){0,63} {0,64}\n" if names == ("iopl",) else
+    " {0,64}" + " {1,64}".join(f"{name}=([0-9a-f]{{1,16}})" for name in names) + " {0,64}\n"
+    for names in _X64_LINES))
+# (debugger name, line offset in the dump) of each group of _X64_DUMP
+_X64_VALUES = tuple((name, k) for k, names in enumerate(_X64_LINES) for name in names if name != "iopl")
+# its groups: plain registers on lines 0-5, then the selectors and efl on line 7
+_X64_CS = [name for name, _ in _X64_VALUES].index("cs")
+_X64_PLAIN = tuple(REGISTERS[name][1] for name, _ in _X64_VALUES[:_X64_CS])
+_X64_PLAIN_KEYS = tuple(f"reg:{place}" for place in _X64_PLAIN)
+_X64_PLAIN_LINES = tuple(k for _, k in _X64_VALUES[:_X64_CS])
+_X64_SELECTORS = tuple(REGISTERS[name][1] for name, _ in _X64_VALUES[_X64_CS:-1])
 
 
 class BadValue(ValueError):
@@ -240,6 +260,11 @@ class RegisterOutput(CommandOutput):
                 return
             line_start = text.rfind("\n", pos, k) + 1 or pos
             n += count("\n", pos, line_start)
+            dump = _X64_DUMP.match(text, line_start, end)
+            if dump is not None:
+                self._apply_x64(dump.groups(), n)
+                pos, n = dump.end(), n + len(_X64_LINES)
+                continue
             m = match(text, line_start, end)
             if m is None:
                 line_end = find("\n", k, end)
@@ -261,6 +286,24 @@ class RegisterOutput(CommandOutput):
                 elif values:
                     self._apply(values, n)
                 n += 1
+
+    def _apply_x64(self, values: tuple[str, ...], first: int) -> None:
+        """The values of a _X64_DUMP match, in the order the run would apply them."""
+        numbers = list(map(int, values, itertools.repeat(16)))
+        if self.context is not None:
+            self.context.registers.update(zip((name for name, _ in _X64_VALUES), numbers))
+            return
+        state, cpu = self.state, self.cpu
+        p = state.processor(cpu)
+        source = state.result.source
+        wheres = [f"{source}:{first + k}" for k in range(len(_X64_LINES))]
+        p.registers.update(zip(_X64_PLAIN, numbers))
+        p.provenance.update(zip(_X64_PLAIN_KEYS, map(wheres.__getitem__, _X64_PLAIN_LINES)))
+        last = first + len(_X64_LINES) - 1
+        for seg, value in zip(_X64_SELECTORS, numbers[_X64_CS:-1]):
+            state.set_selector(cpu, seg, value & 0xFFFF, last)
+        p.registers["rflags"] = numbers[-1]
+        p.provenance["reg:rflags"] = wheres[-1]
 
     def _apply(self, values: List[Tuple[str, int]], line: int) -> None:
         """The values of one register line (the state is not frozen)."""

@@ -135,3 +135,81 @@ def test_quote_marks_are_taken_off_as_before():
     assert re.findall(BLANK, every) == re.findall(r"[^\S\n]", every)
     for text in ("> 0: kd> r\n>> x\n > > y\n\t>z\n>\n\n  >  w\n", "plain\n> q\n", ">\n", "a >b\n\u3000> c\n"):
         assert _QUOTE_AFTER_LF.sub("\n", "\n" + text)[1:] == QUOTE.sub("", text)
+
+
+# ------------------------------------------------------------ edge cases, by name
+
+X64 = """rax=0000000000000001 rbx=0000000000000002 rcx=0000000000000003
+rdx=0000000000000004 rsi=0000000000000005 rdi=0000000000000006
+rip=fffff80002a7e490 rsp=fffff80000b9cb88 rbp=fffff80000b9cc20
+ r8=0000000000000008  r9=0000000000000009 r10=000000000000000a
+r11=000000000000000b r12=000000000000000c r13=000000000000000d
+r14=000000000000000e r15=000000000000000f
+iopl=0         nv up ei pl zr na po nc
+cs=0010  ss=0018  ds=002b  es=002b  fs=0053  gs=002b             efl=00000246
+"""
+
+
+def parse_small_blocks(text: str, chunk: int):
+    return parse_blocks(iter_blocks(io.BytesIO(text.encode("utf-8")), chunk=chunk), "t.log")
+
+
+def test_a_dump_cut_across_blocks_keeps_every_byte_and_its_line():
+    rows = "".join(f"#1a2b{off:04x} {off:08x}`00000000 00000000`{off + 8:08x}\n" for off in range(0, 0x1010, 0x10))
+    text = "0: kd> !dq 1a2b0000 L202\n" + rows + "0: kd> k\n"
+    whole = parse_text(text, "t.log")
+    for chunk in (64, 1000, 4096):
+        log = parse_small_blocks(text, chunk)
+        assert log.snapshot.memory == whole.snapshot.memory
+        assert log.snapshot.processors[0].provenance == whole.snapshot.processors[0].provenance
+    # the second page starts on the row of 1a2b1000: line 2 + 0x100
+    assert whole.snapshot.processors[0].provenance["mem:0x1a2b1000"] == f"t.log:{2 + 0x100}"
+    assert whole.snapshot.memory.read(0x1A2B1000, 8) == (0x1000 << 32).to_bytes(8, "little")
+
+
+def test_a_bad_row_inside_a_dump_is_warned_with_its_line_and_the_other_rows_are_kept():
+    text = ("0: kd> !dd 1000\n#    1000 00000001 00000002 00000003 00000004\n"
+            "#    1010 0000000g 00000000 00000000 00000000\n#    1020 00000005 00000006 00000007 00000008\n"
+            "0: kd> k\n")
+    log = parse_text(text, "t.log")
+    assert [(w.line, "does not parse" in w.message) for w in log.warnings] == [(3, True)]
+    assert log.snapshot.memory.read(0x1000, 4) == (1).to_bytes(4, "little")
+    assert log.snapshot.memory.read(0x1020, 4) == (5).to_bytes(4, "little")
+    assert_same(text)
+
+
+def test_a_full_dump_then_its_annotation_and_an_unknown_name():
+    text = ("0: kd> r\n" + X64 + "nt!KiX+0x27:\nfffff880`03398b9b 498b1c24        mov     rbx,qword ptr [r12] "
+            "ds:002b:00000000`002cfd40=4242424242424242\n"
+            "1: kd> r\nrax=0000000000000011 foo=1\nrbx=0000000000000022\n1: kd> k\n")
+    log = parse_text(text, "t.log")
+    p0, p1 = log.snapshot.processors[0], log.snapshot.processors[1]
+    assert p0.registers["rax"] == 1 and p0.registers["rflags"] == 0x246 and p0.segments["gs"].selector == 0x2B
+    assert p0.provenance["reg:r8"] == "t.log:5" and p0.provenance["reg:cs"] == "t.log:9"
+    assert 0x4242424242424242 not in p0.registers.values()   # the annotation is no register
+    assert "rax" not in p1.registers and p1.registers["rbx"] == 0x22   # `foo=` makes it no register line
+    assert p1.provenance["reg:rbx"] == "t.log:14"
+    assert_same(text)
+
+
+def test_a_dump_with_new_selectors_resets_their_hidden_parts_as_line_by_line():
+    text = ("0: kd> rdmsr c0000100\nmsr[c0000100] = 00000000`00031337\n0: kd> r\n" + X64
+            + "0: kd> r\n" + X64.replace("fs=0053", "fs=0030") + "0: kd> r\n" + X64)
+    log = parse_text(text, "t.log")
+    assert log.snapshot.processors[0].segments["fs"].base is None   # described the old fs
+    assert_same(text)
+
+
+def test_a_quoted_session_gives_values_on_their_own_lines():
+    text = "> 0: kd> r cr4\n> cr4=00000000003506f8\n>> 1: kd> rdmsr 480\n>> msr[480] = 00da0400`00000004\n"
+    log = parse_text(text, "t.log")
+    assert log.snapshot.processors[0].provenance["reg:cr4"] == "t.log:2"
+    assert log.snapshot.processors[1].provenance["msr:0x480"] == "t.log:4"
+    assert_same(text)
+
+
+def test_at_line_inside_a_run_of_register_lines():
+    text = "0: kd> r\n" + X64
+    log = parse_text(text, "t.log", at_line=3)
+    assert log.snapshot.processors[0].registers["rdx"] == 4 and "rip" not in log.snapshot.processors[0].registers
+    assert_same(text, at_line=3)

@@ -59,7 +59,7 @@ class DgOutput(CommandOutput):
             return
         self._row(m, line.number)
 
-    def _row(self, m: "re.Match[str]", line: int) -> None:
+    def _row(self, m: re.Match[str], line: int) -> None:
         desc = Descriptor(
             selector=int(m.group(1), 16),
             attributes=vmcs_attributes(int(m.group(6), 16)),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import re
 from array import array
-from typing import Dict, List, Optional, Pattern, Tuple
+from typing import Dict, List, Optional, Pattern
 
 from .output import CommandOutput
 from .reader import MAX_LINE, Line
@@ -51,7 +51,7 @@ _PATTERNS: Dict[tuple, Pattern[str]] = {(w, p): _line_pattern(w, p) for w in _EL
 # match a line end ("\s" is "[^\S\n]", "$" is a line end), so each matches as it does on
 # the line alone. They spell out both cases of a-f instead of re.IGNORECASE (twice as
 # fast; no other character folds to one of them).
-_IN_BLOCK: Dict[tuple, Pattern[str]] = {
+_IN_BLOCK: dict[tuple, Pattern[str]] = {
     (w, p): re.compile(_line_pattern(w, p, r"[^\S\n]").pattern.replace("0-9a-f", "0-9a-fA-F"), re.MULTILINE)
     for w in _ELEMENTS for p in (True, False)}
 
@@ -153,7 +153,7 @@ class DumpOutput(CommandOutput):
                 data = swapped.tobytes()
             self._add_row(address, data, n)
 
-    def _add_rows(self, rows: List[Tuple[str, str]], first: int) -> None:
+    def _add_rows(self, rows: list[tuple[str, str]], first: int) -> None:
         """(address, elements) of consecutive rows, the first on line `first`: what
         `_add_row` does row by row, with one bytes.fromhex and one byteswap for all of
         them and one `_add` per run of contiguous rows."""

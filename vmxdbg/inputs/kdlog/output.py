@@ -39,7 +39,7 @@ class CommandOutput:
     # ignore contains once lowered. Only those lines are cut out and fed, when the
     # output is ASCII (lower() keeps every offset) and shorter than MAX_LINE (so no
     # line of it is too long, which every line would be warned for).
-    MARK: Optional[str] = None
+    MARK: str | None = None
 
     def feed_segment(self, text: str, start: int, end: int, first: int) -> None:
         """Whole lines `text[start:end]` (each ending in "\n"), the first numbered `first`.

@@ -274,7 +274,7 @@ class RegisterOutput(CommandOutput):
             pos = m.end()
             run = text[line_start:pos - 1]
             for line, low in zip(run.split("\n"), run.lower().split("\n")):
-                values: Optional[List[Tuple[str, int]]] = []
+                values: list[tuple[str, int]] | None = []
                 for name, value in _PAIR.findall(low):
                     if name in REGISTERS:
                         values.append((name, int(value.replace("`", ""), 16)))
@@ -305,7 +305,7 @@ class RegisterOutput(CommandOutput):
         p.registers["rflags"] = numbers[-1]
         p.provenance["reg:rflags"] = wheres[-1]
 
-    def _apply(self, values: List[Tuple[str, int]], line: int) -> None:
+    def _apply(self, values: list[tuple[str, int]], line: int) -> None:
         """The values of one register line (the state is not frozen)."""
         if self.context is not None:
             self.context.registers.update(values)

@@ -143,16 +143,18 @@ class LogState:
             raise InputError(exc.detail, source=self.result.source, line=line) from None
 
     def set_msr(self, cpu: int, index: int, value: int, line: int) -> None:
-        if not self.accept(line):
+        if self.frozen_line is not None and not self.accept(line):
             return
-        self._fits(index, 32, "MSR index", line)
-        self._fits(value, 64, f"MSR {hexs(index)}", line)
+        if index >> 32 or value >> 64:
+            self._fits(index, 32, "MSR index", line)
+            self._fits(value, 64, f"MSR {hexs(index)}", line)
         p = self.processor(cpu)
-        if index not in p.msr and len(p.msr) >= MAX_MSRS:
+        msr = p.msr
+        if index not in msr and len(msr) >= MAX_MSRS:
             self._cap_warning(line, "msr", f"more than {MAX_MSRS} distinct MSRs on processor {cpu}; the rest are not kept")
             return
-        p.msr[index] = value
-        self._prov(p, f"msr:{hexs(index)}", line)
+        msr[index] = value
+        p.provenance[f"msr:0x{index:x}"] = f"{self.result.source}:{line}"   # the key is msr:<hexs(index)>
         if index == MSR_EFER:
             p.registers["efer"] = value
             self._prov(p, "reg:efer", line)

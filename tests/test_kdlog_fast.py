@@ -213,3 +213,17 @@ def test_at_line_inside_a_run_of_register_lines():
     log = parse_text(text, "t.log", at_line=3)
     assert log.snapshot.processors[0].registers["rdx"] == 4 and "rip" not in log.snapshot.processors[0].registers
     assert_same(text, at_line=3)
+
+
+def test_dp_on_a_32_bit_target_reads_dwords_whatever_the_blocks():
+    # `dp` prints dwords on a 32-bit target; once a row shows that, the rest of the output is
+    # read as dwords, wherever the log was cut into blocks (it used to depend on that)
+    text = ("kd> dp 1000\n00001000  00000001 00000002 00000003 00000004\n"
+            "00001010  00000005 00000006 00000007 00000008\n00001020  00000000`00000009\nkd> k\n")
+    whole = outcome(text, fast=False)
+    assert [w.line for w in whole[1]] == [4]   # a qword row after dwords: not read, warned
+    for chunk in (20, 50, 70, 1 << 20):
+        assert outcome(text, fast=False, chunk=chunk) == whole
+        assert outcome(text, fast=True, chunk=chunk) == whole
+    memory = whole[0].processors[0].virtual_memory
+    assert memory.read(0x1010, 4) == (5).to_bytes(4, "little") and memory.read(0x101C, 4) == (8).to_bytes(4, "little")

@@ -28,6 +28,9 @@ _ELEMENTS = {
 _ADDR = r"([0-9a-f]{1,8}(?:`[0-9a-f]{8})?|[0-9a-f]{9,16})"
 _FAILED = re.compile(r"physical memory read at ([0-9a-f`]+) failed", re.I)
 _STARTS_WITH_ADDR = re.compile(r"^\s*#?\s*[0-9a-f]{4,8}(?:`[0-9a-f]{8})?\s", re.I)
+# the same, matched at a line start inside a block of lines (it cannot match a line end)
+_STARTS_WITH_ADDR_IN_BLOCK = re.compile(_STARTS_WITH_ADDR.pattern.replace(r"\s", r"[^\S\n]"),
+                                        re.IGNORECASE | re.MULTILINE)
 
 _WIDTH_OF = {"b": 1, "c": 4, "d": 4, "q": 8, "w": 2, "p": 8}
 # `!dd`, and the same extension named with its DLL: `!kext.dd`
@@ -101,28 +104,34 @@ class DumpOutput(CommandOutput):
 
     def feed_segment(self, text: str, start: int, end: int, first: int) -> None:
         """Rows matched in place, without cutting the output into lines: when every line
-        is a plain row (the usual dump), all of them at once (`_add_rows`); else row by
-        row, and what `feed_lines` would not take as a plain row goes to it, one line at
-        a time."""
-        if self.state.frozen_line is not None or text.find("?", start, end) >= 0 \
-                or text.find("failed", start, end) >= 0:
+        is a plain row (the usual dump), all of them at once (`_add_rows`); else line by
+        line: a plain row is added, a line the line-by-line path may act on (a row with
+        `??`, a failed read, a line that starts like a row, anything under `dp`) goes to
+        `feed_lines`, and any other line (prose) is left, as that path leaves it."""
+        if self.state.frozen_line is not None:
             self.feed_lines(text[start:end].split("\n")[:-1], first)
             return
         width, physical = self.width, self.physical
-        if end - start <= MAX_LINE:
+        odd = text.find("?", start, end) >= 0 or text.find("failed", start, end) >= 0
+        if not odd and end - start <= MAX_LINE:
             rows = _IN_BLOCK[(width, physical)].findall(text, start, end)
             if len(rows) == text.count("\n", start, end):
                 self._add_rows(rows, first)
                 return
         code = _SWAP.get(width)
-        match = _IN_BLOCK[(width, physical)].match
+        match, find = _IN_BLOCK[(width, physical)].match, text.find
+        looks = _STARTS_WITH_ADDR_IN_BLOCK.match
+        # a physical dump line without `#` is read with the virtual form of the row
+        other = _IN_BLOCK[(width, False)].match if physical else looks
+        every = self.command.lstrip().lower().startswith("dp")   # feed tries dwords for dp
         pos, n = start, first
         while pos < end:
-            m = match(text, pos, end)
-            line_end = m.end() if m is not None else text.find("\n", pos, end)
-            if m is None or line_end - pos > MAX_LINE:
-                self.feed_lines([text[pos:line_end]], n)
-            else:
+            line_end = find("\n", pos, end)
+            m = match(text, pos, line_end)
+            plain = (m is not None and line_end - pos <= MAX_LINE
+                     and not (odd and (find("?", pos, line_end) >= 0 or find("failed", pos, line_end) >= 0)))
+            if plain:
+                assert m is not None
                 address = int(m.group(1).replace("`", ""), 16)
                 data = bytes.fromhex(m.group(2).replace("`", "").replace("-", " "))
                 if code is not None:
@@ -130,16 +139,26 @@ class DumpOutput(CommandOutput):
                     swapped.byteswap()
                     data = swapped.tobytes()
                 self._add_row(address, data, n)
+            elif (m is not None or every or odd or line_end - pos > MAX_LINE
+                  or looks(text, pos, line_end) is not None or other(text, pos, line_end) is not None):
+                self.feed_lines([text[pos:line_end]], n)
+                if self.width != width:   # `dp` on a 32-bit target: dwords from here on
+                    width = self.width
+                    code = _SWAP.get(width)
+                    match = _IN_BLOCK[(width, physical)].match
+                    other = _IN_BLOCK[(width, False)].match if physical else looks
             pos, n = line_end + 1, n + 1
 
     def feed_lines(self, lines: List[str], first: int) -> None:
         """The common case at C speed: a whole row of known values is one bytes.fromhex
         and one byteswap. Anything else (a failed read, `??`, a row that does not parse,
-        a long or cut-off line) goes through `feed`, line by line."""
-        width, physical = self.width, self.physical
-        code = _SWAP.get(width)
+        a long or cut-off line) goes through `feed`, line by line. The width is read for
+        each line: under `dp`, `feed` may have found the target prints dwords."""
+        physical = self.physical
         frozen = self.state.frozen_line
         for n, text in enumerate(lines, first):
+            width = self.width
+            code = _SWAP.get(width)
             pattern = _PATTERNS[(width, physical and text.lstrip()[:1] == "#")]
             m = pattern.match(text)
             if m is None or "?" in text or "failed" in text or n == frozen or len(text) > MAX_LINE:

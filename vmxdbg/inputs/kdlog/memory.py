@@ -201,14 +201,18 @@ class DumpOutput(CommandOutput):
                 if new and self.foreign is None:
                     state.virtual_seen(self.cpu, address, first + i)
             else:
-                for k in range(i, j + 1):
-                    row, size = addresses[k], sizes[k]
-                    if k == i and new:
-                        state.memory_seen(row, size, first + k)
-                    else:
-                        page = (row + 0xFFF) & ~0xFFF
-                        if page < row + size:
-                            state.memory_seen(page, row + size - page, first + k)
+                # as _add_row: the first row of a new block, then every page start, on the
+                # line of the row that holds it
+                k, scan = i, address
+                if new:
+                    state.memory_seen(address, sizes[i], first + i)
+                    k, scan = i + 1, address + sizes[i]
+                page = (scan + 0xFFF) & ~0xFFF
+                while page < following:
+                    while addresses[k] + sizes[k] <= page:
+                        k += 1
+                    state.memory_seen(page, addresses[k] + sizes[k] - page, first + k)
+                    page += 0x1000
             offset += following - address
             i = j + 1
 

@@ -26,6 +26,8 @@ _LOOKS = re.compile(r"^\s*\d+\s+\d+,\d+,\d+\s")
 class CpuidOutput(CommandOutput):
     """Rows of `!cpuid` or `!cpuinfo` (`self.command` tells which)."""
 
+    MARK = ","   # a row, and a line that looks like one, has `F,M,S`
+
     def feed(self, line: Line) -> None:
         m = _ROW.match(line.text)
         if m is None:

@@ -34,6 +34,8 @@ class _RegisterValueOutput(CommandOutput):
 
 
 class FormatsOutput(_RegisterValueOutput):
+    MARK = "hex:"
+
     def feed(self, line: Line) -> None:
         stripped = line.text.strip()
         if not stripped.lower().startswith("hex:"):
@@ -46,6 +48,8 @@ class FormatsOutput(_RegisterValueOutput):
 
 
 class EvaluateOutput(_RegisterValueOutput):
+    MARK = "evaluate expression:"
+
     def feed(self, line: Line) -> None:
         stripped = line.text.strip()
         if not stripped.lower().startswith("evaluate expression:") or stripped.lower() == "evaluate expression:":

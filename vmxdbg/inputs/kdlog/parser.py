@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import re
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable, List, Optional, Tuple
+from typing import BinaryIO, Callable, Iterable, List, NamedTuple, Optional, Tuple
 
 from ...common.errors import InputError
 from .cpuid import CpuidOutput
@@ -32,6 +32,12 @@ PROMPT = re.compile(r"^\s*(?:(\d{1,5}):\s?)?(l?kd)>\s?(.*)$")
 PROMPT_AT = re.compile(r"[^\S\n]*(?:(\d{1,5}):[^\S\n]?)?(l?kd)>[^\S\n]?([^\n]*)")
 # e-mail / issue-reply quote marks at the start of a line, nested or not: `> `, `>>`, `> > `
 QUOTE = re.compile(r"^[^\S\n]*>(?:[^\S\n]?>)*[^\S\n]?", re.M)
+# every character `[^\S\n]` matches (str.isspace() but the line end), spelled out: a class
+# of characters is checked faster than a category
+BLANK = "[\t\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+# QUOTE as it is used on a block of lines: matched after each line end (a pattern that starts
+# with a character is searched for much faster than one that starts with `^`)
+_QUOTE_AFTER_LF = re.compile(rf"\n{BLANK}*>(?:{BLANK}?>)*{BLANK}?")
 _SWITCH = re.compile(r"^~\s*(\d{1,5})\s*s$", re.I)
 _EXECUTION = re.compile(r"^(?:g|gu|gh|gn|p|t|pa|ta|pc|tc|pt|tt|ph|th|wt)(?:\s|$)", re.I)
 _CONTEXT = re.compile(r"^\.(cxr|trap|thread|ecxr)(?:\s+(.*))?$", re.I)
@@ -103,10 +109,49 @@ def plan(text: str) -> Tuple[Tuple[str, ...], Tuple[str, ...], int]:
     return commands, families, index
 
 
+def _has_side_effect(command: str, fam: str) -> bool:
+    """Whether `_side_effects` can change anything for this command."""
+    return fam in ("switch", "execution", "context", "registers") or _SPACE.match(command) is not None
+
+
+class Prompt(NamedTuple):
+    """What a prompt line says, decided once per distinct line text (`prompt_of`)."""
+
+    cpu: int | None                # the number before `kd>`, None when there is none
+    commands: tuple[str, ...]
+    families: tuple[str, ...]
+    index: int                     # see plan()
+    effects: bool                  # some command changes the processor, context or address space
+    # the common case, done in KdParser.feed_text without a call: a processor number in
+    # range, no side effect, and a reader of READERS (its class) or none
+    simple: bool
+    make: Callable[..., CommandOutput] | None
+    command: str                   # the command whose output `make`'s reader reads
+
+
+def prompt_of(line: str) -> Prompt | None:
+    """The Prompt a line holds, or None when it is not a kd prompt line."""
+    m = PROMPT_AT.match(line)
+    if m is None:
+        return None
+    cpu = None if m.group(1) is None else int(m.group(1))
+    commands, families, index = plan(m.group(3))
+    effects = any(_has_side_effect(c, f) for c, f in zip(commands, families))
+    fam = families[index] if index >= 0 else ""
+    make = READERS.get(fam)
+    simple = not effects and (cpu is None or cpu < MAX_CPU) and (index < 0 or make is not None)
+    return Prompt(cpu, commands, families, index, effects, simple, make, commands[index] if index >= 0 else "")
+
+
+# prompt lines are cached by their text up to this length (a log repeats its prompts)
+_CACHED_PROMPT = 256
+_PROMPT_CACHE_SIZE = 4096
+
+
 class KdParser:
     """Feed it lines (`feed`), then `finish()` for the KdLog."""
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, fast: bool = True) -> None:
         self.state = LogState(source)
         self.cpu = 0          # processor of the current prompt
         self.default_cpu = 0  # processor of a prompt without a number (after ~Ns)
@@ -114,6 +159,9 @@ class KdParser:
         self.live_kind = ""   # which command made it not live
         self.reader: Optional[CommandOutput] = None
         self.lines = 0
+        self.fast = fast      # readers take whole runs of output lines (False: line by line, as a check)
+        self._prompts: dict[str, Prompt | None] = {}
+        self._processors = self.state.result.snapshot.processors
 
     # ----------------------------------------------------------------- blocks
     def feed(self, block: Block) -> None:
@@ -131,34 +179,69 @@ class KdParser:
 
     def feed_text(self, text: str, number: int) -> None:
         """Whole lines (each ending in "\n"), the first numbered `number`. Prompts are
-        found with str.find; output between them goes to the current reader in one call,
-        or is not looked at when no reader wants it (most of a real log)."""
+        found with str.find; output between them goes to the current reader in one call
+        (a slice of `text`), or is not looked at when no reader wants it (most of a real log)."""
         if text[:1] == ">" or "\n>" in text:
-            text = QUOTE.sub("", text)
-        find = text.find
-        count = text.count
+            text = _QUOTE_AFTER_LF.sub("\n", "\n" + text)[1:]   # = QUOTE.sub("", text)
+        find, rfind, count = text.find, text.rfind, text.count
+        cache = self._prompts
+        state, processors, result = self.state, self._processors, self.state.result
+        fast = self.fast
         seg, seg_no, search = 0, number, 0
         while True:
             k = find("kd>", search)
             if k < 0:
                 break
-            start = text.rfind("\n", 0, k) + 1
+            start = rfind("\n", 0, k) + 1
             end = find("\n", k)
             search = end + 1
-            m = PROMPT_AT.match(text, start)
-            if m is None:
+            line = text[start:end]
+            p = cache.get(line, False)
+            if p is False:
+                p = prompt_of(line)
+                if len(line) <= _CACHED_PROMPT:
+                    if len(cache) >= _PROMPT_CACHE_SIZE:
+                        cache.clear()
+                    cache[line] = p
+            if p is None:
                 continue
             line_no = seg_no + count("\n", seg, start)
-            if self.reader is not None and start > seg:
-                self.reader.feed_lines(text[seg:start].split("\n")[:-1], seg_no)
+            reader = self.reader
+            if reader is not None and start > seg:
+                if fast:
+                    reader.feed_segment(text, seg, start, seg_no)
+                else:
+                    reader.feed_lines(text[seg:start].split("\n")[:-1], seg_no)
             seg, seg_no = end + 1, line_no + 1
             if end - start > MAX_LINE:
-                self.state.warn(line_no, f"line longer than {MAX_LINE} characters; cut there and not used")
+                state.warn(line_no, f"line longer than {MAX_LINE} characters; cut there and not used")
                 continue
-            self._prompt(m, line_no)
+            if not p.simple:
+                self._prompt(p, line_no)
+                continue
+            # _prompt, for the common case
+            if reader is not None:
+                reader.end()
+                self.reader = None
+            result.prompts += 1
+            cpu = p.cpu
+            if cpu is None:
+                cpu = self.default_cpu
+            self.cpu = cpu
+            if cpu not in processors:
+                state.processor(cpu)
+            if p.make is not None:
+                self.reader = p.make(state, cpu, p.command, line_no, self.live)
         if self.reader is not None and seg < len(text):
-            self.reader.feed_lines(text[seg:].split("\n")[:-1], seg_no)
+            self._output(text, seg, len(text), seg_no)
         self.lines = number + count("\n") - 1
+
+    def _output(self, text: str, start: int, end: int, first: int) -> None:
+        assert self.reader is not None
+        if self.fast:
+            self.reader.feed_segment(text, start, end, first)
+        else:
+            self.reader.feed_lines(text[start:end].split("\n")[:-1], first)
 
     def feed_line(self, line: Line) -> None:
         """One line (tests and callers that hold Line objects)."""
@@ -169,31 +252,32 @@ class KdParser:
         else:
             self.feed_text(line.text.replace("\n", " ") + "\n", line.number)
 
-    def _prompt(self, m: "re.Match[str]", number: int) -> None:
+    def _prompt(self, p: Prompt, number: int) -> None:
         self._end_output()
-        self.state.result.prompts += 1
-        if m.group(1) is not None:
-            cpu = int(m.group(1))
-            if cpu >= MAX_CPU:
-                self.state.warn(number, f"processor number {cpu} is out of range; prompt ignored")
-                return
-            self.cpu = cpu
-        else:
-            self.cpu = self.default_cpu
-        self.state.processor(self.cpu)
-        commands, families, index = plan(m.group(3))
+        state = self.state
+        state.result.prompts += 1
+        cpu = p.cpu
+        if cpu is None:
+            cpu = self.default_cpu
+        elif cpu >= MAX_CPU:
+            state.warn(number, f"processor number {cpu} is out of range; prompt ignored")
+            return
+        self.cpu = cpu
+        if cpu not in self._processors:
+            state.processor(cpu)
         writes: List[Tuple[str, int]] = []
-        for c, fam in zip(commands, families):
-            if fam != "other" or c[:1] == ".":
-                writes += self._side_effects(c, fam, number)
-        if index >= 0:
-            self.reader = self._reader(families[index], commands[index], number)
+        if p.effects:
+            for c, fam in zip(p.commands, p.families):
+                if _has_side_effect(c, fam):
+                    writes += self._side_effects(c, fam, number)
+        if p.index >= 0:
+            self.reader = self._reader(p.families[p.index], p.commands[p.index], number)
         if writes:
             if isinstance(self.reader, RegisterOutput):
                 self.reader.writes = writes  # applied unless the debugger answers with an error
             else:
                 for name, value in writes:
-                    apply_register(self.state, self.cpu, name, value, number)
+                    apply_register(state, self.cpu, name, value, number)
 
     def _reader(self, fam: str, command: str, number: int) -> Optional[CommandOutput]:
         cpu = self.cpu
@@ -256,9 +340,11 @@ def parse_lines(lines: Iterable[Line], source: str, at_line: Optional[int] = Non
     return parser.finish()
 
 
-def parse_blocks(blocks: Iterable[Block], source: str, at_line: Optional[int] = None) -> KdLog:
-    """Parse blocks of lines (stopping after `at_line` when given)."""
-    parser = KdParser(source)
+def parse_blocks(blocks: Iterable[Block], source: str, at_line: Optional[int] = None, *,
+                 fast: bool = True) -> KdLog:
+    """Parse blocks of lines (stopping after `at_line` when given); `fast=False` feeds
+    every reader line by line (the reference the fast paths are checked against)."""
+    parser = KdParser(source, fast)
     for block in blocks:
         if at_line is not None:
             if block.number > at_line:
@@ -271,15 +357,15 @@ def parse_blocks(blocks: Iterable[Block], source: str, at_line: Optional[int] = 
 
 
 def parse_stream(stream: BinaryIO, source: str, at_line: Optional[int] = None,
-                 progress: Optional[Callable[[int], None]] = None) -> KdLog:
+                 progress: Optional[Callable[[int], None]] = None, *, fast: bool = True) -> KdLog:
     """Parse a binary stream (any supported encoding and line ends)."""
-    return parse_blocks(iter_blocks(stream, progress=progress), source, at_line)
+    return parse_blocks(iter_blocks(stream, progress=progress), source, at_line, fast=fast)
 
 
-def parse_text(text: str, source: str = "<text>", at_line: Optional[int] = None) -> KdLog:
+def parse_text(text: str, source: str = "<text>", at_line: Optional[int] = None, *, fast: bool = True) -> KdLog:
     """Parse a log given as text (tests, pasted logs)."""
     import io
-    return parse_stream(io.BytesIO(text.encode("utf-8")), source, at_line)
+    return parse_stream(io.BytesIO(text.encode("utf-8")), source, at_line, fast=fast)
 
 
 def parse_file(path: Path, at_line: Optional[int] = None,

@@ -7,6 +7,7 @@ this module knows. Known names map to snapshot places (data, below).
 """
 from __future__ import annotations
 
+import itertools
 import re
 from typing import Dict, List, Optional, Tuple
 
@@ -40,6 +41,37 @@ _OTHER_REGISTER_PREFIXES = ("xmm", "ymm", "zmm", "st", "mm", "k")
 _HEXDIGITS = "0123456789abcdef"
 # the name of a `name=value` token of a register line
 _NAME = re.compile(r"[a-z][a-z0-9]*")
+
+
+# A run of consecutive register lines, matched in place in a block of lines: each line
+# only blank-separated `name=hexvalue` tokens (at most 16 hex digits, or 8`8) and flag
+# mnemonics, within bounds that keep a line far below MAX_LINE. It takes a subset of the
+# lines parse_register_line takes (pure ASCII, so `.lower().split()` cuts the same
+# tokens); every other line with a `=` goes to the line-by-line path.
+_TOKEN = (r"(?:[a-z][a-z0-9]{0,15}=(?:[0-9a-f]{1,16}|[0-9a-f]{8}`[0-9a-f]{8})|"
+          + "|".join(sorted(FLAG_MNEMONICS)) + ")")
+_REGISTER_RUN = re.compile(rf"(?:[ \t]{{0,64}}{_TOKEN}(?:[ \t]{{1,64}}{_TOKEN}){{0,63}}[ \t]{{0,64}}\n)+",
+                           re.IGNORECASE | re.ASCII)
+_PAIR = re.compile(r"([a-z][a-z0-9]*)=([0-9a-f`]+)")
+
+# The full register dump of a 64-bit target as WinDbg prints it (lower case, one layout),
+# matched as one piece: 8 lines, 24 values. Its lines are register-run lines (above), so
+# it gives what the run gives; any other dump goes through the run.
+_X64_LINES = (("rax", "rbx", "rcx"), ("rdx", "rsi", "rdi"), ("rip", "rsp", "rbp"), ("r8", "r9", "r10"),
+              ("r11", "r12", "r13"), ("r14", "r15"), ("iopl",), ("cs", "ss", "ds", "es", "fs", "gs", "efl"))
+_FLAGS = "(?:" + "|".join(sorted(FLAG_MNEMONICS)) + ")"
+_X64_DUMP = re.compile("".join(
+    " {0,64}iopl=[0-9a-f]{1,16}(?: {1,64}" + _FLAGS + "){0,63} {0,64}\n" if names == ("iopl",) else
+    " {0,64}" + " {1,64}".join(f"{name}=([0-9a-f]{{1,16}})" for name in names) + " {0,64}\n"
+    for names in _X64_LINES))
+# (debugger name, line offset in the dump) of each group of _X64_DUMP
+_X64_VALUES = tuple((name, k) for k, names in enumerate(_X64_LINES) for name in names if name != "iopl")
+# its groups: plain registers on lines 0-5, then the selectors and efl on line 7
+_X64_CS = [name for name, _ in _X64_VALUES].index("cs")
+_X64_PLAIN = tuple(REGISTERS[name][1] for name, _ in _X64_VALUES[:_X64_CS])
+_X64_PLAIN_KEYS = tuple(f"reg:{place}" for place in _X64_PLAIN)
+_X64_PLAIN_LINES = tuple(k for _, k in _X64_VALUES[:_X64_CS])
+_X64_SELECTORS = tuple(REGISTERS[name][1] for name, _ in _X64_VALUES[_X64_CS:-1])
 
 
 class BadValue(ValueError):
@@ -209,6 +241,84 @@ class RegisterOutput(CommandOutput):
                     provenance[_REG_KEY[place[1]]] = where
                 else:
                     apply_register(state, self.cpu, name, value, n)
+
+    def feed_segment(self, text: str, start: int, end: int, first: int) -> None:
+        """Only lines with a `=` are looked at (found with str.find); consecutive register
+        lines are matched as one run, and their `name=value` pairs taken with one findall
+        per line. Any other line with a `=` (the current instruction, a bad value, a name
+        this module does not know) goes to `feed_lines`, one line at a time."""
+        if self.state.frozen_line is not None:
+            super().feed_segment(text, start, end, first)
+            return
+        if self.writes and not self.refused and "error" in text[start:end].lower():
+            self.refused = True
+        find, count, match = text.find, text.count, _REGISTER_RUN.match
+        pos, n = start, first
+        while True:
+            k = find("=", pos, end)
+            if k < 0:
+                return
+            line_start = text.rfind("\n", pos, k) + 1 or pos
+            n += count("\n", pos, line_start)
+            dump = _X64_DUMP.match(text, line_start, end)
+            if dump is not None:
+                self._apply_x64(dump.groups(), n)
+                pos, n = dump.end(), n + len(_X64_LINES)
+                continue
+            m = match(text, line_start, end)
+            if m is None:
+                line_end = find("\n", k, end)
+                self.feed_lines([text[line_start:line_end]], n)
+                pos, n = line_end + 1, n + 1
+                continue
+            pos = m.end()
+            run = text[line_start:pos - 1]
+            for line, low in zip(run.split("\n"), run.lower().split("\n")):
+                values: list[tuple[str, int]] | None = []
+                for name, value in _PAIR.findall(low):
+                    if name in REGISTERS:
+                        values.append((name, int(value.replace("`", ""), 16)))
+                    elif name not in IGNORED and not name.startswith(_OTHER_REGISTER_PREFIXES):
+                        values = None   # not a register line: the line-by-line path decides
+                        break
+                if values is None:
+                    self.feed_lines([line], n)
+                elif values:
+                    self._apply(values, n)
+                n += 1
+
+    def _apply_x64(self, values: tuple[str, ...], first: int) -> None:
+        """The values of a _X64_DUMP match, in the order the run would apply them."""
+        numbers = list(map(int, values, itertools.repeat(16)))
+        if self.context is not None:
+            self.context.registers.update(zip((name for name, _ in _X64_VALUES), numbers))
+            return
+        state, cpu = self.state, self.cpu
+        p = state.processor(cpu)
+        source = state.result.source
+        wheres = [f"{source}:{first + k}" for k in range(len(_X64_LINES))]
+        p.registers.update(zip(_X64_PLAIN, numbers))
+        p.provenance.update(zip(_X64_PLAIN_KEYS, map(wheres.__getitem__, _X64_PLAIN_LINES)))
+        last = first + len(_X64_LINES) - 1
+        for seg, value in zip(_X64_SELECTORS, numbers[_X64_CS:-1]):
+            state.set_selector(cpu, seg, value & 0xFFFF, last)
+        p.registers["rflags"] = numbers[-1]
+        p.provenance["reg:rflags"] = wheres[-1]
+
+    def _apply(self, values: list[tuple[str, int]], line: int) -> None:
+        """The values of one register line (the state is not frozen)."""
+        if self.context is not None:
+            self.context.registers.update(values)
+            return
+        p = self.state.processor(self.cpu)
+        where = f"{self.state.result.source}:{line}"
+        for name, value in values:
+            place = REGISTERS[name]
+            if place[0] == "reg" and place[1] != "efer":
+                p.registers[place[1]] = value
+                p.provenance[_REG_KEY[place[1]]] = where
+            else:
+                apply_register(self.state, self.cpu, name, value, line)
 
     def feed(self, line: Line) -> None:
         try:

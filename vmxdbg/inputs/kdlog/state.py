@@ -143,16 +143,18 @@ class LogState:
             raise InputError(exc.detail, source=self.result.source, line=line) from None
 
     def set_msr(self, cpu: int, index: int, value: int, line: int) -> None:
-        if not self.accept(line):
+        if self.frozen_line is not None and not self.accept(line):
             return
-        self._fits(index, 32, "MSR index", line)
-        self._fits(value, 64, f"MSR {hexs(index)}", line)
+        if index >> 32 or value >> 64:
+            self._fits(index, 32, "MSR index", line)
+            self._fits(value, 64, f"MSR {hexs(index)}", line)
         p = self.processor(cpu)
-        if index not in p.msr and len(p.msr) >= MAX_MSRS:
+        msr = p.msr
+        if index not in msr and len(msr) >= MAX_MSRS:
             self._cap_warning(line, "msr", f"more than {MAX_MSRS} distinct MSRs on processor {cpu}; the rest are not kept")
             return
-        p.msr[index] = value
-        self._prov(p, f"msr:{hexs(index)}", line)
+        msr[index] = value
+        p.provenance[f"msr:0x{index:x}"] = f"{self.result.source}:{line}"   # the key is msr:<hexs(index)>
         if index == MSR_EFER:
             p.registers["efer"] = value
             self._prov(p, "reg:efer", line)
@@ -174,20 +176,25 @@ class LogState:
 
     def set_selector(self, cpu: int, seg: str, selector: int, line: int) -> None:
         """A segment selector; applies a `dg` row already seen for it, and CPL for CS."""
-        if not self.accept(line):
+        if self.frozen_line is not None and not self.accept(line):
             return
         p = self.processor(cpu)
-        old = p.segments.get(seg)
-        if old is not None and old.selector is not None and old.selector != selector:
-            p.segments[seg] = Segment()  # the hidden part described the old selector
-        self._set_segment_part(p, seg, "selector", selector, line)
+        segments = p.segments
+        s = segments.get(seg)
+        if s is None or (s.selector is not None and s.selector != selector):
+            s = segments[seg] = Segment()  # the hidden part described the old selector
+        s.selector = selector
+        where = f"{self.result.source}:{line}"
+        p.provenance[f"reg:{seg}"] = where
         if seg == "cs":
             # CPL is CS.RPL (Vol.3A 5.5, SDM 325462-080US, 2023).
             p.state["cpl"] = selector & 3
-            self._prov(p, "state:cpl", line)
-        desc = self.descriptors.get(cpu, {}).get(selector & 0xFFFC)
-        if desc is not None:
-            self._apply_descriptor(p, seg, desc)
+            p.provenance["state:cpl"] = where
+        descriptors = self.descriptors.get(cpu)
+        if descriptors:
+            desc = descriptors.get(selector & 0xFFFC)
+            if desc is not None:
+                self._apply_descriptor(p, seg, desc)
 
     def set_table(self, cpu: int, table: str, part: str, value: int, line: int) -> None:
         if not self.accept(line):

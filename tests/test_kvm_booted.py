@@ -233,3 +233,67 @@ def test_the_console_text_leaves_out_the_echoed_nul_bytes_of_a_restored_machine(
     serial.write_bytes(b"\0\0: 2 processors\n^@^@^@kvmtest cpu0: exit hlt\n^@\nkvmtest done\n")
     assert demo.serial_text(serial) == ": 2 processors\nkvmtest cpu0: exit hlt\n\nkvmtest done\n"
     assert demo.serial_tail(serial, 2) == "kvmtest cpu0: exit hlt | kvmtest done"
+
+
+class SilentThenStop:
+    """A cold boot stand-in: interrupted (timeout) `silent` times, the serial console growing while
+    `grows`, then the test program's magic stop."""
+
+    def __init__(self, serial: Path, silent: int, grows: bool) -> None:
+        self.serial, self.silent, self.grows, self.calls, self.closed = serial, silent, grows, 0, False
+
+    def go(self, timeout: float):
+        self.calls += 1
+        if self.calls <= self.silent:
+            if self.grows:
+                with open(self.serial, "a") as f:
+                    f.write(f"line {self.calls}\n")
+            return SimpleNamespace(kind="timeout", cpu=None, detail="interrupted (stand-in)")
+        return SimpleNamespace(kind="magic", cpu=0, detail="")
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.fixture
+def fast_clock(monkeypatch):
+    """Each look at the clock is 10 s after the last (the watchdog's seconds without real waiting)."""
+    now = {"t": 0.0}
+
+    def tick() -> float:
+        now["t"] += 10.0
+        return now["t"]
+    monkeypatch.setattr(demo.time, "monotonic", tick)
+
+
+def test_a_cold_boot_whose_console_keeps_moving_is_waited_for(tmp_path, fast_clock):
+    serial = tmp_path / "serial.txt"
+    backend = SilentThenStop(serial, silent=100, grows=True)       # 100 interrupts, ~1000 s, never silent
+    assert demo._to_ready(backend, serial, 5000, "Linux", stall=60) == 0
+
+
+def test_a_cold_boot_whose_console_stops_is_said_stalled(tmp_path, fast_clock):
+    serial = tmp_path / "serial.txt"
+    serial.write_text("[    2.1] serial8250: ttyS0 at I/O 0x3f8\n")
+    backend = SilentThenStop(serial, silent=10 ** 6, grows=False)
+    with pytest.raises(demo.BootStalled, match="nothing new for .* s; serial console: .*ttyS0") as exc:
+        demo._to_ready(backend, serial, 5000, "Linux", stall=60)
+    assert backend.calls < 20 and "\n" not in str(exc.value)     # long before the 5000 s timeout
+
+
+def test_a_stalled_cold_boot_is_started_once_more(tmp_path, monkeypatch):
+    attempts: List[int] = []
+
+    def once(image, serial, cpus, boot_timeout):
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise demo.BootStalled("Linux stopped booting (stand-in)")
+        return "backend", 0, SECTIONS
+    monkeypatch.setattr(demo, "_cold_boot_once", once)
+    said: List[str] = []
+    assert demo.cold_boot(None, tmp_path / "s.txt", 2, 100, said.append) == ("backend", 0, SECTIONS)
+    assert len(attempts) == 2 and said == ["Linux stopped booting (stand-in); booting once more"]
+    attempts.clear()
+    monkeypatch.setattr(demo, "_cold_boot_once", lambda *a: (_ for _ in ()).throw(demo.BootStalled("again")))
+    with pytest.raises(demo.BootStalled):
+        demo.cold_boot(None, tmp_path / "s.txt", 2, 100)

@@ -33,6 +33,16 @@ IPS = 10_000_000          # ips=4M and 10M boot equally fast; 50M is slower (doc
 BOOT_TIMEOUT = 1200.0
 #: a restored machine is at the test program's next stop within milliseconds of emulated time
 RESTORE_TIMEOUT = 120.0
+#: a cold boot whose serial console has said nothing new for this long has hung (one cold boot in four
+#: was seen to hang after the serial driver started, docs/kvm.md); the longest silence of a good boot
+#: is the kernel decompressing itself, 78 s on a quiet machine and about 3.5 min on a loaded one
+STALL = 420.0
+#: how often a cold boot is interrupted to look at the serial console
+STALL_POLL = 30.0
+
+
+class BootStalled(VmxdbgError):
+    """A cold boot whose serial console stopped moving long before its timeout."""
 
 
 def machine(iso: Path, serial: Path, cpus: int, restore: Optional[Path] = None) -> object:
@@ -141,21 +151,50 @@ def _open(image: object, serial: Path, cpus: int, restore: Optional[Path] = None
     return backend_class("bochs")(machine(image.iso, serial, cpus, restore), batched=False)  # type: ignore[attr-defined,call-arg]
 
 
-def _to_ready(backend: object, serial: Path, timeout: float, what: str) -> int:
-    """Run to the test program's magic stop; the processor that stopped."""
-    first = backend.go(timeout=timeout)  # type: ignore[attr-defined]
+def _to_ready(backend: object, serial: Path, timeout: float, what: str, stall: Optional[float] = None) -> int:
+    """Run to the test program's magic stop; the processor that stopped. With `stall`, BootStalled
+    when the serial console has not grown for that many seconds (the target is interrupted every
+    STALL_POLL s to look)."""
+    start = time.monotonic()
+    size, moved = -1, start
+    while True:
+        left = timeout - (time.monotonic() - start)
+        first = backend.go(timeout=max(0.1, min(left, STALL_POLL) if stall else left))  # type: ignore[attr-defined]
+        now = time.monotonic()
+        if first.kind == "timeout" and stall is not None and now - start < timeout:
+            grown = serial.stat().st_size if serial.exists() else 0
+            if grown != size:
+                size, moved = grown, now
+            elif now - moved >= stall:
+                raise BootStalled(f"{what} stopped booting: the serial console has said nothing new for "
+                                  f"{now - moved:.0f} s; serial console: {serial_tail(serial)}")
+            continue
+        break
     if first.kind != "magic" or first.cpu is None:
         raise VmxdbgError(f"{what} did not reach the test program's stop ({first.kind}"
                           f"{': ' + first.detail if first.detail else ''}); serial console: {serial_tail(serial)}")
     return first.cpu  # type: ignore[no-any-return]
 
 
-def cold_boot(image: object, serial: Path, cpus: int, boot_timeout: float) -> Tuple[object, int, Dict[str, int]]:
-    """Boot the image from its CD to the test program's stop: (backend, the stopped processor, sections)."""
+def cold_boot(image: object, serial: Path, cpus: int, boot_timeout: float,
+              log: Callable[[str], None] = lambda line: None) -> Tuple[object, int, Dict[str, int]]:
+    """Boot the image from its CD to the test program's stop: (backend, the stopped processor, sections).
+    A boot that stalls (BootStalled) is said and started once more."""
+    for attempt in (1, 2):
+        try:
+            return _cold_boot_once(image, serial, cpus, boot_timeout)
+        except BootStalled as exc:
+            if attempt == 2:
+                raise
+            log(f"{exc}; booting once more")
+    raise AssertionError("unreachable")
+
+
+def _cold_boot_once(image: object, serial: Path, cpus: int, boot_timeout: float) -> Tuple[object, int, Dict[str, int]]:
     from . import image as kvm_image
     backend = _open(image, serial, cpus)
     try:
-        cpu = _to_ready(backend, serial, boot_timeout, "Linux")
+        cpu = _to_ready(backend, serial, boot_timeout, "Linux", stall=STALL)
         sections = kvm_image.parse_sections(serial_text(serial), image.traced_module)  # type: ignore[attr-defined]
         if not sections:
             raise VmxdbgError(f"the image printed no section of {image.traced_module}; serial console: "  # type: ignore[attr-defined]
@@ -178,7 +217,7 @@ def boot(image: object, work: Path, cpus: int, *, cold: bool, boot_timeout: floa
     serial = work / "serial.txt"
     if cold:
         log(f"booting Linux under Bochs from its CD ({cpus} processors; minutes)")
-        return cold_boot(image, serial, cpus, boot_timeout)
+        return cold_boot(image, serial, cpus, boot_timeout, log)
     key = booted.state_key(image.key, machine(image.iso, serial, cpus), find_bochs())  # type: ignore[attr-defined]
     folder = booted.state_dir(image.iso.parent, cpus, key)  # type: ignore[attr-defined]
     for attempt in (1, 2):
@@ -187,7 +226,7 @@ def boot(image: object, work: Path, cpus: int, *, cold: bool, boot_timeout: floa
         if sections is None:
             log(f"booting Linux under Bochs from its CD ({cpus} processors; minutes), once: the booted "
                 f"machine is saved for the next runs")
-            first, _, found = cold_boot(image, work / f"boot-serial-{attempt}.txt", cpus, boot_timeout)
+            first, _, found = cold_boot(image, work / f"boot-serial-{attempt}.txt", cpus, boot_timeout, log)
             try:
                 booted.save(first.proc, folder, key, cpus, {image.traced_module: found}, log=log)  # type: ignore[attr-defined]
             finally:

@@ -1000,7 +1000,9 @@ class BochsBackend(Backend):
         if (cpu, "activity") not in self._cache or (cpu, "events") not in self._cache:
             names = ("activity_state", "pending_event", "event_mask")      # one exchange for the three
             cmds = [f'show "cpu{cpu}.{n}"' for n in names]
-            got = {n: P.parse_param_tree(text, cmd).get(n) for n, cmd, text in zip(names, cmds, self._cmds(cmds))}
+            answers = self._cmds(cmds + self._site_reads(cpu))
+            self._keep_site_reads(cpu, answers[len(cmds):])
+            got = {n: P.parse_param_tree(text, cmd).get(n) for n, cmd, text in zip(names, cmds, answers)}
             if any(not isinstance(v, int) for v in got.values()):
                 raise BackendError(f"`show \"cpu{cpu}.activity_state/pending_event/event_mask\"` answered {got}",
                                    backend=NAME, cpu=cpu)
@@ -1067,6 +1069,33 @@ class BochsBackend(Backend):
                  0x490: lambda: bit(0x480, 55), 0x491: lambda: bit(0x48B, 45), 0x492: lambda: bit(0x482, 49),
                  0x493: lambda: bit(0x483, 63)}
         return rules[index]()
+
+    def _site_reads(self, cpu: int) -> List[str]:
+        """What _stub_site and the stub's page translations will ask of the selected processor `cpu`,
+        to go in the preconditions' exchange: `u` at RIP, `page` of RIP's page and the next (a stub
+        starts within an instruction of RIP and is smaller than a page). Nothing when `cpu` is not
+        the selected processor or its registers are not read yet."""
+        regs = self._cache.get((cpu, "r"))
+        creg = self._cache.get((cpu, "creg"))
+        if self._current != cpu or regs is None or creg is None:
+            return []
+        rip = regs["rip"]
+        out = [] if (cpu, f"site:{rip:x}") in self._cache else [f"u /4 0x{rip:x}"]
+        if creg["cr0"] & (1 << 31):
+            out += [f"page 0x{p:x}" for p in (rip & ~0xFFF, (rip & ~0xFFF) + 0x1000)
+                    if (cpu, f"page:{p:x}") not in self._cache]
+        return out
+
+    def _keep_site_reads(self, cpu: int, answers: Sequence[str]) -> None:
+        """Cache the answers to _site_reads(cpu) as _stub_site and translate would have."""
+        for cmd, text in zip(self._site_reads(cpu), answers):
+            if cmd.startswith("page "):
+                self._cache[(cpu, f"page:{int(cmd.split()[1], 16):x}")] = P.parse_page(text)
+                continue
+            rip = int(cmd.split()[-1], 16)
+            site = next((i.address + 1 for i in P.parse_disasm(text) if len(i.data) >= 2), None)
+            if site is not None:           # else _stub_site asks again and says why it cannot
+                self._cache[(cpu, f"site:{rip:x}")] = site
 
     def _stub_site(self, cpu: int, rip: int) -> int:
         """A linear address one byte into an instruction of length >= 2 at or after RIP."""

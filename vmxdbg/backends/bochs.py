@@ -163,6 +163,11 @@ class _SigtermGuard:
         interrupt.on_sigterm(signum, frame)
 
 
+def _canonical48(linear: int) -> bool:
+    """A canonical 48-bit linear address (bits 63:47 all equal), within 64 bits."""
+    return linear < 0x0000800000000000 or 0xFFFF800000000000 <= linear <= 0xFFFFFFFFFFFFFFFF
+
+
 class BochsBackend(Backend):
     """Bochs booted from `machine`, stopped at its debugger prompt between calls."""
 
@@ -481,7 +486,7 @@ class BochsBackend(Backend):
     def write_vmcs(self, cpu: int, encoding: int, value: int) -> None:
         """Write a field of the current VMCS in its region, through Bochs' memory layout
         (Bochs' VMLAUNCH/VMREAD read the region itself, so this is what a VMWRITE would do)."""
-        from ..decode.layouts import known_layouts, layout_for_revision
+        from ..decode.layouts import layout_for_revision
         st = P.vmx_state_from_param(self._show(cpu, "VMX"))
         ptr = st.get("vmcs_pointer")
         if st.get("vmx") == "off" or not isinstance(ptr, int) or ptr == 0xFFFFFFFFFFFFFFFF:
@@ -1083,14 +1088,17 @@ class BochsBackend(Backend):
         out = [] if (cpu, f"site:{rip:x}") in self._cache else [f"u /4 0x{rip:x}"]
         if creg["cr0"] & (1 << 31):
             out += [f"page 0x{p:x}" for p in (rip & ~0xFFF, (rip & ~0xFFF) + 0x1000)
-                    if (cpu, f"page:{p:x}") not in self._cache]
+                    if (cpu, f"page:{p:x}") not in self._cache and _canonical48(p)]
         return out
 
     def _keep_site_reads(self, cpu: int, answers: Sequence[str]) -> None:
         """Cache the answers to _site_reads(cpu) as _stub_site and translate would have."""
         for cmd, text in zip(self._site_reads(cpu), answers):
             if cmd.startswith("page "):
-                self._cache[(cpu, f"page:{int(cmd.split()[1], 16):x}")] = P.parse_page(text)
+                try:
+                    self._cache[(cpu, f"page:{int(cmd.split()[1], 16):x}")] = P.parse_page(text)
+                except P.BochsParseError:
+                    pass                   # translate asks again if the stub needs that page
                 continue
             rip = int(cmd.split()[-1], 16)
             site = next((i.address + 1 for i in P.parse_disasm(text) if len(i.data) >= 2), None)

@@ -177,6 +177,20 @@ def test_an_interrupted_injection_is_undone(session, monkeypatch: pytest.MonkeyP
     assert full_state(b, 0) == before
 
 
+def test_unaligned_physical_reads_are_the_bytes_there(session) -> None:  # type: ignore[no-untyped-def]
+    """A range at any address and of any size is read as whole aligned 8-byte items (`xp /Ngx`,
+    less text than bytes) and cut to the bytes asked for."""
+    b, _ = session
+    base = 0xF0000                                  # the BIOS copy in RAM: bytes that are not all alike
+    whole = b.read_physical(base, 64)
+    assert len(set(whole)) > 8
+    for at, n in ((1, 1), (3, 5), (7, 17), (8, 8), (13, 40), (0, 3)):
+        assert b.read_physical(base + at, n) == whole[at:at + n], (at, n)
+    assert b.read_physical_many([(base + 5, 3), (base + 17, 9)]) == [whole[5:8], whole[17:26]]
+    assert all("gx" in cmd for cmd, _ in b.proc.transcript[-3:])
+    assert b.read_physical(base + 5, 0) == b""
+
+
 def test_step_vmxon_on_each_core(session) -> None:  # type: ignore[no-untyped-def]
     b, sym = session
     b.plan_stops([sym["at_vmxon"]])
@@ -212,6 +226,7 @@ def test_step_vmxon_on_each_core(session) -> None:  # type: ignore[no-untyped-de
         assert b._constant[(cpu, 0x480)] == 0x00D810000000002B and (cpu, 0x48B) in b._constant
         assert (cpu, 0x492) not in b._constant                       # IA32_VMX_PROCBASED_CTLS[49] = 0
         assert (cpu, 0x1D9) in b._absent                              # Bochs 2.7 has no IA32_DEBUGCTL: #GP undone
+        assert (1 - cpu, 0x1D9) in b._absent                          # nor has the other processor (one model)
         assert b.cpuid(cpu, 1)[2] >> 5 & 1 and b.read_msr(cpu, 0x48C) == b.read_msr_by_rdmsr(cpu, 0x48C)
         k = b.stats["injections"]
         b.prefetch(cpu, collect.PREFETCH_MSRS, collect.CPUID_LEAVES)    # nothing left to read: no injection

@@ -310,3 +310,20 @@ def test_mtrr_physmask_bounds_maxphyaddr():
     s = snap("vmxon", {"msr/0x201": "0xffffff800800"})     # IA32_MTRR_PHYSMASK0: bits 47:12 set
     ev = evidence_of(s.processors[0])
     assert ev.maxphyaddr_min.value == 48 and "IA32_MTRR_PHYSMASK0" in ev.maxphyaddr_min.evidence
+
+
+def test_the_evidence_table_is_parsed_once_for_its_four_sections(monkeypatch):
+    """structs/evidence.yaml holds four top-level sections; the file is read and parsed once
+    for all of them (it was parsed once per section, at the first stop of a trace)."""
+    from vmxdbg.decode import loader
+    from vmxdbg.state import evidence
+    parsed = []
+    real = loader.load_yaml
+    monkeypatch.setattr(loader, "load_yaml", lambda text, label, *a, **k: parsed.append(label) or real(text, label, *a, **k))
+    evidence.tables.cache_clear()
+    try:
+        tables = evidence.tables()
+    finally:
+        evidence.tables.cache_clear()
+    assert tables.flags and tables.cr4 and tables.efer and tables.fields
+    assert parsed.count("structs/evidence.yaml") == 1, parsed

@@ -171,3 +171,47 @@ def test_a_trace_stepped_through_an_approach_replays_the_same(tmp_path):
     bad.write_text("\n".join([json.dumps(head)] + lines[1:]) + "\n")
     with pytest.raises(InputError, match="approaches"):
         replay_trace(read_recording(bad))
+
+
+def test_a_processor_copy_shares_nothing_that_can_change():
+    """The stepper copies each processor into every stop's snapshot: a change to the copy (or to
+    the original) must never show in the other, in any of its maps, segments, tables or memory."""
+    from vmxdbg.state.snapshot import Memory, Processor, Segment, Table
+    p = Processor(msr={0x480: 1}, vmcs={0x681E: 0x1000}, cpuid={(1, 0): (1, 2, 3, 4)},
+                  segments={"cs": Segment(8, 0, 0xFFFFFFFF, 0xA09B)}, tables={"gdtr": Table(0x1000, 0x7F)},
+                  state={"vmx": "root", "listy": [1, 2]}, provenance={"msr:0x480": "read"})
+    p.virtual_memory.add(0x2000, b"\x01\x02")
+    c = p.copy()
+    assert c == p
+    c.msr[0x480] = 2
+    c.vmcs[0x681E] = 0x2000
+    c.segments["cs"].selector = 0x10
+    c.tables["gdtr"].limit = 0xFF
+    c.state["listy"].append(3)
+    c.virtual_memory.add(0x2000, b"\xff")
+    assert p.msr[0x480] == 1 and p.vmcs[0x681E] == 0x1000
+    assert p.segments["cs"].selector == 8 and p.tables["gdtr"].limit == 0x7F
+    assert p.state["listy"] == [1, 2] and p.virtual_memory.read(0x2000, 1) == b"\x01"
+    assert isinstance(c.virtual_memory, Memory) and c.virtual_memory.read(0x2000, 2) == b"\xff\x02"
+
+
+def test_a_stop_snapshot_changed_afterwards_does_not_change_the_next_stops_view():
+    """What a stop's snapshot holds for each processor is a copy of the stepper's record:
+    changing it (as a caller keeping snapshots might) leaves the next stop's snapshot as read."""
+    fake = FakeLive(cores=2)
+    sites = find_vmx_instructions(PROGRAM, CODE)
+    stepper = Stepper(fake, sites)
+    seen = []
+    plain = stepper.predict
+
+    def predict(snap, cpu, instruction):
+        seen.append({c: dict(p.registers) for c, p in snap.processors.items()})
+        verdict = plain(snap, cpu, instruction)
+        for p in snap.processors.values():
+            p.registers["cr4"] = 0            # vandalise this stop's view of every processor, once used
+        return verdict
+    stepper.predict = predict
+    results = stepper.run(timeout=5)
+    assert results and all(r.match for r in results)
+    later = [view for view in seen if len(view) == 2]
+    assert later and all(regs.get("cr4") for view in later for regs in view.values())

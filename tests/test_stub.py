@@ -68,3 +68,29 @@ def test_a_guard_must_name_an_earlier_safe_read() -> None:
         build([Read("rdmsr", 0x1D9, risky=True), Read("rdmsr", 0x480, guard=((0, 1),))])
     with pytest.raises(ValueError):
         build([Read("cpuid", 1), Read("rdmsr", 0x480, guard=((0, 128),))])
+
+
+def test_the_stub_sites_reads_ride_with_the_preconditions_and_ask_only_canonical_pages() -> None:
+    """The disassembly at RIP and the translations of RIP's page and the next go in the injection's
+    preconditions exchange; a next page past the canonical range is not asked (Bochs' answer to it
+    would not be a translation), and the answers are cached as _stub_site and translate keep them."""
+    from vmxdbg.backends.bochs import BochsBackend
+    b = object.__new__(BochsBackend)              # no Bochs: only the bookkeeping is exercised
+    b._current, b._cache = 0, {(0, "creg"): {"cr0": 1 << 31}}
+    b._cache[(0, "r")] = {"rip": 0x7FFFFFFFFF10}
+    assert b._site_reads(0) == ["u /4 0x7fffffffff10", "page 0x7ffffffff000"]
+    b._cache[(0, "r")] = {"rip": 0xAEE2}
+    assert b._site_reads(0) == ["u /4 0xaee2", "page 0xa000", "page 0xb000"]
+    b._keep_site_reads(0, [                       # Bochs 2.7's answers at minihv's VMXON (a trace)
+        "000000000000aee2: (                    ): vmxon qword ptr ds:[r15+20528] ; f3410fc7b730500000\n"
+        "000000000000aeeb: (                    ): pushf                     ; 9c\n",
+        "PML4: 0x0000000000011023    ps         A pcd pwt S W P\n"
+        "PDPE: 0x0000000000012023    ps         A pcd pwt S W P\n"
+        " PDE: 0x00000000000000e3    PS g pat D A pcd pwt S W P\n"
+        "linear page 0x000000000000a000 maps to physical page 0x00000000a000\n",
+        "bogus\n"])
+    assert b._cache[(0, "site:aee2")] == 0xAEE3 and b._cache[(0, "page:a000")] == 0xA000
+    assert (0, "page:b000") not in b._cache                   # not understood: asked again when needed
+    assert b._site_reads(0) == ["page 0xb000"]
+    b._current = 1
+    assert b._site_reads(0) == []                             # another processor is selected

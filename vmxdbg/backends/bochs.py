@@ -35,9 +35,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, FrozenSet, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
 from ..common import interrupt
-from ..common.errors import BackendError, NotAvailable, TargetGone
+from ..common.errors import BackendError, DefinitionError, NotAvailable, TargetGone
 from ..decode.header import first_dword, revision_id
-from ..decode.layouts import layout_for_revision
+from ..decode.layouts import known_layouts, layout_for_revision
 from . import bochs_parse as P
 from . import stub
 from .base import CPUID, EXECUTION, MSR, PHYSICAL, REGISTERS, SEGMENT_NAMES, TABLE_NAMES, VIRTUAL, VMCS, VMX_STATE, \
@@ -163,6 +163,11 @@ class _SigtermGuard:
         interrupt.on_sigterm(signum, frame)
 
 
+def _canonical48(linear: int) -> bool:
+    """A canonical 48-bit linear address (bits 63:47 all equal), within 64 bits."""
+    return linear < 0x0000800000000000 or 0xFFFF800000000000 <= linear <= 0xFFFFFFFFFFFFFFFF
+
+
 class BochsBackend(Backend):
     """Bochs booted from `machine`, stopped at its debugger prompt between calls."""
 
@@ -204,6 +209,10 @@ class BochsBackend(Backend):
         self._absent: Set[Tuple[int, int]] = set()       # (cpu, MSR) whose RDMSR raised #GP
         _OPEN.add(self)
         _SigtermGuard.enter()
+        try:
+            known_layouts()   # the VMCS layouts, read once per session: now rather than at the first stop
+        except DefinitionError:
+            pass              # a bad layout file is reported where a VMCS is read, as before
 
     # ---------------------------------------------------------------- basics
     def capabilities(self) -> FrozenSet[str]:
@@ -617,9 +626,14 @@ class BochsBackend(Backend):
 
     def _note_absent(self, cpu: int, index: int) -> None:
         """RDMSR(index) raised #GP on `cpu`: it will again (an MSR does not come into existence),
-        except in the x2APIC range, which depends on the APIC mode (Vol.3A 11.12.1)."""
+        and on every processor of this machine, which is then never asked: Bochs builds all its
+        processors from the one `cpu:` model and MSR configuration, and whether its RDMSR faults
+        depends on that model alone (bochs/cpu/msr.cc, BX_CPU_C::rdmsr and handle_unknown_rdmsr:
+        the model's extensions, its VMX capabilities, the configured MSRs). Except the x2APIC
+        range, which depends on each processor's APIC mode (Vol.3A 11.12.1; msr.cc reads that
+        processor's IA32_APIC_BASE there)."""
         if not 0x800 <= index <= 0x8FF:
-            self._absent.add((cpu, index))
+            self._absent.update((c, index) for c in self._cpus)
 
     def _inject_batch(self, cpu: int, reads: Sequence[S.Read]) -> Tuple[List[Any], Set[int]]:
         """Run one stub of `reads` on `cpu`; (values, positions that raised #GP). Restores every
@@ -662,17 +676,17 @@ class BochsBackend(Backend):
         faulted: Set[int] = set()
         with self._journaled(j, "read stub"):
             j.memory += self._save_linear(saves)
-            self._poke_many(self._linear_pieces(site, p0, p1, stub.code))
             j.stub = (site, p0)
             j.invd = (site + stub.end_invd, site + stub.end)
             for reg in ("rax", "rbx", "rcx", "rdx", "rdi", "rip"):
                 j.registers[reg] = before[reg]
             j.registers["$eflags"] = before["rflags"]
+            # the stub's bytes and its registers in one sourced file (nothing runs before both are in):
             # interrupts masked while the stub runs (RFLAGS is put back with the rest): with IF = 1, as
             # in a Linux kernel, a timer interrupt taken between two steps would carry RIP away
-            self._set_regs([("rdi", site + stub.buffer_offset), ("rip", site),
-                            ("$eflags", before["rflags"] & ~RFLAGS_IF)])
-            self._invalidate()
+            self._poke_many(self._linear_pieces(site, p0, p1, stub.code),
+                            regs=[("rdi", site + stub.buffer_offset), ("rip", site),
+                                  ("$eflags", before["rflags"] & ~RFLAGS_IF)])
             # a breakpoint inside the stub's range cuts a multi-step short: step on (the stub is
             # straight-line code, extra steps spin on its JMP $)
             self._step_through(cpu, stub.straight_steps, site + stub.end, site, site + stub.end)
@@ -806,11 +820,17 @@ class BochsBackend(Backend):
 
     def read_physical_many(self, ranges: Sequence[Tuple[int, int]]) -> List[bytes]:
         """Several (physical address, size) ranges, every `xp` they need sent in one exchange."""
-        plans = [self._xp_plan(address, size) for address, size in ranges]
-        cmds = [cmd for plan in plans for cmd, _, _, _ in plan]
+        plans = []
+        for address, size in ranges:
+            self._check_physical(address, size)
+            # whole aligned 8-byte items (RAM and the BIOS ROM are made of them): 8x less text for
+            # Bochs to print and for us to parse than bytes, wherever the range starts
+            lo, hi = address & ~7, (address + size + 7) & ~7
+            plans.append((address - lo, size, self._xp_plan(lo, hi - lo)))
+        cmds = [cmd for _, _, plan in plans for cmd, _, _, _ in plan]
         answers = iter(self._cmds(cmds) if len(cmds) > 1 else [self._cmd(c) for c in cmds])
-        return [b"".join(P.parse_xp(next(answers), at, n, unit, cmd) for cmd, at, n, unit in plan)
-                for plan in plans]
+        return [b"".join(P.parse_xp(next(answers), at, n, unit, cmd) for cmd, at, n, unit in plan)[skip:skip + size]
+                for skip, size, plan in plans]
 
     def _xp_plan(self, address: int, size: int) -> List[Tuple[str, int, int, str]]:
         """The `xp` commands of a range, (command, address, bytes, unit), XP_CHUNK bytes at most each."""
@@ -985,7 +1005,9 @@ class BochsBackend(Backend):
         if (cpu, "activity") not in self._cache or (cpu, "events") not in self._cache:
             names = ("activity_state", "pending_event", "event_mask")      # one exchange for the three
             cmds = [f'show "cpu{cpu}.{n}"' for n in names]
-            got = {n: P.parse_param_tree(text, cmd).get(n) for n, cmd, text in zip(names, cmds, self._cmds(cmds))}
+            answers = self._cmds(cmds + self._site_reads(cpu))
+            self._keep_site_reads(cpu, answers[len(cmds):])
+            got = {n: P.parse_param_tree(text, cmd).get(n) for n, cmd, text in zip(names, cmds, answers)}
             if any(not isinstance(v, int) for v in got.values()):
                 raise BackendError(f"`show \"cpu{cpu}.activity_state/pending_event/event_mask\"` answered {got}",
                                    backend=NAME, cpu=cpu)
@@ -1053,6 +1075,36 @@ class BochsBackend(Backend):
                  0x493: lambda: bit(0x483, 63)}
         return rules[index]()
 
+    def _site_reads(self, cpu: int) -> List[str]:
+        """What _stub_site and the stub's page translations will ask of the selected processor `cpu`,
+        to go in the preconditions' exchange: `u` at RIP, `page` of RIP's page and the next (a stub
+        starts within an instruction of RIP and is smaller than a page). Nothing when `cpu` is not
+        the selected processor or its registers are not read yet."""
+        regs = self._cache.get((cpu, "r"))
+        creg = self._cache.get((cpu, "creg"))
+        if self._current != cpu or regs is None or creg is None:
+            return []
+        rip = regs["rip"]
+        out = [] if (cpu, f"site:{rip:x}") in self._cache else [f"u /4 0x{rip:x}"]
+        if creg["cr0"] & (1 << 31):
+            out += [f"page 0x{p:x}" for p in (rip & ~0xFFF, (rip & ~0xFFF) + 0x1000)
+                    if (cpu, f"page:{p:x}") not in self._cache and _canonical48(p)]
+        return out
+
+    def _keep_site_reads(self, cpu: int, answers: Sequence[str]) -> None:
+        """Cache the answers to _site_reads(cpu) as _stub_site and translate would have."""
+        for cmd, text in zip(self._site_reads(cpu), answers):
+            if cmd.startswith("page "):
+                try:
+                    self._cache[(cpu, f"page:{int(cmd.split()[1], 16):x}")] = P.parse_page(text)
+                except P.BochsParseError:
+                    pass                   # translate asks again if the stub needs that page
+                continue
+            rip = int(cmd.split()[-1], 16)
+            site = next((i.address + 1 for i in P.parse_disasm(text) if len(i.data) >= 2), None)
+            if site is not None:           # else _stub_site asks again and says why it cannot
+                self._cache[(cpu, f"site:{rip:x}")] = site
+
     def _stub_site(self, cpu: int, rip: int) -> int:
         """A linear address one byte into an instruction of length >= 2 at or after RIP."""
         def fetch() -> int:
@@ -1076,9 +1128,10 @@ class BochsBackend(Backend):
     def _write_linear(self, lin: int, p0: int, p1: int, data: bytes) -> None:
         self._poke_many(self._linear_pieces(lin, p0, p1, data))
 
-    def _poke_many(self, pieces: Sequence[Tuple[int, bytes]]) -> None:
-        """setpmem every piece (physical address, bytes), 4, 2 or 1 bytes per command, all of them
-        run from one sourced file (one exchange, no per-character echo)."""
+    def _poke_many(self, pieces: Sequence[Tuple[int, bytes]], regs: Sequence[Tuple[str, int]] = ()) -> None:
+        """setpmem every piece (physical address, bytes), 4, 2 or 1 bytes per command, and then
+        `set` each of `regs` on the selected processor, all of them run from one sourced file
+        (one exchange, no per-character echo). Each answers nothing when it worked."""
         cmds = []
         for address, data in pieces:
             self._check_physical(address, len(data))
@@ -1087,9 +1140,14 @@ class BochsBackend(Backend):
                 n = 4 if len(data) - i >= 4 else 2 if len(data) - i >= 2 else 1
                 cmds.append(f"setpmem 0x{address + i:x} {n} 0x{int.from_bytes(data[i:i + n], 'little'):x}")
                 i += n
+        cmds += [f"set {name} = 0x{value:x}" for name, value in regs]
         out = self._source(cmds)
+        if regs:
+            self._invalidate()
         if out.strip():
-            raise BackendError(f"setpmem of {len(cmds)} pieces answered {out.strip()[:200]!r}", backend=NAME)
+            raise BackendError(f"setpmem of {len(cmds) - len(regs)} pieces"
+                               + (f" and `set` of {', '.join(n for n, _ in regs)}" if regs else "")
+                               + f" answered {out.strip()[:200]!r}", backend=NAME, cpu=self._current if regs else None)
 
     def _set_regs(self, values: Sequence[Tuple[str, int]]) -> None:
         """`set` several registers of the selected processor in one exchange."""
@@ -1168,11 +1226,10 @@ class BochsBackend(Backend):
                 self._step_to(j.cpu, j.invd[1], "INVD")
             except BackendError:
                 pass
-        self._poke_many(j.memory)
         now = self._r(j.cpu)
         sets = [(reg, value) for reg, value in j.registers.items()
                 if now.get("rflags" if reg == "$eflags" else reg) != value]
-        self._set_regs(sets)
+        self._poke_many(j.memory, regs=sets)           # bytes and registers back in one exchange
         self._invalidate()
 
     # ---------------------------------------------------------- breakpoints

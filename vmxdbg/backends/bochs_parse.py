@@ -105,7 +105,7 @@ def parse_param_tree(text: str, command: str = "show") -> Dict[str, Any]:
                 raise BochsParseError(command, "unbalanced }", text)
             stack.pop()
             continue
-        m = re.match(r"^([A-Za-z0-9_]+) = (.*)$", line)
+        m = _PARAM_LINE.match(line)
         if not m:
             raise BochsParseError(command, f"unexpected line {line!r}", text)
         name, value = m.group(1), m.group(2).strip()
@@ -121,12 +121,17 @@ def parse_param_tree(text: str, command: str = "show") -> Dict[str, Any]:
     return root
 
 
+_PARAM_LINE = re.compile(r"^([A-Za-z0-9_]+) = (.*)$")
+_HEX = re.compile(r"0x[0-9a-fA-F]+")
+_DEC = re.compile(r"-?[0-9]+")
+
+
 def _param_value(value: str) -> Any:
     if value in ("true", "false"):
         return value == "true"
-    if re.fullmatch(r"0x[0-9a-fA-F]+", value):
+    if _HEX.fullmatch(value):
         return int(value, 16)
-    if re.fullmatch(r"-?[0-9]+", value):
+    if _DEC.fullmatch(value):
         return int(value, 10)
     return value
 

@@ -147,12 +147,15 @@ class _File:
     def __init__(self, directory: Path, name: str, label: str) -> None:
         self.path = directory / name
         self.label = label
+        self._data: Any = None      # the file parsed, once: several top-level keys are read from it
 
     def fail(self, key: str, message: str) -> DefinitionError:
         return DefinitionError(message, source=self.label, key=key or None)
 
     def load(self, top: str) -> Any:
-        data = load_yaml(read_yaml_text(self.path, self.label), self.label)
+        if self._data is None:
+            self._data = load_yaml(read_yaml_text(self.path, self.label), self.label)
+        data = self._data
         if not isinstance(data, dict) or top not in data:
             raise self.fail(top, f"missing the top-level key '{top}'")
         return data[top]

@@ -13,6 +13,8 @@ vendor string). A file without them reads as before; older readers skip them.
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import json
 import os
 import re
@@ -75,6 +77,34 @@ class Processor:
     # memory this processor's debugger showed at virtual addresses (its own address space)
     virtual_memory: "Memory" = field(default_factory=lambda: Memory())
 
+    def copy(self) -> "Processor":
+        """An independent copy (changing either never changes the other), made field by field:
+        a deep copy would also visit every integer of the VMCS and MSR maps (the trace copies
+        each processor at every stop)."""
+        out = Processor.__new__(Processor)
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, dict):
+                value = {k: _copied(v) for k, v in value.items()}
+            else:
+                value = _copied(value)
+            setattr(out, f.name, value)
+        return out
+
+
+_IMMUTABLE = (int, str, bytes, float, type(None))    # bool is an int
+
+
+def _copied(value: Any) -> Any:
+    """`value` itself when nothing in it can change, else a copy."""
+    if isinstance(value, _IMMUTABLE) or (type(value) is tuple and all(isinstance(v, _IMMUTABLE) for v in value)):
+        return value
+    if isinstance(value, (Segment, Table)):
+        return dataclasses.replace(value)
+    if isinstance(value, Memory):
+        return value.copy()
+    return copy.deepcopy(value)
+
 
 class Memory:
     """Sparse physical memory: known byte ranges, everything else unknown."""
@@ -110,6 +140,13 @@ class Memory:
                 self.add(address, data)
                 return data
         return None
+
+    def copy(self) -> "Memory":
+        """The same known ranges (bytes do not change) and the same fallback, in a new map."""
+        out = Memory()
+        out._ranges = dict(self._ranges)
+        out.fallback = self.fallback
+        return out
 
     def ranges(self) -> Iterator[Tuple[int, bytes]]:
         for a in sorted(self._ranges):

@@ -277,7 +277,7 @@ class Stepper:
         snap = Snapshot(source=f"{self.backend.name} stop on cpu {cpu} at {site.address:#x}")
         for other, p in self.state.items():
             if other != cpu:
-                snap.processors[other] = copy.deepcopy(p)
+                snap.processors[other] = p.copy()
         operand = None
         if site.has_memory_operand:
             ea = operand_address(site, lambda name: self.backend.read_register(cpu, name))
@@ -307,7 +307,7 @@ class Stepper:
                     p.state[key] = value
                     p.provenance[f"state:{key}"] = why
         apply_to_processor(p, self.assume)  # type: ignore[arg-type]
-        self.state[cpu] = copy.deepcopy(p)
+        self.state[cpu] = p.copy()
         return snap, operand
 
     def hint_vmx_root(self, cpu: int, site: VmxSite) -> None:

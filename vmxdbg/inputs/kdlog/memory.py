@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import re
 from array import array
-from typing import Dict, List, Optional, Pattern
+from typing import Dict, List, Optional, Pattern, Tuple
 
 from .output import CommandOutput
 from .reader import MAX_LINE, Line
@@ -38,6 +38,18 @@ _DUMP_COMMAND = re.compile(r"^(!(?:kext\.)?)?d([bcdqwp])(?:\s|$)", re.I)
 _PHYSICAL_OPTION = re.compile(r"(?:^|\s)/p(?:c|uc|wc)?(?:\s|$)", re.I)
 _SEPARATORS = re.compile(r"[ -]+")
 _SWAP = {2: "H", 4: "I", 8: "Q"}   # array codes: byteswap turns the shown (big-endian) digits into memory order
+
+
+def _row(m: "re.Match[str]", code: Optional[str]) -> Tuple[int, bytes]:
+    """(address, bytes in memory order) of a matched dump row; `code` is the array type code that
+    byteswaps its elements (None for bytes)."""
+    address = int(m.group(1).replace("`", ""), 16)
+    data = bytes.fromhex(m.group(2).replace("`", "").replace("-", " "))
+    if code is not None:
+        swapped = array(code, data)
+        swapped.byteswap()
+        data = swapped.tobytes()
+    return address, data
 
 
 def _line_pattern(width: int, physical_prefix: bool, blank: str = r"\s", flags: int = 0) -> Pattern[str]:
@@ -132,13 +144,7 @@ class DumpOutput(CommandOutput):
                      and not (odd and (find("?", pos, line_end) >= 0 or find("failed", pos, line_end) >= 0)))
             if plain:
                 assert m is not None
-                address = int(m.group(1).replace("`", ""), 16)
-                data = bytes.fromhex(m.group(2).replace("`", "").replace("-", " "))
-                if code is not None:
-                    swapped = array(code, data)
-                    swapped.byteswap()
-                    data = swapped.tobytes()
-                self._add_row(address, data, n)
+                self._add_row(*_row(m, code), n)
             elif (m is not None or every or odd or line_end - pos > MAX_LINE
                   or looks(text, pos, line_end) is not None or other(text, pos, line_end) is not None):
                 self.feed_lines([text[pos:line_end]], n)
@@ -164,13 +170,7 @@ class DumpOutput(CommandOutput):
             if m is None or "?" in text or "failed" in text or n == frozen or len(text) > MAX_LINE:
                 super().feed_lines([text], n)
                 continue
-            address = int(m.group(1).replace("`", ""), 16)
-            data = bytes.fromhex(m.group(2).replace("`", "").replace("-", " "))
-            if code is not None:
-                swapped = array(code, data)
-                swapped.byteswap()
-                data = swapped.tobytes()
-            self._add_row(address, data, n)
+            self._add_row(*_row(m, code), n)
 
     def _add_rows(self, rows: list[tuple[str, str]], first: int) -> None:
         """(address, elements) of consecutive rows, the first on line `first`: what

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from ..common.errors import InputError
 from .stepper import find_vmx_instructions
@@ -82,19 +82,25 @@ def _functions(data: bytes, secs: List[_Section]) -> Dict[int, List[Tuple[int, i
     return out
 
 
-def module_vmx_sites(data: bytes, source: str = "module", sections: Optional[List[str]] = None) -> List[ModuleSite]:
-    """Every VMXON, VMCLEAR, VMPTRLD, VMLAUNCH, VMRESUME in the code sections of an ELF64 object
-    (`sections`: only those names)."""
+def _code_sections(data: bytes, source: str, sections: Optional[List[str]]) -> Iterator[Tuple[Any, bytes, List[Tuple[int, int, str]]]]:
+    """(section, its bytes, its functions as sorted (start, size, name)) of every executable section
+    of an ELF64 object (`sections`: only those names); InputError for one that runs past the file."""
     secs = _sections(data, source)
     funcs = _functions(data, secs)
-    sites: List[ModuleSite] = []
     for i, sec in enumerate(secs):
         if not sec.flags & SHF_EXECINSTR or (sections is not None and sec.name not in sections):
             continue
         if sec.offset + sec.size > len(data):
             raise InputError(f"{source}: section {sec.name} runs past the end of the file")
-        body = data[sec.offset:sec.offset + sec.size]
-        ranges = sorted(set(funcs.get(i, []))) or [(0, sec.size, sec.name)]
+        yield sec, data[sec.offset:sec.offset + sec.size], sorted(set(funcs.get(i, [])))
+
+
+def module_vmx_sites(data: bytes, source: str = "module", sections: Optional[List[str]] = None) -> List[ModuleSite]:
+    """Every VMXON, VMCLEAR, VMPTRLD, VMLAUNCH, VMRESUME in the code sections of an ELF64 object
+    (`sections`: only those names)."""
+    sites: List[ModuleSite] = []
+    for sec, body, functions in _code_sections(data, source, sections):
+        ranges = functions or [(0, sec.size, sec.name)]
         seen = set()
         for start, size, fname in ranges:
             for s in find_vmx_instructions(body[start:start + size], start):
@@ -111,14 +117,9 @@ def entry_approaches(data: bytes, source: str = "module", sections: Optional[Lis
     (vmxdbg.trace.stepper.Stepper's `approaches`). `instruction` is the approach's mnemonic;
     approaches that are VMX instructions themselves are left out (they are stops already)."""
     import iced_x86 as ix
-    secs = _sections(data, source)
-    funcs = _functions(data, secs)
     out: List[ModuleSite] = []
-    for i, sec in enumerate(secs):
-        if not sec.flags & SHF_EXECINSTR or (sections is not None and sec.name not in sections):
-            continue
-        body = data[sec.offset:sec.offset + sec.size]
-        for start, size, fname in sorted(set(funcs.get(i, []))):
+    for sec, body, functions in _code_sections(data, source, sections):
+        for start, size, fname in functions:
             decoded = list(ix.Decoder(64, body[start:start + size], ip=start))
             entries = {s.address for s in find_vmx_instructions(body[start:start + size], start)
                        if s.instruction in ("vmlaunch", "vmresume")}

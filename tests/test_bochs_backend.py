@@ -123,6 +123,21 @@ def test_many_writes_go_through_one_sourced_file(session) -> None:  # type: igno
         b.proc.source(["r", "s\n"])
 
 
+def test_a_batch_answers_as_its_commands_one_by_one(session) -> None:  # type: ignore[no-untyped-def]
+    b, _ = session
+    # answers that end in blank lines, an error line, a command that prints nothing, a group
+    cmds = ["r", "creg", 'show "cpu1.no_such_param"', "set $cpu = 1", "r", 'show "cpu1.GDTR"',
+            "xp /2gx 0x100000", "set $cpu = 0"]
+    batch = b.proc.commands(cmds)
+    singly = [b.proc.command(c) for c in cmds]
+    assert len(batch) == len(cmds)
+    assert [x.strip() for x in batch] == [x.strip() for x in singly]
+    assert "rip:" in batch[0] and batch[3].strip() == "" and batch[4].startswith("CPU1")
+    assert [c for c, _ in b.proc.transcript[-2 * len(cmds):-len(cmds)]] == cmds   # each noted on its own
+    b._invalidate()
+    b._current = 0
+
+
 def test_msrs_and_cpuid_by_injection_restore_everything(session) -> None:  # type: ignore[no-untyped-def]
     b, sym = session
     before = full_state(b, 0)

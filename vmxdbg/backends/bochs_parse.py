@@ -95,45 +95,39 @@ def parse_param_tree(text: str, command: str = "show") -> Dict[str, Any]:
     """
     root: Dict[str, Any] = {}
     stack: List[Dict[str, Any]] = [root]
+    top = root
     seen = False
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("show param name:"):
-            continue
-        if line == "}":
+    for close, name, opened, hexv, decv, true, false, other, stray in _TREE_LINE.findall(text):
+        if name:
+            seen = True
+            if opened:
+                child: Dict[str, Any] = {}
+                top[name] = child
+                stack.append(child)
+                top = child
+            elif hexv:
+                top[name] = int(hexv, 16)
+            elif decv:
+                top[name] = int(decv, 10)
+            else:
+                top[name] = True if true else False if false else other
+        elif close:
             if len(stack) == 1:
                 raise BochsParseError(command, "unbalanced }", text)
             stack.pop()
-            continue
-        m = _PARAM_LINE.match(line)
-        if not m:
-            raise BochsParseError(command, f"unexpected line {line!r}", text)
-        name, value = m.group(1), m.group(2).strip()
-        seen = True
-        if value == "{":
-            child: Dict[str, Any] = {}
-            stack[-1][name] = child
-            stack.append(child)
-        else:
-            stack[-1][name] = _param_value(value)
+            top = stack[-1]
+        elif stray:
+            raise BochsParseError(command, f"unexpected line {stray!r}", text)
     if not seen or len(stack) != 1:
         raise BochsParseError(command, "not a parameter tree", text)
     return root
 
 
-_PARAM_LINE = re.compile(r"^([A-Za-z0-9_]+) = (.*)$")
-_HEX = re.compile(r"0x[0-9a-fA-F]+")
-_DEC = re.compile(r"-?[0-9]+")
-
-
-def _param_value(value: str) -> Any:
-    if value in ("true", "false"):
-        return value == "true"
-    if _HEX.fullmatch(value):
-        return int(value, 16)
-    if _DEC.fullmatch(value):
-        return int(value, 10)
-    return value
+# One line of a parameter tree: a closing brace, `name = VALUE` (a group's opening brace, hex,
+# decimal, true, false or any other text), the header `show param name: <...>`, or anything else
+# (stray: refused unless blank).
+_TREE_LINE = re.compile(r"^[ \t]*(?:(\})|([A-Za-z0-9_]+) = (?:(\{)|0x([0-9a-fA-F]+)|(-?[0-9]+)|(true)|(false)|"
+                        r"([^\n]*?))|show param name:[^\n]*|([^\n]*?))[ \t\r]*$", re.M)
 
 
 def segment_from_param(group: Dict[str, Any], name: str = "segment") -> Tuple[int, int, int, int]:

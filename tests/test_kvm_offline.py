@@ -296,17 +296,23 @@ after_ss:
     vmresume
     ret
     .size after_ss, .-after_ss
+    .type on, @function
+on:
+    mov %rax, %cr4
+    vmxon (%rsp)
+    ret
+    .size on, .-on
 """
 
 
-def test_the_instructions_leading_into_a_vm_entry_are_found(tmp_path):
-    from vmxdbg.trace.elfcode import entry_approaches
+def test_the_instructions_leading_into_a_vmx_instruction_are_found(tmp_path):
+    from vmxdbg.trace.elfcode import approaches
     if shutil.which("as") is None:
         pytest.skip("needs the GNU assembler (binutils; scripts/setup.sh installs gcc as root)")
     (tmp_path / "e.s").write_text(ENTRY_ASM)
     subprocess.run(["as", "--64", "-o", str(tmp_path / "e.o"), str(tmp_path / "e.s")], check=True)
-    got = [(a.function, a.offset, a.instruction) for a in entry_approaches((tmp_path / "e.o").read_bytes(), "e.o")]
+    got = [(a.function, a.offset, a.instruction) for a in approaches((tmp_path / "e.o").read_bytes(), "e.o")]
     # the conditional jump leads into both entries (taken: VMLAUNCH, not taken: VMRESUME); the
     # unconditional jump before VMLAUNCH does not; MOV SS falls into a VMLAUNCH; VMPTRLD before
-    # VMRESUME is a stop of its own
-    assert got == [("enter", 3, "je"), ("after_ss", 14, "mov")]
+    # VMRESUME is a stop of its own; MOV to CR4 falls into a VMXON
+    assert got == [("enter", 3, "je"), ("after_ss", 14, "mov"), ("on", 26, "mov")]

@@ -110,27 +110,26 @@ def module_vmx_sites(data: bytes, source: str = "module", sections: Optional[Lis
     return sorted(sites, key=lambda s: (s.section, s.offset))
 
 
-def entry_approaches(data: bytes, source: str = "module", sections: Optional[List[str]] = None) -> List[ModuleSite]:
-    """The instructions that lead straight into a VMLAUNCH or VMRESUME of the object, in the same
-    function: the one before it when execution falls through (not a jump, call or return), and
-    every jump to it. Breaking there and stepping once shows what ran just before the VM entry
-    (vmxdbg.trace.stepper.Stepper's `approaches`). `instruction` is the approach's mnemonic;
-    approaches that are VMX instructions themselves are left out (they are stops already)."""
+def approaches(data: bytes, source: str = "module", sections: Optional[List[str]] = None) -> List[ModuleSite]:
+    """The instructions that lead straight into a VMX instruction of the object (one vmxdbg steps
+    through), in the same function: the one before it when execution falls through (not a jump,
+    call or return), and every jump to it. Breaking there and stepping once reaches the VMX
+    instruction even when Bochs misses the breakpoint on it (docs/bochs.md, "Execution and
+    missed stops"), and shows what ran just before a VM entry (vmxdbg.trace.stepper.Stepper's
+    `approaches`). `instruction` is the approach's mnemonic; approaches that are VMX
+    instructions themselves are left out (they are stops already)."""
     import iced_x86 as ix
     out: List[ModuleSite] = []
     for sec, body, functions in _code_sections(data, source, sections):
         for start, size, fname in functions:
-            decoded = list(ix.Decoder(64, body[start:start + size], ip=start))
-            entries = {s.address for s in find_vmx_instructions(body[start:start + size], start)
-                       if s.instruction in ("vmlaunch", "vmresume")}
             vmx = {s.address for s in find_vmx_instructions(body[start:start + size], start)}
-            if not entries:
+            if not vmx:
                 continue
-            for ins in decoded:
+            for ins in ix.Decoder(64, body[start:start + size], ip=start):
                 flow = ins.flow_control
-                falls = flow in (ix.FlowControl.NEXT, ix.FlowControl.CONDITIONAL_BRANCH) and ins.next_ip in entries
+                falls = flow in (ix.FlowControl.NEXT, ix.FlowControl.CONDITIONAL_BRANCH) and ins.next_ip in vmx
                 jumps = flow in (ix.FlowControl.CONDITIONAL_BRANCH, ix.FlowControl.UNCONDITIONAL_BRANCH) and \
-                    ins.near_branch_target in entries
+                    ins.near_branch_target in vmx
                 if (falls or jumps) and ins.ip not in vmx and not ins.is_invalid:
                     out.append(ModuleSite(sec.name, ins.ip, ins.len, ix.Formatter(ix.FormatterSyntax.INTEL)
                                           .format(ins).split()[0], fname))
@@ -152,4 +151,4 @@ def symbol_value(data: bytes, name: str, source: str = "ELF file") -> int:
     raise InputError(f"{source}: no symbol {name}")
 
 
-__all__ = ["ModuleSite", "module_vmx_sites", "symbol_value"]
+__all__ = ["ModuleSite", "approaches", "module_vmx_sites", "symbol_value"]

@@ -121,9 +121,10 @@ class Stepper:
         (vmxdbg.state.assume). `prepare(backend, cpu, site)`: runs at each stop on a VMX
         instruction before the state is read (faults injected through the debugger,
         vmxdbg.trace.faults). `approaches`: address -> bytes of instructions that lead straight
-        into a VM entry (vmxdbg.trace.elfcode.entry_approaches): a breakpoint there is stepped
-        once, and when that lands on a site the instruction just executed is known, which
-        settles blocking by MOV SS and by STI at the site (read_state)."""
+        into a site (vmxdbg.trace.elfcode.approaches): a breakpoint there is stepped once, and
+        when that lands on a site the site is handled there: a site whose own breakpoint Bochs
+        misses is still caught, and the instruction just executed is known, which settles
+        blocking by MOV SS and by STI at a VM entry (read_state)."""
         if EXECUTION not in backend.capabilities():
             raise NotAvailable("stepping needs a live target", backend=backend.name)
         self.backend = backend

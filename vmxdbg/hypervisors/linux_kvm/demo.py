@@ -98,13 +98,13 @@ def module_code(backend: object, cpu: int, ko: Path, sections: Dict[str, int],
 
 def module_approaches(backend: object, cpu: int, ko: Path, sections: Dict[str, int],
                       skip: Optional["re.Pattern[str]"] = NESTED_ONLY) -> Dict[int, bytes]:
-    """address -> bytes of each instruction leading straight into a VMLAUNCH/VMRESUME of the module
-    (vmxdbg.trace.elfcode.entry_approaches), read back from the target; one whose loaded bytes
-    do not decode to the file's instruction is left out (its entry is still a stop)."""
+    """address -> bytes of each instruction leading straight into a VMX instruction of the module
+    (vmxdbg.trace.elfcode.approaches), read back from the target; one whose loaded bytes do not
+    decode to the file's instruction is left out (the VMX instruction is still a stop)."""
     import iced_x86 as ix
-    from ...trace.elfcode import entry_approaches
+    from ...trace.elfcode import approaches
     out: Dict[int, bytes] = {}
-    for a in entry_approaches(ko.read_bytes(), str(ko), sections=list(sections)):
+    for a in approaches(ko.read_bytes(), str(ko), sections=list(sections)):
         if skip is not None and skip.search(a.function):
             continue
         address = sections[a.section] + a.offset
@@ -284,7 +284,7 @@ def kvm_trace(*, cpus: int = 2, knobs: Sequence[str] = (), record: Optional[Path
             flag = go_flag(backend, cpu, image.test_program)
             stop_in_kernel(backend, cpus)
             release(backend, flag)
-            log(f"{len(code)} VMX instructions and {len(approaches)} instruction(s) leading into a VM entry in "
+            log(f"{len(code)} VMX instructions and {len(approaches)} instruction(s) leading into one in "
                 f"{image.module.name} ({', '.join(f'{k} 0x{v:x}' for k, v in sorted(sections.items()))})")
             results = run_trace(backend, code, physical=False, timeout=timeout, record=record, argv=argv,  # type: ignore[arg-type]
                                 source=f"Linux {image.kernel_release} kvm_intel on Bochs, {cpus} cpus, "

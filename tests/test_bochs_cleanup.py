@@ -60,6 +60,20 @@ def wait_for(status: Path, key: str, proc: subprocess.Popen, timeout: float = 60
     pytest.fail(f"driver never reported {key!r}; stderr: {err.decode()[-800:]}")
 
 
+def wait_running(pid: int, timeout: float = 30) -> None:
+    """Until bochs-bin `pid` has used 0.1 s of processor time more than now: the guest runs (at
+    its prompt Bochs waits for input and uses none). A fixed sleep was too short on a loaded
+    machine."""
+    def ticks() -> int:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])        # utime, stime (proc(5): fields 14, 15)
+    start, deadline = ticks(), time.monotonic() + timeout
+    while ticks() - start < os.sysconf("SC_CLK_TCK") // 10:
+        if time.monotonic() > deadline:
+            pytest.fail(f"bochs-bin {pid} did not start running the guest within {timeout} s")
+        time.sleep(0.02)
+
+
 def finish(proc: subprocess.Popen, timeout: float = 60) -> int:
     try:
         proc.wait(timeout)
@@ -131,8 +145,8 @@ def test_error_inside_the_session(tmp_path: Path) -> None:
                                              (signal.SIGTERM, "Terminated")])   # a SystemExit(143)
 def test_signal_while_the_guest_runs(tmp_path: Path, signum: int, outcome: str) -> None:
     proc, status = start(tmp_path, "wait")
-    wait_for(status, "state", proc)
-    time.sleep(0.3)                      # let go() reach its wait
+    data = wait_for(status, "state", proc)
+    wait_running(data["pid"])            # go() has sent `c` and waits
     proc.send_signal(signum)
     finish(proc)
     data = read(status)
@@ -145,7 +159,7 @@ def test_signal_while_the_guest_runs(tmp_path: Path, signum: int, outcome: str) 
 def test_bochs_dies_while_the_guest_runs(tmp_path: Path) -> None:
     proc, status = start(tmp_path, "wait")
     data = wait_for(status, "state", proc)
-    time.sleep(0.3)
+    wait_running(data["pid"])
     os.kill(data["pid"], signal.SIGKILL)
     assert finish(proc) == 0
     data = read(status)

@@ -21,6 +21,8 @@ CASES = {
     "seed752014-000435-deviation": (["entry-fail:33:0"], "ok", ["GUEST520"]),
     # an unrestricted real-mode guest, CS selector 0xFFFF (RPL 3), CS DPL 0 = SS DPL: Bochs compares RPL and DPL
     "seed752014-003697-deviation": (["ok"], "entry-fail:33:0", ["GUEST247"]),
+    # the same with the CS access rights marked unusable: Bochs checks CS whatever its unusable bit
+    "seed250623-008593-deviation": (["ok"], "entry-fail:33:0", ["GUEST247"]),
     # an unrestricted 32-bit guest with SS DPL 3 beside a CS of DPL 0 = CS RPL: Bochs skips the SS DPL comparison
     "seed356194-008888-deviation": (["entry-fail:33:0"], "ok", ["GUEST247"]),
     # a usable SS with a null selector in a 64-bit guest, read-only data: Bochs skips its checks

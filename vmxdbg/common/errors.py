@@ -22,6 +22,13 @@ def one_line(text: str) -> str:
     return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
 
 
+def _rebuilt(cls: type, args: tuple, state: dict) -> "VmxdbgError":
+    err = cls.__new__(cls, *args)
+    err.args = args
+    err.__dict__.update(state)
+    return err  # type: ignore[no-any-return]
+
+
 class VmxdbgError(Exception):
     """Base of every error meant for a person (CLI exit status 2).
 
@@ -29,6 +36,12 @@ class VmxdbgError(Exception):
 
     def __str__(self) -> str:
         return one_line(super().__str__())
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        """Pickled as its message and attributes, so an error raised in a worker process
+        (multiprocessing) reaches the parent whole; the default pickling calls the class with
+        the message alone, which the keyword-only constructors below refuse."""
+        return (_rebuilt, (type(self), self.args, dict(self.__dict__)))
 
 
 class InputError(VmxdbgError):

@@ -134,7 +134,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 2
     from vmxdbg.hypervisors.minihv.demo import require_tools
     require_tools()
-    rows, reboots, elapsed = run(args.seed, args.mutations, args.first, args.jobs, args.save, not args.quiet, only)
+    from vmxdbg.common.errors import VmxdbgError
+    try:
+        rows, reboots, elapsed = run(args.seed, args.mutations, args.first, args.jobs, args.save, not args.quiet, only)
+    except VmxdbgError as e:            # Bochs would not boot three times in a row (diffrun.run_many)
+        print(f"differential_bochs.py: seed {args.seed}: {e}", file=sys.stderr)
+        return 2
     boots = sum(reboots.values())
     counts = Counter(r["word"] for r in rows)
     if not args.quiet:

@@ -1,6 +1,6 @@
-"""A sample of the random differential run (bench/differential_bochs.py) for CI: 150 mutations
+"""A sample of the random differential run (bench/differential_bochs.py) for CI: 1,000 mutations
 of a fixed seed on Bochs, every one predicted by vmxdbg or explained by a known Bochs 2.7
-deviation (structs/deviations.yaml). About 30 s; the 10,000-mutation figures are in
+deviation (structs/deviations.yaml). About 30 s on an idle 2-core machine; the 10,000-mutation figures are in
 docs/deviations.md."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_differential_bochs import pytestmark  # noqa: E402,F401  (the same bochs mark and skips)
 
 ROOT = Path(__file__).resolve().parent.parent
-SEED, COUNT = 20261204, 150
+SEED, COUNT = 20261204, 1000
 
 
 def _bench():  # type: ignore[no-untyped-def]

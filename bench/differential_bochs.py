@@ -98,7 +98,7 @@ def run(seed: int, mutations_: int, first: int = 0, jobs: int = 1, save: Optiona
         outs = pool.imap_unordered(run_task, tasks) if pool else map(run_task, tasks)
         for res, booted in outs:
             rows += res
-            reboots.update(why if why == "first boot" else why.split(": ", 1)[-1][:90] for why in booted)
+            reboots.update(why if why == "first boot" else why.split(": ", 1)[-1][:400] for why in booted)
             if progress:
                 print(f"  {len(rows)}/{mutations_} done, {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     finally:

@@ -27,6 +27,10 @@ CASES = {
     "seed356194-008888-deviation": (["entry-fail:33:0"], "ok", ["GUEST247"]),
     # a usable SS with a null selector in a 64-bit guest, read-only data: Bochs skips its checks
     "seed160810-005221-deviation": (["entry-fail:33:0"], "ok", ["GUEST231"]),
+    # a 64-bit guest whose FS is execute/read code (type 11), DPL 0, selector 0xFFFF (RPL 3): Bochs checks types below 11
+    "seed965763-040773-deviation": (["entry-fail:33:0"], "ok", ["GUEST253"]),
+    # an NMI injected with "virtual NMIs" and blocking by NMI: Bochs 2.7 has that check commented out
+    "seed965763-043050-deviation": (["entry-fail:33:0"], "ok", ["GUEST516"]),
     # "use TSC scaling" with a TSC multiplier of 0
     "seed752014-001765-deviation": (["ok"], "VMfailValid:7", ["CTL003"]),
     # an MSR-load entry for IA32_DEBUGCTL, which Bochs 2.7 does not have

@@ -31,6 +31,8 @@ CASES = {
     "seed965763-040773-deviation": (["entry-fail:33:0"], "ok", ["GUEST253"]),
     # an NMI injected with "virtual NMIs" and blocking by NMI: Bochs 2.7 has that check commented out
     "seed965763-043050-deviation": (["entry-fail:33:0"], "ok", ["GUEST516"]),
+    # a null SS in a 64-bit guest with reserved access-rights bit 8 set: Bochs skips the null SS's checks
+    "seed363250-035438-deviation": (["entry-fail:33:0"], "ok", ["GUEST262"]),
     # "use TSC scaling" with a TSC multiplier of 0
     "seed752014-001765-deviation": (["ok"], "VMfailValid:7", ["CTL003"]),
     # an MSR-load entry for IA32_DEBUGCTL, which Bochs 2.7 does not have

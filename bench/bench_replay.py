@@ -117,7 +117,6 @@ def main(argv: List[str] = None) -> int:  # type: ignore[assignment]
         rec_obj = read_recording(path)
         n = len(rec_obj.records)
         results["replay"] = timed(lambda: session(ReplayBackend(rec_obj), args.events), args.repeat)
-        del rec_obj
         results["direct"] = timed(lambda: session(SteppingTarget(), args.events), args.repeat)
 
         def check() -> None:

@@ -324,3 +324,39 @@ def test_run_to_the_end_then_time_out(session) -> None:  # type: ignore[no-untyp
     assert b.guest_lines[0][-4:] == ["vmlaunch ok", f"exit reason=0x12 qual=0x0 guest_rip=0x{sym['at_vmcall']:x}",
                                      "vmxoff ok", "done"]
     assert b.guest_lines[1][-2:] == ["vmxon fail CF=1 ZF=0", "done"]
+
+
+def test_a_step_cut_short_inside_a_batch_is_interrupted(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # A batch runs from a sourced file, so the command waiting for its prompt is `source bN`,
+    # not the step inside it: resync must still stop that step with SIGINT (as it does a
+    # lone `s`) rather than wait for a step of 4*10^9 instructions to end.
+    import sys
+    import time
+    from pathlib import Path
+    from vmxdbg.backends.bochs import BochsBackend
+    from vmxdbg.backends.bochs_process import BochsMachine
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from test_bochs_cleanup import wait_running
+    image = minihv_build.build(tmp_path)
+    b = BochsBackend(BochsMachine(floppy=str(image), cpus=1, magic_break=True))
+    try:
+        assert b.go(timeout=60).kind == "magic"
+        b.write_physical(b.translate(0, b.read_register(0, "rip")), b"\xeb\xfe")   # jmp $: the step never ends
+        proc = b.proc
+        sent = proc.command
+
+        def send_then_cut(cmd, timeout=None):  # type: ignore[no-untyped-def]
+            proc._send(cmd)
+            proc.pending = cmd
+            wait_running(proc.pid)                  # the step has started
+            raise KeyboardInterrupt                 # as if Ctrl-C came while waiting
+        proc.command = send_then_cut                # type: ignore[method-assign]
+        with pytest.raises(KeyboardInterrupt):
+            proc.commands(["s 0 4000000000", "r"])
+        proc.command = sent                         # type: ignore[method-assign]
+        t = time.monotonic()
+        proc.resync(timeout=30)
+        assert time.monotonic() - t < 10 and proc.pending is None and proc.alive
+        assert "rip:" in proc.command("r")          # the debugger answers again
+    finally:
+        b.close()

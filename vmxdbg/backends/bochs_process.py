@@ -34,6 +34,7 @@ from ..common.errors import BackendError, TargetGone
 BACKEND = "bochs"
 PROMPT = re.compile(rb"<bochs:(\d+)> $")
 BATCH_MARK = 0x7E570000     # `? BATCH_MARK+i` separates the answers of a sourced batch (commands())
+RUNS_GUEST = ("c", "s", "cont", "continue", "step")   # commands that run the guest (SIGINT stops them)
 DEFAULT_BXSHARE = "/usr/share/bochs"
 
 
@@ -147,6 +148,7 @@ class BochsProcess:
         self.pending: Optional[str] = None   # a command whose prompt has not been read yet
         self._sourced = 0                    # files of commands written for `source`
         self._source_fds: List[int] = []     # the two files `source` reads, kept open (_run_file)
+        self._source_runs = False            # the file being sourced runs the guest (a step)
         with open(self.workdir / "stderr.txt", "wb") as err:
             self.proc = subprocess.Popen(
                 [self.bochs, "-q", "-f", str(self.rc_path), *restore], cwd=self.workdir,
@@ -272,13 +274,15 @@ class BochsProcess:
             lines += [f"? 0x{BATCH_MARK + i:x}", cmd]
         out = self._run_file(lines, (timeout or self.command_timeout) + 0.002 * len(cmds))
         cuts: List[Tuple[int, int]] = []           # (start, end) of each separator line
+        at = 0
         for i, cmd in enumerate(cmds):
             mark = f"0x{BATCH_MARK + i:x} {BATCH_MARK + i}\n"
-            found = out.find(mark, cuts[-1][1] if cuts else 0)
+            found = out.find(mark, at)
             if found < 0:
                 raise BackendError(f"the answer to `{cmd}` (command {i + 1} of a batch of {len(cmds)}) lost "
-                                   f"its separator: {out[cuts[-1][1] if cuts else 0:][:200]!r}", backend=BACKEND)
-            cuts.append((found, found + len(mark)))
+                                   f"its separator: {out[at:][:200]!r}", backend=BACKEND)
+            at = found + len(mark)
+            cuts.append((found, at))
         if out[:cuts[0][0]].strip():
             raise BackendError(f"a batch of {len(cmds)} commands answered before its first: "
                                f"{out[:cuts[0][0]][:200]!r}", backend=BACKEND)
@@ -316,6 +320,7 @@ class BochsProcess:
         fd = self._source_fds[which]
         os.pwrite(fd, data, 0)
         os.ftruncate(fd, len(data))
+        self._source_runs = any(line.split()[0] in RUNS_GUEST for line in lines)
         return self.command(f"source b{which}", timeout)   # in Bochs' working folder: a short line
 
     def run(self, cmd: str, timeout: float, interrupt_timeout: float = 10.0) -> Tuple[str, bool]:
@@ -345,8 +350,8 @@ class BochsProcess:
     def resync(self, timeout: float = 10.0) -> str:
         """Get back to a prompt after an exception interrupted a command.
 
-        A `c` or `s` still running is interrupted with SIGINT; any other
-        command is given `timeout` seconds to answer.  Returns what was read.
+        A `c` or `s` still running, or a sourced file holding one, is interrupted with SIGINT;
+        any other command is given `timeout` seconds to answer.  Returns what was read.
         """
         cmd, self.pending = self.pending, None
         if cmd is None:
@@ -354,7 +359,8 @@ class BochsProcess:
         m = PROMPT.search(self._buf)
         if m:
             return self._until_prompt(time.monotonic() + timeout, f"`{cmd}` (resync)")
-        if cmd.split()[0] in ("c", "s", "cont", "continue", "step"):
+        first = cmd.split()[0]
+        if first in RUNS_GUEST or (first == "source" and self._source_runs):
             return self.interrupt(timeout)
         return self._until_prompt(time.monotonic() + timeout, f"`{cmd}` (resync)")
 

@@ -374,6 +374,41 @@ def test_analyze_context_block_is_not_live():
     assert log.contexts[0].kind == "!analyze"
 
 
+def test_saved_context_lines_are_read_at_the_end_and_warnings_stay_in_line_order():
+    # A saved context's registers are read when the parse ends (no rule reads them);
+    # its warnings still name their lines and come in line order with the others.
+    log = parse("""
+        0: kd> .cxr ffffb70dd7eb6860
+        rax=00000000zz000001
+        rbx=0000000000000002
+        0: kd> .cxr
+        0: kd> r
+        rcx=00000000zz000003
+        """)
+    assert [(w.line, "rax" in w.message, "rcx" in w.message) for w in log.warnings] == [
+        (2, True, False), (6, False, True)]
+    assert [(c.kind, c.line, c.registers) for c in log.contexts] == [(".cxr", 1, {"rbx": 2})]
+
+
+def test_only_the_last_saved_contexts_are_kept_and_read():
+    from vmxdbg.inputs.kdlog.state import MAX_CONTEXTS
+    text = "".join(f"0: kd> .cxr ffffb70dd7eb{k:04x}\nrax={k:016x}\n0: kd> .cxr\n" for k in range(MAX_CONTEXTS + 6))
+    log = parse_text(text, "s.log")
+    assert len(log.contexts) == MAX_CONTEXTS
+    assert [c.registers["rax"] for c in log.contexts] == list(range(6, MAX_CONTEXTS + 6))
+    assert log.contexts[0].line == 6 * 3 + 1
+
+
+def test_a_saved_context_with_huge_register_output_is_read_up_to_its_bound():
+    from vmxdbg.inputs.kdlog.state import MAX_CONTEXT_TEXT
+    rows = MAX_CONTEXT_TEXT // 20 + 10
+    text = "0: kd> !analyze -v\nrax=0000000000000001\n" + "rbx=0000000000000002\n" * rows + "rcx=0000000000000003\n"
+    log = parse_text(text, "s.log")
+    assert log.contexts[0].registers == {"rax": 1, "rbx": 2}    # rcx is past the bound
+    assert len(log.warnings) == 1 and "rest were not read" in log.warnings[0].message
+    assert log.warnings[0].line > 2 and not log.snapshot.processors[0].registers
+
+
 def test_vmxcheck_output_is_ignored():
     log = parse("""
         0: kd> !vmxcheck

@@ -23,8 +23,9 @@ def _expression(command: str) -> str:
 class _RegisterValueOutput(CommandOutput):
     """Shared: a register named by the command's expression gets the value shown."""
 
-    def __init__(self, state: LogState, cpu: int, command: str, line: int, live: bool = True) -> None:
-        super().__init__(state, cpu, command, line, live)
+    def __init__(self, state: LogState, cpu: int, command: str, line: int, live: bool = True,
+                 kind: str = "") -> None:
+        super().__init__(state, cpu, command, line, live, kind)
         self.target: Optional[str] = register_target(_expression(command))
 
     def _value(self, value: int, number: int) -> None:

@@ -84,8 +84,9 @@ def dump_kind(command: str) -> Optional[tuple]:
 class DumpOutput(CommandOutput):
     """Collects the bytes of one dump command into contiguous blocks."""
 
-    def __init__(self, state: LogState, cpu: int, command: str, line: int, live: bool = True) -> None:
-        super().__init__(state, cpu, command, line, live)
+    def __init__(self, state: LogState, cpu: int, command: str, line: int, live: bool = True,
+                 kind: str = "") -> None:
+        super().__init__(state, cpu, command, line, live, kind)
         kind = dump_kind(command)
         assert kind is not None
         self.width, self.physical = kind

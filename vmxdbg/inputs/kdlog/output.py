@@ -25,11 +25,13 @@ class CommandOutput:
     """Reads the output of one command run on processor `cpu`.
 
     `live` is False when the debugger shows a saved context (`.cxr`, `.trap`,
-    `.thread`) rather than the processor's own registers; `command` is the
-    command text (after the prompt) and `line` its line number.
+    `.thread`) rather than the processor's own registers, and `kind` then names
+    what made it so (`.cxr`, `!analyze`); `command` is the command text (after the
+    prompt) and `line` its line number.
     """
 
-    def __init__(self, state: LogState, cpu: int, command: str, line: int, live: bool = True) -> None:
+    def __init__(self, state: LogState, cpu: int, command: str, line: int, live: bool = True,
+                 kind: str = "") -> None:
         self.state, self.cpu, self.command, self.line, self.live = state, cpu, command, line, live
 
     # A string every output line that can matter contains; other lines are not

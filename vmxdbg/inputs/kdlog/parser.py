@@ -24,7 +24,7 @@ from .memory import DumpOutput, dump_kind
 from .msr import RdmsrOutput
 from .output import CommandOutput
 from .reader import MAX_LINE, Block, Line, iter_blocks
-from .registers import RegisterOutput, apply_register, parse_register_command
+from .registers import RegisterOutput, apply_register, parse_register_command, read_saved_contexts
 from .state import MAX_CPU, KdLog, KdWarning, LogState
 
 PROMPT = re.compile(r"^\s*(?:(\d{1,5}):\s?)?(l?kd)>\s?(.*)$")
@@ -111,7 +111,28 @@ def plan(text: str) -> Tuple[Tuple[str, ...], Tuple[str, ...], int]:
 
 def _has_side_effect(command: str, fam: str) -> bool:
     """Whether `_side_effects` can change anything for this command."""
-    return fam in ("switch", "execution", "context", "registers") or _SPACE.match(command) is not None
+    if fam == "registers":
+        return bool(_register_writes(command))
+    return fam in ("switch", "execution", "context") or _SPACE.match(command) is not None
+
+
+def _register_writes(command: str) -> List[Tuple[str, int]]:
+    """The register writes an `r` command asks for (`r cr4=426f8`)."""
+    return parse_register_command(re.sub(r"^r(?:M\s*\S+)?", "", command, count=1))[0]
+
+
+def _not_live_reader(kind: str) -> Callable[..., CommandOutput]:
+    """A maker of readers for output that shows a saved context of this kind, whatever
+    the current one."""
+    def make(state: LogState, cpu: int, command: str, line: int, live: bool, current_kind: str) -> CommandOutput:
+        return RegisterOutput(state, cpu, command, line, False, kind)
+    return make
+
+
+# command family -> what makes its reader, called (state, cpu, command, line, live, kind)
+MAKERS: dict[str, Callable[..., CommandOutput]] = {
+    **READERS, "registers": RegisterOutput, "execution": RegisterOutput, "context": RegisterOutput,
+    "frame": _not_live_reader(".frame /r"), "analyze": _not_live_reader("!analyze")}
 
 
 class Prompt(NamedTuple):
@@ -123,9 +144,9 @@ class Prompt(NamedTuple):
     index: int                     # see plan()
     effects: bool                  # some command changes the processor, context or address space
     # the common case, done in KdParser.feed_text without a call: a processor number in
-    # range, no side effect, and a reader of READERS (its class) or none
+    # range and no side effect
     simple: bool
-    make: Callable[..., CommandOutput] | None
+    make: Callable[..., CommandOutput] | None   # MAKERS[family of the read command], or None
     command: str                   # the command whose output `make`'s reader reads
 
 
@@ -138,8 +159,8 @@ def prompt_of(line: str) -> Prompt | None:
     commands, families, index = plan(m.group(3))
     effects = any(_has_side_effect(c, f) for c, f in zip(commands, families))
     fam = families[index] if index >= 0 else ""
-    make = READERS.get(fam)
-    simple = not effects and (cpu is None or cpu < MAX_CPU) and (index < 0 or make is not None)
+    make = MAKERS.get(fam)
+    simple = not effects and (cpu is None or cpu < MAX_CPU)
     return Prompt(cpu, commands, families, index, effects, simple, make, commands[index] if index >= 0 else "")
 
 
@@ -231,7 +252,7 @@ class KdParser:
             if cpu not in processors:
                 state.processor(cpu)
             if p.make is not None:
-                self.reader = p.make(state, cpu, p.command, line_no, self.live)
+                self.reader = p.make(state, cpu, p.command, line_no, self.live, self.live_kind)
         if self.reader is not None and seg < len(text):
             self._output(text, seg, len(text), seg_no)
         self.lines = number + count("\n") - 1
@@ -270,26 +291,14 @@ class KdParser:
             for c, fam in zip(p.commands, p.families):
                 if _has_side_effect(c, fam):
                     writes += self._side_effects(c, fam, number)
-        if p.index >= 0:
-            self.reader = self._reader(p.families[p.index], p.commands[p.index], number)
+        if p.make is not None:
+            self.reader = p.make(state, cpu, p.command, number, self.live, self.live_kind)
         if writes:
             if isinstance(self.reader, RegisterOutput):
                 self.reader.writes = writes  # applied unless the debugger answers with an error
             else:
                 for name, value in writes:
                     apply_register(state, self.cpu, name, value, number)
-
-    def _reader(self, fam: str, command: str, number: int) -> Optional[CommandOutput]:
-        cpu = self.cpu
-        if fam in READERS:
-            return READERS[fam](self.state, cpu, command, number, self.live)
-        if fam in ("registers", "execution", "context"):
-            return RegisterOutput(self.state, cpu, command, number, self.live, self.live_kind)
-        if fam == "frame":
-            return RegisterOutput(self.state, cpu, command, number, False, ".frame /r")
-        if fam == "analyze":
-            return RegisterOutput(self.state, cpu, command, number, False, "!analyze")
-        return None
 
     def _side_effects(self, command: str, fam: str, number: int) -> List[Tuple[str, int]]:
         """What a command changes by itself (processor, register context, address space);
@@ -316,8 +325,7 @@ class KdParser:
             else:
                 self.live, self.live_kind = True, ""
         elif fam == "registers" and self.live:
-            args = re.sub(r"^r(?:M\s*\S+)?", "", command, count=1)
-            return parse_register_command(args)[0]
+            return _register_writes(command)
         return []
 
     def _end_output(self) -> None:
@@ -327,6 +335,7 @@ class KdParser:
 
     def finish(self) -> KdLog:
         self._end_output()
+        read_saved_contexts(self.state)
         return self.state.finish(self.lines)
 
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import itertools
 import re
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from ...common.errors import InputError
 from .output import CommandOutput
 from .reader import MAX_LINE, Line
-from .state import LogState, NonLiveContext
+from .state import MAX_CONTEXT_TEXT, LogState, NonLiveContext
 
 # debugger register name -> (kind, snapshot name[, part])
 #   reg: Processor.registers; seg: selector of a segment register; tab: part of gdtr/idtr
@@ -196,7 +196,7 @@ class RegisterOutput(CommandOutput):
 
     def __init__(self, state: LogState, cpu: int, command: str, line: int, live: bool = True,
                  kind: str = "") -> None:
-        super().__init__(state, cpu, command, line, live)
+        super().__init__(state, cpu, command, line, live, kind)
         self.context: Optional[NonLiveContext] = None
         if not live:
             self.context = NonLiveContext(kind or command.split()[0], cpu, line)
@@ -206,9 +206,12 @@ class RegisterOutput(CommandOutput):
     KEY = "="  # register lines and a VMX instruction's `...=operand` all have one
 
     def feed_lines(self, lines: List[str], first: int) -> None:
+        if self.context is not None:
+            self._keep_for_context("".join(t + "\n" for t in lines), first)
+            return
         if self.writes and not self.refused and any("error" in t.lower() for t in lines):
             self.refused = True
-        if self.context is not None or self.state.frozen_line is not None:
+        if self.state.frozen_line is not None:
             super().feed_lines(lines, first)
             return
         # The common case, inlined: plain registers of the live processor go straight
@@ -233,7 +236,7 @@ class RegisterOutput(CommandOutput):
             if values is None:
                 self._current_instruction(Line(n, text))
                 continue
-            where = f"{source}:{n}"
+            where: Any = n
             for name, value in values:
                 place = REGISTERS[name]
                 if place[0] == "reg" and place[1] != "efer":
@@ -246,7 +249,11 @@ class RegisterOutput(CommandOutput):
         """Only lines with a `=` are looked at (found with str.find); consecutive register
         lines are matched as one run, and their `name=value` pairs taken with one findall
         per line. Any other line with a `=` (the current instruction, a bad value, a name
-        this module does not know) goes to `feed_lines`, one line at a time."""
+        this module does not know) goes to `feed_lines`, one line at a time. A saved
+        context's lines are only kept, to be read when the parse ends."""
+        if self.context is not None:
+            self._keep_for_context(text, first, start, end)
+            return
         if self.state.frozen_line is not None:
             super().feed_segment(text, start, end, first)
             return
@@ -295,8 +302,7 @@ class RegisterOutput(CommandOutput):
             return
         state, cpu = self.state, self.cpu
         p = state.processor(cpu)
-        source = state.result.source
-        wheres = [f"{source}:{first + k}" for k in range(len(_X64_LINES))]
+        wheres: Any = range(first, first + len(_X64_LINES))
         p.registers.update(zip(_X64_PLAIN, numbers))
         p.provenance.update(zip(_X64_PLAIN_KEYS, map(wheres.__getitem__, _X64_PLAIN_LINES)))
         last = first + len(_X64_LINES) - 1
@@ -311,7 +317,7 @@ class RegisterOutput(CommandOutput):
             self.context.registers.update(values)
             return
         p = self.state.processor(self.cpu)
-        where = f"{self.state.result.source}:{line}"
+        where: Any = line
         for name, value in values:
             place = REGISTERS[name]
             if place[0] == "reg" and place[1] != "efer":
@@ -348,11 +354,45 @@ class RegisterOutput(CommandOutput):
             return
         self.state.set_operand(self.cpu, instruction, operand, line.number)
 
+    def _keep_for_context(self, text: str, first: int, start: int = 0, end: int = -1) -> None:
+        """Keep the lines of text[start:end] from the first to the last holding a `=`
+        (no other line can matter) in the saved context, to be read at the end."""
+        context = self.context
+        assert context is not None
+        if end < 0:
+            end = len(text)
+        k = text.find("=", start, end)
+        if k < 0:
+            return
+        line_start = text.rfind("\n", start, k) + 1 or start
+        line_end = text.find("\n", text.rfind("=", k, end), end) + 1
+        context.keep(first + text.count("\n", start, line_start), text[line_start:line_end])
+
     def end(self) -> None:
-        if self.context is not None and self.context.registers:
+        if self.context is not None and (self.context.pending or self.context.cut):
             self.state.add_context(self.context)
         if self.refused:
             self.state.note(self.line, "the debugger refused the register write")
             return
         for name, value in self.writes:
             apply_register(self.state, self.cpu, name, value, self.line)
+
+
+def read_saved_contexts(state: LogState) -> None:
+    """Read the lines kept for each saved context (NonLiveContext.pending) into its
+    registers, as the line-by-line path reads a context; a context that shows no register
+    is dropped. Warnings found here are sorted into line order with the others."""
+    kept = []
+    for ctx in state.result.contexts:
+        reader = RegisterOutput(state, ctx.cpu, ctx.kind, ctx.line, False, ctx.kind)
+        reader.context = ctx
+        for first, text in ctx.pending:
+            CommandOutput.feed_lines(reader, text.split("\n")[:-1], first)
+        ctx.pending = []
+        if ctx.cut:
+            state.warn(ctx.cut, f"the saved context of line {ctx.line} ({ctx.kind}) shows more than "
+                                f"{MAX_CONTEXT_TEXT} characters of register lines; the rest were not read")
+        if ctx.registers:
+            kept.append(ctx)
+    state.result.contexts[:] = kept
+    state.result.warnings.sort(key=lambda w: w.line)

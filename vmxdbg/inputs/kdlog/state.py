@@ -2,7 +2,8 @@
 
 Every value set here records the log line it came from under its input key
 (the input-key vocabulary of docs/formats.md: `msr:0x480`, `reg:cr0`, `reg:cs`, `cpuid:0x1`,
-`state:cpl`, `mem:0x1a2b3000`, `state:vmxon_pointer`). A later value of the
+`state:cpl`, `mem:0x1a2b3000`, `state:vmxon_pointer`): as a line number while the
+log is parsed, as `FILE:LINE` once `finish()` has run. A later value of the
 same key replaces the earlier one. Register values from a context that is not
 the processor's live state (`.cxr`, `.trap`, `!analyze -v`) are kept apart in
 `contexts` and never reach the snapshot. Everything kept here is bounded by
@@ -11,7 +12,7 @@ what the log shows, not by its length: warnings, notes and contexts are capped.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from ...common.errors import InputError, one_line
 from ...state.snapshot import Memory, Processor, Segment, Snapshot, Table
@@ -21,6 +22,7 @@ from .pages import PageStore
 MAX_WARNINGS = 1000
 MAX_NOTES = 200
 MAX_CONTEXTS = 64
+MAX_CONTEXT_TEXT = 64 * 1024   # characters of a saved context's register lines kept to be read
 MAX_MSRS = 65536           # distinct MSRs kept per processor
 MAX_MEM_KEYS = 65536       # mem:<address> provenance keys
 MAX_RUNS = 4096            # contiguous runs of dumped memory handed to the snapshot, per store
@@ -46,12 +48,34 @@ class KdWarning:
 
 @dataclass
 class NonLiveContext:
-    """Registers shown for a saved context (`.cxr`, `.trap`, `.thread`, `!analyze -v`)."""
+    """Registers shown for a saved context (`.cxr`, `.trap`, `.thread`, `!analyze -v`).
+
+    While the log is parsed, `pending` holds the context's output lines that hold a `=`
+    as (first line number, lines each ending in "\n"); they are read into `registers`
+    when the parse ends, and only for the contexts kept (the last MAX_CONTEXTS), since
+    no rule reads a saved context. `cut` is the line where more than MAX_CONTEXT_TEXT
+    characters had been kept and the rest was dropped (0: nothing dropped)."""
 
     kind: str
     cpu: int
     line: int
     registers: Dict[str, int] = field(default_factory=dict)
+    pending: List[Tuple[int, str]] = field(default_factory=list, compare=False, repr=False)
+    cut: int = field(default=0, compare=False, repr=False)
+    _kept: int = field(default=0, compare=False, repr=False)
+
+    def keep(self, first: int, text: str) -> None:
+        """Output lines `text` (each ending in "\n"), the first numbered `first`, to be read at the end."""
+        if self.cut:
+            return
+        room = MAX_CONTEXT_TEXT - self._kept
+        if len(text) > room:
+            whole = text.rfind("\n", 0, room) + 1   # the lines that fit
+            self.cut = first + text.count("\n", 0, whole)
+            text = text[:whole]
+        if text:
+            self._kept += len(text)
+            self.pending.append((first, text))
 
 
 @dataclass
@@ -94,7 +118,7 @@ class LogState:
     def __init__(self, source: str) -> None:
         self.result = KdLog(snapshot=Snapshot(source=f"kd log {source}"), source=source)
         self.descriptors: Dict[int, Dict[int, Descriptor]] = {}
-        self.mem_provenance: Dict[str, str] = {}
+        self.mem_provenance: Dict[str, int] = {}
         self.frozen_line: Optional[int] = None  # values on this line are refused (cut-off last line)
         self._frozen_warned = False
         self._processors = self.result.snapshot.processors
@@ -132,7 +156,7 @@ class LogState:
         return False
 
     def _prov(self, p: Processor, key: str, line: int) -> None:
-        p.provenance[key] = f"{self.result.source}:{line}"
+        p.provenance[key] = line  # type: ignore[assignment]  # a line number until finish()
 
     # ---------------------------------------------------------------- values
     def _fits(self, value: int, bits: int, what: str, line: int) -> int:
@@ -154,7 +178,7 @@ class LogState:
             self._cap_warning(line, "msr", f"more than {MAX_MSRS} distinct MSRs on processor {cpu}; the rest are not kept")
             return
         msr[index] = value
-        p.provenance[f"msr:0x{index:x}"] = f"{self.result.source}:{line}"   # the key is msr:<hexs(index)>
+        p.provenance[f"msr:0x{index:x}"] = line  # type: ignore[assignment]  # the key is msr:<hexs(index)>
         if index == MSR_EFER:
             p.registers["efer"] = value
             self._prov(p, "reg:efer", line)
@@ -184,7 +208,7 @@ class LogState:
         if s is None or (s.selector is not None and s.selector != selector):
             s = segments[seg] = Segment()  # the hidden part described the old selector
         s.selector = selector
-        where = f"{self.result.source}:{line}"
+        where: Any = line
         p.provenance[f"reg:{seg}"] = where
         if seg == "cs":
             # CPL is CS.RPL (Vol.3A 5.5, SDM 325462-080US, 2023).
@@ -245,7 +269,7 @@ class LogState:
     def memory_seen(self, address: int, size: int, line: int) -> None:
         """Provenance of physical memory: `mem:<address>` for a dump's start and
         for every page start it shows (rules name regions by their address)."""
-        where = f"{self.result.source}:{line}"
+        where: Any = line
         keys = [f"mem:{hexs(address)}"]
         first_page = (address + PAGE - 1) & ~(PAGE - 1)
         keys += [f"mem:{hexs(page)}" for page in range(first_page, address + size, PAGE)]
@@ -260,7 +284,7 @@ class LogState:
         if key in p.provenance or self._vmem_keys < MAX_MEM_KEYS:
             if key not in p.provenance:
                 self._vmem_keys += 1
-            p.provenance[key] = f"{self.result.source}:{line}"
+            p.provenance[key] = line  # type: ignore[assignment]
 
     def _cap_warning(self, line: int, what: str, message: str) -> None:
         if what not in self._capped:
@@ -268,6 +292,7 @@ class LogState:
             self.warn(line, message)
 
     def add_context(self, ctx: NonLiveContext) -> None:
+        """A saved context whose output is over; the oldest is dropped past MAX_CONTEXTS."""
         ctxs = self.result.contexts
         ctxs.append(ctx)
         if len(ctxs) > MAX_CONTEXTS:
@@ -311,7 +336,8 @@ class LogState:
             if store.refused:
                 self.warn(lines, f"{store.refused} bytes of {'physical' if physical else 'virtual'} memory "
                                  f"dumps past {store.max_pages} pages are not kept")
+        source = r.source
         for p in r.snapshot.processors.values():
-            for key, where in self.mem_provenance.items():
-                p.provenance[key] = where
+            p.provenance.update(self.mem_provenance)  # type: ignore[arg-type]
+            p.provenance = {key: f"{source}:{line}" for key, line in p.provenance.items()}
         return r

@@ -15,8 +15,10 @@ Two logs, both made to the chosen size:
 Each log is parsed in a fresh child process, which reports wall time and its peak RSS
 (a streaming parser's peak RSS does not grow with the log). In the same run, another
 child times plain line iteration over the same file,
-`sum(1 for _ in open(path, encoding='utf-8'))`: the floor of any Python parser. The
-last column is parse time / floor time.
+`sum(1 for _ in open(path, encoding='utf-8'))`: the floor of any Python parser, and
+the "x" column is parse time / floor time. "prompts only" is the same parser with no
+command's output read (every prompt still found and decided), also / floor time: what
+following kd's prompts costs before any value is read.
 """
 from __future__ import annotations
 
@@ -167,6 +169,11 @@ import json, resource, sys, time
 sys.path.insert(0, sys.argv[2])
 from pathlib import Path
 from vmxdbg.inputs.kdlog import parse_file
+if sys.argv[3] == "prompts":
+    # prompts only: every prompt found and decided (processor, context, side effects), no
+    # command's output read: what any parser that follows kd's prompts in Python pays
+    from vmxdbg.inputs.kdlog import parser
+    parser.MAKERS.clear()
 t = time.perf_counter()
 log = parse_file(Path(sys.argv[1]))
 dt = time.perf_counter() - t
@@ -184,8 +191,9 @@ print(json.dumps({"seconds": time.perf_counter() - t, "lines": n}))
 """
 
 
-def measure(path: Path) -> dict:
-    out = subprocess.run([sys.executable, "-c", _CHILD, str(path), str(ROOT)],
+def measure(path: Path, what: str = "parse") -> dict:
+    """The parse of `path` in a fresh process (`what`: "parse", or "prompts": prompts only)."""
+    out = subprocess.run([sys.executable, "-c", _CHILD, str(path), str(ROOT), what],
                          check=True, capture_output=True, text=True).stdout
     return json.loads(out)
 
@@ -221,10 +229,12 @@ def main() -> int:
                 nbytes = makers[name](path, size, args.encoding)
                 r = measure(path)
                 f = floor(path, args.encoding)
+                prompts = measure(path, "prompts")
                 mb = nbytes / 1e6
                 print(f"{name:9s} {mb:8.1f} MB {args.encoding:6s} {r['lines']:>11,} lines  {r['seconds']:6.2f} s  "
                       f"{mb / r['seconds']:6.1f} MB/s  peak RSS {r['peak_rss_kb'] / 1024:5.1f} MiB  "
-                      f"floor {f['seconds']:5.2f} s {mb / f['seconds']:6.1f} MB/s  x{r['seconds'] / f['seconds']:4.1f}",
+                      f"floor {f['seconds']:5.2f} s {mb / f['seconds']:6.1f} MB/s  x{r['seconds'] / f['seconds']:4.1f}  "
+                      f"prompts only {prompts['seconds']:5.2f} s x{prompts['seconds'] / f['seconds']:4.1f}",
                       flush=True)
                 if args.keep is None:
                     os.unlink(path)

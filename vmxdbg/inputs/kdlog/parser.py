@@ -109,11 +109,36 @@ def plan(text: str) -> Tuple[Tuple[str, ...], Tuple[str, ...], int]:
     return commands, families, index
 
 
-def _has_side_effect(command: str, fam: str) -> bool:
-    """Whether `_side_effects` can change anything for this command."""
-    if fam == "registers":
-        return bool(_register_writes(command))
-    return fam in ("switch", "execution", "context") or _SPACE.match(command) is not None
+def _effects(command: str, fam: str) -> Tuple[Tuple[str, object], ...]:
+    """What a command changes by itself, as (what, value) pairs applied in order by
+    KdParser._prompt: `space` (the command that made virtual addresses another address
+    space's, or None: the processor's own again), `switch` (the processor of prompts
+    without a number), `live` ((live, kind) of the register context) and `writes`
+    (register writes `r cr4=426f8` asks for, applied while the context is live)."""
+    out: List[Tuple[str, object]] = []
+    space = _SPACE.match(command)
+    if space is not None:
+        # virtual dumps after this are of another address space, not the processor's own
+        out.append(("space", command if _SPACE_ADDRESS.search(space.group(2)) else None))
+    if fam == "switch":
+        m = _SWITCH.match(command)
+        assert m is not None
+        if int(m.group(1)) < MAX_CPU:
+            out.append(("switch", int(m.group(1))))
+    elif fam == "execution":
+        out += [("live", (True, "")), ("space", None)]
+    elif fam == "context":
+        m = _CONTEXT.match(command)
+        assert m is not None
+        if m.group(1).lower() == "ecxr" or (m.group(2) or "").strip():
+            out.append(("live", (False, "." + m.group(1).lower())))
+        else:
+            out.append(("live", (True, "")))
+    elif fam == "registers":
+        writes = _register_writes(command)
+        if writes:
+            out.append(("writes", tuple(writes)))
+    return tuple(out)
 
 
 def _register_writes(command: str) -> List[Tuple[str, int]]:
@@ -139,10 +164,7 @@ class Prompt(NamedTuple):
     """What a prompt line says, decided once per distinct line text (`prompt_of`)."""
 
     cpu: int | None                # the number before `kd>`, None when there is none
-    commands: tuple[str, ...]
-    families: tuple[str, ...]
-    index: int                     # see plan()
-    effects: bool                  # some command changes the processor, context or address space
+    effects: Tuple[Tuple[str, object], ...]   # what its commands change, in order (see _effects)
     # the common case, done in KdParser.feed_text without a call: a processor number in
     # range and no side effect
     simple: bool
@@ -157,11 +179,10 @@ def prompt_of(line: str) -> Prompt | None:
         return None
     cpu = None if m.group(1) is None else int(m.group(1))
     commands, families, index = plan(m.group(3))
-    effects = any(_has_side_effect(c, f) for c, f in zip(commands, families))
-    fam = families[index] if index >= 0 else ""
-    make = MAKERS.get(fam)
+    effects = tuple(e for c, f in zip(commands, families) for e in _effects(c, f))
+    make = MAKERS.get(families[index]) if index >= 0 else None
     simple = not effects and (cpu is None or cpu < MAX_CPU)
-    return Prompt(cpu, commands, families, index, effects, simple, make, commands[index] if index >= 0 else "")
+    return Prompt(cpu, effects, simple, make, commands[index] if index >= 0 else "")
 
 
 # prompt lines are cached by their text up to this length (a log repeats its prompts)
@@ -287,10 +308,16 @@ class KdParser:
         if cpu not in self._processors:
             state.processor(cpu)
         writes: List[Tuple[str, int]] = []
-        if p.effects:
-            for c, fam in zip(p.commands, p.families):
-                if _has_side_effect(c, fam):
-                    writes += self._side_effects(c, fam, number)
+        for what, value in p.effects:
+            if what == "space":
+                state.foreign_space = value  # type: ignore[assignment]
+            elif what == "switch":
+                self.default_cpu = value  # type: ignore[assignment]
+                state.processor(value)  # type: ignore[arg-type]
+            elif what == "live":
+                self.live, self.live_kind = value  # type: ignore[misc]
+            elif what == "writes" and self.live:
+                writes += value  # type: ignore[arg-type]
         if p.make is not None:
             self.reader = p.make(state, cpu, p.command, number, self.live, self.live_kind)
         if writes:
@@ -299,34 +326,6 @@ class KdParser:
             else:
                 for name, value in writes:
                     apply_register(state, self.cpu, name, value, number)
-
-    def _side_effects(self, command: str, fam: str, number: int) -> List[Tuple[str, int]]:
-        """What a command changes by itself (processor, register context, address space);
-        returns the register writes it asks for (`r cr4=426f8`)."""
-        space = _SPACE.match(command)
-        if space is not None:
-            # virtual dumps after this are of another address space, not the processor's own
-            self.state.foreign_space = command if _SPACE_ADDRESS.search(space.group(2)) else None
-        if fam == "switch":
-            m = _SWITCH.match(command)
-            assert m is not None
-            n = int(m.group(1))
-            if n < MAX_CPU:
-                self.default_cpu = n
-                self.state.processor(n)
-        elif fam == "execution":
-            self.live, self.live_kind = True, ""
-            self.state.foreign_space = None
-        elif fam == "context":
-            m = _CONTEXT.match(command)
-            assert m is not None
-            if m.group(1).lower() == "ecxr" or (m.group(2) or "").strip():
-                self.live, self.live_kind = False, "." + m.group(1).lower()
-            else:
-                self.live, self.live_kind = True, ""
-        elif fam == "registers" and self.live:
-            return _register_writes(command)
-        return []
 
     def _end_output(self) -> None:
         if self.reader is not None:

@@ -302,14 +302,12 @@ class RegisterOutput(CommandOutput):
             return
         state, cpu = self.state, self.cpu
         p = state.processor(cpu)
-        wheres: Any = range(first, first + len(_X64_LINES))
+        last: Any = first + len(_X64_LINES) - 1   # the selectors' and efl's line
         p.registers.update(zip(_X64_PLAIN, numbers))
-        p.provenance.update(zip(_X64_PLAIN_KEYS, map(wheres.__getitem__, _X64_PLAIN_LINES)))
-        last = first + len(_X64_LINES) - 1
-        for seg, value in zip(_X64_SELECTORS, numbers[_X64_CS:-1]):
-            state.set_selector(cpu, seg, value & 0xFFFF, last)
+        p.provenance.update(zip(_X64_PLAIN_KEYS, map(first.__add__, _X64_PLAIN_LINES)))
+        state.set_selectors(cpu, zip(_X64_SELECTORS, [v & 0xFFFF for v in numbers[_X64_CS:-1]]), last)
         p.registers["rflags"] = numbers[-1]
-        p.provenance["reg:rflags"] = wheres[-1]
+        p.provenance["reg:rflags"] = last
 
     def _apply(self, values: list[tuple[str, int]], line: int) -> None:
         """The values of one register line (the state is not frozen)."""

@@ -12,7 +12,7 @@ what the log shows, not by its length: warnings, notes and contexts are capped.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from ...common.errors import InputError, one_line
 from ...state.snapshot import Memory, Processor, Segment, Snapshot, Table
@@ -28,6 +28,8 @@ MAX_MEM_KEYS = 65536       # mem:<address> provenance keys
 MAX_RUNS = 4096            # contiguous runs of dumped memory handed to the snapshot, per store
 PAGE = 0x1000
 MAX_CPU = 4096             # processor numbers kept: 0 .. MAX_CPU - 1
+
+_SEGMENT_KEYS = {seg: f"reg:{seg}" for seg in ("cs", "ss", "ds", "es", "fs", "gs", "tr", "ldtr")}
 
 MSR_EFER = 0xC0000080
 MSR_FS_BASE = 0xC0000100
@@ -200,25 +202,29 @@ class LogState:
 
     def set_selector(self, cpu: int, seg: str, selector: int, line: int) -> None:
         """A segment selector; applies a `dg` row already seen for it, and CPL for CS."""
+        self.set_selectors(cpu, ((seg, selector),), line)
+
+    def set_selectors(self, cpu: int, selectors: Iterable[Tuple[str, int]], line: int) -> None:
+        """set_selector for each (segment, selector), in order, all shown on one line."""
         if self.frozen_line is not None and not self.accept(line):
             return
         p = self.processor(cpu)
-        segments = p.segments
-        s = segments.get(seg)
-        if s is None or (s.selector is not None and s.selector != selector):
-            s = segments[seg] = Segment()  # the hidden part described the old selector
-        s.selector = selector
-        where: Any = line
-        p.provenance[f"reg:{seg}"] = where
-        if seg == "cs":
-            # CPL is CS.RPL (Vol.3A 5.5, SDM 325462-080US, 2023).
-            p.state["cpl"] = selector & 3
-            p.provenance["state:cpl"] = where
+        segments, provenance = p.segments, p.provenance
         descriptors = self.descriptors.get(cpu)
-        if descriptors:
-            desc = descriptors.get(selector & 0xFFFC)
-            if desc is not None:
-                self._apply_descriptor(p, seg, desc)
+        for seg, selector in selectors:
+            s = segments.get(seg)
+            if s is None or (s.selector is not None and s.selector != selector):
+                s = segments[seg] = Segment()  # the hidden part described the old selector
+            s.selector = selector
+            provenance[_SEGMENT_KEYS.get(seg) or f"reg:{seg}"] = line  # type: ignore[assignment]
+            if seg == "cs":
+                # CPL is CS.RPL (Vol.3A 5.5, SDM 325462-080US, 2023).
+                p.state["cpl"] = selector & 3
+                provenance["state:cpl"] = line  # type: ignore[assignment]
+            if descriptors:
+                desc = descriptors.get(selector & 0xFFFC)
+                if desc is not None:
+                    self._apply_descriptor(p, seg, desc)
 
     def set_table(self, cpu: int, table: str, part: str, value: int, line: int) -> None:
         if not self.accept(line):

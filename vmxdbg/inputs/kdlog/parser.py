@@ -149,7 +149,7 @@ def _register_writes(command: str) -> List[Tuple[str, int]]:
 def _not_live_reader(kind: str) -> Callable[..., CommandOutput]:
     """A maker of readers for output that shows a saved context of this kind, whatever
     the current one."""
-    def make(state: LogState, cpu: int, command: str, line: int, live: bool, current_kind: str) -> CommandOutput:
+    def make(state: LogState, cpu: int, command: str, line: int, *_current_context: object) -> CommandOutput:
         return RegisterOutput(state, cpu, command, line, False, kind)
     return make
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 import functools
 import re
 from array import array
-from itertools import repeat
-from struct import unpack
 from typing import Dict, List, Optional, Pattern, Tuple
 
 from .output import CommandOutput
@@ -178,77 +176,46 @@ class DumpOutput(CommandOutput):
     def _add_rows(self, rows: list[tuple[str, str]], first: int) -> None:
         """(address, elements) of consecutive rows, the first on line `first`: what
         `_add_row` does row by row, with one bytes.fromhex and one byteswap for all of
-        them, the numbers taken with C loops (map), and one `_add` per run of contiguous
-        rows (one for the usual dump, whose rows are all full but the last)."""
+        them and one `_add` per run of contiguous rows."""
         width = self.width
-        addrs, elems = zip(*rows)
-        text = "\n".join(elems)
-        if width == 1:
-            text = text.replace("-", " ")
-        if "`" in text:
-            text = text.replace("`", "")
-        data = bytes.fromhex(text)   # skips the line ends between rows
+        data = bytes.fromhex(" ".join([e for _, e in rows]).replace("`", "").replace("-", " "))
         code = _SWAP.get(width)
         if code is not None:
             swapped = array(code, data)
             swapped.byteswap()
             data = swapped.tobytes()
-        joined = "\n".join(addrs)
-        if "`" in joined:
-            joined = joined.replace("`", "")
-        count = len(rows)
-        digits = len(joined) if count == 1 else joined.find("\n")
-        if digits in (8, 16) and len(joined) == count * (digits + 1) - 1 and \
-                joined[digits::digits + 1] == "\n" * (count - 1):
-            # every address has 8 (or every one 16) digits: all of them at once
-            addresses = list(unpack(f">{count}{'I' if digits == 8 else 'Q'}", bytes.fromhex(joined)))
+        addresses = [int(a.replace("`", ""), 16) for a, _ in rows]
+        if width == 1:
+            sizes = [e.count(" ") + e.count("-") + 1 for _, e in rows]
         else:
-            addresses = list(map(int, joined.split("\n"), repeat(16)))
-        # a row of k elements of `width` bytes is 2*width*k + k - 1 characters long
-        lengths = list(map(len, text.split("\n")))
-        row = (lengths[0] + 1) // (2 * width + 1) * width
-        if lengths[:-1] == lengths[:1] * (count - 1) and addresses == list(range(addresses[0], addresses[0] + row * count, row)):
-            self._add_run(addresses, None, row, 0, count - 1, data, first)
-            return
-        sizes = [(n + 1) // (2 * width + 1) * width for n in lengths]
-        i, offset = 0, 0
+            sizes = [(e.count(" ") + 1) * width for _, e in rows]
+        physical, state = self.physical, self.state
+        i, offset, count = 0, 0, len(rows)
         while i < count:
             address = addresses[i]
             j, following = i, address + sizes[i]
             while j + 1 < count and addresses[j + 1] == following:
                 j += 1
                 following += sizes[j]
-            self._add_run(addresses, sizes, row, i, j, data[offset:offset + following - address], first)
+            new = self._add(address, data[offset:offset + following - address])
+            if not physical:
+                if new and self.foreign is None:
+                    state.virtual_seen(self.cpu, address, first + i)
+            else:
+                # as _add_row: the first row of a new block, then every page start, on the
+                # line of the row that holds it
+                k, scan = i, address
+                if new:
+                    state.memory_seen(address, sizes[i], first + i)
+                    k, scan = i + 1, address + sizes[i]
+                page = (scan + 0xFFF) & ~0xFFF
+                while page < following:
+                    while addresses[k] + sizes[k] <= page:
+                        k += 1
+                    state.memory_seen(page, addresses[k] + sizes[k] - page, first + k)
+                    page += 0x1000
             offset += following - address
             i = j + 1
-
-    def _add_run(self, addresses: list[int], sizes: list[int] | None, row: int, i: int, j: int,
-                 data: bytes, first: int) -> None:
-        """Rows i..j (contiguous, `data` their bytes), the first of all rows on line `first`;
-        `sizes` are the rows' sizes, or None when each is `row` bytes (the last may be shorter)."""
-        address = addresses[i]
-        new = self._add(address, data)
-        state = self.state
-        if not self.physical:
-            if new and self.foreign is None:
-                state.virtual_seen(self.cpu, address, first + i)
-            return
-        following = address + len(data)
-
-        def size(k: int) -> int:
-            return sizes[k] if sizes is not None else (row if k < j else following - addresses[k])
-        # as _add_row: the first row of a new block, then every page start, on the
-        # line of the row that holds it
-        k, scan = i, address
-        if new:
-            state.memory_seen(address, size(i), first + i)
-            k, scan = i + 1, address + size(i)
-        page = (scan + 0xFFF) & ~0xFFF
-        while page < following:
-            while addresses[k] + size(k) <= page:
-                k += 1
-            state.memory_seen(page, addresses[k] + size(k) - page, first + k)
-            page += 0x1000
 
     def _add_row(self, address: int, data: bytes, line: int) -> None:
         new = self._add(address, data)

@@ -16,9 +16,11 @@ Each log is parsed in a fresh child process, which reports wall time and its pea
 (a streaming parser's peak RSS does not grow with the log). In the same run, another
 child times plain line iteration over the same file,
 `sum(1 for _ in open(path, encoding='utf-8'))`: the floor of any Python parser, and
-the "x" column is parse time / floor time. "prompts only" is the same parser with no
-command's output read (every prompt still found and decided), also / floor time: what
-following kd's prompts costs before any value is read.
+the first "x" column is parse time / floor time. Two more times, also / floor time:
+"prompts only" is the same parser with no command's output read (every prompt still
+found and decided); "find prompts" is the least any parser that follows kd's prompts
+pays in Python (the file read as text in 1 MiB pieces, each line holding `kd>` found
+with str.find and looked up in a dict), with the number of such lines.
 """
 from __future__ import annotations
 
@@ -191,6 +193,36 @@ print(json.dumps({"seconds": time.perf_counter() - t, "lines": n}))
 """
 
 
+_FIND_PROMPTS = """
+import json, sys, time
+t = time.perf_counter()
+seen, n = {}, 0
+with open(sys.argv[1], encoding=sys.argv[2], errors="replace") as f:
+    while True:
+        text = f.read(1 << 20)
+        if not text:
+            break
+        find, rfind, search = text.find, text.rfind, 0
+        while True:
+            k = find("kd>", search)
+            if k < 0:
+                break
+            start, end = rfind("\\n", 0, k) + 1, find("\\n", k)
+            search = end + 1 if end >= 0 else len(text)
+            seen.get(text[start:end])
+            n += 1
+print(json.dumps({"seconds": time.perf_counter() - t, "prompts": n}))
+"""
+
+
+def find_prompts(path: Path, encoding: str) -> dict:
+    """The least a parser that follows kd's prompts pays in Python: the file read as text in
+    1 MiB pieces and every line holding `kd>` found (str.find) and looked up in a dict."""
+    out = subprocess.run([sys.executable, "-c", _FIND_PROMPTS, str(path), "utf-16" if encoding == "utf-16" else "utf-8"],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
 def measure(path: Path, what: str = "parse") -> dict:
     """The parse of `path` in a fresh process (`what`: "parse", or "prompts": prompts only)."""
     out = subprocess.run([sys.executable, "-c", _CHILD, str(path), str(ROOT), what],
@@ -230,11 +262,13 @@ def main() -> int:
                 r = measure(path)
                 f = floor(path, args.encoding)
                 prompts = measure(path, "prompts")
+                least = find_prompts(path, args.encoding)
                 mb = nbytes / 1e6
                 print(f"{name:9s} {mb:8.1f} MB {args.encoding:6s} {r['lines']:>11,} lines  {r['seconds']:6.2f} s  "
                       f"{mb / r['seconds']:6.1f} MB/s  peak RSS {r['peak_rss_kb'] / 1024:5.1f} MiB  "
                       f"floor {f['seconds']:5.2f} s {mb / f['seconds']:6.1f} MB/s  x{r['seconds'] / f['seconds']:4.1f}  "
-                      f"prompts only {prompts['seconds']:5.2f} s x{prompts['seconds'] / f['seconds']:4.1f}",
+                      f"prompts only x{prompts['seconds'] / f['seconds']:3.1f}  "
+                      f"find prompts x{least['seconds'] / f['seconds']:3.1f} ({least['prompts']:,})",
                       flush=True)
                 if args.keep is None:
                     os.unlink(path)

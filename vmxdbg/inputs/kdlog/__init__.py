@@ -18,7 +18,7 @@ from ...state.snapshot import Snapshot
 from ...common import progress
 from ...common.errors import InputError
 from .parser import PROMPT, QUOTE, parse_file, parse_stream, parse_text
-from .reader import CHUNK, READ_LABEL, detect_encoding
+from .reader import MIB, READ_LABEL, detect_encoding
 from .state import KdLog, KdWarning, NonLiveContext
 
 __all__ = ["KdLog", "KdWarning", "NonLiveContext", "parse_file", "parse_stream", "parse_text",
@@ -46,7 +46,7 @@ PROGRESS_BYTES = 4 << 20
 
 def read_so_far(done: int) -> None:
     """The parser's progress callback: bytes read, shown as MiB (nothing unless progress is shown)."""
-    progress.reached(READ_LABEL, -(-done // CHUNK))
+    progress.reached(READ_LABEL, -(-done // MIB))
 
 
 def looks_like_kdlog(head: bytes) -> bool:
@@ -97,7 +97,7 @@ def load_for_check(path: Path, options: Dict[str, Any]) -> Snapshot:
     size = path.stat().st_size if path.is_file() else 0
     shown = progress.shown(f"vmxdbg: reading {path.name}") if size >= PROGRESS_BYTES else contextlib.nullcontext()
     with shown:
-        progress.phase(READ_LABEL, total=-(-size // CHUNK))
+        progress.phase(READ_LABEL, total=-(-size // MIB))
         log = parse_file(path, options.get("at_line"), options.get("progress") or read_so_far)
     if log.prompts == 0:
         raise InputError(f"no debugger session found: looked for {LOOKED_FOR}", source=str(path))

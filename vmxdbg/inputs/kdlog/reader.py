@@ -17,8 +17,11 @@ import io
 from typing import BinaryIO, Callable, Iterator, NamedTuple, Optional, Tuple
 
 
-CHUNK = 1 << 20
-READ_LABEL = "MiB of the log read"   # the progress line (vmxdbg.common.progress), one step per CHUNK
+# bytes read at a time: a parse in a fresh process measured 5-10% faster on the generated
+# 64 MB log of bench/bench_kdlog.py with 64 KiB than with 1 MiB (the same on the excerpts)
+CHUNK = 64 << 10
+READ_LABEL = "MiB of the log read"   # the progress line (vmxdbg.common.progress), one step per MIB
+MIB = 1 << 20
 MAX_LINE = 64 * 1024
 PROBE = 64 * 1024
 

@@ -19,7 +19,7 @@ child times plain line iteration over the same file,
 the first "x" column is parse time / floor time. Two more times, also / floor time:
 "prompts only" is the same parser with no command's output read (every prompt still
 found and decided); "find prompts" is the least any parser that follows kd's prompts
-pays in Python (the file read as text in 1 MiB pieces, each line holding `kd>` found
+pays in Python (the file read as text in 64 KiB pieces, each line holding `kd>` found
 with str.find and looked up in a dict), with the number of such lines.
 """
 from __future__ import annotations
@@ -199,7 +199,7 @@ t = time.perf_counter()
 seen, n = {}, 0
 with open(sys.argv[1], encoding=sys.argv[2], errors="replace") as f:
     while True:
-        text = f.read(1 << 20)
+        text = f.read(1 << 16)
         if not text:
             break
         find, rfind, search = text.find, text.rfind, 0
@@ -217,7 +217,7 @@ print(json.dumps({"seconds": time.perf_counter() - t, "prompts": n}))
 
 def find_prompts(path: Path, encoding: str) -> dict:
     """The least a parser that follows kd's prompts pays in Python: the file read as text in
-    1 MiB pieces and every line holding `kd>` found (str.find) and looked up in a dict."""
+    64 KiB pieces and every line holding `kd>` found (str.find) and looked up in a dict."""
     out = subprocess.run([sys.executable, "-c", _FIND_PROMPTS, str(path), "utf-16" if encoding == "utf-16" else "utf-8"],
                          check=True, capture_output=True, text=True).stdout
     return json.loads(out)

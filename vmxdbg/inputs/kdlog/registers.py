@@ -297,15 +297,13 @@ class RegisterOutput(CommandOutput):
                 n += 1
 
     def _apply_x64(self, values: tuple[str, ...], first: int) -> None:
-        """The values of a _X64_DUMP match, in the order the run would apply them."""
+        """The values of a _X64_DUMP match, in the order the run would apply them (live
+        registers only: a saved context's lines are read by `feed`)."""
         plain = "".join(values[:_X64_CS])
         if len(plain) == 16 * _X64_CS:   # every plain register with its 16 digits, as WinDbg prints them
             numbers = [*unpack(_X64_UNPACK, bytes.fromhex(plain)), *map(int, values[_X64_CS:], itertools.repeat(16))]
         else:
             numbers = list(map(int, values, itertools.repeat(16)))
-        if self.context is not None:
-            self.context.registers.update(zip((name for name, _ in _X64_VALUES), numbers))
-            return
         state, cpu = self.state, self.cpu
         p = state.processor(cpu)
         last: Any = first + len(_X64_LINES) - 1   # the selectors' and efl's line
@@ -316,10 +314,7 @@ class RegisterOutput(CommandOutput):
         p.provenance["reg:rflags"] = last
 
     def _apply(self, values: list[tuple[str, int]], line: int) -> None:
-        """The values of one register line (the state is not frozen)."""
-        if self.context is not None:
-            self.context.registers.update(values)
-            return
+        """The values of one register line of the live processor (the state is not frozen)."""
         p = self.state.processor(self.cpu)
         where: Any = line
         for name, value in values:

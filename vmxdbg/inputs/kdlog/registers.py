@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import re
-from struct import unpack
 from typing import Any, Dict, List, Optional, Tuple
 
 from ...common.errors import InputError
@@ -73,7 +72,6 @@ _X64_PLAIN = tuple(REGISTERS[name][1] for name, _ in _X64_VALUES[:_X64_CS])
 _X64_PLAIN_KEYS = tuple(f"reg:{place}" for place in _X64_PLAIN)
 _X64_PLAIN_LINES = tuple(k for _, k in _X64_VALUES[:_X64_CS])
 _X64_SELECTORS = tuple(REGISTERS[name][1] for name, _ in _X64_VALUES[_X64_CS:-1])
-_X64_UNPACK = f">{_X64_CS}Q"
 
 
 class BadValue(ValueError):
@@ -299,11 +297,7 @@ class RegisterOutput(CommandOutput):
     def _apply_x64(self, values: tuple[str, ...], first: int) -> None:
         """The values of a _X64_DUMP match, in the order the run would apply them (live
         registers only: a saved context's lines are read by `feed`)."""
-        plain = "".join(values[:_X64_CS])
-        if len(plain) == 16 * _X64_CS:   # every plain register with its 16 digits, as WinDbg prints them
-            numbers = [*unpack(_X64_UNPACK, bytes.fromhex(plain)), *map(int, values[_X64_CS:], itertools.repeat(16))]
-        else:
-            numbers = list(map(int, values, itertools.repeat(16)))
+        numbers = list(map(int, values, itertools.repeat(16)))
         state, cpu = self.state, self.cpu
         p = state.processor(cpu)
         last: Any = first + len(_X64_LINES) - 1   # the selectors' and efl's line
